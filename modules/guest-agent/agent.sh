@@ -1,0 +1,73 @@
+#!/bin/sh
+# vmbuild guest agent: PID 1 of every test VM (booted with rdinit=/vmbuild/init).
+# It mounts the basics, then pulls tests from the host over a dedicated serial port
+# (ttyS1 unless vmbuild.channel= says otherwise), runs each with its timeout, and
+# reports start, output and exit status. The kernel console (ttyS0) stays separate.
+# The line protocol is documented in docs/guest-protocol.md. POSIX sh + busybox only.
+
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root
+for dir in /proc /sys /dev /tmp /run /root; do [ -d "$dir" ] || mkdir -p "$dir"; done
+mount -t proc proc /proc 2>/dev/null
+mount -t sysfs sysfs /sys 2>/dev/null
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t tmpfs tmpfs /tmp 2>/dev/null
+mount -t tmpfs tmpfs /run 2>/dev/null
+
+chan=/dev/ttyS1
+mode=agent
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        vmbuild.channel=*) chan="/dev/${arg#vmbuild.channel=}" ;;
+        vmbuild.shell=1) mode=shell ;;
+    esac
+done
+
+if [ "$mode" = shell ]; then
+    echo "vmbuild shell: the test's VM. 'exit' powers it off."
+    if command -v cttyhack >/dev/null 2>&1; then setsid cttyhack sh -l; else sh -l; fi
+    sync
+    reboot -f
+fi
+
+stty -F "$chan" raw -echo 2>/dev/null
+exec 3<>"$chan"
+say() { printf '%s\n' "$*" >&3; }
+
+# run_test NAME TIMEOUT_SECONDS PATH
+run_test() {
+    name=$1 limit=$2 path=$3
+    log=/tmp/vmbuild-test.log
+    marker=/tmp/vmbuild-timed-out
+    rm -f "$marker"
+    say "VMBUILD BEGIN $name"
+    # setsid: the test leads its own process group, so a timeout kills all of it.
+    (cd "${path%/*}" && exec setsid "$path") >"$log" 2>&1 </dev/null &
+    pid=$!
+    (sleep "$limit"; : >"$marker"; kill -9 -"$pid" 2>/dev/null; kill -9 "$pid" 2>/dev/null) &
+    watchdog=$!
+    wait "$pid"
+    rc=$?
+    kill "$watchdog" 2>/dev/null
+    while IFS= read -r line || [ -n "$line" ]; do
+        say "VMBUILD LOG $name $line"
+    done <"$log"
+    if [ -e "$marker" ]; then
+        say "VMBUILD END $name timeout"
+    else
+        say "VMBUILD END $name $rc"
+    fi
+}
+
+say "VMBUILD READY $(uname -r)"
+while :; do
+    say "VMBUILD NEXT"
+    IFS=' ' read -r cmd name limit path <&3 || break
+    case "$cmd" in
+        RUN) run_test "$name" "$limit" "$path" ;;
+        *) break ;;
+    esac
+done
+say "VMBUILD DONE"
+sync
+reboot -f

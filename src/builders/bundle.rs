@@ -1,0 +1,42 @@
+//! Test bundles: a folder of test scripts packed for the guest as a cpio placed under
+//! `/vmbuild/bundles/<name>/`, with `tests.json` listing each test and what its header
+//! declares (timeout, kconfig options, disks), for the host side of the test phase.
+
+use std::path::Path;
+
+use serde_json::{json, Map, Value};
+
+use super::cpio::CpioWriter;
+use super::{io_err, BuildError};
+use crate::recipe::BundleSpec;
+use crate::testing::discover;
+
+pub const BUNDLE_CPIO: &str = "bundle.cpio.gz";
+pub const TESTS_JSON: &str = "tests.json";
+
+pub fn build(name: &str, spec: &BundleSpec, out: &Path) -> Result<Map<String, Value>, BuildError> {
+    let tests = discover::discover(&spec.tests_dir).map_err(BuildError::Invalid)?;
+    if tests.is_empty() {
+        return Err(BuildError::Invalid(format!(
+            "bundle `{name}`: no executable files in {} (a test is an executable file; chmod +x it)",
+            spec.tests_dir.display()
+        )));
+    }
+    let json_path = out.join(TESTS_JSON);
+    let text = serde_json::to_vec_pretty(&tests).expect("tests serialize");
+    fs_err::write(&json_path, text).map_err(io_err("write", &json_path))?;
+
+    let cpio_path = out.join(BUNDLE_CPIO);
+    let file = fs_err::File::create(&cpio_path).map_err(io_err("create", &cpio_path))?;
+    let mut cpio = CpioWriter::new(file);
+    let prefix = format!("/vmbuild/bundles/{name}");
+    let write = |cpio: &mut CpioWriter<fs_err::File>| -> std::io::Result<()> {
+        cpio.dir("/vmbuild", 0o755)?;
+        cpio.dir("/vmbuild/bundles", 0o755)?;
+        cpio.dir(&prefix, 0o755)?;
+        cpio.tree(&spec.tests_dir, &prefix)
+    };
+    write(&mut cpio).map_err(io_err("write", &cpio_path))?;
+    cpio.finish().map_err(io_err("write", &cpio_path))?;
+    Ok(Map::from_iter([("tests".to_string(), json!(tests.len()))]))
+}

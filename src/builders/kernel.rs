@@ -1,0 +1,91 @@
+//! Kernels: prebuilt (a Debian image package, a URL or a local file) or built from
+//! source with the kernel's own make (see `kernel_source`). Outputs: `bzImage`, `config`,
+//! `System.map`, and `modules/<release>/` when the kernel has modules.
+
+use std::path::Path;
+
+use serde_json::{json, Map, Value};
+
+use super::{copy_tree, io_err, BuildContext, BuildError};
+use crate::fetch::{apt, http};
+use crate::recipe::{Fetch, KernelSpec};
+
+pub fn build(
+    spec: &KernelSpec,
+    ctx: &BuildContext,
+    out: &Path,
+) -> Result<Map<String, Value>, BuildError> {
+    match spec {
+        KernelSpec::Prebuilt(fetch) => prebuilt(fetch, ctx, out),
+        KernelSpec::FromSource { .. } => crate::builders::kernel_source::build(spec, ctx, out),
+    }
+}
+
+fn prebuilt(
+    fetch: &Fetch,
+    ctx: &BuildContext,
+    out: &Path,
+) -> Result<Map<String, Value>, BuildError> {
+    let mut details = Map::new();
+    match fetch {
+        Fetch::Deb { package, .. } => {
+            let pin = ctx.lock.pin(package, true)?;
+            (ctx.progress)(&format!("fetching {} {}", pin.package, pin.version));
+            let deb = apt::download(&pin, &ctx.store.downloads())?;
+            let unpacked = ctx.work.join("deb");
+            (ctx.progress)(&format!("unpacking {}", pin.package));
+            apt::extract(&deb, &unpacked)?;
+            let release = install_debian_image(&unpacked, out)?;
+            details.insert("release".into(), json!(release));
+            details.insert(
+                "package".into(),
+                json!(format!("{}={}", pin.package, pin.version)),
+            );
+        }
+        Fetch::Url { url, sha256 } => {
+            (ctx.progress)(&format!("downloading {url}"));
+            let file = http::download(url, sha256, &ctx.store.downloads())?;
+            copy_tree(&file, &out.join("bzImage"))?;
+        }
+        Fetch::Path(path) => copy_tree(path, &out.join("bzImage"))?,
+    }
+    Ok(details)
+}
+
+/// Moves a Debian `linux-image-*` package's kernel, config, System.map and modules into
+/// `out`. Returns the kernel release (e.g. `6.1.0-56-amd64`).
+fn install_debian_image(unpacked: &Path, out: &Path) -> Result<String, BuildError> {
+    let boot = unpacked.join("boot");
+    let vmlinuz = fs_err::read_dir(&boot)
+        .map_err(io_err("read", &boot))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("vmlinuz-"))
+        .ok_or_else(|| {
+            BuildError::Invalid(
+                "the package holds no boot/vmlinuz-*: is it a linux-image package?".into(),
+            )
+        })?;
+    let release = vmlinuz["vmlinuz-".len()..].to_string();
+    let moves = [
+        (boot.join(&vmlinuz), out.join("bzImage")),
+        (boot.join(format!("config-{release}")), out.join("config")),
+        (
+            boot.join(format!("System.map-{release}")),
+            out.join("System.map"),
+        ),
+        (
+            unpacked.join("lib/modules").join(&release),
+            out.join("modules").join(&release),
+        ),
+    ];
+    for (from, to) in moves {
+        if from.exists() {
+            if let Some(parent) = to.parent() {
+                fs_err::create_dir_all(parent).map_err(io_err("create", parent))?;
+            }
+            fs_err::rename(&from, &to).map_err(io_err("move into the entry", &to))?;
+        }
+    }
+    Ok(release)
+}

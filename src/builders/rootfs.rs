@@ -1,0 +1,212 @@
+//! Root filesystems: a base (busybox from Debian's `busybox-static`, a Debian root made by
+//! mmdebstrap, or nothing), then `[files]` and kernel modules laid over it, packed as a
+//! gzip cpio initramfs, an ext4 image (`mke2fs -d`, no root or loop devices needed), a tar,
+//! or left as a folder. Owners are root:root and timestamps fixed, so the same inputs give
+//! the same bytes.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{json, Map, Value};
+
+use super::cpio::CpioWriter;
+use super::{copy_tree, io_err, BuildContext, BuildError};
+use crate::fetch::apt;
+use crate::process;
+use crate::recipe::{RootfsBase, RootfsFormat, RootfsSpec};
+
+/// The `/init` of a busybox root that includes nothing else: mount the basics, give a shell.
+const BUSYBOX_INIT: &str = "#!/bin/sh
+# vmbuild busybox root: mount the basics and start a shell on the console.
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+exec /bin/sh
+";
+
+const BUSYBOX_DIRS: [&str; 14] = [
+    "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "root", "run", "var",
+    "mnt", "lib",
+];
+
+pub fn build(
+    spec: &RootfsSpec,
+    ctx: &BuildContext,
+    out: &Path,
+) -> Result<Map<String, Value>, BuildError> {
+    let root = ctx.work.join("root");
+    fs_err::create_dir_all(&root).map_err(io_err("create", &root))?;
+    let mut details = Map::new();
+    match &spec.base {
+        RootfsBase::Busybox => {
+            let version = busybox_base(ctx, &root)?;
+            details.insert("busybox".into(), json!(version));
+        }
+        RootfsBase::Debian(release) => debian_base(release, &spec.packages, ctx, &root)?,
+        RootfsBase::Empty => {}
+    }
+    if let Some(kernel) = &spec.kernel_modules {
+        let modules = ctx.dep(&kernel.name)?.path.join("modules");
+        if modules.is_dir() {
+            (ctx.progress)("copying kernel modules");
+            copy_tree(&modules, &root.join("lib/modules"))?;
+        }
+    }
+    for (dest, source) in &spec.files {
+        copy_tree(source, &root.join(dest.trim_start_matches('/')))?;
+    }
+    (ctx.progress)(&format!("packing {}", spec.format.name()));
+    match spec.format {
+        RootfsFormat::Cpio => {
+            let path = out.join("rootfs.cpio.gz");
+            write_cpio(&root, &path)?;
+        }
+        RootfsFormat::Tar => write_tar(&root, &out.join("rootfs.tar"))?,
+        RootfsFormat::Ext4 => write_ext4(&root, spec.size, &out.join("rootfs.ext4"))?,
+        RootfsFormat::Dir => {
+            fs_err::rename(&root, out.join("root")).map_err(io_err("move", &root))?
+        }
+    }
+    Ok(details)
+}
+
+/// Lays out busybox with a link for every applet. Returns the busybox package version.
+fn busybox_base(ctx: &BuildContext, root: &Path) -> Result<String, BuildError> {
+    let pin = ctx.lock.pin("busybox-static", false)?;
+    (ctx.progress)(&format!("fetching busybox-static {}", pin.version));
+    let deb = apt::download(&pin, &ctx.store.downloads())?;
+    let unpacked = ctx.work.join("busybox-deb");
+    apt::extract(&deb, &unpacked)?;
+    for dir in BUSYBOX_DIRS {
+        fs_err::create_dir_all(root.join(dir)).map_err(io_err("create", &root.join(dir)))?;
+    }
+    let busybox = root.join("bin/busybox");
+    copy_tree(&unpacked.join("bin/busybox"), &busybox)?;
+    let list = process::run(Command::new(&busybox).arg("--list-full"))?;
+    for applet in String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|l| !l.is_empty() && *l != "bin/busybox")
+    {
+        let link = root.join(applet);
+        if link.symlink_metadata().is_err() {
+            if let Some(parent) = link.parent() {
+                fs_err::create_dir_all(parent).map_err(io_err("create", parent))?;
+            }
+            std::os::unix::fs::symlink("/bin/busybox", &link)
+                .map_err(io_err("link applet", &link))?;
+        }
+    }
+    let init = root.join("init");
+    fs_err::write(&init, BUSYBOX_INIT).map_err(io_err("write", &init))?;
+    fs_err::set_permissions(&init, std::fs::Permissions::from_mode(0o755))
+        .map_err(io_err("chmod", &init))?;
+    for (path, text) in [
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+        ("etc/group", "root:x:0:\n"),
+    ] {
+        fs_err::write(root.join(path), text).map_err(io_err("write", &root.join(path)))?;
+    }
+    Ok(pin.version)
+}
+
+/// A Debian root from the host's apt sources with mmdebstrap.
+fn debian_base(
+    release: &str,
+    packages: &[String],
+    ctx: &BuildContext,
+    root: &Path,
+) -> Result<(), BuildError> {
+    (ctx.progress)(&format!("mmdebstrap {release}"));
+    let mut cmd = Command::new("mmdebstrap");
+    cmd.args([
+        "--variant=essential",
+        "--mode=root",
+        "--format=directory",
+        "--quiet",
+    ]);
+    if !packages.is_empty() {
+        cmd.arg(format!("--include={}", packages.join(",")));
+    }
+    cmd.arg(release).arg(root);
+    process::run(&mut cmd)?;
+    Ok(())
+}
+
+/// A gzip cpio with `/dev/console` and `/dev/null`, which the kernel needs before any
+/// devtmpfs is mounted.
+pub fn write_cpio(root: &Path, path: &Path) -> Result<(), BuildError> {
+    let file = fs_err::File::create(path).map_err(io_err("create", path))?;
+    let mut cpio = CpioWriter::new(file);
+    let write = |cpio: &mut CpioWriter<fs_err::File>| -> std::io::Result<()> {
+        cpio.tree(root, "/")?;
+        if !root.join("dev/console").exists() {
+            cpio.char_device("/dev/console", 0o600, 5, 1)?;
+        }
+        if !root.join("dev/null").exists() {
+            cpio.char_device("/dev/null", 0o666, 1, 3)?;
+        }
+        Ok(())
+    };
+    write(&mut cpio).map_err(io_err("write", path))?;
+    cpio.finish().map_err(io_err("write", path))?;
+    Ok(())
+}
+
+fn write_tar(root: &Path, path: &Path) -> Result<(), BuildError> {
+    let file = fs_err::File::create(path).map_err(io_err("create", path))?;
+    let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
+    tar.mode(tar::HeaderMode::Deterministic);
+    tar.follow_symlinks(false);
+    let walker = walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name();
+    for entry in walker {
+        let entry = entry.map_err(|e| io_err("read", root)(std::io::Error::other(e)))?;
+        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
+        tar.append_path_with_name(entry.path(), rel)
+            .map_err(io_err("add to tar", entry.path()))?;
+    }
+    tar.finish().map_err(io_err("write", path))?;
+    Ok(())
+}
+
+fn write_ext4(root: &Path, size: Option<u64>, path: &Path) -> Result<(), BuildError> {
+    let size = match size {
+        Some(s) => s,
+        None => {
+            let used: u64 = walkdir::WalkDir::new(root)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len() + 4096)
+                .sum();
+            (used + used / 3 + (32 << 20)).next_multiple_of(1 << 20)
+        }
+    };
+    let file = fs_err::File::create(path).map_err(io_err("create", path))?;
+    file.set_len(size).map_err(io_err("size", path))?;
+    drop(file);
+    let mut cmd = Command::new("mke2fs");
+    cmd.args([
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-L",
+        "rootfs",
+        "-E",
+        "root_owner=0:0",
+    ])
+    // A fixed UUID, hash seed and clock make the image reproducible.
+    .args([
+        "-U",
+        "6d766d62-7569-6c64-0000-000000000001",
+        "-E",
+        "hash_seed=6d766d62-7569-6c64-0000-000000000002",
+    ])
+    .env("E2FSPROGS_FAKE_TIME", "1")
+    .arg("-d")
+    .arg(root)
+    .arg(path);
+    process::run(&mut cmd)?;
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! `vmbuild explain RECIPE`: the key's inputs, whether the entry is cached, and after a
+//! change, which inputs differ from the most recent entry of the same recipe.
+
+use clap::Args;
+
+use super::{open_engine, render::Renderer, Global};
+use crate::engine::Error;
+use crate::graph::diff_inputs;
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    /// A recipe name or path
+    #[arg(value_name = "RECIPE")]
+    recipe: String,
+}
+
+pub fn run(global: &Global, reporter: &Renderer, args: ExplainArgs) -> Result<i32, Error> {
+    let engine = open_engine(global, reporter, false)?;
+    let plan = engine.plan(std::slice::from_ref(&args.recipe))?;
+    let root = plan.graph.roots[0];
+    let name = &plan.graph.nodes[root].recipe.name;
+    let key = &plan.keys[root];
+    let inputs = plan.inputs[root].to_value();
+    println!(
+        "recipe: {name} ({})",
+        plan.graph.nodes[root].recipe.file.display()
+    );
+    println!("key:    {key}");
+    match engine.store.get(key, name)? {
+        Some(entry) => println!(
+            "status: cached ({:?}) at {}",
+            entry.manifest.status,
+            entry.path.display()
+        ),
+        None => {
+            println!("status: not in the store");
+            match engine.store.latest(name)? {
+                Some(previous) => {
+                    println!("changed since the last entry ({}):", previous.manifest.key);
+                    for line in diff_inputs(&previous.manifest.inputs, &inputs) {
+                        println!("  {line}");
+                    }
+                }
+                None => println!("no earlier entry of `{name}` to compare with"),
+            }
+        }
+    }
+    println!("inputs:");
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&inputs).unwrap_or_default()
+    );
+    Ok(0)
+}

@@ -1,0 +1,49 @@
+//! `vmbuild gc`: remove entries no recipe in `recipes/` reaches, or older than an age.
+
+use std::collections::BTreeSet;
+
+use clap::Args;
+
+use super::{open_engine, render::Renderer, Global};
+use crate::engine::Error;
+use crate::recipe::parse_duration;
+
+#[derive(Args)]
+pub struct GcArgs {
+    /// Remove entries older than this (e.g. 7d is not accepted; use 168h), reachable or not
+    #[arg(long, value_name = "AGE")]
+    older_than: Option<String>,
+    /// Keep unreachable entries; only apply --older-than
+    #[arg(long)]
+    keep_unreachable: bool,
+}
+
+pub fn run(global: &Global, reporter: &Renderer, args: GcArgs) -> Result<i32, Error> {
+    let engine = open_engine(global, reporter, false)?;
+    let max_age = args
+        .older_than
+        .as_deref()
+        .map(parse_duration)
+        .transpose()
+        .map_err(Error::Usage)?;
+    let keep = if args.keep_unreachable {
+        None
+    } else {
+        let names = engine.project.recipe_names();
+        let plan = engine.plan(&names)?;
+        let mut keep: BTreeSet<String> = plan.keys.iter().cloned().collect();
+        // Unpacked kernel sources are kept while any kernel recipe still builds from them.
+        for entry in engine.store.entries()? {
+            if entry.manifest.kind == "source" {
+                keep.insert(entry.manifest.key);
+            }
+        }
+        Some(keep)
+    };
+    let removed = engine.store.gc(keep.as_ref(), max_age)?;
+    for entry in &removed {
+        println!("removed {}", entry.path.display());
+    }
+    println!("{} entries removed", removed.len());
+    Ok(0)
+}

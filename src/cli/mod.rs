@@ -1,0 +1,135 @@
+//! The command line: clap types, one file per subcommand, and the only place that prints.
+//! Each subcommand returns an exit code; errors map to the exit-code contract
+//! (0 ok, 1 tests failed, 2 bad usage or recipe, 3 build failed, 4 VM/infrastructure).
+
+mod build;
+mod explain;
+mod gc;
+mod lock;
+mod render;
+mod results;
+mod shell;
+mod test;
+mod verify;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::{Engine, Error, Force};
+use crate::recipe::Project;
+
+#[derive(Parser)]
+#[command(
+    name = "vmbuild",
+    version,
+    about = "Build kernels, root images and test bundles from recipes; test them in VMs",
+    long_about = "Build kernels, root images and test bundles from TOML recipes into a \
+content-addressed cache, then boot them in qemu and run tests inside. Every output, test \
+results included, is stored under a key that hashes all its inputs: an unchanged rerun is a \
+cache hit that does no work.\n\nRecipes live in recipes/NAME.toml under the project root (the \
+nearest folder upward with vmbuild.toml or recipes/).",
+    after_help = "Exit codes: 0 success, 1 tests failed, 2 bad usage or recipe, 3 build failed, 4 VM or infrastructure failure."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// The store folder [default: ./cache at the project root]
+    #[arg(long, global = true, env = "VMBUILD_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Run as if started in DIR
+    #[arg(short = 'C', long = "directory", global = true, value_name = "DIR")]
+    directory: Option<PathBuf>,
+    /// Show what vmbuild runs and why (commands, keys)
+    #[arg(short, long, global = true)]
+    verbose: bool,
+}
+
+#[derive(Args, Clone, Copy)]
+pub struct ForceArg {
+    /// Redo the named recipes even if cached (-ff: their whole dependency closure too)
+    #[arg(short = 'f', long = "force", action = clap::ArgAction::Count)]
+    force: u8,
+}
+
+impl ForceArg {
+    fn level(self) -> Force {
+        match self.force {
+            0 => Force::None,
+            1 => Force::Named,
+            _ => Force::Closure,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build recipes; print each requested entry's path (one per line)
+    Build(build::BuildArgs),
+    /// Build what test recipes need, boot VMs, run the tests; print one line per test
+    Test(test::TestArgs),
+    /// Show the last results of a test recipe without running anything
+    Results(results::ResultsArgs),
+    /// Show a recipe's cache key inputs and, after a change, what changed
+    Explain(explain::ExplainArgs),
+    /// Rehash store entries against their manifests
+    Verify(verify::VerifyArgs),
+    /// Remove store entries no recipe reaches, or older than an age
+    Gc(gc::GcArgs),
+    /// Pin the Debian packages recipes use anew in vmbuild.lock
+    Lock(lock::LockArgs),
+    /// Boot a test recipe's VM with an interactive console
+    Shell(shell::ShellArgs),
+}
+
+/// Parses arguments, runs the command, returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    if let Some(dir) = &cli.global.directory {
+        if let Err(e) = std::env::set_current_dir(dir) {
+            eprintln!("error: change to {}: {e}", dir.display());
+            return 2;
+        }
+    }
+    let reporter = render::Renderer::new(cli.global.verbose);
+    let outcome = match cli.command {
+        Command::Build(args) => build::run(&cli.global, &reporter, args),
+        Command::Test(args) => test::run(&cli.global, &reporter, args),
+        Command::Results(args) => results::run(&cli.global, &reporter, args),
+        Command::Explain(args) => explain::run(&cli.global, &reporter, args),
+        Command::Verify(args) => verify::run(&cli.global, &reporter, args),
+        Command::Gc(args) => gc::run(&cli.global, &reporter, args),
+        Command::Lock(args) => lock::run(&cli.global, &reporter, args),
+        Command::Shell(args) => shell::run(&cli.global, &reporter, args),
+    };
+    reporter.finish();
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Finds the project and opens the store and lock.
+fn open_engine<'a>(
+    global: &Global,
+    reporter: &'a render::Renderer,
+    refresh_lock: bool,
+) -> Result<Engine<'a>, Error> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| Error::Usage(format!("find the current folder: {e}")))?;
+    let project = Project::discover(&cwd)?;
+    let cache = global
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| project.root.join("cache"));
+    Engine::open(project, &cache, reporter, refresh_lock)
+}

@@ -1,0 +1,160 @@
+//! Rendering progress events: progress bars when stderr is a terminal (and not verbose),
+//! plain timestamped lines otherwise. Test result lines go to stdout.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::report::{Event, Reporter};
+use crate::testing::TestResult;
+
+pub struct Renderer {
+    verbose: bool,
+    bars: Option<MultiProgress>,
+    active: Mutex<Vec<(String, ProgressBar)>>,
+}
+
+impl Renderer {
+    pub fn new(verbose: bool) -> Renderer {
+        let fancy = std::io::stderr().is_terminal() && !verbose && std::env::var_os("CI").is_none();
+        Renderer {
+            verbose,
+            bars: fancy.then(MultiProgress::new),
+            active: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bars {
+            Some(bars) => {
+                let _ = bars.println(text);
+            }
+            None => {
+                let secs = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+                eprintln!("[{h:02}:{m:02}:{s:02}] {text}");
+            }
+        }
+    }
+
+    fn bar(&self, name: &str, message: &str) {
+        let Some(bars) = &self.bars else { return };
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, bar)) = active.iter().find(|(n, _)| n == name) {
+            bar.set_message(format!("{name}: {message}"));
+            return;
+        }
+        let bar = bars.add(ProgressBar::new_spinner());
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed}] {wide_msg}")
+                .expect("valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar.set_message(format!("{name}: {message}"));
+        active.push((name.to_string(), bar));
+    }
+
+    fn end_bar(&self, name: &str) {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = active.iter().position(|(n, _)| n == name) {
+            let (_, bar) = active.remove(i);
+            bar.finish_and_clear();
+        }
+    }
+
+    pub fn finish(&self) {
+        for (_, bar) in self
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// Prints one finished test to stdout.
+    pub fn test_line(&self, recipe: &str, result: &TestResult, cached: bool) {
+        let mut text = format!(
+            "{:<7} {recipe}/{} ({:.2}s)",
+            result.status.name().to_uppercase(),
+            result.name,
+            result.duration
+        );
+        if let Some(reason) = &result.reason {
+            text.push_str(&format!(": {reason}"));
+        }
+        if cached {
+            text.push_str(" [cached]");
+        }
+        for sub in &result.subtests {
+            text.push_str(&format!(
+                "\n  {:<7} {}",
+                sub.status.name().to_uppercase(),
+                sub.name
+            ));
+        }
+        match &self.bars {
+            Some(bars) => bars.suspend(|| println!("{text}")),
+            None => println!("{text}"),
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+impl Reporter for Renderer {
+    fn event(&self, event: Event) {
+        match event {
+            Event::Cached { name, kind, .. } => {
+                if self.verbose {
+                    self.line(&format!("{name} ({kind}): cached"));
+                }
+            }
+            Event::Started { name, kind } => {
+                self.line(&format!("{name} ({kind}): building"));
+                self.bar(name, "building");
+            }
+            Event::Progress { name, line } => {
+                if self.bars.is_some() {
+                    self.bar(name, line);
+                } else if self.verbose {
+                    self.line(&format!("{name}: {line}"));
+                }
+            }
+            Event::Waiting { name } => {
+                self.line(&format!(
+                    "{name}: waiting for another vmbuild building the same entry"
+                ));
+                self.bar(name, "waiting for another vmbuild");
+            }
+            Event::Built {
+                name,
+                kind,
+                seconds,
+            } => {
+                self.end_bar(name);
+                self.line(&format!("{name} ({kind}): built in {seconds:.1}s"));
+            }
+            Event::Notice(text) => self.line(&format!("note: {text}")),
+            Event::Booting { recipe, accel, vms } => {
+                self.line(&format!("{recipe}: booting {vms} VM(s) with {accel}"));
+                self.bar(recipe, "running tests");
+            }
+            Event::TestFinished {
+                recipe,
+                result,
+                cached,
+            } => self.test_line(recipe, result, cached),
+            Event::Detail(text) => {
+                if self.verbose {
+                    self.line(text);
+                }
+            }
+        }
+    }
+}

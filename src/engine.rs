@@ -1,0 +1,567 @@
+//! The engine: loads the graph for the requested recipes, computes every node's key,
+//! then walks the graph in waves (independent nodes in parallel), reusing store entries
+//! and building what is missing; test recipes then boot VMs and publish their results
+//! as entries too.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::builders::{self, BuildContext, BuildError};
+use crate::fetch::lock::Lock;
+use crate::graph::{compute_key, Graph, KeyContext, KeyError, KeyInputs};
+use crate::recipe::{Project, RecipeError, Spec};
+use crate::report::{Event, Reporter};
+use crate::store::{Entry, Manifest, Status, Store, StoreError};
+use crate::testing::runner::{self, Artifacts, RunOptions, TestError};
+use crate::testing::{junit, RunResults, JUNIT_XML, RESULTS_JSON};
+use crate::tools::Tools;
+use crate::vm;
+
+/// Every failure vmbuild reports, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    #[error("compute the key of `{name}`: {source}")]
+    Key { name: String, source: KeyError },
+    #[error("build `{name}`: {source}")]
+    Build { name: String, source: BuildError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("test `{name}`: {source}")]
+    Test { name: String, source: TestError },
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    /// The exit code contract: 2 bad usage or recipe, 3 build failed, 4 VM or infrastructure.
+    pub fn exit_code(&self) -> i32 {
+        use crate::fetch::FetchError;
+        match self {
+            Error::Recipe(_) | Error::Usage(_) => 2,
+            Error::Key {
+                source: KeyError::Fetch(FetchError::UnknownPackage { .. }),
+                ..
+            } => 2,
+            Error::Build {
+                source: BuildError::Fetch(FetchError::UnknownPackage { .. }),
+                ..
+            } => 2,
+            Error::Test {
+                source: TestError::Unsupported(_),
+                ..
+            } => 2,
+            Error::Test { .. } => 4,
+            Error::Key { .. } | Error::Build { .. } | Error::Store(_) => 3,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How much `-f` asks to redo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Force {
+    #[default]
+    None,
+    /// `-f`: the named recipes.
+    Named,
+    /// `-ff`: the named recipes and their whole closure.
+    Closure,
+}
+
+pub struct Engine<'a> {
+    pub project: Project,
+    pub store: Store,
+    pub tools: Tools,
+    pub lock: Lock,
+    pub reporter: &'a dyn Reporter,
+}
+
+/// A loaded graph with a key for every node.
+pub struct Plan {
+    pub graph: Graph,
+    pub inputs: Vec<KeyInputs>,
+    pub keys: Vec<String>,
+}
+
+/// The outcome for one requested build recipe.
+pub struct Built {
+    pub name: String,
+    pub kind: &'static str,
+    pub entry: Entry,
+    pub cached: bool,
+}
+
+/// The outcome for one test recipe.
+pub struct Tested {
+    pub name: String,
+    pub results: RunResults,
+    pub entry: Entry,
+    pub cached: bool,
+}
+
+impl<'a> Engine<'a> {
+    pub fn open(
+        project: Project,
+        store_root: &Path,
+        reporter: &'a dyn Reporter,
+        refresh_lock: bool,
+    ) -> Result<Engine<'a>> {
+        let store = Store::open(store_root)?;
+        let tools = Tools::new(store.root());
+        let lock = Lock::open(&project.root, refresh_lock).map_err(|e| Error::Key {
+            name: crate::fetch::lock::LOCK_FILE.into(),
+            source: e.into(),
+        })?;
+        Ok(Engine {
+            project,
+            store,
+            tools,
+            lock,
+            reporter,
+        })
+    }
+
+    /// Loads the named recipes and everything they need, and keys every node.
+    pub fn plan(&self, names: &[String]) -> Result<Plan> {
+        let refs = names
+            .iter()
+            .map(|n| self.project.locate(n))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let graph = Graph::load(&self.project, &refs)?;
+        let ctx = KeyContext {
+            tools: &self.tools,
+            lock: &self.lock,
+            stat_cache_dir: self.store.root().join("statcache"),
+        };
+        let mut inputs: Vec<KeyInputs> = Vec::with_capacity(graph.nodes.len());
+        let mut keys: Vec<String> = Vec::with_capacity(graph.nodes.len());
+        for node in &graph.nodes {
+            let deps: BTreeMap<String, String> = node
+                .deps
+                .iter()
+                .map(|&d| (graph.nodes[d].recipe.name.clone(), keys[d].clone()))
+                .collect();
+            let input = compute_key(&node.recipe, deps, &ctx).map_err(|source| Error::Key {
+                name: node.recipe.name.clone(),
+                source,
+            })?;
+            keys.push(input.key());
+            inputs.push(input);
+        }
+        Ok(Plan {
+            graph,
+            inputs,
+            keys,
+        })
+    }
+
+    fn forced(&self, plan: &Plan, index: usize, force: Force) -> bool {
+        match force {
+            Force::None => false,
+            Force::Named => plan.graph.roots.contains(&index),
+            Force::Closure => true,
+        }
+    }
+
+    /// Builds the non-test nodes `wanted` needs; returns an entry for each built node.
+    fn build_closure(
+        &self,
+        plan: &Plan,
+        wanted: &[usize],
+        force: Force,
+    ) -> Result<BTreeMap<usize, (Entry, bool)>> {
+        let mut closure: Vec<usize> = wanted.iter().flat_map(|&w| plan.graph.closure(w)).collect();
+        closure.sort_unstable();
+        closure.dedup();
+        closure.retain(|&i| !matches!(plan.graph.nodes[i].recipe.spec, Spec::Test(_)));
+        let done: Mutex<BTreeMap<usize, (Entry, bool)>> = Mutex::new(BTreeMap::new());
+        for wave in plan.graph.waves(&closure) {
+            let results: Vec<Result<()>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = wave
+                    .iter()
+                    .map(|&i| {
+                        let done = &done;
+                        scope.spawn(move || {
+                            let deps: BTreeMap<String, Entry> = {
+                                let done = done.lock().unwrap_or_else(|e| e.into_inner());
+                                plan.graph.nodes[i]
+                                    .deps
+                                    .iter()
+                                    .filter_map(|d| {
+                                        done.get(d).map(|(e, _)| {
+                                            (plan.graph.nodes[*d].recipe.name.clone(), e.clone())
+                                        })
+                                    })
+                                    .collect()
+                            };
+                            let (entry, cached) =
+                                self.ensure(plan, i, &deps, self.forced(plan, i, force))?;
+                            done.lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(i, (entry, cached));
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(Error::Usage("a build thread panicked".into())))
+                    })
+                    .collect()
+            });
+            results.into_iter().collect::<Result<Vec<()>>>()?;
+        }
+        Ok(done.into_inner().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The entry for one build node: from the store, or built now.
+    fn ensure(
+        &self,
+        plan: &Plan,
+        index: usize,
+        deps: &BTreeMap<String, Entry>,
+        force: bool,
+    ) -> Result<(Entry, bool)> {
+        let recipe = &plan.graph.nodes[index].recipe;
+        let (name, kind, key) = (
+            recipe.name.as_str(),
+            recipe.kind(),
+            plan.keys[index].as_str(),
+        );
+        if !force {
+            if let Some(entry) = self.store.lookup(key, name)? {
+                self.reporter.event(Event::Cached {
+                    name,
+                    kind,
+                    path: &entry.path,
+                });
+                return Ok((entry, true));
+            }
+        }
+        let lock = self
+            .store
+            .lock(key, || self.reporter.event(Event::Waiting { name }))?;
+        if !force {
+            // Another vmbuild may have built it while we waited.
+            if let Some(entry) = self.store.lookup(key, name)? {
+                self.reporter.event(Event::Cached {
+                    name,
+                    kind,
+                    path: &entry.path,
+                });
+                return Ok((entry, true));
+            }
+        }
+        self.reporter.event(Event::Started { name, kind });
+        let started = Instant::now();
+        let staging = self.store.stage(key, name, &lock)?;
+        let work = WorkDir::new(self.store.root(), key, name)?;
+        let progress = |line: &str| self.reporter.event(Event::Progress { name, line });
+        let ctx = BuildContext {
+            store: &self.store,
+            lock: &self.lock,
+            deps,
+            work: &work.0,
+            progress: &progress,
+        };
+        let details =
+            builders::build(recipe, &ctx, staging.out()).map_err(|source| Error::Build {
+                name: name.to_string(),
+                source,
+            })?;
+        let mut manifest = Manifest::new(name, kind, key, plan.inputs[index].to_value());
+        manifest.details = details;
+        manifest.build_seconds = started.elapsed().as_secs_f64();
+        let entry = self.store.publish(staging, manifest)?;
+        self.reporter.event(Event::Built {
+            name,
+            kind,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        Ok((entry, false))
+    }
+
+    /// `vmbuild build`: the requested recipes' entries, in request order.
+    pub fn build(&self, plan: &Plan, force: Force) -> Result<Vec<Built>> {
+        for &root in &plan.graph.roots {
+            let recipe = &plan.graph.nodes[root].recipe;
+            if matches!(recipe.spec, Spec::Test(_)) {
+                return Err(Error::Usage(format!(
+                    "`{}` is a test recipe: run it with `vmbuild test {}`",
+                    recipe.name, recipe.name
+                )));
+            }
+        }
+        let built = self.build_closure(plan, &plan.graph.roots, force)?;
+        Ok(plan
+            .graph
+            .roots
+            .iter()
+            .map(|&r| {
+                let (entry, cached) = built[&r].clone();
+                Built {
+                    name: plan.graph.nodes[r].recipe.name.clone(),
+                    kind: plan.graph.nodes[r].recipe.kind(),
+                    entry,
+                    cached,
+                }
+            })
+            .collect())
+    }
+
+    /// `vmbuild test`: builds what the tests need, then runs each test recipe (those named
+    /// and those they come `after`), reusing all-pass results from the store.
+    pub fn test(&self, plan: &Plan, force: Force) -> Result<Vec<Tested>> {
+        for &root in &plan.graph.roots {
+            let recipe = &plan.graph.nodes[root].recipe;
+            if !matches!(recipe.spec, Spec::Test(_)) {
+                return Err(Error::Usage(format!(
+                    "`{}` is a {} recipe, not a test: build it with `vmbuild build {}`",
+                    recipe.name,
+                    recipe.kind(),
+                    recipe.name
+                )));
+            }
+        }
+        let test_nodes: Vec<usize> = (0..plan.graph.nodes.len())
+            .filter(|&i| matches!(plan.graph.nodes[i].recipe.spec, Spec::Test(_)))
+            .collect();
+        // Cached all-pass results need no artifacts at all: look them up first.
+        let mut outcomes: BTreeMap<usize, Tested> = BTreeMap::new();
+        for &i in &test_nodes {
+            if self.forced(plan, i, force) {
+                continue;
+            }
+            let name = &plan.graph.nodes[i].recipe.name;
+            if let Some(entry) = self.store.lookup(&plan.keys[i], name)? {
+                let results = read_results(&entry)?;
+                for result in &results.tests {
+                    self.reporter.event(Event::TestFinished {
+                        recipe: name,
+                        result,
+                        cached: true,
+                    });
+                }
+                outcomes.insert(
+                    i,
+                    Tested {
+                        name: name.clone(),
+                        results,
+                        entry,
+                        cached: true,
+                    },
+                );
+            }
+        }
+        let to_run: Vec<usize> = test_nodes
+            .iter()
+            .copied()
+            .filter(|i| !outcomes.contains_key(i))
+            .collect();
+        if to_run.is_empty() {
+            return Ok(plan
+                .graph
+                .roots
+                .iter()
+                .filter_map(|r| outcomes.remove(r))
+                .collect());
+        }
+        let artifacts = self.build_closure(plan, &to_run, force)?;
+        let (accel, reason) = vm::detect_accel(self.store.root());
+        if let Some(reason) = reason {
+            self.reporter.event(Event::Notice(&format!(
+                "KVM is not usable ({reason}): using TCG, which is much slower"
+            )));
+        }
+        for &i in &to_run {
+            let node = &plan.graph.nodes[i];
+            let Spec::Test(spec) = &node.recipe.spec else {
+                continue;
+            };
+            let name = node.recipe.name.as_str();
+            let blocked: Vec<&str> = spec
+                .after
+                .iter()
+                .filter(|a| {
+                    let idx = plan.graph.index_of(&a.name);
+                    !idx.and_then(|x| outcomes.get(&x))
+                        .is_some_and(|t| t.results.all_passed())
+                })
+                .map(|a| a.name.as_str())
+                .collect();
+            if !blocked.is_empty() {
+                return Err(Error::Test {
+                    name: name.to_string(),
+                    source: TestError::Unsupported(format!(
+                        "not run: it comes after {} which did not pass",
+                        blocked.join(", ")
+                    )),
+                });
+            }
+            let entry_of = |r: &crate::recipe::RecipeRef| -> &Entry {
+                let idx = plan
+                    .graph
+                    .index_of(&r.name)
+                    .expect("dependencies are in the graph");
+                &artifacts[&idx].0
+            };
+            let arts = Artifacts {
+                kernel: entry_of(&spec.kernel),
+                rootfs: entry_of(&spec.rootfs),
+                bundles: spec
+                    .bundles
+                    .iter()
+                    .map(|b| (b.name.as_str(), entry_of(b)))
+                    .collect(),
+            };
+            let tested = self.run_test(plan, i, spec, &arts, accel)?;
+            outcomes.insert(i, tested);
+        }
+        Ok(plan
+            .graph
+            .roots
+            .iter()
+            .filter_map(|r| outcomes.remove(r))
+            .collect())
+    }
+
+    /// The built (non-test) dependencies of a test node, by recipe name.
+    pub fn artifacts(&self, plan: &Plan, test: usize) -> Result<BTreeMap<String, Entry>> {
+        let built = self.build_closure(plan, &[test], Force::None)?;
+        Ok(built
+            .into_iter()
+            .map(|(i, (e, _))| (plan.graph.nodes[i].recipe.name.clone(), e))
+            .collect())
+    }
+
+    fn run_test(
+        &self,
+        plan: &Plan,
+        index: usize,
+        spec: &crate::recipe::TestSpec,
+        arts: &Artifacts,
+        accel: vm::Accel,
+    ) -> Result<Tested> {
+        let name = plan.graph.nodes[index].recipe.name.as_str();
+        let key = plan.keys[index].as_str();
+        let test_err = |source| Error::Test {
+            name: name.to_string(),
+            source,
+        };
+        let lock = self
+            .store
+            .lock(key, || self.reporter.event(Event::Waiting { name }))?;
+        let staging = self.store.stage(key, name, &lock)?;
+        let work = WorkDir::new(self.store.root(), key, name)?;
+        let previous = self.store.latest(name)?.and_then(|e| read_results(&e).ok());
+        let started = Instant::now();
+        self.reporter.event(Event::Booting {
+            recipe: name,
+            accel: accel.name(),
+            vms: spec.vm.vms,
+        });
+        let on_result = |result: &crate::testing::TestResult| {
+            self.reporter.event(Event::TestFinished {
+                recipe: name,
+                result,
+                cached: false,
+            })
+        };
+        let detail = |line: &str| self.reporter.event(Event::Detail(line));
+        let opts = RunOptions {
+            recipe: name,
+            key,
+            spec,
+            accel,
+            work: &work.0,
+            out: staging.out(),
+            previous: previous.as_ref(),
+            on_result: &on_result,
+            detail: &detail,
+        };
+        let results = runner::run(&opts, arts).map_err(test_err)?;
+        let out = staging.out();
+        let json = serde_json::to_vec_pretty(&results).expect("results serialize");
+        fs_err::write(out.join(RESULTS_JSON), json).map_err(|e| {
+            test_err(TestError::Io {
+                action: "write",
+                path: out.join(RESULTS_JSON),
+                source: e,
+            })
+        })?;
+        let logs = |_: &str, test: &str| {
+            fs_err::read_to_string(out.join("tests").join(format!("{test}.log")))
+                .unwrap_or_default()
+        };
+        fs_err::write(out.join(JUNIT_XML), junit::render(&[&results], &logs)).map_err(|e| {
+            test_err(TestError::Io {
+                action: "write",
+                path: out.join(JUNIT_XML),
+                source: e,
+            })
+        })?;
+        let mut manifest = Manifest::new(name, "test", key, plan.inputs[index].to_value());
+        manifest.status = if results.all_passed() {
+            Status::Ok
+        } else {
+            Status::Failed
+        };
+        manifest.build_seconds = started.elapsed().as_secs_f64();
+        manifest
+            .details
+            .insert("accel".into(), serde_json::json!(accel.name()));
+        let entry = self.store.publish(staging, manifest)?;
+        Ok(Tested {
+            name: name.to_string(),
+            results,
+            entry,
+            cached: false,
+        })
+    }
+}
+
+pub fn read_results(entry: &Entry) -> Result<RunResults> {
+    let path = entry.path.join(RESULTS_JSON);
+    let bytes = fs_err::read(&path).map_err(|source| StoreError::Io {
+        action: "read",
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::Store(StoreError::BadManifest {
+            path,
+            message: e.to_string(),
+        })
+    })
+}
+
+/// Scratch space for one build, inside the store's tmp (same filesystem, so outputs can
+/// be moved into the staged entry), removed on drop.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new(store_root: &Path, key: &str, name: &str) -> Result<WorkDir> {
+        let path = store_root
+            .join("tmp")
+            .join(format!("{key}-{name}.{}.work", std::process::id()));
+        fs_err::create_dir_all(&path).map_err(|source| StoreError::Io {
+            action: "create",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(WorkDir(path))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,169 @@
+//! Debian packages through the host's apt: resolve a name to a pinned version and sha256
+//! (`apt-cache show`), download exactly that version (`apt-get download`), verify it,
+//! and unpack it without installing (`dpkg-deb -x`). The host's apt configuration decides
+//! where packages come from.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use super::FetchError;
+use crate::hashing;
+use crate::process::{self, ProcessError};
+
+/// A Debian package pinned to one exact build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// What the recipe asked for (may be a meta package).
+    pub name: String,
+    /// The package actually fetched.
+    pub package: String,
+    pub version: String,
+    pub architecture: String,
+    pub sha256: String,
+}
+
+/// The stanza fields of `apt-cache show --no-all-versions`.
+fn show(package: &str) -> Result<Vec<(String, String)>, FetchError> {
+    let out = Command::new("apt-cache")
+        .args(["show", "--no-all-versions", package])
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ProcessError::Missing {
+                command: format!("apt-cache show {package}"),
+                tool: "apt-cache".into(),
+                package: "apt".into(),
+            }
+            .into())
+        }
+        Err(source) => {
+            return Err(ProcessError::Spawn {
+                command: format!("apt-cache show {package}"),
+                source,
+            }
+            .into())
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || text.trim().is_empty() {
+        return Err(FetchError::UnknownPackage {
+            package: package.to_string(),
+        });
+    }
+    // Only the first stanza: the candidate version.
+    let stanza = text.split("\n\n").next().unwrap_or("");
+    Ok(stanza
+        .lines()
+        .filter(|l| !l.starts_with(' '))
+        .filter_map(|l| {
+            l.split_once(": ")
+                .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        })
+        .collect())
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The real kernel image package a meta package like `linux-image-amd64` depends on.
+fn kernel_image_dependency(depends: &str) -> Option<String> {
+    depends
+        .split([',', '|'])
+        .map(|d| d.split_whitespace().next().unwrap_or(""))
+        .find(|d| {
+            d.strip_prefix("linux-image-")
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .map(str::to_string)
+}
+
+/// Resolves a package name to the candidate version apt would fetch now.
+pub fn resolve(request: &str, follow_kernel_meta: bool) -> Result<Pin, FetchError> {
+    let mut package = request.to_string();
+    let mut fields = show(&package)?;
+    if follow_kernel_meta {
+        if let Some(real) = field(&fields, "Depends").and_then(kernel_image_dependency) {
+            package = real;
+            fields = show(&package)?;
+        }
+    }
+    let get = |name: &str| {
+        field(&fields, name)
+            .map(str::to_string)
+            .ok_or_else(|| FetchError::UnknownPackage {
+                package: package.clone(),
+            })
+    };
+    Ok(Pin {
+        name: request.to_string(),
+        version: get("Version")?,
+        architecture: get("Architecture")?,
+        sha256: get("SHA256")?,
+        package: package.clone(),
+    })
+}
+
+/// The pinned .deb, downloaded once into `downloads` and verified against the pin.
+pub fn download(pin: &Pin, downloads: &Path) -> Result<PathBuf, FetchError> {
+    let target = downloads.join(format!("{}.deb", pin.sha256));
+    if target.is_file() {
+        return Ok(target);
+    }
+    fs_err::create_dir_all(downloads).map_err(FetchError::io("create", downloads))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".apt-")
+        .tempdir_in(downloads)
+        .map_err(FetchError::io("create a temp folder in", downloads))?;
+    let spec = format!("{}={}", pin.package, pin.version);
+    process::run(
+        Command::new("apt-get")
+            .args(["download", "-q", &spec])
+            .current_dir(tmp.path()),
+    )?;
+    let deb = fs_err::read_dir(tmp.path())
+        .map_err(FetchError::io("read", tmp.path()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| FetchError::UnknownPackage {
+            package: spec.clone(),
+        })?;
+    let (actual, _) = hashing::sha256_file(&deb).map_err(FetchError::io("hash", &deb))?;
+    if actual != pin.sha256 {
+        return Err(FetchError::HashMismatch {
+            what: format!("Debian package {spec}"),
+            expected: pin.sha256.clone(),
+            actual,
+        });
+    }
+    fs_err::rename(&deb, &target).map_err(FetchError::io("store", &target))?;
+    Ok(target)
+}
+
+/// Unpacks a .deb's files into `dest` without installing it.
+pub fn extract(deb: &Path, dest: &Path) -> Result<(), FetchError> {
+    process::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(dest))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_package_dependency_is_the_versioned_image() {
+        let deps = "linux-image-6.1.0-56-amd64 (= 6.1.192-2), linux-base";
+        assert_eq!(
+            kernel_image_dependency(deps).as_deref(),
+            Some("linux-image-6.1.0-56-amd64")
+        );
+        assert_eq!(kernel_image_dependency("libc6 (>= 2.36)"), None);
+    }
+}

@@ -1,0 +1,53 @@
+//! URLs pinned by sha256: streamed to a temp file while hashing, kept only when the hash
+//! matches. A mismatch names the expected and actual hashes and stores nothing.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::FetchError;
+
+/// Downloads `url` into `downloads/<sha256>` (once) and returns the file.
+pub fn download(url: &str, sha256: &str, downloads: &Path) -> Result<PathBuf, FetchError> {
+    let target = downloads.join(sha256);
+    if target.is_file() {
+        return Ok(target);
+    }
+    fs_err::create_dir_all(downloads).map_err(FetchError::io("create", downloads))?;
+    let http = |message: String| FetchError::Http {
+        url: url.to_string(),
+        message,
+    };
+    let response = ureq::get(url).call().map_err(|e| http(e.to_string()))?;
+    let mut body = response.into_reader();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".http-")
+        .tempfile_in(downloads)
+        .map_err(FetchError::io("create a temp file in", downloads))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = body.read(&mut buf).map_err(|e| http(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        tmp.write_all(&buf[..n])
+            .map_err(FetchError::io("write", tmp.path()))?;
+    }
+    let actual = hex::encode(hasher.finalize());
+    if actual != sha256 {
+        return Err(FetchError::HashMismatch {
+            what: url.to_string(),
+            expected: sha256.to_string(),
+            actual,
+        });
+    }
+    tmp.persist(&target).map_err(|e| FetchError::Io {
+        action: "store",
+        path: target.clone(),
+        source: e.error,
+    })?;
+    Ok(target)
+}

@@ -1,0 +1,50 @@
+//! Fetching inputs from outside the project: Debian packages through the host's apt
+//! (pinned in `vmbuild.lock`), and URLs pinned by sha256. Everything fetched is verified
+//! against its pin before use and kept in `<store>/downloads/<sha256>` so that a rebuild
+//! does not fetch again.
+
+pub mod apt;
+pub mod http;
+pub mod lock;
+
+use std::path::PathBuf;
+
+use crate::process::ProcessError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("find Debian package `{package}`: apt knows no such package\n  help: check the name with `apt-cache search {package}`, or run `apt-get update`")]
+    UnknownPackage { package: String },
+    #[error("verify {what}: sha256 mismatch\n  expected: {expected}\n  actual:   {actual}")]
+    HashMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("download {url}: {message}")]
+    Http { url: String, message: String },
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("read {}: {message}", path.display())]
+    BadLockfile { path: PathBuf, message: String },
+}
+
+impl FetchError {
+    pub fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> FetchError {
+        let path = path.into();
+        move |source| FetchError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Cache keys: SHA-256 over a canonical JSON serialization of explicit input structs
+//! (object keys sorted, no raw TOML text, no absolute paths, no mtimes).
+//!
+//! | input                      | why it is in the key                                        |
+//! |----------------------------|-------------------------------------------------------------|
+//! | `schema`                   | bumped when a builder changes its output for the same inputs |
+//! | `kind`, `arch`             | the same files make different things per kind and arch       |
+//! | resolved recipe fields     | base, format, size, packages, config base, VM settings, ...  |
+//! | local files, by content    | bytes, exec bit, symlink target, relative path; never mtime, |
+//! |                            | owner or absolute path, so clones on other hosts share keys  |
+//! | Debian packages            | name, version and sha256 from `vmbuild.lock`                 |
+//! | URLs                       | only their pinned sha256: a mirror move changes nothing      |
+//! | dependencies' keys         | a change anywhere below rebuilds everything above (Merkle)   |
+//! | tool identity              | gcc/make for kernels, mke2fs for ext4, mmdebstrap, qemu for  |
+//! |                            | tests: a different tool can make a different output          |
+//! | tests: agent, VM settings  | the guest agent script, machine, memory, cpus, disks,        |
+//! |                            | cmdline, timeout and backend change what a test observes     |
+//!
+//! Out of the key, in the manifest instead: KVM or TCG, host name, times, cache path.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::fetch::lock::Lock;
+use crate::fetch::FetchError;
+use crate::hashing::{self, TreeEntry};
+use crate::process::ProcessError;
+use crate::recipe::{ConfigBase, Fetch, KernelSpec, Recipe, RootfsBase, RootfsFormat, Spec};
+use crate::tools::Tools;
+
+/// Bump when any builder's output changes for identical inputs.
+pub const KEY_SCHEMA: u32 = 1;
+pub const ARCH: &str = "x86_64";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Tool(#[from] ProcessError),
+    #[error("hash {}: {source}", path.display())]
+    Hash {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What computing keys needs besides the recipes.
+pub struct KeyContext<'a> {
+    pub tools: &'a Tools,
+    pub lock: &'a Lock,
+    /// Where stat caches for large local source trees live.
+    pub stat_cache_dir: std::path::PathBuf,
+}
+
+/// Everything a key covers. Serialized canonically (serde_json maps are sorted).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyInputs {
+    pub schema: u32,
+    pub kind: &'static str,
+    pub arch: &'static str,
+    pub recipe: Value,
+    pub deps: BTreeMap<String, String>,
+    pub tools: BTreeMap<String, String>,
+}
+
+impl KeyInputs {
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).expect("key inputs serialize")
+    }
+
+    pub fn key(&self) -> String {
+        let canonical = serde_json::to_vec(&self.to_value()).expect("key inputs serialize");
+        hashing::sha256_hex(&canonical)
+    }
+}
+
+fn hash_path(path: &Path) -> Result<Value, KeyError> {
+    let err = |source| KeyError::Hash {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.is_dir() {
+        let tree = hashing::hash_tree(path, |_| true).map_err(err)?;
+        Ok(serde_json::to_value(tree).expect("trees serialize"))
+    } else {
+        Ok(serde_json::to_value(TreeEntry::of(path).map_err(err)?).expect("entries serialize"))
+    }
+}
+
+fn fetch_inputs(fetch: &Fetch, ctx: &KeyContext, kernel_meta: bool) -> Result<Value, KeyError> {
+    Ok(match fetch {
+        Fetch::Deb { package, .. } => json!({ "deb": ctx.lock.pin(package, kernel_meta)? }),
+        Fetch::Url { sha256, .. } => json!({ "sha256": sha256 }),
+        Fetch::Path(path) => json!({ "path": hash_path(path)? }),
+    })
+}
+
+/// The key inputs of one recipe, given its dependencies' keys by recipe name.
+pub fn compute_key(
+    recipe: &Recipe,
+    deps: BTreeMap<String, String>,
+    ctx: &KeyContext,
+) -> Result<KeyInputs, KeyError> {
+    let mut tools = BTreeMap::new();
+    let mut tool = |name: &str, args: &[&str]| -> Result<(), KeyError> {
+        tools.insert(name.to_string(), ctx.tools.version(name, args)?);
+        Ok(())
+    };
+    let recipe_inputs = match &recipe.spec {
+        Spec::Kernel(KernelSpec::Prebuilt(fetch)) => {
+            json!({ "prebuilt": fetch_inputs(fetch, ctx, true)? })
+        }
+        Spec::Kernel(KernelSpec::FromSource {
+            source,
+            base,
+            fragments,
+            make_flags,
+        }) => {
+            tool("gcc", &["--version"])?;
+            tool("make", &["--version"])?;
+            let base = match base {
+                ConfigBase::Target(t) => json!(t),
+                ConfigBase::File(path) => json!({ "file": hash_path(path)? }),
+            };
+            let fragments = fragments
+                .iter()
+                .map(|f| Ok(json!({ "name": f.file_name().map(|n| n.to_string_lossy()), "content": hash_path(f)? })))
+                .collect::<Result<Vec<_>, KeyError>>()?;
+            let source = match source {
+                // A kernel tree: leave out .git and ignored files, reuse hashes of unchanged files.
+                Fetch::Path(tree) => {
+                    let cache = ctx
+                        .stat_cache_dir
+                        .join(hashing::sha256_hex(tree.to_string_lossy().as_bytes()));
+                    let digest = hashing::source_tree_digest(tree, &cache).map_err(|source| {
+                        KeyError::Hash {
+                            path: tree.clone(),
+                            source,
+                        }
+                    })?;
+                    json!({ "tree": digest })
+                }
+                other => fetch_inputs(other, ctx, false)?,
+            };
+            json!({
+                "source": source,
+                "config": { "base": base, "fragments": fragments },
+                "make_flags": make_flags,
+            })
+        }
+        Spec::Rootfs(r) => {
+            let base = match &r.base {
+                RootfsBase::Busybox => json!({ "busybox": ctx.lock.pin("busybox-static", false)? }),
+                RootfsBase::Debian(release) => {
+                    tool("mmdebstrap", &["--version"])?;
+                    json!({ "debian": release })
+                }
+                RootfsBase::Empty => json!("none"),
+            };
+            if r.format == RootfsFormat::Ext4 {
+                tool("mke2fs", &["-V"])?;
+            }
+            let files = r
+                .files
+                .iter()
+                .map(|(dest, src)| Ok((dest.clone(), hash_path(src)?)))
+                .collect::<Result<BTreeMap<_, _>, KeyError>>()?;
+            json!({
+                "base": base,
+                "packages": r.packages,
+                "format": r.format.name(),
+                "size": r.size,
+                "files": files,
+                "modules": r.modules,
+                "kernel_modules": r.kernel_modules.as_ref().map(|k| &k.name),
+            })
+        }
+        Spec::Bundle(b) => json!({ "tests": hash_path(&b.tests_dir)? }),
+        Spec::Test(t) => {
+            tool(crate::vm::qemu::QEMU, &["--version"])?;
+            json!({
+                "kernel": t.kernel.name,
+                "rootfs": t.rootfs.name,
+                "bundles": t.bundles.iter().map(|b| &b.name).collect::<Vec<_>>(),
+                "after": t.after.iter().map(|b| &b.name).collect::<Vec<_>>(),
+                "timeout_ms": t.timeout.as_millis() as u64,
+                "agent_sha256": hashing::sha256_hex(crate::testing::agent::AGENT.as_bytes()),
+                "vm": {
+                    "backend": format!("{:?}", t.vm.backend).to_lowercase(),
+                    "machine": t.vm.machine,
+                    "memory_mb": t.vm.memory_mb,
+                    "cpus": t.vm.cpus,
+                    "disks": t.vm.disks.iter().map(|d| json!({"name": d.name, "size": d.size})).collect::<Vec<_>>(),
+                    "cmdline": t.vm.cmdline,
+                },
+            })
+        }
+    };
+    Ok(KeyInputs {
+        schema: KEY_SCHEMA,
+        kind: recipe.kind(),
+        arch: ARCH,
+        recipe: recipe_inputs,
+        deps,
+        tools,
+    })
+}

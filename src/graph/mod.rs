@@ -1,0 +1,128 @@
+//! The dependency graph: the requested recipes and everything they reach, loaded once,
+//! checked for cycles (the cycle is printed), in topological order, with a cache key for
+//! every node computed bottom-up (a Merkle tree: each key covers its dependencies' keys).
+
+mod explain;
+mod key;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+pub use explain::diff_inputs;
+pub use key::{compute_key, KeyContext, KeyError, KeyInputs, KEY_SCHEMA};
+
+use crate::recipe::{Project, Recipe, RecipeError, RecipeRef};
+
+pub struct Node {
+    pub recipe: Recipe,
+    /// Indices of the nodes this one needs, in the recipe's order.
+    pub deps: Vec<usize>,
+}
+
+pub struct Graph {
+    /// Nodes in topological order: every node comes after its dependencies.
+    pub nodes: Vec<Node>,
+    pub roots: Vec<usize>,
+}
+
+enum Mark {
+    Visiting,
+    Done(usize),
+}
+
+impl Graph {
+    /// Loads `roots` and their whole closure.
+    pub fn load(project: &Project, roots: &[RecipeRef]) -> Result<Graph, RecipeError> {
+        let mut loader = Loader {
+            project,
+            marks: HashMap::new(),
+            stack: Vec::new(),
+            nodes: Vec::new(),
+        };
+        let roots = roots
+            .iter()
+            .map(|r| loader.visit(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Graph {
+            nodes: loader.nodes,
+            roots,
+        })
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.recipe.name == name)
+    }
+
+    /// Every node `root` reaches, itself included, in topological order.
+    pub fn closure(&self, root: usize) -> Vec<usize> {
+        let mut seen = vec![false; self.nodes.len()];
+        let mut stack = vec![root];
+        while let Some(i) = stack.pop() {
+            if !std::mem::replace(&mut seen[i], true) {
+                stack.extend(&self.nodes[i].deps);
+            }
+        }
+        (0..self.nodes.len()).filter(|i| seen[*i]).collect()
+    }
+
+    /// Groups node indices into waves: each wave depends only on earlier waves, so the
+    /// nodes of one wave can be built in parallel.
+    pub fn waves(&self, wanted: &[usize]) -> Vec<Vec<usize>> {
+        let mut depth = vec![0usize; self.nodes.len()];
+        for (i, node) in self.nodes.iter().enumerate() {
+            depth[i] = node.deps.iter().map(|d| depth[*d] + 1).max().unwrap_or(0);
+        }
+        let mut waves: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for &i in wanted {
+            waves.entry(depth[i]).or_default().push(i);
+        }
+        waves.into_values().collect()
+    }
+}
+
+struct Loader<'a> {
+    project: &'a Project,
+    marks: HashMap<PathBuf, Mark>,
+    stack: Vec<String>,
+    nodes: Vec<Node>,
+}
+
+impl Loader<'_> {
+    fn visit(&mut self, at: &RecipeRef) -> Result<usize, RecipeError> {
+        match self.marks.get(&at.file) {
+            Some(Mark::Done(i)) => return Ok(*i),
+            Some(Mark::Visiting) => {
+                let start = self.stack.iter().position(|n| *n == at.name).unwrap_or(0);
+                let mut cycle: Vec<String> = self.stack[start..].to_vec();
+                cycle.push(at.name.clone());
+                let mut text = cycle.join(" -> ");
+                if let Some(loc) = &at.location {
+                    text.push_str(&format!(
+                        "\n  --> {}:{}:{}",
+                        loc.file.display(),
+                        loc.line,
+                        loc.column
+                    ));
+                }
+                return Err(RecipeError::Cycle(text));
+            }
+            None => {}
+        }
+        self.marks.insert(at.file.clone(), Mark::Visiting);
+        self.stack.push(at.name.clone());
+        let recipe = Recipe::load(self.project, at)?;
+        let deps = recipe
+            .dependencies()
+            .into_iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|d| self.visit(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.stack.pop();
+        let index = self.nodes.len();
+        self.nodes.push(Node { recipe, deps });
+        self.marks.insert(at.file.clone(), Mark::Done(index));
+        Ok(index)
+    }
+}

@@ -1,0 +1,298 @@
+//! Content hashing: SHA-256 of files and of whole trees, the way cache keys see them.
+//! A tree is its sorted relative paths with, for each, the kind, the exec bit and the
+//! content hash (or symlink target). Mtimes, owners and absolute paths never enter.
+//! Files are hashed in parallel on all cores.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+/// Hex SHA-256 of a byte string.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Hex SHA-256 and size of a file, read in large blocks.
+pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut file = fs_err::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// One entry of a hashed tree, as it appears in cache-key inputs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum TreeEntry {
+    File {
+        sha256: String,
+        size: u64,
+        exec: bool,
+    },
+    Symlink {
+        target: String,
+    },
+    Dir,
+}
+
+impl TreeEntry {
+    /// Hashes one path without following a final symlink.
+    pub fn of(path: &Path) -> std::io::Result<TreeEntry> {
+        let meta = fs_err::symlink_metadata(path)?;
+        Ok(if meta.file_type().is_symlink() {
+            TreeEntry::Symlink {
+                target: fs_err::read_link(path)?.to_string_lossy().into_owned(),
+            }
+        } else if meta.is_dir() {
+            TreeEntry::Dir
+        } else {
+            let (sha256, size) = sha256_file(path)?;
+            TreeEntry::File {
+                sha256,
+                size,
+                exec: meta.permissions().mode() & 0o111 != 0,
+            }
+        })
+    }
+}
+
+/// Every entry under `root` by relative path, sorted. `keep` filters relative paths
+/// (returning false for a folder skips everything below it).
+pub fn hash_tree(
+    root: &Path,
+    keep: impl Fn(&Path) -> bool,
+) -> std::io::Result<BTreeMap<String, TreeEntry>> {
+    let mut paths: Vec<PathBuf> = Vec::new();
+    let walker = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .follow_links(false)
+        .into_iter();
+    for entry in walker.filter_entry(|e| e.path().strip_prefix(root).map(&keep).unwrap_or(true)) {
+        let entry = entry.map_err(|e| {
+            let path = e
+                .path()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| root.to_path_buf());
+            std::io::Error::other(format!("walk {}: {e}", path.display()))
+        })?;
+        paths.push(entry.into_path());
+    }
+    paths
+        .par_iter()
+        .map(|path| {
+            let rel = path
+                .strip_prefix(root)
+                .unwrap_or(path)
+                .to_string_lossy()
+                .into_owned();
+            Ok((rel, TreeEntry::of(path)?))
+        })
+        .collect()
+}
+
+/// One digest for a whole tree listing.
+pub fn tree_digest(tree: &BTreeMap<String, TreeEntry>) -> String {
+    let listing = serde_json::to_vec(tree).expect("tree listings serialize");
+    sha256_hex(&listing)
+}
+
+/// Digest of a source tree such as a kernel checkout: `.git` and everything its
+/// `.gitignore` files exclude are left out. A stat cache in `cache_file` (path, size,
+/// mtime, ctime, inode -> hash) means only changed files are read again, so re-keying an
+/// unchanged tree costs a parallel walk and a stat per file.
+pub fn source_tree_digest(root: &Path, cache_file: &Path) -> std::io::Result<String> {
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Mutex;
+
+    let old: HashMap<String, (String, String)> = fs_err::read_to_string(cache_file)
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| {
+                    let (stamp_hash, path) = l.split_once('\t')?;
+                    let (hash, stamp) = stamp_hash.split_once(' ')?;
+                    Some((path.to_string(), (stamp.to_string(), hash.to_string())))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let found: Mutex<Vec<(String, std::fs::Metadata)>> = Mutex::new(Vec::new());
+    let walker = ignore::WalkBuilder::new(root)
+        .hidden(false)
+        .git_ignore(true)
+        .git_exclude(false)
+        .git_global(false)
+        .require_git(false)
+        .parents(false)
+        .filter_entry(|e| e.file_name() != ".git")
+        .build_parallel();
+    let walk_error: Mutex<Option<std::io::Error>> = Mutex::new(None);
+    walker.run(|| {
+        Box::new(|entry| {
+            match entry {
+                Ok(entry) if entry.depth() > 0 => {
+                    if let Ok(meta) = entry.path().symlink_metadata() {
+                        if !meta.is_dir() {
+                            let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
+                            found
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push((rel.to_string_lossy().into_owned(), meta));
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    *walk_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(std::io::Error::other(e.to_string()))
+                }
+            }
+            ignore::WalkState::Continue
+        })
+    });
+    if let Some(e) = walk_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    let mut files = found.into_inner().unwrap_or_else(|e| e.into_inner());
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let stamp = |m: &std::fs::Metadata| {
+        format!(
+            "{}:{}.{}:{}.{}:{}:{:o}",
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.ino(),
+            m.mode()
+        )
+    };
+    let hashed: Vec<(String, String)> = files
+        .par_iter()
+        .map(|(rel, meta)| {
+            let st = stamp(meta);
+            if let Some((cached_stamp, hash)) = old.get(rel) {
+                if *cached_stamp == st {
+                    return Ok((st, hash.clone()));
+                }
+            }
+            let entry = TreeEntry::of(&root.join(rel))?;
+            Ok((
+                st,
+                serde_json::to_string(&entry).expect("entries serialize"),
+            ))
+        })
+        .collect::<std::io::Result<_>>()?;
+
+    let mut listing = String::with_capacity(files.len() * 100);
+    let mut cache = String::with_capacity(files.len() * 160);
+    let mut changed = old.len() != files.len();
+    for ((rel, _), (st, hash)) in files.iter().zip(&hashed) {
+        listing.push_str(rel);
+        listing.push('\0');
+        listing.push_str(hash);
+        listing.push('\n');
+        changed |= old.get(rel).is_none_or(|(s, _)| s != st);
+        cache.push_str(&format!("{hash} {st}\t{rel}\n"));
+    }
+    if changed {
+        if let Some(dir) = cache_file.parent() {
+            fs_err::create_dir_all(dir)?;
+        }
+        let tmp = cache_file.with_extension(format!("tmp.{}", std::process::id()));
+        fs_err::write(&tmp, cache)?;
+        fs_err::rename(&tmp, cache_file)?;
+    }
+    Ok(sha256_hex(listing.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_hash_sees_content_exec_bit_and_symlinks_but_not_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.sh");
+        std::fs::write(&a, "echo hi\n").unwrap();
+        std::os::unix::fs::symlink("a.sh", dir.path().join("link")).unwrap();
+        let first = tree_digest(&hash_tree(dir.path(), |_| true).unwrap());
+
+        // Touching the file changes nothing.
+        let f = std::fs::File::options().write(true).open(&a).unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(
+            first,
+            tree_digest(&hash_tree(dir.path(), |_| true).unwrap())
+        );
+
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exec = tree_digest(&hash_tree(dir.path(), |_| true).unwrap());
+        assert_ne!(first, exec);
+
+        std::fs::remove_file(dir.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("elsewhere", dir.path().join("link")).unwrap();
+        assert_ne!(exec, tree_digest(&hash_tree(dir.path(), |_| true).unwrap()));
+    }
+
+    #[test]
+    fn filter_skips_whole_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".git")).unwrap();
+        std::fs::write(dir.path().join(".git/HEAD"), "x").unwrap();
+        std::fs::write(dir.path().join("kept"), "x").unwrap();
+        let tree = hash_tree(dir.path(), |p| p != Path::new(".git")).unwrap();
+        assert_eq!(tree.keys().collect::<Vec<_>>(), ["kept"]);
+    }
+
+    #[test]
+    fn file_hash_matches_known_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, "abc").unwrap();
+        let (hash, size) = sha256_file(&p).unwrap();
+        assert_eq!(
+            hash,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(size, 3);
+    }
+
+    #[test]
+    fn source_tree_digest_skips_ignored_files_and_reuses_its_stat_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("src");
+        std::fs::create_dir_all(tree.join(".git")).unwrap();
+        std::fs::write(tree.join(".git/index"), "x").unwrap();
+        std::fs::write(tree.join(".gitignore"), "*.o\n").unwrap();
+        std::fs::write(tree.join("main.c"), "int main;").unwrap();
+        let cache = dir.path().join("stat-cache");
+        let first = source_tree_digest(&tree, &cache).unwrap();
+        std::fs::write(tree.join("main.o"), "object").unwrap();
+        std::fs::write(tree.join(".git/index"), "y").unwrap();
+        assert_eq!(
+            first,
+            source_tree_digest(&tree, &cache).unwrap(),
+            "ignored files changed the digest"
+        );
+        std::fs::write(tree.join("main.c"), "int main(void);").unwrap();
+        let edited = source_tree_digest(&tree, &cache).unwrap();
+        assert_ne!(first, edited);
+        assert!(std::fs::read_to_string(&cache).unwrap().contains("main.c"));
+    }
+}

@@ -1,0 +1,238 @@
+//! Running host tools: clear errors that quote the command line and show the tail of its
+//! stderr, a check that a tool exists (with the apt command that installs it), and a guard
+//! that kills a child's whole process group if the caller returns early.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("run `{command}`: {tool} is not installed\n  help: install it with `apt-get install {package}`")]
+    Missing {
+        command: String,
+        tool: String,
+        package: String,
+    },
+    #[error("run `{command}`: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}){}", tail_block(.stderr))]
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+fn tail_block(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(15)..];
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("\n  stderr:\n    {}", tail.join("\n    "))
+    }
+}
+
+/// The command line as a user could paste it.
+pub fn describe(cmd: &Command) -> String {
+    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
+    for arg in cmd.get_args() {
+        let a = arg.to_string_lossy();
+        if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) {
+            parts.push(format!("'{}'", a.replace('\'', "'\\''")));
+        } else {
+            parts.push(a.into_owned());
+        }
+    }
+    parts.join(" ")
+}
+
+/// The Debian package that provides a tool vmbuild runs.
+pub fn package_for(tool: &str) -> &'static str {
+    match tool {
+        "qemu-system-x86_64" => "qemu-system-x86",
+        "qemu-img" => "qemu-utils",
+        "mke2fs" => "e2fsprogs",
+        "dpkg-deb" => "dpkg",
+        "apt-get" | "apt-cache" => "apt",
+        "mmdebstrap" => "mmdebstrap",
+        "make" => "make",
+        "gcc" => "gcc",
+        "flex" => "flex",
+        "bison" => "bison",
+        "bc" => "bc",
+        "tar" => "tar",
+        "xz" => "xz-utils",
+        "perl" => "perl",
+        _ => "the package that provides it",
+    }
+}
+
+/// Finds a program on PATH.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+fn missing(cmd: &Command) -> ProcessError {
+    let tool = cmd.get_program().to_string_lossy().into_owned();
+    ProcessError::Missing {
+        command: describe(cmd),
+        package: package_for(&tool).into(),
+        tool,
+    }
+}
+
+/// Spawns a command, naming the package to install when the program does not exist.
+pub fn spawn(cmd: &mut Command) -> Result<Child, ProcessError> {
+    cmd.spawn().map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            missing(cmd)
+        } else {
+            ProcessError::Spawn {
+                command: describe(cmd),
+                source,
+            }
+        }
+    })
+}
+
+/// Runs a command to completion, capturing output; a non-zero exit is an error.
+pub fn run(cmd: &mut Command) -> Result<Output, ProcessError> {
+    cmd.stdin(std::process::Stdio::null());
+    let output = cmd.output().map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            missing(cmd)
+        } else {
+            ProcessError::Spawn {
+                command: describe(cmd),
+                source,
+            }
+        }
+    })?;
+    if !output.status.success() {
+        return Err(ProcessError::Failed {
+            command: describe(cmd),
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(output)
+}
+
+/// Owns a child started in its own process group. Dropping it (early return, panic, error)
+/// ends the whole group: SIGTERM, then SIGKILL after a grace period.
+pub struct GroupGuard {
+    child: Option<Child>,
+    grace: Duration,
+}
+
+impl GroupGuard {
+    /// Spawns `cmd` as the leader of a new process group.
+    pub fn spawn(cmd: &mut Command, grace: Duration) -> Result<GroupGuard, ProcessError> {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        Ok(GroupGuard {
+            child: Some(spawn(cmd)?),
+            grace,
+        })
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.child
+            .as_mut()
+            .expect("child is present until the guard is finished")
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Waits for the child to exit on its own, up to `timeout`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child().try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Ends the group: SIGTERM, wait up to the grace period, then SIGKILL. Returns the status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let pgid = self.id() as i32;
+        if let Ok(Some(status)) = self.child().try_wait() {
+            return Some(status);
+        }
+        // SAFETY: kill(2) with a negative pid signals the process group we created.
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        if let Some(status) = self.wait_timeout(self.grace) {
+            return Some(status);
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        self.child().wait().ok()
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.terminate();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_tool_names_the_package() {
+        let err = run(&mut Command::new("mke2fs-that-does-not-exist")).unwrap_err();
+        assert!(matches!(err, ProcessError::Missing { .. }), "{err}");
+        let err = run(&mut Command::new("qemu-system-x86_64-nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("apt-get install"), "{err}");
+    }
+
+    #[test]
+    fn failure_quotes_command_and_stderr_tail() {
+        let err = run(Command::new("sh").args(["-c", "echo boom >&2; exit 3"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`sh -c 'echo boom >&2; exit 3'`"), "{err}");
+        assert!(err.contains("boom"), "{err}");
+    }
+
+    #[test]
+    fn guard_kills_the_whole_group() {
+        let mut guard = GroupGuard::spawn(
+            Command::new("sh").args(["-c", "sleep 100 & sleep 100; wait"]),
+            Duration::from_millis(200),
+        )
+        .unwrap();
+        let pgid = guard.id() as i32;
+        let status = guard.terminate();
+        assert!(status.is_some());
+        // SAFETY: probing with signal 0; ESRCH means the group is gone.
+        let alive = unsafe { libc::kill(-pgid, 0) } == 0;
+        assert!(!alive, "process group {pgid} survived");
+    }
+}

@@ -1,0 +1,452 @@
+//! The content-addressed store. Every output lives in `<root>/<key>-<name>/` next to its
+//! `manifest.json`. Builds happen in `<root>/tmp/` and are published by one `rename`
+//! (or an atomic exchange when replacing an entry), so a half-built entry is never
+//! visible, even after `kill -9`. One lock file per key serialises builders of the same
+//! entry across processes; the second one waits, then finds the first one's result.
+//!
+//! Layout:
+//! ```text
+//! <root>/<key>-<name>/          published entries (read-only by convention)
+//! <root>/tmp/<key>-<name>.<pid> entries being built
+//! <root>/locks/<key>.lock       per-key locks (flock)
+//! <root>/downloads/<sha256>...  fetched inputs, by hash
+//! <root>/tools.json             remembered tool versions
+//! ```
+
+mod manifest;
+
+use std::collections::BTreeSet;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+pub use manifest::{Manifest, Status, MANIFEST};
+
+use crate::hashing::{self, TreeEntry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("read manifest {}: {message}", path.display())]
+    BadManifest { path: PathBuf, message: String },
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+pub struct Store {
+    root: PathBuf,
+}
+
+/// A published entry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// An exclusive per-key lock, released on drop.
+pub struct KeyLock {
+    _file: fs_err::File,
+}
+
+/// A folder an entry is being built in. Dropped without publishing, it is removed.
+pub struct Staging {
+    pub dir: PathBuf,
+    key: String,
+    name: String,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.dir.exists() {
+            let _ = remove_tree(&self.dir);
+        }
+    }
+}
+
+impl Staging {
+    /// Where this entry's outputs go.
+    pub fn out(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn is_key(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Removes a tree, making read-only folders writable first.
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            let _ = std::process::Command::new("chmod")
+                .arg("-R")
+                .arg("u+w")
+                .arg(path)
+                .status();
+            std::fs::remove_dir_all(path)
+        }
+    }
+}
+
+impl Store {
+    /// Opens (creating when needed) the store at `root`.
+    pub fn open(root: &Path) -> Result<Store> {
+        for sub in ["tmp", "locks"] {
+            let dir = root.join(sub);
+            if !dir.is_dir() {
+                fs_err::create_dir_all(&dir).map_err(io("create the store folder", &dir))?;
+            }
+        }
+        Ok(Store {
+            root: fs_err::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn downloads(&self) -> PathBuf {
+        self.root.join("downloads")
+    }
+
+    pub fn entry_path(&self, key: &str, name: &str) -> PathBuf {
+        self.root.join(format!("{key}-{name}"))
+    }
+
+    /// The entry under `key`, whatever its status.
+    pub fn get(&self, key: &str, name: &str) -> Result<Option<Entry>> {
+        let path = self.entry_path(key, name);
+        let manifest_path = path.join(MANIFEST);
+        let bytes = match fs_err::read(&manifest_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("read", &manifest_path)(e)),
+        };
+        let manifest = serde_json::from_slice(&bytes).map_err(|e| StoreError::BadManifest {
+            path: manifest_path,
+            message: e.to_string(),
+        })?;
+        Ok(Some(Entry { path, manifest }))
+    }
+
+    /// A usable cached entry: present and successful.
+    pub fn lookup(&self, key: &str, name: &str) -> Result<Option<Entry>> {
+        Ok(self
+            .get(key, name)?
+            .filter(|e| e.manifest.status == Status::Ok))
+    }
+
+    /// Takes the per-key lock; calls `on_wait` once if another process holds it.
+    pub fn lock(&self, key: &str, on_wait: impl FnOnce()) -> Result<KeyLock> {
+        let path = self.root.join("locks").join(format!("{key}.lock"));
+        let file = fs_err::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("open lock", &path))?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            on_wait();
+            // SAFETY: as above; blocks until the other holder releases or exits.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(io("lock", &path)(std::io::Error::last_os_error()));
+            }
+        }
+        Ok(KeyLock { _file: file })
+    }
+
+    /// Starts building an entry. The caller holds the key's lock, so any leftover temp
+    /// folder for this key is from a builder that died: it is removed.
+    pub fn stage(&self, key: &str, name: &str, _lock: &KeyLock) -> Result<Staging> {
+        let tmp = self.root.join("tmp");
+        let prefix = format!("{key}-");
+        for stale in fs_err::read_dir(&tmp).map_err(io("read", &tmp))?.flatten() {
+            if stale.file_name().to_string_lossy().starts_with(&prefix) {
+                remove_tree(&stale.path()).map_err(io("remove stale", &stale.path()))?;
+            }
+        }
+        let dir = tmp.join(format!("{key}-{name}.{}", std::process::id()));
+        fs_err::create_dir_all(&dir).map_err(io("create", &dir))?;
+        Ok(Staging {
+            dir,
+            key: key.to_string(),
+            name: name.to_string(),
+        })
+    }
+
+    /// Hashes the staged outputs into the manifest, writes it, and publishes the entry
+    /// atomically, replacing an existing entry under the same key.
+    pub fn publish(&self, staging: Staging, mut manifest: Manifest) -> Result<Entry> {
+        let outputs = hashing::hash_tree(&staging.dir, |p| p != Path::new(MANIFEST))
+            .map_err(io("hash outputs in", &staging.dir))?;
+        manifest.outputs = outputs;
+        let manifest_path = staging.dir.join(MANIFEST);
+        let bytes = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
+        let file = fs_err::File::create(&manifest_path).map_err(io("write", &manifest_path))?;
+        std::io::Write::write_all(&mut &file, &bytes).map_err(io("write", &manifest_path))?;
+        file.sync_all().map_err(io("sync", &manifest_path))?;
+        let target = self.entry_path(&staging.key, &staging.name);
+        if target.exists() {
+            exchange(&staging.dir, &target)?;
+        } else {
+            fs_err::rename(&staging.dir, &target).map_err(io("publish", &target))?;
+        }
+        if let Ok(dir) = fs_err::File::open(&self.root) {
+            let _ = dir.sync_all();
+        }
+        // After an exchange the staging path holds the old entry; dropping removes it.
+        drop(staging);
+        Ok(Entry {
+            path: target,
+            manifest,
+        })
+    }
+
+    /// Every entry in the store (folders named `<key>-<name>` with a manifest).
+    pub fn entries(&self) -> Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        for item in fs_err::read_dir(&self.root)
+            .map_err(io("read", &self.root))?
+            .flatten()
+        {
+            let file_name = item.file_name().to_string_lossy().into_owned();
+            let Some((key, name)) = file_name.split_at_checked(64) else {
+                continue;
+            };
+            let Some(name) = name.strip_prefix('-') else {
+                continue;
+            };
+            if !is_key(key) {
+                continue;
+            }
+            if let Some(entry) = self.get(key, name)? {
+                entries.push(entry);
+            }
+        }
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(entries)
+    }
+
+    /// The most recently created entry for a recipe name, whatever its key and status.
+    pub fn latest(&self, name: &str) -> Result<Option<Entry>> {
+        Ok(self
+            .entries()?
+            .into_iter()
+            .filter(|e| e.manifest.name == name)
+            .max_by_key(|e| e.manifest.created))
+    }
+
+    /// Rehashes an entry's outputs; returns what differs from its manifest.
+    pub fn verify(&self, entry: &Entry) -> Vec<String> {
+        let actual = match hashing::hash_tree(&entry.path, |p| p != Path::new(MANIFEST)) {
+            Ok(tree) => tree,
+            Err(e) => return vec![format!("cannot read: {e}")],
+        };
+        let expected = &entry.manifest.outputs;
+        let mut problems = Vec::new();
+        for (path, want) in expected {
+            match actual.get(path) {
+                None => problems.push(format!("{path}: missing")),
+                Some(got) if got != want => problems.push(match (want, got) {
+                    (TreeEntry::File { sha256: w, .. }, TreeEntry::File { sha256: g, .. }) => {
+                        format!("{path}: sha256 mismatch (expected {w}, actual {g})")
+                    }
+                    _ => format!("{path}: changed"),
+                }),
+                Some(_) => {}
+            }
+        }
+        problems.extend(
+            actual
+                .keys()
+                .filter(|p| !expected.contains_key(*p))
+                .map(|p| format!("{p}: not in manifest")),
+        );
+        problems
+    }
+
+    /// Removes an entry.
+    pub fn remove(&self, entry: &Entry) -> Result<()> {
+        // Move it out of sight first so nobody sees a half-removed entry.
+        let trash = self.root.join("tmp").join(format!(
+            "trash-{}-{}",
+            std::process::id(),
+            entry.manifest.key
+        ));
+        fs_err::rename(&entry.path, &trash).map_err(io("remove", &entry.path))?;
+        remove_tree(&trash).map_err(io("remove", &trash))
+    }
+
+    /// Removes entries whose key is not in `keep` (when given) or older than `max_age`
+    /// (when given), plus temp folders no live builder holds. Returns the removed entries.
+    pub fn gc(
+        &self,
+        keep: Option<&BTreeSet<String>>,
+        max_age: Option<Duration>,
+    ) -> Result<Vec<Entry>> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let mut removed = Vec::new();
+        for entry in self.entries()? {
+            let unreachable = keep.is_some_and(|k| !k.contains(&entry.manifest.key));
+            let too_old = max_age
+                .is_some_and(|age| now.saturating_sub(entry.manifest.created) > age.as_secs());
+            if unreachable || too_old {
+                self.remove(&entry)?;
+                removed.push(entry);
+            }
+        }
+        let tmp = self.root.join("tmp");
+        for item in fs_err::read_dir(&tmp).map_err(io("read", &tmp))?.flatten() {
+            let name = item.file_name().to_string_lossy().into_owned();
+            let Some(key) = name.get(..64).filter(|k| is_key(k)) else {
+                if name.starts_with("trash-") {
+                    let _ = remove_tree(&item.path());
+                }
+                continue;
+            };
+            // A temp folder whose key lock is free belongs to a builder that is gone.
+            if let Ok(lock) = self.try_lock(key) {
+                drop(lock);
+                let _ = remove_tree(&item.path());
+            }
+        }
+        Ok(removed)
+    }
+
+    fn try_lock(&self, key: &str) -> Result<KeyLock> {
+        let path = self.root.join("locks").join(format!("{key}.lock"));
+        let file = fs_err::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("open lock", &path))?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(io("lock", &path)(std::io::Error::last_os_error()));
+        }
+        Ok(KeyLock { _file: file })
+    }
+}
+
+/// Swaps two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes())
+        .map_err(|e| io("publish", a)(std::io::Error::other(e)))?;
+    let cb = CString::new(b.as_os_str().as_bytes())
+        .map_err(|e| io("publish", b)(std::io::Error::other(e)))?;
+    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them as given.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc != 0 {
+        return Err(io("replace", b)(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(key: &str, name: &str) -> Manifest {
+        Manifest::new(name, "bundle", key, serde_json::json!({"x": 1}))
+    }
+
+    #[test]
+    fn publish_is_atomic_and_replaces_existing_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = "a".repeat(64);
+        let lock = store.lock(&key, || panic!("nobody else holds it")).unwrap();
+        let staging = store.stage(&key, "demo", &lock).unwrap();
+        std::fs::write(staging.out().join("out.txt"), "one").unwrap();
+        let entry = store.publish(staging, manifest(&key, "demo")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(entry.path.join("out.txt")).unwrap(),
+            "one"
+        );
+        assert!(store.verify(&entry).is_empty());
+
+        let staging = store.stage(&key, "demo", &lock).unwrap();
+        std::fs::write(staging.out().join("out.txt"), "two").unwrap();
+        let entry = store.publish(staging, manifest(&key, "demo")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(entry.path.join("out.txt")).unwrap(),
+            "two"
+        );
+        // Nothing left behind in tmp.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
+    fn verify_reports_corruption_and_unpublished_builds_vanish() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let key = "b".repeat(64);
+        let lock = store.lock(&key, || {}).unwrap();
+        let staging = store.stage(&key, "demo", &lock).unwrap();
+        std::fs::write(staging.out().join("f"), "good").unwrap();
+        let entry = store.publish(staging, manifest(&key, "demo")).unwrap();
+        std::fs::write(entry.path.join("f"), "evil").unwrap();
+        let problems = store.verify(&entry);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("sha256 mismatch"));
+
+        let other = "c".repeat(64);
+        let staging = store.stage(&other, "demo", &lock).unwrap();
+        std::fs::write(staging.out().join("f"), "half").unwrap();
+        drop(staging);
+        assert!(store.get(&other, "demo").unwrap().is_none());
+    }
+
+    #[test]
+    fn gc_keeps_reachable_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for k in ["d", "e"] {
+            let key = k.repeat(64);
+            let lock = store.lock(&key, || {}).unwrap();
+            let staging = store.stage(&key, "demo", &lock).unwrap();
+            store.publish(staging, manifest(&key, "demo")).unwrap();
+        }
+        let keep: BTreeSet<String> = ["d".repeat(64)].into();
+        let removed = store.gc(Some(&keep), None).unwrap();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(store.entries().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,143 @@
+//! Test discovery: every executable regular file at the top of a bundle folder is a test,
+//! named by its file name. Header comments declare needs, ktest-style:
+//! `# vmbuild: timeout=30s`, `# vmbuild: kconfig=CONFIG_EXT4_FS`, `# vmbuild: disks=1`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::recipe::parse_duration;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestMeta {
+    pub name: String,
+    /// From `# vmbuild: timeout=`, in milliseconds; else the recipe's timeout applies.
+    pub timeout_ms: Option<u64>,
+    /// Kernel options the test needs (`=y` or `=m`); it is skipped when the kernel lacks one.
+    pub kconfig: Vec<String>,
+    /// Scratch disks the test needs attached.
+    pub disks: u32,
+}
+
+/// Only the first lines are read for headers.
+const HEADER_LINES: usize = 30;
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c))
+}
+
+pub fn discover(dir: &Path) -> Result<Vec<TestMeta>, String> {
+    let mut tests = Vec::new();
+    let entries = fs_err::read_dir(dir).map_err(|e| e.to_string())?;
+    let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths {
+        let Ok(meta) = path.metadata() else { continue };
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            continue;
+        }
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if !valid_name(&name) {
+            return Err(format!(
+                "test file name `{name}` in {}: use letters, digits and . _ - + only",
+                dir.display()
+            ));
+        }
+        let text = fs_err::read(&path).map_err(|e| e.to_string())?;
+        let head = String::from_utf8_lossy(&text[..text.len().min(8192)]).into_owned();
+        tests.push(parse_headers(&name, &head).map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    Ok(tests)
+}
+
+pub fn parse_headers(name: &str, head: &str) -> Result<TestMeta, String> {
+    let mut meta = TestMeta {
+        name: name.to_string(),
+        timeout_ms: None,
+        kconfig: Vec::new(),
+        disks: 0,
+    };
+    for (n, line) in head.lines().take(HEADER_LINES).enumerate() {
+        let Some(rest) = line.trim().strip_prefix("# vmbuild:") else {
+            continue;
+        };
+        for item in rest.split_whitespace() {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| format!("line {}: `{item}` is not key=value", n + 1))?;
+            match key {
+                "timeout" => {
+                    meta.timeout_ms = Some(
+                        parse_duration(value)
+                            .map_err(|e| format!("line {}: {e}", n + 1))?
+                            .as_millis() as u64,
+                    )
+                }
+                "kconfig" => meta.kconfig.extend(
+                    value
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string),
+                ),
+                "disks" => {
+                    meta.disks = value
+                        .parse()
+                        .map_err(|_| format!("line {}: disks=`{value}` is not a number", n + 1))?
+                }
+                other => {
+                    return Err(format!(
+                        "line {}: unknown header `{other}` (expected timeout, kconfig or disks)",
+                        n + 1
+                    ))
+                }
+            }
+        }
+    }
+    Ok(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_declare_timeout_kconfig_and_disks() {
+        let meta = parse_headers(
+            "t",
+            "#!/bin/sh\n# vmbuild: timeout=30s\n# vmbuild: kconfig=CONFIG_EXT4_FS,CONFIG_XFS_FS disks=2\necho\n",
+        )
+        .unwrap();
+        assert_eq!(meta.timeout_ms, Some(30_000));
+        assert_eq!(meta.kconfig, ["CONFIG_EXT4_FS", "CONFIG_XFS_FS"]);
+        assert_eq!(meta.disks, 2);
+        assert!(parse_headers("t", "# vmbuild: colour=blue\n")
+            .unwrap_err()
+            .contains("unknown header"));
+    }
+
+    #[test]
+    fn only_executables_are_tests() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("lib.sh"), "x").unwrap();
+        std::fs::write(dir.path().join("a-test"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(
+            dir.path().join("a-test"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let names: Vec<_> = discover(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["a-test"]);
+    }
+}

@@ -1,0 +1,96 @@
+//! The test phase: boot the artifacts of a `kind = "test"` recipe in VMs, hand tests to
+//! the guest agent one at a time from a shared queue, and collect results, logs and the
+//! console into a results entry (`results.json`, `junit.xml`, `console.log`,
+//! `tests/<name>.log`).
+
+pub mod agent;
+pub mod discover;
+pub mod junit;
+pub mod protocol;
+pub mod runner;
+pub mod tap;
+
+use serde::{Deserialize, Serialize};
+
+pub const RESULTS_JSON: &str = "results.json";
+pub const JUNIT_XML: &str = "junit.xml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    Skip,
+    Timeout,
+    Crash,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::Skip => "skip",
+            Status::Timeout => "timeout",
+            Status::Crash => "crash",
+        }
+    }
+
+    /// Counts as a failure in the summary and the exit code.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Status::Fail | Status::Timeout | Status::Crash)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestResult {
+    pub name: String,
+    pub status: Status,
+    /// Wall time in seconds, measured on the host from the agent's BEGIN to END.
+    pub duration: f64,
+    /// The test's output, relative to the results entry.
+    pub log: String,
+    /// Exit code, when the test exited by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it was skipped, timed out or crashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subtests: Vec<tap::Subtest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResults {
+    pub recipe: String,
+    pub key: String,
+    pub accel: String,
+    pub kernel_release: String,
+    pub tests: Vec<TestResult>,
+}
+
+/// `passed, failed, skipped` counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+impl RunResults {
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for t in &self.tests {
+            match t.status {
+                Status::Pass => s.passed += 1,
+                Status::Skip => s.skipped += 1,
+                _ => s.failed += 1,
+            }
+        }
+        s
+    }
+
+    pub fn all_passed(&self) -> bool {
+        self.tests.iter().all(|t| !t.status.is_failure())
+    }
+}

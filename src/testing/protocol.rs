@@ -1,0 +1,114 @@
+//! The host side of the guest agent's line protocol (docs/guest-protocol.md).
+//! Guest to host, one message per line:
+//! `VMBUILD READY <release>`, `VMBUILD NEXT`, `VMBUILD BEGIN <test>`,
+//! `VMBUILD LOG <test> <line>`, `VMBUILD END <test> <exit-code|timeout>`, `VMBUILD DONE`.
+//! Host to guest, in answer to NEXT: `RUN <test> <timeout-seconds> <path>` or `STOP`.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    Exit(i32),
+    Timeout,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Ready { release: String },
+    Next,
+    Begin { test: String },
+    Log { test: String, line: String },
+    End { test: String, end: End },
+    Done,
+}
+
+/// Parses one line from the agent; `None` for anything else (noise on the port).
+pub fn parse(line: &str) -> Option<Message> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let rest = line.strip_prefix("VMBUILD ")?;
+    let (word, args) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some(match word {
+        "READY" => Message::Ready {
+            release: args.to_string(),
+        },
+        "NEXT" => Message::Next,
+        "DONE" => Message::Done,
+        "BEGIN" => Message::Begin {
+            test: args.to_string(),
+        },
+        "LOG" => {
+            let (test, line) = args.split_once(' ').unwrap_or((args, ""));
+            Message::Log {
+                test: test.to_string(),
+                line: line.to_string(),
+            }
+        }
+        "END" => {
+            let (test, status) = args.split_once(' ')?;
+            let end = match status.trim() {
+                "timeout" => End::Timeout,
+                code => End::Exit(code.parse().ok()?),
+            };
+            Message::End {
+                test: test.to_string(),
+                end,
+            }
+        }
+        _ => return None,
+    })
+}
+
+pub fn run_command(test: &str, timeout_secs: u64, path: &str) -> String {
+    format!("RUN {test} {timeout_secs} {path}\n")
+}
+
+pub const STOP: &str = "STOP\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_message() {
+        assert_eq!(
+            parse("VMBUILD READY 6.1.0\r"),
+            Some(Message::Ready {
+                release: "6.1.0".into()
+            })
+        );
+        assert_eq!(parse("VMBUILD NEXT"), Some(Message::Next));
+        assert_eq!(
+            parse("VMBUILD BEGIN t1"),
+            Some(Message::Begin { test: "t1".into() })
+        );
+        assert_eq!(
+            parse("VMBUILD LOG t1 hello  world"),
+            Some(Message::Log {
+                test: "t1".into(),
+                line: "hello  world".into()
+            })
+        );
+        assert_eq!(
+            parse("VMBUILD LOG t1"),
+            Some(Message::Log {
+                test: "t1".into(),
+                line: String::new()
+            })
+        );
+        assert_eq!(
+            parse("VMBUILD END t1 77"),
+            Some(Message::End {
+                test: "t1".into(),
+                end: End::Exit(77)
+            })
+        );
+        assert_eq!(
+            parse("VMBUILD END t1 timeout"),
+            Some(Message::End {
+                test: "t1".into(),
+                end: End::Timeout
+            })
+        );
+        assert_eq!(parse("VMBUILD DONE"), Some(Message::Done));
+        assert_eq!(parse("random noise"), None);
+        assert_eq!(parse("VMBUILD END t1 what"), None);
+    }
+}

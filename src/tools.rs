@@ -1,0 +1,95 @@
+//! Identity of the host tools a build uses (qemu, gcc, mke2fs, ...), for cache keys.
+//! Asking a tool for its version costs a process start, so answers are remembered in the
+//! store, keyed by the binary's path, size, mtime and inode: a cached run stats the binary
+//! and spawns nothing.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use crate::process::{self, ProcessError};
+
+#[derive(Serialize, Deserialize, Default)]
+struct VersionCache {
+    tools: BTreeMap<String, CachedVersion>,
+}
+
+#[derive(Serialize, Deserialize, PartialEq)]
+struct CachedVersion {
+    stamp: String,
+    version: String,
+}
+
+/// Looks up tool versions, remembering them in `<store>/tools.json`.
+pub struct Tools {
+    cache_file: PathBuf,
+    cache: std::sync::Mutex<VersionCache>,
+}
+
+impl Tools {
+    pub fn new(store_root: &Path) -> Tools {
+        let cache_file = store_root.join("tools.json");
+        let cache = fs_err::read(&cache_file)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        Tools {
+            cache_file,
+            cache: std::sync::Mutex::new(cache),
+        }
+    }
+
+    /// The first line of `tool --version` (or of `tool <args>`), e.g. "QEMU emulator version 7.2.22".
+    pub fn version(&self, tool: &str, args: &[&str]) -> Result<String, ProcessError> {
+        let missing = || ProcessError::Missing {
+            command: tool.to_string(),
+            tool: tool.to_string(),
+            package: process::package_for(tool).to_string(),
+        };
+        let path = process::which(tool).ok_or_else(missing)?;
+        let meta = fs_err::metadata(&path).map_err(|_| missing())?;
+        let stamp = format!(
+            "{}:{}:{}:{}",
+            path.display(),
+            meta.len(),
+            meta.mtime_nsec() + meta.mtime() * 1_000_000_000,
+            meta.ino()
+        );
+        let key = format!("{tool} {}", args.join(" "));
+        {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(hit) = cache.tools.get(&key).filter(|c| c.stamp == stamp) {
+                return Ok(hit.version.clone());
+            }
+        }
+        let output = process::run(Command::new(&path).args(args))?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let version = text
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.tools.insert(
+            key,
+            CachedVersion {
+                stamp,
+                version: version.clone(),
+            },
+        );
+        // Best effort: a cache that cannot be written only costs a process start next time.
+        if let Ok(bytes) = serde_json::to_vec_pretty(&*cache) {
+            let tmp = self
+                .cache_file
+                .with_extension(format!("tmp.{}", std::process::id()));
+            if fs_err::write(&tmp, bytes).is_ok() {
+                let _ = fs_err::rename(&tmp, &self.cache_file);
+            }
+        }
+        Ok(version)
+    }
+}

@@ -1,0 +1,108 @@
+//! The bhyve backend (FreeBSD, illumos). Linux guests boot through `grub-bhyve`, which
+//! loads the kernel and initramfs, then `bhyve` runs the VM with the console on com1 and
+//! the guest agent's channel on com2 (a nullmodem device). Only the command lines are
+//! built here; they are unit-tested, since bhyve cannot run on Linux hosts.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{Backend, Launch, Wiring};
+
+pub struct Bhyve {
+    /// The VM's name in `/dev/vmm`.
+    pub vm_name: String,
+    /// The nullmodem device for the agent channel, e.g. `/dev/nmdm0A`.
+    pub agent_device: PathBuf,
+}
+
+impl Bhyve {
+    /// The grub-bhyve command that loads the kernel and initramfs, and the grub script
+    /// it reads (to be written to `grub_cfg`).
+    pub fn loader(&self, launch: &Launch, device_map: &Path) -> (Command, String) {
+        let script = format!(
+            "linux (host){} {}\ninitrd (host){}\nboot\n",
+            launch.kernel.display(),
+            launch.cmdline,
+            launch.initrd.display()
+        );
+        let mut cmd = Command::new("grub-bhyve");
+        cmd.arg("-m").arg(device_map).args([
+            "-r",
+            "host",
+            "-M",
+            &format!("{}M", launch.memory_mb),
+            &self.vm_name,
+        ]);
+        (cmd, script)
+    }
+}
+
+impl Backend for Bhyve {
+    fn name(&self) -> &'static str {
+        "bhyve"
+    }
+
+    fn command(&self, launch: &Launch) -> Command {
+        let mut cmd = Command::new("bhyve");
+        cmd.args([
+            "-c",
+            &launch.cpus.to_string(),
+            "-m",
+            &format!("{}M", launch.memory_mb),
+        ])
+        .args(["-H", "-A", "-P", "-s", "0:0,hostbridge", "-s", "1:0,lpc"]);
+        match &launch.wiring {
+            Wiring::Agent { .. } => {
+                cmd.args(["-l", "com1,stdio", "-l"])
+                    .arg(format!("com2,{}", self.agent_device.display()));
+            }
+            Wiring::Interactive => {
+                cmd.args(["-l", "com1,stdio"]);
+            }
+        }
+        for (slot, disk) in launch.disks.iter().enumerate() {
+            cmd.arg("-s")
+                .arg(format!("{}:0,virtio-blk,{}", slot + 2, disk.display()));
+        }
+        cmd.arg(&self.vm_name);
+        cmd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bhyve_command_lines() {
+        let launch = Launch {
+            kernel: "/s/bzImage".into(),
+            initrd: "/w/initrd".into(),
+            cmdline: "console=ttyS0 rdinit=/vmbuild/init".into(),
+            machine: "q35".into(),
+            memory_mb: 512,
+            cpus: 1,
+            disks: vec!["/w/d.img".into()],
+            wiring: Wiring::Agent {
+                socket: "/unused".into(),
+            },
+        };
+        let b = Bhyve {
+            vm_name: "vmbuild0".into(),
+            agent_device: "/dev/nmdm0A".into(),
+        };
+        let line = crate::process::describe(&b.command(&launch));
+        assert_eq!(
+            line,
+            "bhyve -c 1 -m 512M -H -A -P -s 0:0,hostbridge -s 1:0,lpc -l com1,stdio -l com2,/dev/nmdm0A -s 2:0,virtio-blk,/w/d.img vmbuild0"
+        );
+        let (loader, script) = b.loader(&launch, Path::new("/w/device.map"));
+        assert_eq!(
+            crate::process::describe(&loader),
+            "grub-bhyve -m /w/device.map -r host -M 512M vmbuild0"
+        );
+        assert!(script.starts_with(
+            "linux (host)/s/bzImage console=ttyS0 rdinit=/vmbuild/init\ninitrd (host)/w/initrd\n"
+        ));
+    }
+}

@@ -1,0 +1,183 @@
+//! Virtual machines: the `Backend` trait (what a VM needs -> the command that starts it),
+//! the qemu backend, the bhyve backend, and the KVM probe. A VM always boots from
+//! read-only store artifacts: the kernel and initramfs are only read, disks are fresh
+//! scratch files or throwaway overlays.
+
+pub mod bhyve;
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// How a VM's serial ports are wired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wiring {
+    /// Console on stdout, guest agent channel on a unix socket vmbuild listens on.
+    Agent { socket: PathBuf },
+    /// Console on the user's terminal (`vmbuild shell`).
+    Interactive,
+}
+
+/// Everything a backend needs to start one VM.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    pub machine: String,
+    pub memory_mb: u64,
+    pub cpus: u32,
+    pub disks: Vec<PathBuf>,
+    pub wiring: Wiring,
+}
+
+pub trait Backend {
+    fn name(&self) -> &'static str;
+    /// The command that boots `launch`.
+    fn command(&self, launch: &Launch) -> Command;
+}
+
+/// How qemu runs guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// The kernel command line every test VM gets before the recipe's own additions.
+pub fn base_cmdline(agent_init: &str) -> String {
+    format!("console=ttyS0 rdinit={agent_init} panic=-1")
+}
+
+/// A 512-byte boot sector that writes 1 to qemu's isa-debug-exit port: qemu then exits
+/// with status 3. Booting it proves the accelerator really runs guest code.
+fn probe_boot_sector() -> Vec<u8> {
+    // mov al, 1; out 0xf4, al; hlt; jmp $-1
+    let mut sector = vec![0xB0, 0x01, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD];
+    sector.resize(510, 0);
+    sector.extend([0x55, 0xAA]);
+    sector
+}
+
+/// Whether KVM really works: boots a probe sector under KVM with a short timeout (on some
+/// hosts `/dev/kvm` exists but hangs). The answer is remembered per host boot in
+/// `<store>/accel.json`. `VMBUILD_ACCEL=tcg|kvm` skips the probe. Returns the accelerator
+/// and, when KVM was refused, why.
+pub fn detect_accel(store_root: &Path) -> (Accel, Option<String>) {
+    match std::env::var("VMBUILD_ACCEL").as_deref() {
+        Ok("tcg") => return (Accel::Tcg, Some("VMBUILD_ACCEL=tcg".into())),
+        Ok("kvm") => return (Accel::Kvm, None),
+        _ => {}
+    }
+    let boot_id = fs_err::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let memo = store_root.join("accel.json");
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Memo {
+        boot_id: String,
+        accel: Accel,
+        reason: Option<String>,
+    }
+    if let Some(m) = fs_err::read(&memo)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Memo>(&b).ok())
+    {
+        if m.boot_id == boot_id {
+            return (m.accel, m.reason);
+        }
+    }
+    let (accel, reason) = probe_kvm();
+    let m = Memo {
+        boot_id,
+        accel,
+        reason: reason.clone(),
+    };
+    let tmp = memo.with_extension(format!("tmp.{}", std::process::id()));
+    if fs_err::write(&tmp, serde_json::to_vec(&m).unwrap_or_default()).is_ok() {
+        let _ = fs_err::rename(&tmp, &memo);
+    }
+    (accel, reason)
+}
+
+fn probe_kvm() -> (Accel, Option<String>) {
+    let kvm = Path::new("/dev/kvm");
+    if fs_err::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(kvm)
+        .is_err()
+    {
+        return (
+            Accel::Tcg,
+            Some("/dev/kvm is missing or not accessible".into()),
+        );
+    }
+    let Ok(dir) = tempfile::tempdir() else {
+        return (Accel::Tcg, Some("no temp folder for the KVM probe".into()));
+    };
+    let image = dir.path().join("probe.img");
+    if fs_err::write(&image, probe_boot_sector()).is_err() {
+        return (Accel::Tcg, Some("cannot write the KVM probe image".into()));
+    }
+    let mut cmd = Command::new(qemu::QEMU);
+    cmd.args([
+        "-accel",
+        "kvm",
+        "-M",
+        "pc",
+        "-nodefaults",
+        "-display",
+        "none",
+    ])
+    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+    .arg("-drive")
+    .arg(format!(
+        "file={},format=raw,if=ide,snapshot=on",
+        image.display()
+    ))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let Ok(mut guard) =
+        crate::process::GroupGuard::spawn(&mut cmd, std::time::Duration::from_millis(200))
+    else {
+        return (
+            Accel::Tcg,
+            Some("qemu could not start for the KVM probe".into()),
+        );
+    };
+    match guard.wait_timeout(std::time::Duration::from_secs(2)) {
+        Some(status) if status.code() == Some(3) => (Accel::Kvm, None),
+        Some(status) => (
+            Accel::Tcg,
+            Some(format!("the KVM probe VM failed ({status})")),
+        ),
+        None => {
+            guard.terminate();
+            (Accel::Tcg, Some("the KVM probe VM hung for 2 s".into()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_sector_is_a_boot_sector() {
+        let s = probe_boot_sector();
+        assert_eq!(s.len(), 512);
+        assert_eq!(&s[510..], &[0x55, 0xAA]);
+    }
+}

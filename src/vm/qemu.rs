@@ -1,0 +1,96 @@
+//! The qemu backend (x86_64): direct kernel boot with `-kernel`/`-initrd`, no default
+//! devices, `-no-reboot` so the guest's `reboot -f` (or a panic with `panic=-1`) ends
+//! qemu. Serial port 0 is the kernel console, port 1 the guest agent's channel.
+
+use std::process::Command;
+
+use super::{Accel, Backend, Launch, Wiring};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+
+pub struct Qemu {
+    pub accel: Accel,
+}
+
+impl Backend for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn command(&self, launch: &Launch) -> Command {
+        let mut cmd = Command::new(QEMU);
+        cmd.args(["-machine", &launch.machine, "-accel", self.accel.name()]);
+        if self.accel == Accel::Kvm {
+            cmd.args(["-cpu", "host"]);
+        }
+        cmd.args([
+            "-m",
+            &launch.memory_mb.to_string(),
+            "-smp",
+            &launch.cpus.to_string(),
+        ])
+        .args(["-nodefaults", "-display", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&launch.kernel)
+        .arg("-initrd")
+        .arg(&launch.initrd)
+        .args(["-append", &launch.cmdline]);
+        match &launch.wiring {
+            Wiring::Agent { socket } => {
+                cmd.args(["-serial", "stdio", "-serial"])
+                    .arg(format!("unix:{}", socket.display()));
+            }
+            Wiring::Interactive => {
+                cmd.args(["-serial", "mon:stdio", "-serial", "null"]);
+            }
+        }
+        for disk in &launch.disks {
+            cmd.arg("-drive").arg(format!(
+                "file={},format=raw,if=virtio,cache=unsafe",
+                disk.display()
+            ));
+        }
+        cmd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn command_boots_directly_with_console_and_agent_ports() {
+        let launch = Launch {
+            kernel: "/s/bzImage".into(),
+            initrd: "/w/initrd".into(),
+            cmdline: "console=ttyS0".into(),
+            machine: "q35".into(),
+            memory_mb: 512,
+            cpus: 2,
+            disks: vec![PathBuf::from("/w/scratch.img")],
+            wiring: Wiring::Agent {
+                socket: "/tmp/a.sock".into(),
+            },
+        };
+        let cmd = Qemu { accel: Accel::Tcg }.command(&launch);
+        let line = crate::process::describe(&cmd);
+        assert!(
+            line.starts_with("qemu-system-x86_64 -machine q35 -accel tcg -m 512 -smp 2"),
+            "{line}"
+        );
+        assert!(
+            line.contains("-kernel /s/bzImage -initrd /w/initrd -append console=ttyS0"),
+            "{line}"
+        );
+        assert!(
+            line.contains("-serial stdio -serial unix:/tmp/a.sock"),
+            "{line}"
+        );
+        assert!(
+            line.contains("-drive file=/w/scratch.img,format=raw,if=virtio"),
+            "{line}"
+        );
+        assert!(!line.contains("-cpu host"), "{line}");
+    }
+}
