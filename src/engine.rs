@@ -40,8 +40,11 @@ impl Error {
     /// The exit code contract: 2 bad usage or recipe, 3 build failed, 4 VM or infrastructure.
     pub fn exit_code(&self) -> i32 {
         use crate::fetch::FetchError;
+        use crate::process::ProcessError;
         match self {
             Error::Recipe(_) | Error::Usage(_) => 2,
+            // The host lacks a tool (qemu, mke2fs, ...): infrastructure, not a bad recipe.
+            Error::Key { source: KeyError::Tool(ProcessError::Missing { .. }), .. } => 4,
             Error::Key {
                 source: KeyError::Fetch(FetchError::UnknownPackage { .. }),
                 ..

@@ -310,7 +310,11 @@ fn run_logged(
         .map_while(Result::ok)
     {
         writeln!(log, "{line}").map_err(io_err("write", log_path))?;
-        progress(line.trim());
+        // Kbuild's step lines ("  CC      kernel/fork.o") make a good progress line.
+        let step = line.trim();
+        if !step.is_empty() && !step.starts_with('#') {
+            progress(step);
+        }
     }
     let status = child
         .wait()

@@ -3,7 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
@@ -14,7 +14,12 @@ pub struct Renderer {
     verbose: bool,
     bars: Option<MultiProgress>,
     active: Mutex<Vec<(String, ProgressBar)>>,
+    /// Plain mode: when each build last printed a progress line.
+    last_progress: Mutex<Vec<(String, Instant)>>,
 }
+
+/// Plain mode prints a running build's current step at most this often.
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 impl Renderer {
     pub fn new(verbose: bool) -> Renderer {
@@ -23,6 +28,7 @@ impl Renderer {
             verbose,
             bars: fancy.then(MultiProgress::new),
             active: Mutex::new(Vec::new()),
+            last_progress: Mutex::new(Vec::new()),
         }
     }
 
@@ -64,6 +70,22 @@ impl Renderer {
         if let Some(i) = active.iter().position(|(n, _)| n == name) {
             let (_, bar) = active.remove(i);
             bar.finish_and_clear();
+        }
+    }
+
+    /// Whether a plain-mode progress line for `name` is due (rate-limited).
+    fn progress_due(&self, name: &str) -> bool {
+        let mut last = self.last_progress.lock().unwrap_or_else(|e| e.into_inner());
+        match last.iter_mut().find(|(n, _)| n == name) {
+            Some((_, at)) if at.elapsed() < PLAIN_PROGRESS_EVERY => false,
+            Some((_, at)) => {
+                *at = Instant::now();
+                true
+            }
+            None => {
+                last.push((name.to_string(), Instant::now()));
+                true
+            }
         }
     }
 
@@ -122,7 +144,7 @@ impl Reporter for Renderer {
             Event::Progress { name, line } => {
                 if self.bars.is_some() {
                     self.bar(name, line);
-                } else if self.verbose {
+                } else if self.verbose || self.progress_due(name) {
                     self.line(&format!("{name}: {line}"));
                 }
             }

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# vmbuild benchmarks: each compares vmbuild with the plain tool doing the same work, in one
+# hyperfine run, and prints the figures. Run from the repository root after `.ci/install-deps`:
+#   benches/run.sh [cached|keying|cpio|boot|kernel-tree|kernel-incremental|all]
+# Needs: hyperfine, a release build (built here), network access to the Debian mirror.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+which="${1:-all}"
+cargo build --release --quiet
+vmbuild="$PWD/target/release/vmbuild"
+work="${BENCH_DIR:-/tmp/vmbuild-bench}"
+mkdir -p "$work"
+export VMBUILD_CACHE_DIR="$work/store"
+
+section() { printf '\n== %s ==\n' "$1"; }
+
+bench_cached() {
+    section "fully cached 3-recipe build vs /bin/true vs cat of the manifests"
+    "$vmbuild" build debian-kernel busybox-rootfs smoke-tests >/dev/null
+    manifests=$("$vmbuild" build debian-kernel busybox-rootfs smoke-tests | sed 's|$|/manifest.json|' | tr '\n' ' ')
+    hyperfine -N --warmup 20 --runs 300 \
+        "/bin/true" \
+        "cat $manifests" \
+        "$vmbuild build debian-kernel busybox-rootfs smoke-tests"
+    section "fully cached vmbuild test smoke vs /bin/true"
+    "$vmbuild" test smoke >/dev/null 2>&1
+    hyperfine -N --warmup 20 --runs 300 "/bin/true" "$vmbuild test smoke"
+}
+
+bench_keying() {
+    section "keying a 1 GiB tree (vmbuild explain of a bundle over it) vs sha256sum on 2 cores"
+    tree="$work/tree"
+    if [ ! -d "$tree" ]; then
+        mkdir -p "$tree"
+        for i in $(seq 1 256); do head -c 4M /dev/urandom >"$tree/file$i"; done
+    fi
+    project="$work/keying"
+    mkdir -p "$project/recipes"
+    printf 'kind = "bundle"\ntests = "%s"\n' "$tree" >"$project/recipes/big.toml"
+    cat "$tree"/* >/dev/null
+    hyperfine --warmup 1 --runs 5 \
+        "find $tree -type f -print0 | xargs -0 -n 64 -P 2 sha256sum >/dev/null" \
+        "$vmbuild -C $project explain big >/dev/null"
+}
+
+bench_cpio() {
+    section "cpio initramfs of the busybox rootfs vs find | cpio -o -H newc | gzip"
+    project="$work/cpio"
+    mkdir -p "$project/recipes"
+    cp -r recipes modules tests vmbuild.lock "$project/" 2>/dev/null || true
+    sed 's/format = "cpio".*/format = "dir"/' recipes/busybox-rootfs.toml >"$project/recipes/busybox-dir.toml"
+    root="$("$vmbuild" -C "$project" build busybox-dir)/root"
+    {
+        echo 'kind = "rootfs"'
+        echo 'base = "none"'
+        echo '[files]'
+        for d in "$root"/*; do echo "\"/$(basename "$d")\" = \"$d\""; done
+    } >"$project/recipes/packed.toml"
+    # [files] sources must be inside the project: link the tree in.
+    ln -sfn "$root" "$project/root"
+    sed -i "s|$root|../root|" "$project/recipes/packed.toml"
+    hyperfine --warmup 2 --runs 10 \
+        "cd $root && find . | cpio -o -H newc --quiet | gzip > $work/plain.cpio.gz" \
+        "$vmbuild -C $project build -f packed >/dev/null 2>&1"
+}
+
+bench_boot() {
+    section "one test in one VM: vmbuild test (warm artifacts) vs bare qemu on the same kernel and initramfs"
+    project="$work/boot"
+    mkdir -p "$project/recipes" "$project/tests/one"
+    cp -r recipes modules vmbuild.lock "$project/"
+    printf '#!/bin/sh\necho hi\n' >"$project/tests/one/hi"
+    chmod +x "$project/tests/one/hi"
+    printf 'kind = "bundle"\ntests = "../tests/one"\n' >"$project/recipes/one-tests.toml"
+    printf 'kind = "test"\nkernel = "debian-kernel"\nrootfs = "busybox-rootfs"\nbundles = ["one-tests"]\n' >"$project/recipes/one.toml"
+    "$vmbuild" -C "$project" test one >/dev/null 2>&1
+    kernel=$("$vmbuild" -C "$project" build debian-kernel)/bzImage
+    rootfs=$("$vmbuild" -C "$project" build busybox-rootfs)/rootfs.cpio.gz
+    # Bare qemu: the same rootfs plus an /init that runs the same script and powers off.
+    mkdir -p "$work/bare/vmbuild"
+    printf '#!/bin/sh\nmount -t proc proc /proc\nmount -t devtmpfs dev /dev\necho hi\nreboot -f\n' >"$work/bare/vmbuild/init"
+    chmod +x "$work/bare/vmbuild/init"
+    (cd "$work/bare" && find vmbuild | cpio -o -H newc --quiet | gzip) | cat "$rootfs" - >"$work/bare.img"
+    bare="qemu-system-x86_64 -machine q35 -accel tcg -m 512 -smp 1 -nodefaults -display none -no-reboot -kernel $kernel -initrd $work/bare.img -append 'console=ttyS0 rdinit=/vmbuild/init panic=-1' -serial stdio"
+    hyperfine --warmup 1 --runs 5 "$bare >/dev/null" "$vmbuild -C $project test -f one >/dev/null 2>&1"
+}
+
+bench_kernel_tree() {
+    section "re-keying an unchanged Linux source tree (stat cache) vs git status"
+    src="$work/linux-tree"
+    if [ ! -d "$src/linux-source-6.1" ]; then
+        mkdir -p "$src"
+        (cd "$work" && apt-get download -q linux-source-6.1 >/dev/null && dpkg-deb -x linux-source-6.1_*.deb deb)
+        tar -xf "$work"/deb/usr/src/linux-source-6.1.tar.xz -C "$src"
+        (cd "$src/linux-source-6.1" && git init -q && git add -A && git -c user.email=b@b -c user.name=b commit -qm tree)
+    fi
+    project="$work/ktree"
+    mkdir -p "$project/recipes"
+    cp -r modules "$project/"
+    ln -sfn "$src/linux-source-6.1" "$project/linux"
+    printf 'kind = "kernel"\n[source]\npath = "../linux"\n[config]\nbase = "tinyconfig"\n' >"$project/recipes/local.toml"
+    "$vmbuild" -C "$project" explain local >/dev/null
+    hyperfine --warmup 2 --runs 10 \
+        "git -C $src/linux-source-6.1 status --porcelain >/dev/null" \
+        "$vmbuild -C $project explain local >/dev/null"
+}
+
+bench_kernel_incremental() {
+    section "kernel: full build vs incremental rebuild after flipping one driver option"
+    project="$work/kinc"
+    rm -rf "$project" && mkdir -p "$project"
+    cp -r recipes modules vmbuild.lock "$project/"
+    rm -rf "$VMBUILD_CACHE_DIR/kbuild"
+    start=$(date +%s.%N)
+    "$vmbuild" -C "$project" build tiny-kernel >/dev/null
+    full=$(echo "$(date +%s.%N) - $start" | bc)
+    echo "CONFIG_RTC_CLASS=y" >"$project/modules/kconfig/flip.config"
+    sed -i 's|fragments = \[|fragments = [\n    "../modules/kconfig/flip.config",|' "$project/recipes/tiny-kernel.toml"
+    start=$(date +%s.%N)
+    "$vmbuild" -C "$project" build tiny-kernel >/dev/null
+    incremental=$(echo "$(date +%s.%N) - $start" | bc)
+    echo "full build:        ${full}s"
+    echo "incremental build: ${incremental}s"
+    echo "ratio:             $(echo "scale=3; $incremental / $full" | bc)"
+}
+
+case "$which" in
+    cached) bench_cached ;;
+    keying) bench_keying ;;
+    cpio) bench_cpio ;;
+    boot) bench_boot ;;
+    kernel-tree) bench_kernel_tree ;;
+    kernel-incremental) bench_kernel_incremental ;;
+    all) bench_cached; bench_keying; bench_cpio; bench_boot; bench_kernel_tree; bench_kernel_incremental ;;
+    *) echo "unknown benchmark: $which" >&2; exit 2 ;;
+esac

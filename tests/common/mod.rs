@@ -1,0 +1,149 @@
+//! Integration-test harness: a temporary copy of the shipped project (recipes, modules,
+//! smoke tests, vmbuild.lock) and the real `vmbuild` binary run against it.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct TestProject {
+    pub dir: tempfile::TempDir,
+    pub cache: PathBuf,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts the exit code, showing both streams when it differs.
+    pub fn expect(self, code: i32) -> Run {
+        assert_eq!(self.code, code, "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    /// The JSON objects printed one per line on stdout.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+    }
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The store shared by tests that need heavy artifacts (kernels): keys hash content, not
+/// paths, so every copy of the project finds the same entries; vmbuild's per-key locks
+/// make concurrent tests wait for one build instead of racing.
+pub fn shared_store() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("shared-store")
+}
+
+impl TestProject {
+    /// A copy of the shipped project with its own empty store.
+    pub fn new() -> TestProject {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["recipes", "modules", "tests/smoke"] {
+            copy_dir(&repo().join(sub), &dir.path().join(sub));
+        }
+        std::fs::copy(repo().join("vmbuild.lock"), dir.path().join("vmbuild.lock")).unwrap();
+        let cache = dir.path().join("cache");
+        TestProject { dir, cache }
+    }
+
+    /// A copy of the shipped project using the shared store.
+    pub fn shared() -> TestProject {
+        TestProject { cache: shared_store(), ..TestProject::new() }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> &TestProject {
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        self
+    }
+
+    pub fn write_exec(&self, rel: &str, text: &str) -> &TestProject {
+        self.write(rel, text);
+        std::fs::set_permissions(self.path(rel), std::fs::Permissions::from_mode(0o755)).unwrap();
+        self
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmbuild"));
+        cmd.args(args).current_dir(self.dir.path()).env("VMBUILD_CACHE_DIR", &self.cache).env_remove("VMBUILD_ACCEL");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().unwrap())
+    }
+
+    /// Runs with `dir` first on PATH (e.g. a qemu wrapper that counts boots).
+    pub fn run_with_path(&self, dir: &Path, args: &[&str]) -> Run {
+        let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+        Run::from(self.command(args).env("PATH", path).output().unwrap())
+    }
+
+    /// Published entries of `name` in this project's store.
+    pub fn entries(&self, name: &str) -> Vec<PathBuf> {
+        let suffix = format!("-{name}");
+        std::fs::read_dir(&self.cache)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.file_name().unwrap().to_string_lossy().ends_with(&suffix) && p.join("manifest.json").exists())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A folder holding a `qemu-system-x86_64` that logs each start to `boots.log`, then runs
+/// the real qemu: counts boots without trusting vmbuild's own account.
+pub fn counting_qemu() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let real = which("qemu-system-x86_64").expect("qemu-system-x86_64 is installed (apt-get install qemu-system-x86)");
+    let log = dir.path().join("boots.log");
+    let script = format!("#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n", log.display(), real.display());
+    let wrapper = dir.path().join("qemu-system-x86_64");
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, log)
+}
+
+/// Boots recorded by `counting_qemu` (the KVM probe, which uses `-M pc`, is not a boot).
+pub fn boots(log: &Path) -> usize {
+    std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains("-kernel")).count()
+}
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(tool)).find(|p| p.is_file())
+}
