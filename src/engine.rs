@@ -44,7 +44,10 @@ impl Error {
         match self {
             Error::Recipe(_) | Error::Usage(_) => 2,
             // The host lacks a tool (qemu, mke2fs, ...): infrastructure, not a bad recipe.
-            Error::Key { source: KeyError::Tool(ProcessError::Missing { .. }), .. } => 4,
+            Error::Key {
+                source: KeyError::Tool(ProcessError::Missing { .. }),
+                ..
+            } => 4,
             Error::Key {
                 source: KeyError::Fetch(FetchError::UnknownPackage { .. }),
                 ..

@@ -11,12 +11,24 @@ use common::TestProject;
 fn tiny_kernel_from_source_boots_the_smoke_tests() {
     let p = TestProject::shared();
     let run = p.run(&["test", "tiny-smoke"]).expect(0);
-    assert!(run.stdout.contains("PASS    tiny-smoke/hello"), "{}", run.stdout);
-    assert!(run.stdout.contains("SKIP    tiny-smoke/sysrq (0.00s): kernel lacks CONFIG_MAGIC_SYSRQ"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("PASS    tiny-smoke/hello"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("SKIP    tiny-smoke/sysrq (0.00s): kernel lacks CONFIG_MAGIC_SYSRQ"),
+        "{}",
+        run.stdout
+    );
     let kernel = p.run(&["build", "tiny-kernel"]).expect(0).stdout;
     let entry = std::path::Path::new(kernel.trim());
     for file in ["bzImage", "config", "System.map", "vmlinux", "build.log"] {
-        assert!(entry.join(file).is_file(), "{file} missing from the kernel entry");
+        assert!(
+            entry.join(file).is_file(),
+            "{file} missing from the kernel entry"
+        );
     }
     let config = std::fs::read_to_string(entry.join("config")).unwrap();
     assert!(config.contains("CONFIG_SERIAL_8250_CONSOLE=y"));
@@ -32,13 +44,23 @@ fn a_fragment_option_that_cannot_be_set_fails_naming_it() {
         "kind = \"kernel\"\n[source]\ndeb = \"linux-source-6.1\"\n[config]\nbase = \"tinyconfig\"\nfragments = [\"../modules/kconfig/wants-ext4.config\"]\n",
     );
     let run = p.run(&["build", "bad-kernel"]).expect(3);
-    assert!(run.stderr.contains("CONFIG_EXT4_FS: asked y in wants-ext4.config, got n"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("CONFIG_EXT4_FS: asked y in wants-ext4.config, got n"),
+        "{}",
+        run.stderr
+    );
     assert!(p.entries("bad-kernel").is_empty());
 }
 
 fn key_of(p: &TestProject, recipe: &str) -> String {
     let run = p.run(&["explain", recipe]).expect(0);
-    run.stdout.lines().find_map(|l| l.strip_prefix("key:")).unwrap().trim().to_string()
+    run.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("key:"))
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 #[test]

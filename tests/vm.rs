@@ -10,7 +10,11 @@ fn junit_counts(path: &std::path::Path) -> Option<String> {
     let script = "import sys, junitparser\n\
         x = junitparser.JUnitXml.fromfile(sys.argv[1])\n\
         print(x.tests, x.failures, x.errors, x.skipped)\n";
-    let out = std::process::Command::new("python3").args(["-c", script]).arg(path).output().ok()?;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .output()
+        .ok()?;
     if !out.status.success() {
         eprintln!("junitparser: {}", String::from_utf8_lossy(&out.stderr));
         return None;
@@ -23,25 +27,63 @@ fn smoke_runs_in_a_real_vm_and_a_cached_rerun_boots_nothing() {
     let p = TestProject::shared();
     let (qemu_dir, log) = counting_qemu();
     let junit = p.path("junit.xml");
-    let run = p.run_with_path(qemu_dir.path(), &["test", "-f", "smoke", "--junit", junit.to_str().unwrap()]).expect(0);
+    let run = p
+        .run_with_path(
+            qemu_dir.path(),
+            &["test", "-f", "smoke", "--junit", junit.to_str().unwrap()],
+        )
+        .expect(0);
     assert_eq!(boots(&log), 1);
     assert!(run.stdout.contains("PASS    smoke/hello"), "{}", run.stdout);
-    assert!(run.stdout.contains("SKIP    smoke/scratch-disk"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("SKIP    smoke/scratch-disk"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("PASS    smoke/sysrq"), "{}", run.stdout);
-    assert!(run.stdout.contains("  PASS    procfs is mounted"), "{}", run.stdout);
-    assert!(run.stdout.trim_end().ends_with("3 passed, 0 failed, 1 skipped"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("  PASS    procfs is mounted"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .trim_end()
+            .ends_with("3 passed, 0 failed, 1 skipped"),
+        "{}",
+        run.stdout
+    );
 
     // The results entry holds what the contract says.
-    let entry = p.run(&["test", "--json", "smoke"]).expect(0).json_lines()[0]["path"].as_str().unwrap().to_string();
+    let entry = p.run(&["test", "--json", "smoke"]).expect(0).json_lines()[0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let entry = std::path::PathBuf::from(entry);
-    for file in ["results.json", "junit.xml", "console.log", "tests/hello.log", "manifest.json"] {
-        assert!(entry.join(file).is_file(), "{file} missing from {}", entry.display());
+    for file in [
+        "results.json",
+        "junit.xml",
+        "console.log",
+        "tests/hello.log",
+        "manifest.json",
+    ] {
+        assert!(
+            entry.join(file).is_file(),
+            "{file} missing from {}",
+            entry.display()
+        );
     }
     let hello = std::fs::read_to_string(entry.join("tests/hello.log")).unwrap();
     assert!(hello.contains("hello from the guest"), "{hello}");
     let console = std::fs::read_to_string(entry.join("console.log")).unwrap();
-    assert!(console.contains("Linux version"), "the kernel console is captured");
-    assert!(!console.contains("VMBUILD"), "the agent's channel stays off the console");
+    assert!(
+        console.contains("Linux version"),
+        "the kernel console is captured"
+    );
+    assert!(
+        !console.contains("VMBUILD"),
+        "the agent's channel stays off the console"
+    );
 
     // JUnit, checked by a real consumer: 4 tests + 3 TAP subtests, 1 skipped.
     match junit_counts(&junit) {
@@ -50,13 +92,23 @@ fn smoke_runs_in_a_real_vm_and_a_cached_rerun_boots_nothing() {
     }
 
     // Cached: no boot, same results, exit 0.
-    let cached = p.run_with_path(qemu_dir.path(), &["test", "smoke"]).expect(0);
+    let cached = p
+        .run_with_path(qemu_dir.path(), &["test", "smoke"])
+        .expect(0);
     assert_eq!(boots(&log), 1, "a cached rerun must not boot");
-    assert!(cached.stdout.contains("PASS    smoke/hello") && cached.stdout.contains("[cached]"), "{}", cached.stdout);
-    assert!(cached.stdout.trim_end().ends_with("3 passed, 0 failed, 1 skipped"));
+    assert!(
+        cached.stdout.contains("PASS    smoke/hello") && cached.stdout.contains("[cached]"),
+        "{}",
+        cached.stdout
+    );
+    assert!(cached
+        .stdout
+        .trim_end()
+        .ends_with("3 passed, 0 failed, 1 skipped"));
 
     // -f reruns.
-    p.run_with_path(qemu_dir.path(), &["test", "-f", "smoke"]).expect(0);
+    p.run_with_path(qemu_dir.path(), &["test", "-f", "smoke"])
+        .expect(0);
     assert_eq!(boots(&log), 2);
 }
 
@@ -64,45 +116,84 @@ fn smoke_runs_in_a_real_vm_and_a_cached_rerun_boots_nothing() {
 fn failures_timeouts_and_crashes_are_reported_and_failed_results_rerun() {
     let p = TestProject::shared();
     p.write_exec("tests/mixed/a-pass", "#!/bin/sh\necho fine\n");
-    p.write_exec("tests/mixed/b-fail", "#!/bin/sh\necho 'about to fail' >&2\nexit 3\n");
-    p.write_exec("tests/mixed/c-hang", "#!/bin/sh\n# vmbuild: timeout=3s\necho hanging\nsleep 1000\n");
-    p.write_exec("tests/mixed/d-crash", "#!/bin/sh\necho c > /proc/sysrq-trigger\nsleep 30\n");
-    p.write_exec("tests/mixed/e-after-crash", "#!/bin/sh\necho 'a new VM took over'\n");
-    p.write("recipes/mixed-tests.toml", "kind = \"bundle\"\ntests = \"../tests/mixed\"\n");
+    p.write_exec(
+        "tests/mixed/b-fail",
+        "#!/bin/sh\necho 'about to fail' >&2\nexit 3\n",
+    );
+    p.write_exec(
+        "tests/mixed/c-hang",
+        "#!/bin/sh\n# vmbuild: timeout=3s\necho hanging\nsleep 1000\n",
+    );
+    p.write_exec(
+        "tests/mixed/d-crash",
+        "#!/bin/sh\necho c > /proc/sysrq-trigger\nsleep 30\n",
+    );
+    p.write_exec(
+        "tests/mixed/e-after-crash",
+        "#!/bin/sh\necho 'a new VM took over'\n",
+    );
+    p.write(
+        "recipes/mixed-tests.toml",
+        "kind = \"bundle\"\ntests = \"../tests/mixed\"\n",
+    );
     p.write(
         "recipes/mixed.toml",
         "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"busybox-rootfs\"\nbundles = [\"mixed-tests\"]\n",
     );
     let (qemu_dir, log) = counting_qemu();
     let junit = p.path("mixed.xml");
-    let run = p.run_with_path(qemu_dir.path(), &["test", "mixed", "--junit", junit.to_str().unwrap()]).expect(1);
+    let run = p
+        .run_with_path(
+            qemu_dir.path(),
+            &["test", "mixed", "--junit", junit.to_str().unwrap()],
+        )
+        .expect(1);
     let line = |prefix: &str| run.stdout.lines().any(|l| l.starts_with(prefix));
     assert!(line("PASS    mixed/a-pass"), "{}", run.stdout);
     assert!(line("FAIL    mixed/b-fail"), "{}", run.stdout);
     assert!(line("TIMEOUT mixed/c-hang"), "{}", run.stdout);
     assert!(line("CRASH   mixed/d-crash"), "{}", run.stdout);
     assert!(line("PASS    mixed/e-after-crash"), "{}", run.stdout);
-    assert!(run.stdout.trim_end().ends_with("2 passed, 3 failed"), "{}", run.stdout);
-    assert_eq!(boots(&log), 2, "the crashed VM is replaced for the rest of the queue");
+    assert!(
+        run.stdout.trim_end().ends_with("2 passed, 3 failed"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        boots(&log),
+        2,
+        "the crashed VM is replaced for the rest of the queue"
+    );
     if let Some(counts) = junit_counts(&junit) {
         assert_eq!(counts, "5 1 2 0");
     }
 
     // `results` shows the stored failure without running anything.
-    let results = p.run_with_path(qemu_dir.path(), &["results", "mixed"]).expect(1);
-    assert!(results.stdout.contains("CRASH   mixed/d-crash"), "{}", results.stdout);
-    assert!(results.stdout.contains("kernel crashed"), "{}", results.stdout);
+    let results = p
+        .run_with_path(qemu_dir.path(), &["results", "mixed"])
+        .expect(1);
+    assert!(
+        results.stdout.contains("CRASH   mixed/d-crash"),
+        "{}",
+        results.stdout
+    );
+    assert!(
+        results.stdout.contains("kernel crashed"),
+        "{}",
+        results.stdout
+    );
     assert_eq!(boots(&log), 2);
     let fail_log = std::fs::read_to_string(
-        std::path::Path::new(&p.cache).join(
-            p.entries("mixed").first().unwrap().file_name().unwrap(),
-        ).join("tests/b-fail.log"),
+        std::path::Path::new(&p.cache)
+            .join(p.entries("mixed").first().unwrap().file_name().unwrap())
+            .join("tests/b-fail.log"),
     )
     .unwrap();
     assert!(fail_log.contains("about to fail"), "{fail_log}");
 
     // A failed result is not a cache hit: the next run boots again.
-    p.run_with_path(qemu_dir.path(), &["test", "mixed"]).expect(1);
+    p.run_with_path(qemu_dir.path(), &["test", "mixed"])
+        .expect(1);
     assert!(boots(&log) > 2);
 }
 
@@ -110,7 +201,10 @@ fn failures_timeouts_and_crashes_are_reported_and_failed_results_rerun() {
 fn a_guest_that_never_boots_is_an_infrastructure_failure_and_is_not_stored() {
     let p = TestProject::shared();
     p.write("files/bogus-kernel", "this is not a kernel image\n");
-    p.write("recipes/bogus-kernel.toml", "kind = \"kernel\"\n[prebuilt]\npath = \"../files/bogus-kernel\"\n");
+    p.write(
+        "recipes/bogus-kernel.toml",
+        "kind = \"kernel\"\n[prebuilt]\npath = \"../files/bogus-kernel\"\n",
+    );
     p.write(
         "recipes/bogus.toml",
         "kind = \"test\"\nkernel = \"bogus-kernel\"\nrootfs = \"busybox-rootfs\"\nbundles = [\"smoke-tests\"]\n",
@@ -118,15 +212,25 @@ fn a_guest_that_never_boots_is_an_infrastructure_failure_and_is_not_stored() {
     let run = p.run(&["test", "bogus"]).expect(4);
     assert!(run.stderr.contains("VM failed"), "{}", run.stderr);
     assert!(run.stderr.contains("qemu said"), "{}", run.stderr);
-    assert!(p.entries("bogus").is_empty(), "infrastructure failures are never stored");
+    assert!(
+        p.entries("bogus").is_empty(),
+        "infrastructure failures are never stored"
+    );
 }
 
 #[test]
 fn missing_qemu_says_how_to_install_it() {
     let p = TestProject::shared();
     let empty = tempfile::tempdir().unwrap();
-    let out = p.command(&["test", "-f", "smoke"]).env("PATH", empty.path()).output().unwrap();
+    let out = p
+        .command(&["test", "-f", "smoke"])
+        .env("PATH", empty.path())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
-    assert!(stderr.contains("apt-get install qemu-system-x86"), "{stderr}");
+    assert!(
+        stderr.contains("apt-get install qemu-system-x86"),
+        "{stderr}"
+    );
 }

@@ -14,6 +14,8 @@ pub struct Renderer {
     verbose: bool,
     bars: Option<MultiProgress>,
     active: Mutex<Vec<(String, ProgressBar)>>,
+    /// Test lines go to stdout, unless stdout is reserved for JSON.
+    tests_on_stdout: std::sync::atomic::AtomicBool,
     /// Plain mode: when each build last printed a progress line.
     last_progress: Mutex<Vec<(String, Instant)>>,
 }
@@ -29,6 +31,7 @@ impl Renderer {
             bars: fancy.then(MultiProgress::new),
             active: Mutex::new(Vec::new()),
             last_progress: Mutex::new(Vec::new()),
+            tests_on_stdout: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -100,7 +103,13 @@ impl Renderer {
         }
     }
 
-    /// Prints one finished test to stdout.
+    /// Sends test lines to stderr, keeping stdout for machine-readable output.
+    pub fn tests_to_stderr(&self) {
+        self.tests_on_stdout
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Prints one finished test to stdout (stderr with `--json`).
     pub fn test_line(&self, recipe: &str, result: &TestResult, cached: bool) {
         let mut text = format!(
             "{:<7} {recipe}/{} ({:.2}s)",
@@ -121,11 +130,21 @@ impl Renderer {
                 sub.name
             ));
         }
+        let to_stdout = self
+            .tests_on_stdout
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let print = || {
+            if to_stdout {
+                println!("{text}");
+                let _ = std::io::stdout().flush();
+            } else {
+                eprintln!("{text}");
+            }
+        };
         match &self.bars {
-            Some(bars) => bars.suspend(|| println!("{text}")),
-            None => println!("{text}"),
+            Some(bars) => bars.suspend(print),
+            None => print(),
         }
-        let _ = std::io::stdout().flush();
     }
 }
 

@@ -24,6 +24,9 @@ pub struct TestArgs {
 }
 
 pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, Error> {
+    if args.json {
+        reporter.tests_to_stderr();
+    }
     let engine = open_engine(global, reporter, false)?;
     let plan = engine.plan(&args.recipes)?;
     let tested = engine.test(&plan, args.force.level())?;

@@ -134,7 +134,10 @@ mod tests {
             xml.contains("tests=\"6\" failures=\"2\" errors=\"1\" skipped=\"1\""),
             "{xml}"
         );
-        assert!(xml.contains("<failure message=\"fail\" type=\"fail\"/>"), "{xml}");
+        assert!(
+            xml.contains("<failure message=\"fail\" type=\"fail\"/>"),
+            "{xml}"
+        );
         assert!(
             xml.contains("name=\"a&lt;b\" classname=\"smoke.tap\""),
             "{xml}"

@@ -28,13 +28,20 @@ impl Run {
 
     /// Asserts the exit code, showing both streams when it differs.
     pub fn expect(self, code: i32) -> Run {
-        assert_eq!(self.code, code, "exit code\n--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     /// The JSON objects printed one per line on stdout.
     pub fn json_lines(&self) -> Vec<serde_json::Value> {
-        self.stdout.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
     }
 }
 
@@ -76,7 +83,10 @@ impl TestProject {
 
     /// A copy of the shipped project using the shared store.
     pub fn shared() -> TestProject {
-        TestProject { cache: shared_store(), ..TestProject::new() }
+        TestProject {
+            cache: shared_store(),
+            ..TestProject::new()
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -98,7 +108,10 @@ impl TestProject {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmbuild"));
-        cmd.args(args).current_dir(self.dir.path()).env("VMBUILD_CACHE_DIR", &self.cache).env_remove("VMBUILD_ACCEL");
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("VMBUILD_CACHE_DIR", &self.cache)
+            .env_remove("VMBUILD_ACCEL");
         cmd
     }
 
@@ -108,7 +121,11 @@ impl TestProject {
 
     /// Runs with `dir` first on PATH (e.g. a qemu wrapper that counts boots).
     pub fn run_with_path(&self, dir: &Path, args: &[&str]) -> Run {
-        let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}",
+            dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         Run::from(self.command(args).env("PATH", path).output().unwrap())
     }
 
@@ -119,7 +136,10 @@ impl TestProject {
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.path())
-                    .filter(|p| p.file_name().unwrap().to_string_lossy().ends_with(&suffix) && p.join("manifest.json").exists())
+                    .filter(|p| {
+                        p.file_name().unwrap().to_string_lossy().ends_with(&suffix)
+                            && p.join("manifest.json").exists()
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -130,9 +150,14 @@ impl TestProject {
 /// the real qemu: counts boots without trusting vmbuild's own account.
 pub fn counting_qemu() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let real = which("qemu-system-x86_64").expect("qemu-system-x86_64 is installed (apt-get install qemu-system-x86)");
+    let real = which("qemu-system-x86_64")
+        .expect("qemu-system-x86_64 is installed (apt-get install qemu-system-x86)");
     let log = dir.path().join("boots.log");
-    let script = format!("#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n", log.display(), real.display());
+    let script = format!(
+        "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+        log.display(),
+        real.display()
+    );
     let wrapper = dir.path().join("qemu-system-x86_64");
     std::fs::write(&wrapper, script).unwrap();
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -141,9 +166,15 @@ pub fn counting_qemu() -> (tempfile::TempDir, PathBuf) {
 
 /// Boots recorded by `counting_qemu` (the KVM probe, which uses `-M pc`, is not a boot).
 pub fn boots(log: &Path) -> usize {
-    std::fs::read_to_string(log).unwrap_or_default().lines().filter(|l| l.contains("-kernel")).count()
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("-kernel"))
+        .count()
 }
 
 pub fn which(tool: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(tool)).find(|p| p.is_file())
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
 }
