@@ -324,7 +324,8 @@ impl<'a> Engine<'a> {
 
     /// `vmbuild test`: builds what the tests need, then runs each test recipe (those named
     /// and those they come `after`), reusing all-pass results from the store.
-    pub fn test(&self, plan: &Plan, force: Force) -> Result<Vec<Tested>> {
+    /// With `keep_alive`, the VM of the first failed test is kept running for the user.
+    pub fn test(&self, plan: &Plan, force: Force, keep_alive: bool) -> Result<Vec<Tested>> {
         for &root in &plan.graph.roots {
             let recipe = &plan.graph.nodes[root].recipe;
             if !matches!(recipe.spec, Spec::Test(_)) {
@@ -427,7 +428,7 @@ impl<'a> Engine<'a> {
                     .map(|b| (b.name.as_str(), entry_of(b)))
                     .collect(),
             };
-            let tested = self.run_test(plan, i, spec, &arts, accel)?;
+            let tested = self.run_test(plan, i, spec, &arts, accel, keep_alive)?;
             outcomes.insert(i, tested);
         }
         Ok(plan
@@ -454,6 +455,7 @@ impl<'a> Engine<'a> {
         spec: &crate::recipe::TestSpec,
         arts: &Artifacts,
         accel: vm::Accel,
+        keep_alive: bool,
     ) -> Result<Tested> {
         let name = plan.graph.nodes[index].recipe.name.as_str();
         let key = plan.keys[index].as_str();
@@ -481,6 +483,7 @@ impl<'a> Engine<'a> {
             })
         };
         let detail = |line: &str| self.reporter.event(Event::Detail(line));
+        let notice = |line: &str| self.reporter.event(Event::Notice(line));
         let opts = RunOptions {
             recipe: name,
             key,
@@ -491,6 +494,8 @@ impl<'a> Engine<'a> {
             previous: previous.as_ref(),
             on_result: &on_result,
             detail: &detail,
+            notice: &notice,
+            keep_alive,
         };
         let results = runner::run(&opts, arts).map_err(test_err)?;
         let out = staging.out();

@@ -131,6 +131,46 @@ pub fn run(cmd: &mut Command) -> Result<Output, ProcessError> {
     Ok(output)
 }
 
+/// Process groups of live children, for the interrupt handler.
+static LIVE_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// On SIGINT, SIGTERM or SIGHUP: end every child process group vmbuild started (VMs run
+/// in their own groups, so the terminal's Ctrl-C does not reach them), then exit 130.
+/// Unpublished builds are left in the store's tmp/, which the next build cleans.
+pub fn install_interrupt_handler() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let groups = LIVE_GROUPS.lock().map(|g| g.clone()).unwrap_or_default();
+            for pgid in &groups {
+                // SAFETY: signalling process groups this process created.
+                unsafe { libc::kill(-pgid, libc::SIGTERM) };
+            }
+            if !groups.is_empty() {
+                std::thread::sleep(Duration::from_millis(500));
+                for pgid in &groups {
+                    // SAFETY: as above.
+                    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                }
+            }
+            eprintln!(
+                "vmbuild: interrupted (signal {signal}); stopped {} child process group(s)",
+                groups.len()
+            );
+            std::process::exit(130);
+        }
+    });
+}
+
+fn forget_group(pgid: i32) {
+    if let Ok(mut groups) = LIVE_GROUPS.lock() {
+        groups.retain(|g| *g != pgid);
+    }
+}
+
 /// Owns a child started in its own process group. Dropping it (early return, panic, error)
 /// ends the whole group: SIGTERM, then SIGKILL after a grace period.
 pub struct GroupGuard {
@@ -164,7 +204,10 @@ impl GroupGuard {
         let deadline = Instant::now() + timeout;
         loop {
             match self.child().try_wait() {
-                Ok(Some(status)) => return Some(status),
+                Ok(Some(status)) => {
+                    forget_group(self.id() as i32);
+                    return Some(status);
+                }
                 Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10))
                 }
@@ -177,6 +220,7 @@ impl GroupGuard {
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let pgid = self.id() as i32;
         if let Ok(Some(status)) = self.child().try_wait() {
+            forget_group(pgid);
             return Some(status);
         }
         // SAFETY: kill(2) with a negative pid signals the process group we created.
@@ -186,7 +230,9 @@ impl GroupGuard {
         }
         // SAFETY: as above.
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        self.child().wait().ok()
+        let status = self.child().wait().ok();
+        forget_group(pgid);
+        status
     }
 }
 

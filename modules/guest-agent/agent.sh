@@ -65,6 +65,17 @@ while :; do
     IFS=' ' read -r cmd name limit path <&3 || break
     case "$cmd" in
         RUN) run_test "$name" "$limit" "$path" ;;
+        HOLD)
+            # --keep-alive: a test failed; give the user a shell on the third serial port
+            # and power off when it exits.
+            # The port stays open from here on: closing a serial tty drops its input.
+            hold=/dev/ttyS2
+            exec 4<>"$hold"
+            echo "vmbuild: kept alive after a failed test; its output is in /tmp/vmbuild-test.log" >&4
+            say "VMBUILD HELD ${hold#/dev/}"
+            setsid -c sh -i <&4 >&4 2>&4 || setsid sh -i <&4 >&4 2>&4
+            break
+            ;;
         *) break ;;
     esac
 done

@@ -21,6 +21,10 @@ pub struct TestArgs {
     /// Print the results as one JSON object per test recipe instead of test lines
     #[arg(long)]
     json: bool,
+    /// When a test fails, keep its VM running with a shell on a third serial port, and
+    /// print how to attach to it and how to end it
+    #[arg(long)]
+    keep_alive: bool,
 }
 
 pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, Error> {
@@ -29,7 +33,7 @@ pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, 
     }
     let engine = open_engine(global, reporter, false)?;
     let plan = engine.plan(&args.recipes)?;
-    let tested = engine.test(&plan, args.force.level())?;
+    let tested = engine.test(&plan, args.force.level(), args.keep_alive)?;
     let mut total = Summary::default();
     for t in &tested {
         let s = t.results.summary();

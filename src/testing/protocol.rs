@@ -2,7 +2,9 @@
 //! Guest to host, one message per line:
 //! `VMBUILD READY <release>`, `VMBUILD NEXT`, `VMBUILD BEGIN <test>`,
 //! `VMBUILD LOG <test> <line>`, `VMBUILD END <test> <exit-code|timeout>`, `VMBUILD DONE`.
-//! Host to guest, in answer to NEXT: `RUN <test> <timeout-seconds> <path>` or `STOP`.
+//! `VMBUILD HELD <port>` (kept alive for the user after `HOLD`).
+//! Host to guest, in answer to NEXT: `RUN <test> <timeout-seconds> <path>`, `STOP`, or
+//! `HOLD` (`--keep-alive` after a failure: start a shell on the third serial port).
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
@@ -12,12 +14,26 @@ pub enum End {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    Ready { release: String },
+    Ready {
+        release: String,
+    },
     Next,
-    Begin { test: String },
-    Log { test: String, line: String },
-    End { test: String, end: End },
+    Begin {
+        test: String,
+    },
+    Log {
+        test: String,
+        line: String,
+    },
+    End {
+        test: String,
+        end: End,
+    },
     Done,
+    /// The agent is holding the VM for the user (`--keep-alive`), with a shell on `port`.
+    Held {
+        port: String,
+    },
 }
 
 /// Parses one line from the agent; `None` for anything else (noise on the port).
@@ -31,6 +47,9 @@ pub fn parse(line: &str) -> Option<Message> {
         },
         "NEXT" => Message::Next,
         "DONE" => Message::Done,
+        "HELD" => Message::Held {
+            port: args.to_string(),
+        },
         "BEGIN" => Message::Begin {
             test: args.to_string(),
         },
@@ -61,6 +80,8 @@ pub fn run_command(test: &str, timeout_secs: u64, path: &str) -> String {
 }
 
 pub const STOP: &str = "STOP\n";
+/// Keep the VM for the user after a failure (`--keep-alive`).
+pub const HOLD: &str = "HOLD\n";
 
 #[cfg(test)]
 mod tests {
@@ -108,6 +129,12 @@ mod tests {
             })
         );
         assert_eq!(parse("VMBUILD DONE"), Some(Message::Done));
+        assert_eq!(
+            parse("VMBUILD HELD ttyS2"),
+            Some(Message::Held {
+                port: "ttyS2".into()
+            })
+        );
         assert_eq!(parse("random noise"), None);
         assert_eq!(parse("VMBUILD END t1 what"), None);
     }

@@ -80,6 +80,10 @@ pub struct RunOptions<'a> {
     pub on_result: &'a (dyn Fn(&TestResult) + Sync),
     /// Receives verbose details (qemu command lines).
     pub detail: &'a (dyn Fn(&str) + Sync),
+    /// Receives things the user must see now (how to attach to a kept-alive VM).
+    pub notice: &'a (dyn Fn(&str) + Sync),
+    /// Keep the VM of the first failed test running for the user (`--keep-alive`).
+    pub keep_alive: bool,
 }
 
 /// One test waiting in the queue.
@@ -179,6 +183,7 @@ pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestE
             queue: Mutex::new(queue.into()),
             results: Mutex::new(Vec::new()),
             infra: Mutex::new(None),
+            held: std::sync::atomic::AtomicBool::new(false),
         };
         let vms = (opts.spec.vm.vms as usize)
             .min(shared.queue.lock().map(|q| q.len()).unwrap_or(1))
@@ -343,6 +348,8 @@ struct Shared {
     queue: Mutex<VecDeque<Planned>>,
     results: Mutex<Vec<TestResult>>,
     infra: Mutex<Option<TestError>>,
+    /// Whether a VM has been kept alive already (`--keep-alive` holds only the first).
+    held: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -421,6 +428,9 @@ impl VmRun<'_> {
             .socket_dir
             .join(format!("agent{}-{}.sock", self.worker, self.boot));
         let listener = UnixListener::bind(&socket).map_err(io_err("listen on", &socket))?;
+        let shell_socket = self
+            .socket_dir
+            .join(format!("shell{}-{}.sock", self.worker, self.boot));
         let mut disks = Vec::new();
         for disk in &spec.vm.disks {
             let path = self
@@ -445,6 +455,7 @@ impl VmRun<'_> {
             disks,
             wiring: Wiring::Agent {
                 socket: socket.clone(),
+                shell: self.opts.keep_alive.then(|| shell_socket.clone()),
             },
         };
         let mut cmd = Qemu {
@@ -518,8 +529,12 @@ impl VmRun<'_> {
         let mut ready = false;
         let mut running: Option<Running> = None;
         let mut last_event = Instant::now();
+        let mut failed_here = false;
+        let mut holding = false;
         let outcome = loop {
             let deadline = match &running {
+                // Held for the user: no deadline; they end it (or Ctrl-C does).
+                _ if holding => Instant::now() + Duration::from_secs(3600 * 24 * 365),
                 _ if !ready => boot_started + spec.vm.boot_timeout,
                 Some(r) => r.started + r.test.timeout + HOST_GRACE,
                 None => last_event + AGENT_IDLE,
@@ -542,7 +557,15 @@ impl VmRun<'_> {
                 Event::AgentClosed => {}
                 Event::Agent(Message::Ready { .. }) => ready = true,
                 Event::Agent(Message::Next) => {
-                    let reply = match self.shared.next() {
+                    let hold = self.opts.keep_alive
+                        && failed_here
+                        && !self
+                            .shared
+                            .held
+                            .swap(true, std::sync::atomic::Ordering::SeqCst);
+                    let next = if hold { None } else { self.shared.next() };
+                    let reply = match next {
+                        _ if hold => protocol::HOLD.to_string(),
                         Some(test) => {
                             let secs = test.timeout.as_secs_f64().ceil().max(1.0) as u64;
                             let line = protocol::run_command(&test.name, secs, &test.guest_path);
@@ -588,8 +611,21 @@ impl VmRun<'_> {
                                 Some(format!("killed after {:?}", r.test.timeout)),
                             ),
                         };
+                        failed_here |= status.is_failure();
                         self.finish(r, status, exit_code, reason)?;
                     }
+                }
+                Event::Agent(Message::Held { port }) => {
+                    holding = true;
+                    (self.opts.notice)(&format!(
+                        "a test failed and --keep-alive holds its VM (qemu pid {}), with a shell on its {port}:\n  \
+                         attach:  socat -,raw,echo=0 UNIX-CONNECT:{}\n  \
+                         console: {}\n  \
+                         end it:  `exit` in that shell, or Ctrl-C here",
+                        vm.id(),
+                        shell_socket.display(),
+                        console_path.display()
+                    ));
                 }
                 Event::Agent(Message::Done) => break VmEnd::Done,
             }

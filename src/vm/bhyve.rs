@@ -85,6 +85,7 @@ mod tests {
             disks: vec!["/w/d.img".into()],
             wiring: Wiring::Agent {
                 socket: "/unused".into(),
+                shell: None,
             },
         };
         let b = Bhyve {

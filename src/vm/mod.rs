@@ -12,8 +12,12 @@ use std::process::Command;
 /// How a VM's serial ports are wired.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wiring {
-    /// Console on stdout, guest agent channel on a unix socket vmbuild listens on.
-    Agent { socket: PathBuf },
+    /// Console on stdout, guest agent channel on a unix socket vmbuild listens on, and
+    /// with `--keep-alive` a third port on a socket qemu listens on, for the user's shell.
+    Agent {
+        socket: PathBuf,
+        shell: Option<PathBuf>,
+    },
     /// Console on the user's terminal (`vmbuild shell`).
     Interactive,
 }

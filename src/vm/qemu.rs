@@ -36,9 +36,13 @@ impl Backend for Qemu {
         .arg(&launch.initrd)
         .args(["-append", &launch.cmdline]);
         match &launch.wiring {
-            Wiring::Agent { socket } => {
+            Wiring::Agent { socket, shell } => {
                 cmd.args(["-serial", "stdio", "-serial"])
                     .arg(format!("unix:{}", socket.display()));
+                if let Some(shell) = shell {
+                    cmd.arg("-serial")
+                        .arg(format!("unix:{},server=on,wait=off", shell.display()));
+                }
             }
             Wiring::Interactive => {
                 cmd.args(["-serial", "mon:stdio", "-serial", "null"]);
@@ -71,6 +75,7 @@ mod tests {
             disks: vec![PathBuf::from("/w/scratch.img")],
             wiring: Wiring::Agent {
                 socket: "/tmp/a.sock".into(),
+                shell: None,
             },
         };
         let cmd = Qemu { accel: Accel::Tcg }.command(&launch);
