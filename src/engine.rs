@@ -185,34 +185,55 @@ impl<'a> Engine<'a> {
         closure.sort_unstable();
         closure.dedup();
         closure.retain(|&i| !matches!(plan.graph.nodes[i].recipe.spec, Spec::Test(_)));
-        let done: Mutex<BTreeMap<usize, (Entry, bool)>> = Mutex::new(BTreeMap::new());
-        for wave in plan.graph.waves(&closure) {
+        // Cache hits first, without threads: a fully cached graph costs a lookup per node.
+        let mut cached: BTreeMap<usize, (Entry, bool)> = BTreeMap::new();
+        for &i in &closure {
+            if !self.forced(plan, i, force) {
+                let recipe = &plan.graph.nodes[i].recipe;
+                if let Some(entry) = self.store.lookup(&plan.keys[i], &recipe.name)? {
+                    self.reporter.event(Event::Cached {
+                        name: &recipe.name,
+                        kind: recipe.kind(),
+                        path: &entry.path,
+                    });
+                    cached.insert(i, (entry, true));
+                }
+            }
+        }
+        let missing: Vec<usize> = closure
+            .iter()
+            .copied()
+            .filter(|i| !cached.contains_key(i))
+            .collect();
+        let done: Mutex<BTreeMap<usize, (Entry, bool)>> = Mutex::new(cached);
+        let build_one = |i: usize| -> Result<()> {
+            let deps: BTreeMap<String, Entry> = {
+                let done = done.lock().unwrap_or_else(|e| e.into_inner());
+                plan.graph.nodes[i]
+                    .deps
+                    .iter()
+                    .filter_map(|d| {
+                        done.get(d)
+                            .map(|(e, _)| (plan.graph.nodes[*d].recipe.name.clone(), e.clone()))
+                    })
+                    .collect()
+            };
+            let (entry, cached) = self.ensure(plan, i, &deps, self.forced(plan, i, force))?;
+            done.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(i, (entry, cached));
+            Ok(())
+        };
+        // Independent nodes build in parallel, a wave at a time.
+        for wave in plan.graph.waves(&missing) {
+            if let [only] = wave.as_slice() {
+                build_one(*only)?;
+                continue;
+            }
             let results: Vec<Result<()>> = std::thread::scope(|scope| {
                 let handles: Vec<_> = wave
                     .iter()
-                    .map(|&i| {
-                        let done = &done;
-                        scope.spawn(move || {
-                            let deps: BTreeMap<String, Entry> = {
-                                let done = done.lock().unwrap_or_else(|e| e.into_inner());
-                                plan.graph.nodes[i]
-                                    .deps
-                                    .iter()
-                                    .filter_map(|d| {
-                                        done.get(d).map(|(e, _)| {
-                                            (plan.graph.nodes[*d].recipe.name.clone(), e.clone())
-                                        })
-                                    })
-                                    .collect()
-                            };
-                            let (entry, cached) =
-                                self.ensure(plan, i, &deps, self.forced(plan, i, force))?;
-                            done.lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .insert(i, (entry, cached));
-                            Ok(())
-                        })
-                    })
+                    .map(|&i| scope.spawn(move || build_one(i)))
                     .collect();
                 handles
                     .into_iter()

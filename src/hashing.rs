@@ -90,18 +90,24 @@ pub fn hash_tree(
         })?;
         paths.push(entry.into_path());
     }
-    paths
-        .par_iter()
-        .map(|path| {
-            let rel = path
-                .strip_prefix(root)
-                .unwrap_or(path)
-                .to_string_lossy()
-                .into_owned();
-            Ok((rel, TreeEntry::of(path)?))
-        })
-        .collect()
+    // Small trees are hashed inline: starting the thread pool costs more than it saves.
+    let hash = |path: &PathBuf| -> std::io::Result<(String, TreeEntry)> {
+        let rel = path
+            .strip_prefix(root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned();
+        Ok((rel, TreeEntry::of(path)?))
+    };
+    if paths.len() < PARALLEL_FROM_FILES {
+        paths.iter().map(hash).collect()
+    } else {
+        paths.par_iter().map(hash).collect()
+    }
 }
+
+/// Trees with fewer files than this are hashed on one thread.
+const PARALLEL_FROM_FILES: usize = 64;
 
 /// One digest for a whole tree listing.
 pub fn tree_digest(tree: &BTreeMap<String, TreeEntry>) -> String {

@@ -138,6 +138,11 @@ static LIVE_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new(
 /// in their own groups, so the terminal's Ctrl-C does not reach them), then exit 130.
 /// Unpublished builds are left in the store's tmp/, which the next build cleans.
 pub fn install_interrupt_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(start_interrupt_thread);
+}
+
+fn start_interrupt_thread() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
         return;

@@ -37,7 +37,8 @@ pub fn run(global: &Global, reporter: &Renderer, args: ExplainArgs) -> Result<i3
             match engine.store.latest(name)? {
                 Some(previous) => {
                     println!("changed since the last entry ({}):", previous.manifest.key);
-                    for line in diff_inputs(&previous.manifest.inputs, &inputs) {
+                    let previous = engine.store.manifest(&previous)?;
+                    for line in diff_inputs(&previous.inputs, &inputs) {
                         println!("  {line}");
                     }
                 }

@@ -91,7 +91,6 @@ enum Command {
 /// Parses arguments, runs the command, returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    crate::process::install_interrupt_handler();
     if let Some(dir) = &cli.global.directory {
         if let Err(e) = std::env::set_current_dir(dir) {
             eprintln!("error: change to {}: {e}", dir.display());

@@ -20,7 +20,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-pub use manifest::{Manifest, Status, MANIFEST};
+pub use manifest::{Manifest, ManifestHead, Status, MANIFEST};
 
 use crate::hashing::{self, TreeEntry};
 
@@ -51,11 +51,11 @@ pub struct Store {
     root: PathBuf,
 }
 
-/// A published entry.
+/// A published entry, with the head of its manifest (`Store::manifest` reads all of it).
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub path: PathBuf,
-    pub manifest: Manifest,
+    pub manifest: ManifestHead,
 }
 
 /// An exclusive per-key lock, released on drop.
@@ -135,16 +135,28 @@ impl Store {
     pub fn get(&self, key: &str, name: &str) -> Result<Option<Entry>> {
         let path = self.entry_path(key, name);
         let manifest_path = path.join(MANIFEST);
-        let bytes = match fs_err::read(&manifest_path) {
-            Ok(b) => b,
+        let manifest = match manifest::read_head(&manifest_path) {
+            Ok(head) => head,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(StoreError::BadManifest {
+                    path: manifest_path,
+                    message: e.to_string(),
+                })
+            }
             Err(e) => return Err(io("read", &manifest_path)(e)),
         };
-        let manifest = serde_json::from_slice(&bytes).map_err(|e| StoreError::BadManifest {
+        Ok(Some(Entry { path, manifest }))
+    }
+
+    /// The whole manifest of an entry: key inputs and every output's hash.
+    pub fn manifest(&self, entry: &Entry) -> Result<Manifest> {
+        let manifest_path = entry.path.join(MANIFEST);
+        let bytes = fs_err::read(&manifest_path).map_err(io("read", &manifest_path))?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::BadManifest {
             path: manifest_path,
             message: e.to_string(),
-        })?;
-        Ok(Some(Entry { path, manifest }))
+        })
     }
 
     /// A usable cached entry: present and successful.
@@ -217,7 +229,7 @@ impl Store {
         drop(staging);
         Ok(Entry {
             path: target,
-            manifest,
+            manifest: manifest.head(),
         })
     }
 
@@ -257,11 +269,15 @@ impl Store {
 
     /// Rehashes an entry's outputs; returns what differs from its manifest.
     pub fn verify(&self, entry: &Entry) -> Vec<String> {
+        let manifest = match self.manifest(entry) {
+            Ok(m) => m,
+            Err(e) => return vec![e.to_string()],
+        };
         let actual = match hashing::hash_tree(&entry.path, |p| p != Path::new(MANIFEST)) {
             Ok(tree) => tree,
             Err(e) => return vec![format!("cannot read: {e}")],
         };
-        let expected = &entry.manifest.outputs;
+        let expected = &manifest.outputs;
         let mut problems = Vec::new();
         for (path, want) in expected {
             match actual.get(path) {
