@@ -56,7 +56,7 @@ pub fn package_for(tool: &str) -> &'static str {
     match tool {
         "qemu-system-x86_64" => "qemu-system-x86",
         "qemu-img" => "qemu-utils",
-        "mke2fs" => "e2fsprogs",
+        "mke2fs" | "debugfs" => "e2fsprogs",
         "dpkg-deb" => "dpkg",
         "apt-get" | "apt-cache" => "apt",
         "mmdebstrap" => "mmdebstrap",
@@ -131,6 +131,13 @@ pub fn run(cmd: &mut Command) -> Result<Output, ProcessError> {
     Ok(output)
 }
 
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the user interrupted vmbuild: errors that follow are its consequence.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Process groups of live children, for the interrupt handler.
 static LIVE_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
 
@@ -149,6 +156,7 @@ fn start_interrupt_thread() {
     };
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
+            INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
             let groups = LIVE_GROUPS.lock().map(|g| g.clone()).unwrap_or_default();
             for pgid in &groups {
                 // SAFETY: signalling process groups this process created.
@@ -188,8 +196,14 @@ impl GroupGuard {
     pub fn spawn(cmd: &mut Command, grace: Duration) -> Result<GroupGuard, ProcessError> {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
+        // Installed on first use: runs that start no VM start no signal thread.
+        install_interrupt_handler();
+        let child = spawn(cmd)?;
+        if let Ok(mut groups) = LIVE_GROUPS.lock() {
+            groups.push(child.id() as i32);
+        }
         Ok(GroupGuard {
-            child: Some(spawn(cmd)?),
+            child: Some(child),
             grace,
         })
     }

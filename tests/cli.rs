@@ -539,3 +539,61 @@ fn help_explains_commands_and_exit_codes() {
     }
     p.run(&["build"]).expect(2);
 }
+
+#[test]
+fn ext4_and_tar_images_are_reproducible_and_owned_by_root() {
+    let p = TestProject::new();
+    p.write(
+        "recipes/disk.toml",
+        "kind = \"rootfs\"\ninclude = [\"base-files\"]\nformat = \"ext4\"\nsize = \"64M\"\n",
+    );
+    p.write(
+        "recipes/archive.toml",
+        "kind = \"rootfs\"\ninclude = [\"base-files\"]\nformat = \"tar\"\n",
+    );
+    let first = p.run(&["build", "disk", "archive"]).expect(0).stdout;
+    let paths: Vec<std::path::PathBuf> = first.lines().map(std::path::PathBuf::from).collect();
+    let image = paths[0].join("rootfs.ext4");
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 64 << 20);
+    let fsck = std::process::Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let ls = std::process::Command::new("debugfs")
+        .args(["-R", "stat /etc/motd"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    let stat = String::from_utf8_lossy(&ls.stdout);
+    assert!(stat.contains("User:     0   Group:     0"), "{stat}");
+
+    let tar = std::process::Command::new("tar")
+        .arg("-tvf")
+        .arg(paths[1].join("rootfs.tar"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&tar.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.contains(" 0/0 ") && l.ends_with("bin/busybox")),
+        "{listing}"
+    );
+    assert!(
+        !listing.lines().any(|l| !l.contains(" 0/0 ")),
+        "every entry is root:root\n{listing}"
+    );
+
+    // Rebuilding from scratch gives the same bytes.
+    let hash = |p: &std::path::Path| vmbuild::hashing::sha256_file(p).unwrap().0;
+    let (ext4_before, tar_before) = (hash(&image), hash(&paths[1].join("rootfs.tar")));
+    p.run(&["build", "-f", "disk", "archive"]).expect(0);
+    assert_eq!(hash(&image), ext4_before);
+    assert_eq!(hash(&paths[1].join("rootfs.tar")), tar_before);
+}

@@ -258,6 +258,16 @@ fn keep_alive_holds_a_failed_tests_vm_with_a_shell_until_the_user_ends_it() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // If an assertion fails, end vmbuild (and through it the held VM) instead of leaking it.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .arg(self.0.to_string())
+                .status();
+        }
+    }
+    let _guard = KillOnDrop(child.id());
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut socket = None;
     let mut seen = String::new();
@@ -296,4 +306,38 @@ fn keep_alive_holds_a_failed_tests_vm_with_a_shell_until_the_user_ends_it() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{rest}");
     assert!(stdout.contains("FAIL    held/broken"), "{stdout}");
+}
+
+#[test]
+fn several_vms_pull_tests_from_one_queue() {
+    let p = TestProject::shared();
+    for i in 0..4 {
+        p.write_exec(
+            &format!("tests/queue/t{i}"),
+            "#!/bin/sh\nsleep 1\necho done\n",
+        );
+    }
+    p.write(
+        "recipes/queue-tests.toml",
+        "kind = \"bundle\"\ntests = \"../tests/queue\"\n",
+    );
+    p.write(
+        "recipes/queue.toml",
+        "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"busybox-rootfs\"\nbundles = [\"queue-tests\"]\n[vm]\nvms = 2\n",
+    );
+    let (qemu_dir, log) = counting_qemu();
+    let run = p
+        .run_with_path(qemu_dir.path(), &["test", "queue"])
+        .expect(0);
+    assert_eq!(boots(&log), 2, "two VMs");
+    assert!(
+        run.stdout.trim_end().ends_with("4 passed, 0 failed"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("booting 2 VM(s)"), "{}", run.stderr);
+    // Each VM kept its own console log.
+    let entry = &p.entries("queue")[0];
+    assert!(entry.join("console.log").is_file());
+    assert!(entry.join("console.vm1.boot0.log").is_file());
 }

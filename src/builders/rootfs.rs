@@ -208,5 +208,39 @@ fn write_ext4(root: &Path, size: Option<u64>, path: &Path) -> Result<(), BuildEr
     .arg(root)
     .arg(path);
     process::run(&mut cmd)?;
+    pin_ext4_times(root, path)
+}
+
+/// mke2fs copies each file's atime, mtime and ctime from the host; ctime cannot be set
+/// there, so every inode's times are rewritten in the image with debugfs instead.
+fn pin_ext4_times(root: &Path, image: &Path) -> Result<(), BuildError> {
+    let mut paths = vec!["/".to_string()];
+    for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let entry = entry.map_err(|e| io_err("read", root)(std::io::Error::other(e)))?;
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .unwrap_or(entry.path())
+            .to_string_lossy();
+        paths.push(format!("/{rel}"));
+    }
+    let mut script = String::new();
+    for path in paths.iter().filter(|p| !p.contains('"')) {
+        for field in ["atime", "mtime", "ctime", "crtime"] {
+            script.push_str(&format!("sif \"{path}\" {field} 0\n"));
+        }
+    }
+    let script_path = image.with_extension("debugfs");
+    fs_err::write(&script_path, script).map_err(io_err("write", &script_path))?;
+    let result = process::run(
+        Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&script_path)
+            .arg(image)
+            .env("E2FSPROGS_FAKE_TIME", "1"),
+    );
+    fs_err::remove_file(&script_path).map_err(io_err("remove", &script_path))?;
+    result?;
     Ok(())
 }

@@ -111,6 +111,11 @@ pub fn main() -> i32 {
     reporter.finish();
     match outcome {
         Ok(code) => code,
+        // A VM that died because the user pressed Ctrl-C is not a failure to report.
+        Err(_) if crate::process::interrupted() => {
+            eprintln!("vmbuild: interrupted");
+            130
+        }
         Err(e) => {
             eprintln!("error: {e}");
             e.exit_code()
