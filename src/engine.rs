@@ -262,16 +262,6 @@ impl<'a> Engine<'a> {
             recipe.kind(),
             plan.keys[index].as_str(),
         );
-        if !force {
-            if let Some(entry) = self.store.lookup(key, name)? {
-                self.reporter.event(Event::Cached {
-                    name,
-                    kind,
-                    path: &entry.path,
-                });
-                return Ok((entry, true));
-            }
-        }
         let lock = self
             .store
             .lock(key, || self.reporter.event(Event::Waiting { name }))?;
@@ -304,8 +294,8 @@ impl<'a> Engine<'a> {
                 source,
             })?;
         let mut manifest = Manifest::new(name, kind, key, plan.inputs[index].to_value());
-        manifest.details = details;
-        manifest.build_seconds = started.elapsed().as_secs_f64();
+        manifest.head.details = details;
+        manifest.head.build_seconds = started.elapsed().as_secs_f64();
         let entry = self.store.publish(staging, manifest)?;
         self.reporter.event(Event::Built {
             name,
@@ -540,13 +530,14 @@ impl<'a> Engine<'a> {
             })
         })?;
         let mut manifest = Manifest::new(name, "test", key, plan.inputs[index].to_value());
-        manifest.status = if results.all_passed() {
+        manifest.head.status = if results.all_passed() {
             Status::Ok
         } else {
             Status::Failed
         };
-        manifest.build_seconds = started.elapsed().as_secs_f64();
+        manifest.head.build_seconds = started.elapsed().as_secs_f64();
         manifest
+            .head
             .details
             .insert("accel".into(), serde_json::json!(accel.name()));
         let entry = self.store.publish(staging, manifest)?;

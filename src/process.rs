@@ -94,33 +94,27 @@ fn missing(cmd: &Command) -> ProcessError {
     }
 }
 
+/// The error for a command that could not start: a missing program names its package.
+fn start_error(cmd: &Command, source: std::io::Error) -> ProcessError {
+    if source.kind() == std::io::ErrorKind::NotFound {
+        missing(cmd)
+    } else {
+        ProcessError::Spawn {
+            command: describe(cmd),
+            source,
+        }
+    }
+}
+
 /// Spawns a command, naming the package to install when the program does not exist.
 pub fn spawn(cmd: &mut Command) -> Result<Child, ProcessError> {
-    cmd.spawn().map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            missing(cmd)
-        } else {
-            ProcessError::Spawn {
-                command: describe(cmd),
-                source,
-            }
-        }
-    })
+    cmd.spawn().map_err(|source| start_error(cmd, source))
 }
 
 /// Runs a command to completion, capturing output; a non-zero exit is an error.
 pub fn run(cmd: &mut Command) -> Result<Output, ProcessError> {
     cmd.stdin(std::process::Stdio::null());
-    let output = cmd.output().map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            missing(cmd)
-        } else {
-            ProcessError::Spawn {
-                command: describe(cmd),
-                source,
-            }
-        }
-    })?;
+    let output = cmd.output().map_err(|source| start_error(cmd, source))?;
     if !output.status.success() {
         return Err(ProcessError::Failed {
             command: describe(cmd),

@@ -21,8 +21,9 @@ pub enum Status {
     Failed,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Manifest {
+/// The small part of a manifest that lookups need (see `read_head`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestHead {
     pub schema: u32,
     pub name: String,
     pub kind: String,
@@ -35,29 +36,19 @@ pub struct Manifest {
     /// Builder-specific facts outside the key (accelerator, kernel release, ...).
     #[serde(default)]
     pub details: serde_json::Map<String, serde_json::Value>,
-    // The large fields come last, so that a lookup can stop reading before them
-    // (see `read_head`).
+}
+
+/// The whole manifest: the head, then the large fields (last, so that a lookup can stop
+/// reading before them).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    #[serde(flatten)]
+    pub head: ManifestHead,
     /// The cache key's inputs, as hashed.
     pub inputs: serde_json::Value,
     /// Every output path with its hash and size.
     #[serde(default)]
     pub outputs: BTreeMap<String, TreeEntry>,
-}
-
-/// The small part of a manifest that lookups need; `inputs` and `outputs` (large for
-/// kernels: one line per module file) are skipped, not collected.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ManifestHead {
-    pub schema: u32,
-    pub name: String,
-    pub kind: String,
-    pub key: String,
-    pub status: Status,
-    pub created: u64,
-    pub build_seconds: f64,
-    pub host: String,
-    #[serde(default)]
-    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Where the large fields start in a manifest vmbuild wrote: a top-level key of the
@@ -99,36 +90,25 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 impl Manifest {
-    pub fn head(&self) -> ManifestHead {
-        ManifestHead {
-            schema: self.schema,
-            name: self.name.clone(),
-            kind: self.kind.clone(),
-            key: self.key.clone(),
-            status: self.status,
-            created: self.created,
-            build_seconds: self.build_seconds,
-            host: self.host.clone(),
-            details: self.details.clone(),
-        }
-    }
-
     pub fn new(name: &str, kind: &str, key: &str, inputs: serde_json::Value) -> Manifest {
+        let created = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         Manifest {
-            schema: MANIFEST_SCHEMA,
-            name: name.to_string(),
-            kind: kind.to_string(),
-            key: key.to_string(),
-            status: Status::Ok,
+            head: ManifestHead {
+                schema: MANIFEST_SCHEMA,
+                name: name.to_string(),
+                kind: kind.to_string(),
+                key: key.to_string(),
+                status: Status::Ok,
+                created,
+                build_seconds: 0.0,
+                host: hostname(),
+                details: serde_json::Map::new(),
+            },
             inputs,
             outputs: BTreeMap::new(),
-            created: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs(),
-            build_seconds: 0.0,
-            host: hostname(),
-            details: serde_json::Map::new(),
         }
     }
 }
@@ -152,16 +132,16 @@ mod tests {
             "abc",
             serde_json::json!({"note": "\n  \"inputs\": fake"}),
         );
-        m.details
+        m.head.details
             .insert("path".into(), serde_json::json!("/x/\"inputs\": y"));
         for i in 0..2000 {
             m.outputs.insert(format!("modules/{i}.ko"), TreeEntry::Dir);
         }
         let path = dir.path().join("manifest.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
-        assert_eq!(read_head(&path).unwrap(), m.head());
+        assert_eq!(read_head(&path).unwrap(), m.head);
         // A compact manifest (hand-written, say) still reads.
         std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
-        assert_eq!(read_head(&path).unwrap(), m.head());
+        assert_eq!(read_head(&path).unwrap(), m.head);
     }
 }

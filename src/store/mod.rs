@@ -168,6 +168,26 @@ impl Store {
 
     /// Takes the per-key lock; calls `on_wait` once if another process holds it.
     pub fn lock(&self, key: &str, on_wait: impl FnOnce()) -> Result<KeyLock> {
+        let (file, path) = self.lock_file(key)?;
+        if !flock(&file, false) {
+            on_wait();
+            if !flock(&file, true) {
+                return Err(io("lock", &path)(std::io::Error::last_os_error()));
+            }
+        }
+        Ok(KeyLock { _file: file })
+    }
+
+    /// The per-key lock if nobody holds it now.
+    fn try_lock(&self, key: &str) -> Result<KeyLock> {
+        let (file, path) = self.lock_file(key)?;
+        if !flock(&file, false) {
+            return Err(io("lock", &path)(std::io::Error::last_os_error()));
+        }
+        Ok(KeyLock { _file: file })
+    }
+
+    fn lock_file(&self, key: &str) -> Result<(fs_err::File, PathBuf)> {
         let path = self.root.join("locks").join(format!("{key}.lock"));
         let file = fs_err::OpenOptions::new()
             .create(true)
@@ -175,15 +195,7 @@ impl Store {
             .write(true)
             .open(&path)
             .map_err(io("open lock", &path))?;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            on_wait();
-            // SAFETY: as above; blocks until the other holder releases or exits.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(io("lock", &path)(std::io::Error::last_os_error()));
-            }
-        }
-        Ok(KeyLock { _file: file })
+        Ok((file, path))
     }
 
     /// Starts building an entry. The caller holds the key's lock, so any leftover temp
@@ -229,7 +241,7 @@ impl Store {
         drop(staging);
         Ok(Entry {
             path: target,
-            manifest: manifest.head(),
+            manifest: manifest.head,
         })
     }
 
@@ -350,21 +362,17 @@ impl Store {
         }
         Ok(removed)
     }
+}
 
-    fn try_lock(&self, key: &str) -> Result<KeyLock> {
-        let path = self.root.join("locks").join(format!("{key}.lock"));
-        let file = fs_err::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io("open lock", &path))?;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(io("lock", &path)(std::io::Error::last_os_error()));
-        }
-        Ok(KeyLock { _file: file })
-    }
+/// An exclusive flock; `wait` blocks until it is free. False when not taken.
+fn flock(file: &fs_err::File, wait: bool) -> bool {
+    let mode = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    // SAFETY: flock on a file descriptor we own; released when the file closes.
+    unsafe { libc::flock(file.as_raw_fd(), mode) == 0 }
 }
 
 /// Swaps two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`).
