@@ -153,17 +153,63 @@ pub fn write_cpio(root: &Path, path: &Path) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// A ustar/GNU tar with root:root owners and mtime 0, entries sorted. Headers are built
+/// here (not by `tar::Builder::append_path`) so device nodes of Debian roots are kept.
 fn write_tar(root: &Path, path: &Path) -> Result<(), BuildError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let file = fs_err::File::create(path).map_err(io_err("create", path))?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
-    tar.mode(tar::HeaderMode::Deterministic);
-    tar.follow_symlinks(false);
     let walker = walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name();
     for entry in walker {
         let entry = entry.map_err(|e| io_err("read", root)(std::io::Error::other(e)))?;
-        let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
-        tar.append_path_with_name(entry.path(), rel)
-            .map_err(io_err("add to tar", entry.path()))?;
+        let source = entry.path();
+        let rel = source.strip_prefix(root).unwrap_or(source);
+        let meta = fs_err::symlink_metadata(source).map_err(io_err("read", source))?;
+        let ft = meta.file_type();
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(meta.permissions().mode() & 0o7777);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_size(0);
+        let add =
+            |tar: &mut tar::Builder<_>, header: &mut tar::Header, data: &mut dyn std::io::Read| {
+                tar.append_data(header, rel, data)
+                    .map_err(io_err("add to tar", source))
+            };
+        if ft.is_dir() {
+            header.set_entry_type(tar::EntryType::Directory);
+            add(&mut tar, &mut header, &mut std::io::empty())?;
+        } else if ft.is_symlink() {
+            let target = fs_err::read_link(source).map_err(io_err("read", source))?;
+            header.set_entry_type(tar::EntryType::Symlink);
+            tar.append_link(&mut header, rel, &target)
+                .map_err(io_err("add to tar", source))?;
+        } else if ft.is_file() {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(meta.len());
+            let mut data = fs_err::File::open(source).map_err(io_err("read", source))?;
+            add(&mut tar, &mut header, &mut data)?;
+        } else {
+            let kind = if ft.is_char_device() {
+                tar::EntryType::Char
+            } else if ft.is_block_device() {
+                tar::EntryType::Block
+            } else if ft.is_fifo() {
+                tar::EntryType::Fifo
+            } else {
+                continue; // sockets have no place in an image
+            };
+            header.set_entry_type(kind);
+            let rdev = meta.rdev();
+            header
+                .set_device_major(libc::major(rdev))
+                .map_err(io_err("add to tar", source))?;
+            header
+                .set_device_minor(libc::minor(rdev))
+                .map_err(io_err("add to tar", source))?;
+            add(&mut tar, &mut header, &mut std::io::empty())?;
+        }
     }
     tar.finish().map_err(io_err("write", path))?;
     Ok(())

@@ -132,7 +132,8 @@ mod tests {
             "abc",
             serde_json::json!({"note": "\n  \"inputs\": fake"}),
         );
-        m.head.details
+        m.head
+            .details
             .insert("path".into(), serde_json::json!("/x/\"inputs\": y"));
         for i in 0..2000 {
             m.outputs.insert(format!("modules/{i}.ko"), TreeEntry::Dir);
