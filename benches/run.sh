@@ -56,8 +56,8 @@ bench_cpio() {
         echo '[files]'
         for d in "$root"/*; do echo "\"/$(basename "$d")\" = \"$d\""; done
     } >"$project/recipes/packed.toml"
-    # [files] sources must be inside the project: link the tree in.
-    ln -sfn "$root" "$project/root"
+    # [files] sources must be inside the project: copy the tree in.
+    rm -rf "$project/root" && cp -a "$root" "$project/root"
     sed -i "s|$root|../root|" "$project/recipes/packed.toml"
     hyperfine --warmup 2 --runs 10 \
         "cd $root && find . | cpio -o -H newc --quiet | gzip > $work/plain.cpio.gz" \

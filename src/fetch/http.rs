@@ -4,8 +4,6 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use super::FetchError;
 
 /// Downloads `url` into `downloads/<sha256>` (once) and returns the file.
@@ -25,7 +23,7 @@ pub fn download(url: &str, sha256: &str, downloads: &Path) -> Result<PathBuf, Fe
         .prefix(".http-")
         .tempfile_in(downloads)
         .map_err(FetchError::io("create a temp file in", downloads))?;
-    let mut hasher = Sha256::new();
+    let mut hasher = crate::hashing::Sha256Stream::default();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = body.read(&mut buf).map_err(|e| http(e.to_string()))?;
@@ -36,7 +34,7 @@ pub fn download(url: &str, sha256: &str, downloads: &Path) -> Result<PathBuf, Fe
         tmp.write_all(&buf[..n])
             .map_err(FetchError::io("write", tmp.path()))?;
     }
-    let actual = hex::encode(hasher.finalize());
+    let actual = hasher.finish_hex();
     if actual != sha256 {
         return Err(FetchError::HashMismatch {
             what: url.to_string(),
