@@ -14,17 +14,31 @@ export VMBUILD_CACHE_DIR="$work/store"
 
 section() { printf '\n== %s ==\n' "$1"; }
 
+# hyperfine, then the median of each command (hyperfine prints means).
+measure() {
+    local name="$1"; shift
+    hyperfine --export-json "$work/$name.json" "$@"
+    python3 - "$work/$name.json" <<'PY'
+import json, sys
+results = json.load(open(sys.argv[1]))["results"]
+base = results[0]["median"]
+for r in results:
+    print(f"median {r['median'] * 1000:10.2f} ms  ({r['median'] / base:5.2f}x the first)  {r['command'][:90]}")
+PY
+}
+
 bench_cached() {
     section "fully cached 3-recipe build vs /bin/true vs cat of the manifests"
-    "$vmbuild" build debian-kernel busybox-rootfs smoke-tests >/dev/null
+    # -f: entries written by an older vmbuild may lay out their manifests differently.
+    "$vmbuild" build -f debian-kernel busybox-rootfs smoke-tests >/dev/null
     manifests=$("$vmbuild" build debian-kernel busybox-rootfs smoke-tests | sed 's|$|/manifest.json|' | tr '\n' ' ')
-    hyperfine -N --warmup 20 --runs 300 \
+    measure cached-build -N --warmup 20 --runs 300 \
         "/bin/true" \
         "cat $manifests" \
         "$vmbuild build debian-kernel busybox-rootfs smoke-tests"
     section "fully cached vmbuild test smoke vs /bin/true"
-    "$vmbuild" test smoke >/dev/null 2>&1
-    hyperfine -N --warmup 20 --runs 300 "/bin/true" "$vmbuild test smoke"
+    "$vmbuild" test -f smoke >/dev/null 2>&1
+    measure cached-test -N --warmup 20 --runs 300 "/bin/true" "$vmbuild test smoke"
 }
 
 bench_keying() {
@@ -38,7 +52,7 @@ bench_keying() {
     mkdir -p "$project/recipes"
     printf 'kind = "bundle"\ntests = "%s"\n' "$tree" >"$project/recipes/big.toml"
     cat "$tree"/* >/dev/null
-    hyperfine --warmup 1 --runs 5 \
+    measure keying --warmup 1 --runs 5 \
         "find $tree -type f -print0 | xargs -0 -n 64 -P 2 sha256sum >/dev/null" \
         "$vmbuild -C $project explain big >/dev/null"
 }
@@ -59,7 +73,7 @@ bench_cpio() {
     # [files] sources must be inside the project: copy the tree in.
     rm -rf "$project/root" && cp -a "$root" "$project/root"
     sed -i "s|$root|../root|" "$project/recipes/packed.toml"
-    hyperfine --warmup 2 --runs 10 \
+    measure cpio --warmup 2 --runs 10 \
         "cd $root && find . | cpio -o -H newc --quiet | gzip > $work/plain.cpio.gz" \
         "$vmbuild -C $project build -f packed >/dev/null 2>&1"
 }
@@ -82,7 +96,7 @@ bench_boot() {
     chmod +x "$work/bare/vmbuild/init"
     (cd "$work/bare" && find vmbuild | cpio -o -H newc --quiet | gzip) | cat "$rootfs" - >"$work/bare.img"
     bare="qemu-system-x86_64 -machine q35 -accel tcg -m 512 -smp 1 -nodefaults -display none -no-reboot -kernel $kernel -initrd $work/bare.img -append 'console=ttyS0 rdinit=/vmbuild/init panic=-1' -serial stdio"
-    hyperfine --warmup 1 --runs 5 "$bare >/dev/null" "$vmbuild -C $project test -f one >/dev/null 2>&1"
+    measure boot --warmup 1 --runs 5 "$bare >/dev/null" "$vmbuild -C $project test -f one >/dev/null 2>&1"
 }
 
 bench_kernel_tree() {
@@ -100,7 +114,7 @@ bench_kernel_tree() {
     ln -sfn "$src/linux-source-6.1" "$project/linux"
     printf 'kind = "kernel"\n[source]\npath = "../linux"\n[config]\nbase = "tinyconfig"\n' >"$project/recipes/local.toml"
     "$vmbuild" -C "$project" explain local >/dev/null
-    hyperfine --warmup 2 --runs 10 \
+    measure kernel-tree --warmup 2 --runs 10 \
         "git -C $src/linux-source-6.1 status --porcelain >/dev/null" \
         "$vmbuild -C $project explain local >/dev/null"
 }

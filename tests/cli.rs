@@ -597,3 +597,17 @@ fn ext4_and_tar_images_are_reproducible_and_owned_by_root() {
     assert_eq!(hash(&image), ext4_before);
     assert_eq!(hash(&paths[1].join("rootfs.tar")), tar_before);
 }
+
+#[test]
+fn a_files_source_that_is_a_symlink_is_copied_as_the_link() {
+    let p = TestProject::new();
+    std::fs::create_dir_all(p.path("files")).unwrap();
+    std::os::unix::fs::symlink("/bin/busybox", p.path("files/linuxrc")).unwrap();
+    p.write("recipes/linked.toml", "kind = \"rootfs\"\nbase = \"none\"\nformat = \"dir\"\n[files]\n\"/linuxrc\" = \"../files/linuxrc\"\n");
+    let out = p.run(&["build", "linked"]).expect(0).stdout;
+    let link = std::path::Path::new(out.trim()).join("root/linuxrc");
+    assert_eq!(
+        std::fs::read_link(link).unwrap(),
+        std::path::Path::new("/bin/busybox")
+    );
+}

@@ -10,7 +10,7 @@ use crate::recipe::parse_duration;
 
 #[derive(Args)]
 pub struct GcArgs {
-    /// Remove entries older than this (e.g. 7d is not accepted; use 168h), reachable or not
+    /// Also remove entries older than this (e.g. 7d, 12h), reachable or not
     #[arg(long, value_name = "AGE")]
     older_than: Option<String>,
     /// Keep unreachable entries; only apply --older-than

@@ -481,6 +481,21 @@ impl Document<'_> {
         Ok(fs_err::canonicalize(&path).unwrap_or(path))
     }
 
+    /// A `[files]` source: like `local_path`, but a symlink is kept as the link (only its
+    /// parent folders are resolved), so an image can carry links such as
+    /// `/linuxrc -> /bin/busybox` that point at paths existing only inside it.
+    fn image_source(&self, value: &Spanned<String>) -> Result<PathBuf> {
+        let path = self.dir().join(value.get_ref());
+        if path.symlink_metadata().is_err() {
+            return Err(self.error(value, format!("no such file or folder: {}", path.display())));
+        }
+        let resolved = match (path.parent(), path.file_name()) {
+            (Some(parent), Some(name)) => fs_err::canonicalize(parent).map(|p| p.join(name)),
+            _ => fs_err::canonicalize(&path),
+        };
+        Ok(resolved.unwrap_or(path))
+    }
+
     /// A reference to another recipe: a name in `recipes/` or a path to a `.toml`.
     fn reference(&self, value: &Spanned<String>) -> Result<RecipeRef> {
         let location = Some(self.at(value));
@@ -659,7 +674,7 @@ impl Document<'_> {
                 )
                 .into());
             }
-            let path = self.local_path(source)?;
+            let path = self.image_source(source)?;
             if !path.starts_with(&self.project.root) {
                 return Err(self.error(
                     source,
@@ -814,7 +829,7 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is too large"))
 }
 
-/// Parses durations such as `30s`, `5m`, `1h`, `500ms`, or a plain number of seconds.
+/// Parses durations such as `30s`, `5m`, `1h`, `7d`, `500ms`, or a plain number of seconds.
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let t = text.trim();
     let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -827,7 +842,12 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "m" | "min" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("`{text}` has an unknown unit (use ms, s, m or h)")),
+        "d" => Duration::from_secs(n * 86400),
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit (use ms, s, m, h or d)"
+            ))
+        }
     })
 }
 
@@ -845,6 +865,7 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert!(parse_duration("soon").is_err());
     }
 
