@@ -106,6 +106,9 @@ bench_kernel_tree() {
         mkdir -p "$src"
         (cd "$work" && apt-get download -q linux-source-6.1 >/dev/null && dpkg-deb -x linux-source-6.1_*.deb deb)
         tar -xf "$work"/deb/usr/src/linux-source-6.1.tar.xz -C "$src"
+        # Debian's tarball ignores every top-level entry (its packaging repo's rule); a
+        # kernel.org checkout does not.
+        sed -i '/^# Debian packaging/,$d' "$src/linux-source-6.1/.gitignore"
         (cd "$src/linux-source-6.1" && git init -q && git add -A && git -c user.email=b@b -c user.name=b commit -qm tree)
     fi
     project="$work/ktree"

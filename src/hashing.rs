@@ -133,8 +133,8 @@ pub fn tree_digest(tree: &BTreeMap<String, TreeEntry>) -> String {
     sha256_hex(&listing)
 }
 
-/// Digest of a source tree such as a kernel checkout: `.git` and everything its
-/// `.gitignore` files exclude are left out. A stat cache in `cache_file` (path, size,
+/// Digest of a source tree such as a kernel checkout: `.git` is left out and, in a git
+/// checkout, everything its `.gitignore` files exclude (build products). A stat cache in `cache_file` (path, size,
 /// mtime, ctime, inode -> hash) means only changed files are read again, so re-keying an
 /// unchanged tree costs a parallel walk and a stat per file.
 pub fn source_tree_digest(root: &Path, cache_file: &Path) -> std::io::Result<String> {
@@ -160,7 +160,9 @@ pub fn source_tree_digest(root: &Path, cache_file: &Path) -> std::io::Result<Str
         .git_ignore(true)
         .git_exclude(false)
         .git_global(false)
-        .require_git(false)
+        // .gitignore only speaks for git checkouts: Debian's linux-source tarball, for one,
+        // ships a .gitignore that ignores every top-level entry.
+        .require_git(true)
         .parents(false)
         .filter_entry(|e| e.file_name() != ".git")
         .build_parallel();
@@ -301,14 +303,15 @@ mod tests {
     fn source_tree_digest_skips_ignored_files_and_reuses_its_stat_cache() {
         let dir = tempfile::tempdir().unwrap();
         let tree = dir.path().join("src");
-        std::fs::create_dir_all(tree.join(".git")).unwrap();
-        std::fs::write(tree.join(".git/index"), "x").unwrap();
+        std::fs::create_dir_all(tree.join(".git/objects")).unwrap();
+        std::fs::create_dir_all(tree.join(".git/refs")).unwrap();
+        std::fs::write(tree.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
         std::fs::write(tree.join(".gitignore"), "*.o\n").unwrap();
         std::fs::write(tree.join("main.c"), "int main;").unwrap();
         let cache = dir.path().join("stat-cache");
         let first = source_tree_digest(&tree, &cache).unwrap();
         std::fs::write(tree.join("main.o"), "object").unwrap();
-        std::fs::write(tree.join(".git/index"), "y").unwrap();
+        std::fs::write(tree.join(".git/index"), "changed").unwrap();
         assert_eq!(
             first,
             source_tree_digest(&tree, &cache).unwrap(),
@@ -318,5 +321,19 @@ mod tests {
         let edited = source_tree_digest(&tree, &cache).unwrap();
         assert_ne!(first, edited);
         assert!(std::fs::read_to_string(&cache).unwrap().contains("main.c"));
+    }
+
+    #[test]
+    fn outside_a_git_checkout_gitignore_files_are_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("linux");
+        std::fs::create_dir_all(&tree).unwrap();
+        // As in Debian's linux-source tarball.
+        std::fs::write(tree.join(".gitignore"), "/*\n").unwrap();
+        std::fs::write(tree.join("Makefile"), "all:\n").unwrap();
+        let cache = dir.path().join("stat-cache");
+        let first = source_tree_digest(&tree, &cache).unwrap();
+        std::fs::write(tree.join("Makefile"), "all: vmlinux\n").unwrap();
+        assert_ne!(first, source_tree_digest(&tree, &cache).unwrap());
     }
 }
