@@ -142,20 +142,35 @@ pub fn source_tree_digest(root: &Path, cache_file: &Path) -> std::io::Result<Str
     use std::os::unix::fs::MetadataExt;
     use std::sync::Mutex;
 
-    let old: HashMap<String, (String, String)> = fs_err::read_to_string(cache_file)
-        .map(|text| {
-            text.lines()
-                .filter_map(|l| {
-                    let (stamp_hash, path) = l.split_once('\t')?;
-                    let (hash, stamp) = stamp_hash.split_once(' ')?;
-                    Some((path.to_string(), (stamp.to_string(), hash.to_string())))
-                })
-                .collect()
+    // Cache lines: "<stamp>\t<entry>\t<path>", borrowed straight from the file's text.
+    let cache_text = fs_err::read_to_string(cache_file).unwrap_or_default();
+    let old: HashMap<&str, (&str, &str)> = cache_text
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, '\t');
+            let (stamp, entry, path) = (parts.next()?, parts.next()?, parts.next()?);
+            Some((path, (stamp, entry)))
         })
-        .unwrap_or_default();
+        .collect();
 
-    let found: Mutex<Vec<(String, std::fs::Metadata)>> = Mutex::new(Vec::new());
-    let walker = ignore::WalkBuilder::new(root)
+    // Each walker thread collects into its own list, handed over when the thread ends.
+    struct Collector<'a> {
+        root: &'a Path,
+        local: Vec<(String, std::fs::Metadata)>,
+        sink: &'a Mutex<Vec<(String, std::fs::Metadata)>>,
+        error: &'a Mutex<Option<std::io::Error>>,
+    }
+    impl Drop for Collector<'_> {
+        fn drop(&mut self) {
+            self.sink
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append(&mut self.local);
+        }
+    }
+    let found = Mutex::new(Vec::new());
+    let walk_error: Mutex<Option<std::io::Error>> = Mutex::new(None);
+    ignore::WalkBuilder::new(root)
         .hidden(false)
         .git_ignore(true)
         .git_exclude(false)
@@ -165,36 +180,43 @@ pub fn source_tree_digest(root: &Path, cache_file: &Path) -> std::io::Result<Str
         .require_git(true)
         .parents(false)
         .filter_entry(|e| e.file_name() != ".git")
-        .build_parallel();
-    let walk_error: Mutex<Option<std::io::Error>> = Mutex::new(None);
-    walker.run(|| {
-        Box::new(|entry| {
-            match entry {
-                Ok(entry) if entry.depth() > 0 => {
-                    if let Ok(meta) = entry.path().symlink_metadata() {
-                        if !meta.is_dir() {
-                            let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
-                            found
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .push((rel.to_string_lossy().into_owned(), meta));
+        .build_parallel()
+        .run(|| {
+            let mut collector = Collector {
+                root,
+                local: Vec::new(),
+                sink: &found,
+                error: &walk_error,
+            };
+            Box::new(move |entry| {
+                match entry {
+                    Ok(entry) if entry.depth() > 0 => {
+                        if let Ok(meta) = entry.path().symlink_metadata() {
+                            if !meta.is_dir() {
+                                let rel = entry
+                                    .path()
+                                    .strip_prefix(collector.root)
+                                    .unwrap_or(entry.path());
+                                collector
+                                    .local
+                                    .push((rel.to_string_lossy().into_owned(), meta));
+                            }
                         }
                     }
+                    Ok(_) => {}
+                    Err(e) => {
+                        *collector.error.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(std::io::Error::other(e.to_string()))
+                    }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    *walk_error.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(std::io::Error::other(e.to_string()))
-                }
-            }
-            ignore::WalkState::Continue
-        })
-    });
+                ignore::WalkState::Continue
+            })
+        });
     if let Some(e) = walk_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
         return Err(e);
     }
     let mut files = found.into_inner().unwrap_or_else(|e| e.into_inner());
-    files.sort_by(|a, b| a.0.cmp(&b.0));
+    files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
 
     let stamp = |m: &std::fs::Metadata| {
         format!(
@@ -208,33 +230,47 @@ pub fn source_tree_digest(root: &Path, cache_file: &Path) -> std::io::Result<Str
             m.mode()
         )
     };
-    let hashed: Vec<(String, String)> = files
+    // Unchanged files (same stamp) keep their cached entry; the rest are read again.
+    let hashed: Vec<(String, Option<String>)> = files
         .par_iter()
         .map(|(rel, meta)| {
             let st = stamp(meta);
-            if let Some((cached_stamp, hash)) = old.get(rel) {
-                if *cached_stamp == st {
-                    return Ok((st, hash.clone()));
-                }
+            if old
+                .get(rel.as_str())
+                .is_some_and(|(cached, _)| *cached == st)
+            {
+                return Ok((st, None));
             }
-            let entry = TreeEntry::of(&root.join(rel))?;
-            Ok((
-                st,
-                serde_json::to_string(&entry).expect("entries serialize"),
-            ))
+            let entry = match TreeEntry::of(&root.join(rel))? {
+                TreeEntry::File { sha256, size, exec } => {
+                    format!("{}:{sha256}:{size}", if exec { 'x' } else { 'f' })
+                }
+                TreeEntry::Symlink { target } => format!("l:{target}"),
+                TreeEntry::Dir => "d".to_string(),
+            };
+            Ok((st, Some(entry)))
         })
         .collect::<std::io::Result<_>>()?;
 
-    let mut listing = String::with_capacity(files.len() * 100);
-    let mut cache = String::with_capacity(files.len() * 160);
+    let mut digest = Sha256Stream::default();
+    let mut cache = String::with_capacity(cache_text.len().max(files.len() * 120));
     let mut changed = old.len() != files.len();
-    for ((rel, _), (st, hash)) in files.iter().zip(&hashed) {
-        listing.push_str(rel);
-        listing.push('\0');
-        listing.push_str(hash);
-        listing.push('\n');
-        changed |= old.get(rel).is_none_or(|(s, _)| s != st);
-        cache.push_str(&format!("{hash} {st}\t{rel}\n"));
+    for ((rel, _), (st, fresh)) in files.iter().zip(&hashed) {
+        changed |= fresh.is_some();
+        let entry = match fresh {
+            Some(e) => e.as_str(),
+            None => old[rel.as_str()].1,
+        };
+        digest.update(rel.as_bytes());
+        digest.update(b"\0");
+        digest.update(entry.as_bytes());
+        digest.update(b"\n");
+        cache.push_str(st);
+        cache.push('\t');
+        cache.push_str(entry);
+        cache.push('\t');
+        cache.push_str(rel);
+        cache.push('\n');
     }
     if changed {
         if let Some(dir) = cache_file.parent() {
@@ -244,7 +280,7 @@ pub fn source_tree_digest(root: &Path, cache_file: &Path) -> std::io::Result<Str
         fs_err::write(&tmp, cache)?;
         fs_err::rename(&tmp, cache_file)?;
     }
-    Ok(sha256_hex(listing.as_bytes()))
+    Ok(digest.finish_hex())
 }
 
 #[cfg(test)]
