@@ -6,6 +6,7 @@ use clap::Args;
 use super::{open_engine, render::Renderer, Global};
 use crate::engine::Error;
 use crate::graph::diff_inputs;
+use crate::store::Status;
 
 #[derive(Args)]
 pub struct ExplainArgs {
@@ -28,8 +29,11 @@ pub fn run(global: &Global, reporter: &Renderer, args: ExplainArgs) -> Result<i3
     println!("key:    {key}");
     match engine.store.get(key, name)? {
         Some(entry) => println!(
-            "status: cached ({:?}) at {}",
-            entry.manifest.status,
+            "status: in the store ({}) at {}",
+            match entry.manifest.status {
+                Status::Ok => "ok: a cache hit",
+                Status::Failed => "failed: the next run reruns it",
+            },
             entry.path.display()
         ),
         None => {
