@@ -90,6 +90,9 @@ enum Command {
 
 /// Parses arguments, runs the command, returns the exit code.
 pub fn main() -> i32 {
+    // Like other Unix tools, end quietly when the reader of stdout goes away (`| head`).
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     if let Some(dir) = &cli.global.directory {
         if let Err(e) = std::env::set_current_dir(dir) {
