@@ -47,6 +47,10 @@ impl Error {
             Error::Key {
                 source: KeyError::Tool(ProcessError::Missing { .. }),
                 ..
+            }
+            | Error::Build {
+                source: BuildError::Process(ProcessError::Missing { .. }),
+                ..
             } => 4,
             Error::Key {
                 source: KeyError::Fetch(FetchError::UnknownPackage { .. }),
