@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use crate::builders::{self, BuildContext, BuildError};
 use crate::fetch::lock::Lock;
+use crate::fsio::io_err;
 use crate::graph::{compute_key, Graph, KeyContext, KeyError, KeyInputs};
 use crate::recipe::{Project, RecipeError, Spec};
 use crate::report::{Event, Reporter};
@@ -515,24 +516,14 @@ impl<'a> Engine<'a> {
         let results = runner::run(&opts, arts).map_err(test_err)?;
         let out = staging.out();
         let json = serde_json::to_vec_pretty(&results).expect("results serialize");
-        fs_err::write(out.join(RESULTS_JSON), json).map_err(|e| {
-            test_err(TestError::Io {
-                action: "write",
-                path: out.join(RESULTS_JSON),
-                source: e,
-            })
-        })?;
+        fs_err::write(out.join(RESULTS_JSON), json)
+            .map_err(|e| test_err(io_err("write", out.join(RESULTS_JSON))(e).into()))?;
         let logs = |_: &str, test: &str| {
             fs_err::read_to_string(out.join("tests").join(format!("{test}.log")))
                 .unwrap_or_default()
         };
-        fs_err::write(out.join(JUNIT_XML), junit::render(&[&results], &logs)).map_err(|e| {
-            test_err(TestError::Io {
-                action: "write",
-                path: out.join(JUNIT_XML),
-                source: e,
-            })
-        })?;
+        fs_err::write(out.join(JUNIT_XML), junit::render(&[&results], &logs))
+            .map_err(|e| test_err(io_err("write", out.join(JUNIT_XML))(e).into()))?;
         let mut manifest = Manifest::new(name, "test", key, plan.inputs[index].to_value());
         manifest.head.status = if results.all_passed() {
             Status::Ok
@@ -556,11 +547,7 @@ impl<'a> Engine<'a> {
 
 pub fn read_results(entry: &Entry) -> Result<RunResults> {
     let path = entry.path.join(RESULTS_JSON);
-    let bytes = fs_err::read(&path).map_err(|source| StoreError::Io {
-        action: "read",
-        path: path.clone(),
-        source,
-    })?;
+    let bytes = fs_err::read(&path).map_err(|e| StoreError::from(io_err("read", &path)(e)))?;
     serde_json::from_slice(&bytes).map_err(|e| {
         Error::Store(StoreError::BadManifest {
             path,
@@ -578,11 +565,7 @@ impl WorkDir {
         let path = store_root
             .join("tmp")
             .join(format!("{key}-{name}.{}.work", std::process::id()));
-        fs_err::create_dir_all(&path).map_err(|source| StoreError::Io {
-            action: "create",
-            path: path.clone(),
-            source,
-        })?;
+        fs_err::create_dir_all(&path).map_err(|e| StoreError::from(io_err("create", &path)(e)))?;
         Ok(WorkDir(path))
     }
 }

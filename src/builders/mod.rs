@@ -9,10 +9,12 @@ pub mod kernel_source;
 pub mod rootfs;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::fetch::lock::Lock;
 use crate::fetch::FetchError;
+pub use crate::fsio::io_err;
+use crate::fsio::IoError;
 use crate::process::ProcessError;
 use crate::recipe::{Recipe, Spec};
 use crate::store::{Entry, Store};
@@ -23,23 +25,10 @@ pub enum BuildError {
     Fetch(#[from] FetchError),
     #[error(transparent)]
     Process(#[from] ProcessError),
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("{0}")]
     Invalid(String),
-}
-
-pub fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError {
-    let path = path.to_path_buf();
-    move |source| BuildError::Io {
-        action,
-        path,
-        source,
-    }
 }
 
 /// What a builder may use besides its recipe.

@@ -9,6 +9,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 use super::FetchError;
+use crate::fsio::io_err;
 use crate::hashing;
 use crate::process::{self, ProcessError};
 
@@ -116,11 +117,11 @@ pub fn download(pin: &Pin, downloads: &Path) -> Result<PathBuf, FetchError> {
     if target.is_file() {
         return Ok(target);
     }
-    fs_err::create_dir_all(downloads).map_err(FetchError::io("create", downloads))?;
+    fs_err::create_dir_all(downloads).map_err(io_err("create", downloads))?;
     let tmp = tempfile::Builder::new()
         .prefix(".apt-")
         .tempdir_in(downloads)
-        .map_err(FetchError::io("create a temp folder in", downloads))?;
+        .map_err(io_err("create a temp folder in", downloads))?;
     let spec = format!("{}={}", pin.package, pin.version);
     process::run(
         Command::new("apt-get")
@@ -128,14 +129,14 @@ pub fn download(pin: &Pin, downloads: &Path) -> Result<PathBuf, FetchError> {
             .current_dir(tmp.path()),
     )?;
     let deb = fs_err::read_dir(tmp.path())
-        .map_err(FetchError::io("read", tmp.path()))?
+        .map_err(io_err("read", tmp.path()))?
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .ok_or_else(|| FetchError::UnknownPackage {
             package: spec.clone(),
         })?;
-    let (actual, _) = hashing::sha256_file(&deb).map_err(FetchError::io("hash", &deb))?;
+    let (actual, _) = hashing::sha256_file(&deb).map_err(io_err("hash", &deb))?;
     if actual != pin.sha256 {
         return Err(FetchError::HashMismatch {
             what: format!("Debian package {spec}"),
@@ -143,7 +144,7 @@ pub fn download(pin: &Pin, downloads: &Path) -> Result<PathBuf, FetchError> {
             actual,
         });
     }
-    fs_err::rename(&deb, &target).map_err(FetchError::io("store", &target))?;
+    fs_err::rename(&deb, &target).map_err(io_err("store", &target))?;
     Ok(target)
 }
 

@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::FetchError;
+use crate::fsio::io_err;
 
 /// Downloads `url` into `downloads/<sha256>` (once) and returns the file.
 pub fn download(url: &str, sha256: &str, downloads: &Path) -> Result<PathBuf, FetchError> {
@@ -12,7 +13,7 @@ pub fn download(url: &str, sha256: &str, downloads: &Path) -> Result<PathBuf, Fe
     if target.is_file() {
         return Ok(target);
     }
-    fs_err::create_dir_all(downloads).map_err(FetchError::io("create", downloads))?;
+    fs_err::create_dir_all(downloads).map_err(io_err("create", downloads))?;
     let http = |message: String| FetchError::Http {
         url: url.to_string(),
         message,
@@ -22,7 +23,7 @@ pub fn download(url: &str, sha256: &str, downloads: &Path) -> Result<PathBuf, Fe
     let mut tmp = tempfile::Builder::new()
         .prefix(".http-")
         .tempfile_in(downloads)
-        .map_err(FetchError::io("create a temp file in", downloads))?;
+        .map_err(io_err("create a temp file in", downloads))?;
     let mut hasher = crate::hashing::Sha256Stream::default();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -32,7 +33,7 @@ pub fn download(url: &str, sha256: &str, downloads: &Path) -> Result<PathBuf, Fe
         }
         hasher.update(&buf[..n]);
         tmp.write_all(&buf[..n])
-            .map_err(FetchError::io("write", tmp.path()))?;
+            .map_err(io_err("write", tmp.path()))?;
     }
     let actual = hasher.finish_hex();
     if actual != sha256 {
@@ -42,10 +43,7 @@ pub fn download(url: &str, sha256: &str, downloads: &Path) -> Result<PathBuf, Fe
             actual,
         });
     }
-    tmp.persist(&target).map_err(|e| FetchError::Io {
-        action: "store",
-        path: target.clone(),
-        source: e.error,
-    })?;
+    tmp.persist(&target)
+        .map_err(|e| io_err("store", &target)(e.error))?;
     Ok(target)
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::apt::{self, Pin};
 use super::FetchError;
+use crate::fsio::io_err;
 
 pub const LOCK_FILE: &str = "vmbuild.lock";
 
@@ -95,8 +96,9 @@ impl Lock {
         let tmp = self
             .path
             .with_extension(format!("lock.tmp.{}", std::process::id()));
-        fs_err::write(&tmp, text).map_err(FetchError::io("write", &tmp))?;
-        fs_err::rename(&tmp, &self.path).map_err(FetchError::io("write", &self.path))
+        fs_err::write(&tmp, text).map_err(io_err("write", &tmp))?;
+        fs_err::rename(&tmp, &self.path).map_err(io_err("write", &self.path))?;
+        Ok(())
     }
 }
 

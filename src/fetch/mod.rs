@@ -9,6 +9,7 @@ pub mod lock;
 
 use std::path::PathBuf;
 
+use crate::fsio::IoError;
 use crate::process::ProcessError;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,26 +26,8 @@ pub enum FetchError {
     Http { url: String, message: String },
     #[error(transparent)]
     Process(#[from] ProcessError),
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("read {}: {message}", path.display())]
     BadLockfile { path: PathBuf, message: String },
-}
-
-impl FetchError {
-    pub fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> FetchError {
-        let path = path.into();
-        move |source| FetchError::Io {
-            action,
-            path,
-            source,
-        }
-    }
 }

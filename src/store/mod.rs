@@ -22,27 +22,15 @@ use std::time::{Duration, SystemTime};
 
 pub use manifest::{Manifest, ManifestHead, Status, MANIFEST};
 
+use crate::fsio::{io_err, IoError};
 use crate::hashing::{self, TreeEntry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("read manifest {}: {message}", path.display())]
     BadManifest { path: PathBuf, message: String },
-}
-
-fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
-    let path = path.to_path_buf();
-    move |source| StoreError::Io {
-        action,
-        path,
-        source,
-    }
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -111,7 +99,7 @@ impl Store {
         for sub in ["tmp", "locks"] {
             let dir = root.join(sub);
             if !dir.is_dir() {
-                fs_err::create_dir_all(&dir).map_err(io("create the store folder", &dir))?;
+                fs_err::create_dir_all(&dir).map_err(io_err("create the store folder", &dir))?;
             }
         }
         Ok(Store {
@@ -144,7 +132,7 @@ impl Store {
                     message: e.to_string(),
                 })
             }
-            Err(e) => return Err(io("read", &manifest_path)(e)),
+            Err(e) => return Err(io_err("read", &manifest_path)(e).into()),
         };
         Ok(Some(Entry { path, manifest }))
     }
@@ -152,7 +140,7 @@ impl Store {
     /// The whole manifest of an entry: key inputs and every output's hash.
     pub fn manifest(&self, entry: &Entry) -> Result<Manifest> {
         let manifest_path = entry.path.join(MANIFEST);
-        let bytes = fs_err::read(&manifest_path).map_err(io("read", &manifest_path))?;
+        let bytes = fs_err::read(&manifest_path).map_err(io_err("read", &manifest_path))?;
         serde_json::from_slice(&bytes).map_err(|e| StoreError::BadManifest {
             path: manifest_path,
             message: e.to_string(),
@@ -172,7 +160,7 @@ impl Store {
         if !flock(&file, false) {
             on_wait();
             if !flock(&file, true) {
-                return Err(io("lock", &path)(std::io::Error::last_os_error()));
+                return Err(io_err("lock", &path)(std::io::Error::last_os_error()).into());
             }
         }
         Ok(KeyLock { _file: file })
@@ -182,7 +170,7 @@ impl Store {
     fn try_lock(&self, key: &str) -> Result<KeyLock> {
         let (file, path) = self.lock_file(key)?;
         if !flock(&file, false) {
-            return Err(io("lock", &path)(std::io::Error::last_os_error()));
+            return Err(io_err("lock", &path)(std::io::Error::last_os_error()).into());
         }
         Ok(KeyLock { _file: file })
     }
@@ -194,7 +182,7 @@ impl Store {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(io("open lock", &path))?;
+            .map_err(io_err("open lock", &path))?;
         Ok((file, path))
     }
 
@@ -203,13 +191,16 @@ impl Store {
     pub fn stage(&self, key: &str, name: &str, _lock: &KeyLock) -> Result<Staging> {
         let tmp = self.root.join("tmp");
         let prefix = format!("{key}-");
-        for stale in fs_err::read_dir(&tmp).map_err(io("read", &tmp))?.flatten() {
+        for stale in fs_err::read_dir(&tmp)
+            .map_err(io_err("read", &tmp))?
+            .flatten()
+        {
             if stale.file_name().to_string_lossy().starts_with(&prefix) {
-                remove_tree(&stale.path()).map_err(io("remove stale", &stale.path()))?;
+                remove_tree(&stale.path()).map_err(io_err("remove stale", &stale.path()))?;
             }
         }
         let dir = tmp.join(format!("{key}-{name}.{}", std::process::id()));
-        fs_err::create_dir_all(&dir).map_err(io("create", &dir))?;
+        fs_err::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         Ok(Staging {
             dir,
             key: key.to_string(),
@@ -221,18 +212,18 @@ impl Store {
     /// atomically, replacing an existing entry under the same key.
     pub fn publish(&self, staging: Staging, mut manifest: Manifest) -> Result<Entry> {
         let outputs = hashing::hash_tree(&staging.dir, |p| p != Path::new(MANIFEST))
-            .map_err(io("hash outputs in", &staging.dir))?;
+            .map_err(io_err("hash outputs in", &staging.dir))?;
         manifest.outputs = outputs;
         let manifest_path = staging.dir.join(MANIFEST);
         let bytes = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
-        let file = fs_err::File::create(&manifest_path).map_err(io("write", &manifest_path))?;
-        std::io::Write::write_all(&mut &file, &bytes).map_err(io("write", &manifest_path))?;
-        file.sync_all().map_err(io("sync", &manifest_path))?;
+        let file = fs_err::File::create(&manifest_path).map_err(io_err("write", &manifest_path))?;
+        std::io::Write::write_all(&mut &file, &bytes).map_err(io_err("write", &manifest_path))?;
+        file.sync_all().map_err(io_err("sync", &manifest_path))?;
         let target = self.entry_path(&staging.key, &staging.name);
         if target.exists() {
             exchange(&staging.dir, &target)?;
         } else {
-            fs_err::rename(&staging.dir, &target).map_err(io("publish", &target))?;
+            fs_err::rename(&staging.dir, &target).map_err(io_err("publish", &target))?;
         }
         if let Ok(dir) = fs_err::File::open(&self.root) {
             let _ = dir.sync_all();
@@ -249,7 +240,7 @@ impl Store {
     pub fn entries(&self) -> Result<Vec<Entry>> {
         let mut entries = Vec::new();
         for item in fs_err::read_dir(&self.root)
-            .map_err(io("read", &self.root))?
+            .map_err(io_err("read", &self.root))?
             .flatten()
         {
             let file_name = item.file_name().to_string_lossy().into_owned();
@@ -320,8 +311,9 @@ impl Store {
             std::process::id(),
             entry.manifest.key
         ));
-        fs_err::rename(&entry.path, &trash).map_err(io("remove", &entry.path))?;
-        remove_tree(&trash).map_err(io("remove", &trash))
+        fs_err::rename(&entry.path, &trash).map_err(io_err("remove", &entry.path))?;
+        remove_tree(&trash).map_err(io_err("remove", &trash))?;
+        Ok(())
     }
 
     /// Removes entries whose key is not in `keep` (when given) or older than `max_age`
@@ -346,7 +338,10 @@ impl Store {
             }
         }
         let tmp = self.root.join("tmp");
-        for item in fs_err::read_dir(&tmp).map_err(io("read", &tmp))?.flatten() {
+        for item in fs_err::read_dir(&tmp)
+            .map_err(io_err("read", &tmp))?
+            .flatten()
+        {
             let name = item.file_name().to_string_lossy().into_owned();
             let Some(key) = name.get(..64).filter(|k| is_key(k)) else {
                 if name.starts_with("trash-") {
@@ -380,9 +375,9 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let ca = CString::new(a.as_os_str().as_bytes())
-        .map_err(|e| io("publish", a)(std::io::Error::other(e)))?;
+        .map_err(|e| io_err("publish", a)(std::io::Error::other(e)))?;
     let cb = CString::new(b.as_os_str().as_bytes())
-        .map_err(|e| io("publish", b)(std::io::Error::other(e)))?;
+        .map_err(|e| io_err("publish", b)(std::io::Error::other(e)))?;
     // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them as given.
     let rc = unsafe {
         libc::syscall(
@@ -395,7 +390,7 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
         )
     };
     if rc != 0 {
-        return Err(io("replace", b)(std::io::Error::last_os_error()));
+        return Err(io_err("replace", b)(std::io::Error::last_os_error()).into());
     }
     Ok(())
 }

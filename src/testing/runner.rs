@@ -21,6 +21,7 @@ use super::{tap, RunResults, Status, TestResult};
 use crate::builders::bundle::{BUNDLE_CPIO, TESTS_JSON};
 use crate::builders::cpio::CpioWriter;
 use crate::builders::kernel_source::read_config;
+use crate::fsio::{io_err, IoError};
 use crate::process::{GroupGuard, ProcessError};
 use crate::recipe::{BackendKind, TestSpec};
 use crate::store::Entry;
@@ -38,24 +39,11 @@ pub enum TestError {
     Infra(String),
     #[error(transparent)]
     Process(#[from] ProcessError),
-    #[error("{action} {}: {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// The recipe asks for something the test phase cannot do: exit code 2.
     #[error("{0}")]
     Unsupported(String),
-}
-
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TestError {
-    let path = path.to_path_buf();
-    move |source| TestError::Io {
-        action,
-        path,
-        source,
-    }
 }
 
 /// The artifacts a test run uses, all published store entries.
@@ -339,9 +327,7 @@ pub fn shell(
     };
     let mut cmd = Qemu { accel }.command(&launch);
     let mut child = crate::process::spawn(&mut cmd)?;
-    child
-        .wait()
-        .map_err(io_err("wait for", Path::new(vm::qemu::QEMU)))
+    Ok(child.wait().map_err(io_err("wait for", vm::qemu::QEMU))?)
 }
 
 struct Shared {
