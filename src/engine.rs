@@ -267,47 +267,48 @@ impl<'a> Engine<'a> {
             recipe.kind(),
             plan.keys[index].as_str(),
         );
-        let lock = self
-            .store
-            .lock(key, || self.reporter.event(Event::Waiting { name }))?;
-        if !force {
-            // Another vmbuild may have built it while we waited.
-            if let Some(entry) = self.store.lookup(key, name)? {
-                self.reporter.event(Event::Cached {
-                    name,
-                    kind,
-                    path: &entry.path,
-                });
-                return Ok((entry, true));
-            }
-        }
-        self.reporter.event(Event::Started { name, kind });
         let started = Instant::now();
-        let staging = self.store.stage(key, name, &lock)?;
-        let work = WorkDir::new(self.store.root(), key, name)?;
-        let progress = |line: &str| self.reporter.event(Event::Progress { name, line });
-        let ctx = BuildContext {
-            store: &self.store,
-            lock: &self.lock,
-            deps,
-            work: &work.0,
-            progress: &progress,
-        };
-        let details =
-            builders::build(recipe, &ctx, staging.out()).map_err(|source| Error::Build {
-                name: name.to_string(),
-                source,
-            })?;
-        let mut manifest = Manifest::new(name, kind, key, plan.inputs[index].to_value());
-        manifest.head.details = details;
-        manifest.head.build_seconds = started.elapsed().as_secs_f64();
-        let entry = self.store.publish(staging, manifest)?;
-        self.reporter.event(Event::Built {
+        let (entry, reused) = self.store.get_or_build(
+            key,
             name,
-            kind,
-            seconds: started.elapsed().as_secs_f64(),
-        });
-        Ok((entry, false))
+            force,
+            || self.reporter.event(Event::Waiting { name }),
+            |out| {
+                self.reporter.event(Event::Started { name, kind });
+                let work = WorkDir::new(self.store.root(), key, name)?;
+                let progress = |line: &str| self.reporter.event(Event::Progress { name, line });
+                let ctx = BuildContext {
+                    store: &self.store,
+                    lock: &self.lock,
+                    deps,
+                    work: &work.0,
+                    progress: &progress,
+                };
+                let details =
+                    builders::build(recipe, &ctx, out).map_err(|source| Error::Build {
+                        name: name.to_string(),
+                        source,
+                    })?;
+                let mut manifest = Manifest::new(name, kind, key, plan.inputs[index].to_value());
+                manifest.head.details = details;
+                manifest.head.build_seconds = started.elapsed().as_secs_f64();
+                Ok::<_, Error>(manifest)
+            },
+        )?;
+        if reused {
+            self.reporter.event(Event::Cached {
+                name,
+                kind,
+                path: &entry.path,
+            });
+        } else {
+            self.reporter.event(Event::Built {
+                name,
+                kind,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        Ok((entry, reused))
     }
 
     /// `vmbuild build`: the requested recipes' entries, in request order.

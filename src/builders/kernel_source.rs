@@ -63,13 +63,10 @@ pub fn build(
         .join(format!("{source_id}-x86_64"));
     fs_err::create_dir_all(&build_dir).map_err(io_err("create", &build_dir))?;
     // One builder at a time per build folder; another vmbuild waits here.
-    let _lock = ctx
-        .store
-        .lock(
-            &hashing::sha256_hex(build_dir.to_string_lossy().as_bytes()),
-            || (ctx.progress)("waiting for another vmbuild using the same kernel build folder"),
-        )
-        .map_err(|e| BuildError::Invalid(e.to_string()))?;
+    let _lock = ctx.store.lock(
+        &hashing::sha256_hex(build_dir.to_string_lossy().as_bytes()),
+        || (ctx.progress)("waiting for another vmbuild using the same kernel build folder"),
+    )?;
 
     let log_path = out.join(BUILD_LOG);
     let mut log = fs_err::File::create(&log_path).map_err(io_err("create", &log_path))?;
@@ -221,7 +218,6 @@ fn unpacked_source(
     fetch_tarball: impl FnOnce(&Path) -> Result<PathBuf, BuildError>,
 ) -> Result<PathBuf, BuildError> {
     let key = hashing::sha256_hex(format!("kernel-source:{pin_sha256}").as_bytes());
-    let store_err = |e: crate::store::StoreError| BuildError::Invalid(e.to_string());
     let find_tree = |entry: &Path| -> Result<PathBuf, BuildError> {
         fs_err::read_dir(entry)
             .map_err(io_err("read", entry))?
@@ -235,40 +231,34 @@ fn unpacked_source(
                 ))
             })
     };
-    if let Some(entry) = ctx.store.lookup(&key, name).map_err(store_err)? {
-        return find_tree(&entry.path);
-    }
-    let lock = ctx
-        .store
-        .lock(&key, || {
-            (ctx.progress)("waiting for another vmbuild unpacking the same source")
-        })
-        .map_err(store_err)?;
-    if let Some(entry) = ctx.store.lookup(&key, name).map_err(store_err)? {
-        return find_tree(&entry.path);
-    }
-    let staging = ctx.store.stage(&key, name, &lock).map_err(store_err)?;
-    let work = ctx.work.join("source");
-    fs_err::create_dir_all(&work).map_err(io_err("create", &work))?;
-    let tarball = fetch_tarball(&work)?;
-    (ctx.progress)(&format!(
-        "unpacking {}",
-        tarball.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    process::run(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(&tarball)
-            .arg("-C")
-            .arg(staging.out()),
-    )?;
-    let manifest = Manifest::new(
-        name,
-        "source",
+    let (entry, _) = ctx.store.get_or_build(
         &key,
-        json!({ "tarball_sha256": pin_sha256 }),
-    );
-    let entry = ctx.store.publish(staging, manifest).map_err(store_err)?;
+        name,
+        false,
+        || (ctx.progress)("waiting for another vmbuild unpacking the same source"),
+        |out| {
+            let work = ctx.work.join("source");
+            fs_err::create_dir_all(&work).map_err(io_err("create", &work))?;
+            let tarball = fetch_tarball(&work)?;
+            (ctx.progress)(&format!(
+                "unpacking {}",
+                tarball.file_name().unwrap_or_default().to_string_lossy()
+            ));
+            process::run(
+                Command::new("tar")
+                    .arg("-xf")
+                    .arg(&tarball)
+                    .arg("-C")
+                    .arg(out),
+            )?;
+            Ok::<_, BuildError>(Manifest::new(
+                name,
+                "source",
+                &key,
+                json!({ "tarball_sha256": pin_sha256 }),
+            ))
+        },
+    )?;
     find_tree(&entry.path)
 }
 

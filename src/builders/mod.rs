@@ -17,7 +17,7 @@ pub use crate::fsio::io_err;
 use crate::fsio::IoError;
 use crate::process::ProcessError;
 use crate::recipe::{Recipe, Spec};
-use crate::store::{Entry, Store};
+use crate::store::{Entry, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -27,6 +27,8 @@ pub enum BuildError {
     Process(#[from] ProcessError),
     #[error(transparent)]
     Io(#[from] IoError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("{0}")]
     Invalid(String),
 }

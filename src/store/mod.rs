@@ -186,6 +186,35 @@ impl Store {
         Ok((file, path))
     }
 
+    /// The entry under `key`: reused when present (unless `force`), else made by `build`
+    /// into a staging folder and published. The key's lock is held from the second
+    /// lookup to the publish, so a concurrent vmbuild waits (`on_wait` says so) and then
+    /// finds this one's entry. Returns the entry and whether it was reused.
+    pub fn get_or_build<E: From<StoreError>>(
+        &self,
+        key: &str,
+        name: &str,
+        force: bool,
+        on_wait: impl FnOnce(),
+        build: impl FnOnce(&Path) -> std::result::Result<Manifest, E>,
+    ) -> std::result::Result<(Entry, bool), E> {
+        if !force {
+            if let Some(entry) = self.lookup(key, name)? {
+                return Ok((entry, true));
+            }
+        }
+        let lock = self.lock(key, on_wait)?;
+        if !force {
+            // Another vmbuild may have built it while we waited.
+            if let Some(entry) = self.lookup(key, name)? {
+                return Ok((entry, true));
+            }
+        }
+        let staging = self.stage(key, name, &lock)?;
+        let manifest = build(staging.out())?;
+        Ok((self.publish(staging, manifest)?, false))
+    }
+
     /// Starts building an entry. The caller holds the key's lock, so any leftover temp
     /// folder for this key is from a builder that died: it is removed.
     pub fn stage(&self, key: &str, name: &str, _lock: &KeyLock) -> Result<Staging> {
