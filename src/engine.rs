@@ -44,11 +44,17 @@ impl Error {
         use crate::process::ProcessError;
         match self {
             Error::Recipe(_) | Error::Usage(_) => 2,
-            // The host lacks a tool (qemu, mke2fs, ...): infrastructure, not a bad recipe.
             Error::Key {
-                source: KeyError::Tool(ProcessError::Missing { .. }),
+                source: KeyError::BadInput(_),
+                ..
+            } => 2,
+            // The host lacks a tool (qemu, mke2fs, ...) or it will not say its version, or
+            // the store cannot be used: infrastructure, not a bad recipe.
+            Error::Key {
+                source: KeyError::Tool(_),
                 ..
             }
+            | Error::Store(StoreError::Unusable { .. })
             | Error::Build {
                 source: BuildError::Process(ProcessError::Missing { .. }),
                 ..
@@ -171,6 +177,13 @@ impl<'a> Engine<'a> {
         })
     }
 
+    /// Says which damaged entries the last lookups passed over (they are rebuilt).
+    fn report_damage(&self) {
+        for line in self.store.take_damage() {
+            self.reporter.event(Event::Notice(&line));
+        }
+    }
+
     fn forced(&self, plan: &Plan, index: usize, force: Force) -> bool {
         match force {
             Force::None => false,
@@ -205,6 +218,7 @@ impl<'a> Engine<'a> {
                 }
             }
         }
+        self.report_damage();
         let missing: Vec<usize> = closure
             .iter()
             .copied()
@@ -275,7 +289,7 @@ impl<'a> Engine<'a> {
             || self.reporter.event(Event::Waiting { name }),
             |out| {
                 self.reporter.event(Event::Started { name, kind });
-                let work = WorkDir::new(self.store.root(), key, name)?;
+                let work = WorkDir::new(&self.store, key, name)?;
                 let progress = |line: &str| self.reporter.event(Event::Progress { name, line });
                 let ctx = BuildContext {
                     store: &self.store,
@@ -295,6 +309,7 @@ impl<'a> Engine<'a> {
                 Ok::<_, Error>(manifest)
             },
         )?;
+        self.report_damage();
         if reused {
             self.reporter.event(Event::Cached {
                 name,
@@ -384,6 +399,7 @@ impl<'a> Engine<'a> {
                 );
             }
         }
+        self.report_damage();
         let to_run: Vec<usize> = test_nodes
             .iter()
             .copied()
@@ -484,7 +500,7 @@ impl<'a> Engine<'a> {
             .store
             .lock(key, || self.reporter.event(Event::Waiting { name }))?;
         let staging = self.store.stage(key, name, &lock)?;
-        let work = WorkDir::new(self.store.root(), key, name)?;
+        let work = WorkDir::new(&self.store, key, name)?;
         let previous = self.store.latest(name)?.and_then(|e| read_results(&e).ok());
         let started = Instant::now();
         self.reporter.event(Event::Booting {
@@ -562,10 +578,8 @@ pub fn read_results(entry: &Entry) -> Result<RunResults> {
 struct WorkDir(PathBuf);
 
 impl WorkDir {
-    fn new(store_root: &Path, key: &str, name: &str) -> Result<WorkDir> {
-        let path = store_root
-            .join("tmp")
-            .join(format!("{key}-{name}.{}.work", std::process::id()));
+    fn new(store: &Store, key: &str, name: &str) -> Result<WorkDir> {
+        let path = store.temp_path(key, name, &format!(".{}.work", std::process::id()))?;
         fs_err::create_dir_all(&path).map_err(|e| StoreError::from(io_err("create", &path)(e)))?;
         Ok(WorkDir(path))
     }

@@ -68,14 +68,20 @@ pub enum TreeEntry {
 
 impl TreeEntry {
     /// Hashes one path without following a final symlink.
+    /// Anything but a regular file, a folder or a symlink (a FIFO would block the read, a
+    /// device never end it) is refused with `InvalidInput`, naming the path.
     pub fn of(path: &Path) -> std::io::Result<TreeEntry> {
         let meta = fs_err::symlink_metadata(path)?;
-        Ok(if meta.file_type().is_symlink() {
+        let kind = meta.file_type();
+        Ok(if kind.is_symlink() {
+            let target = fs_err::read_link(path)?;
             TreeEntry::Symlink {
-                target: fs_err::read_link(path)?.to_string_lossy().into_owned(),
+                target: utf8(target.as_os_str(), path)?.to_string(),
             }
-        } else if meta.is_dir() {
+        } else if kind.is_dir() {
             TreeEntry::Dir
+        } else if !kind.is_file() {
+            return Err(special_file(path, &kind));
         } else {
             let (sha256, size) = sha256_file(path)?;
             TreeEntry::File {
@@ -85,6 +91,42 @@ impl TreeEntry {
             }
         })
     }
+}
+
+/// A name as UTF-8, or `InvalidInput` naming the path: a lossy conversion would let two
+/// different names collapse into one key (and an edit to one be a stale hit).
+pub fn utf8<'a>(name: &'a std::ffi::OsStr, path: &Path) -> std::io::Result<&'a str> {
+    name.to_str().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{}: the name is not UTF-8; rename it (vmbuild keys names by their text)",
+                path.display()
+            ),
+        )
+    })
+}
+
+fn special_file(path: &Path, kind: &std::fs::FileType) -> std::io::Error {
+    use std::os::unix::fs::FileTypeExt;
+    let what = if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else {
+        "a special file"
+    };
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!(
+            "{} is {what}: inputs must be regular files, folders or symlinks",
+            path.display()
+        ),
+    )
 }
 
 /// Every entry under `root` by relative path, sorted. `keep` filters relative paths
@@ -110,12 +152,8 @@ pub fn hash_tree(
     }
     // Small trees are hashed inline: starting the thread pool costs more than it saves.
     let hash = |path: &PathBuf| -> std::io::Result<(String, TreeEntry)> {
-        let rel = path
-            .strip_prefix(root)
-            .unwrap_or(path)
-            .to_string_lossy()
-            .into_owned();
-        Ok((rel, TreeEntry::of(path)?))
+        let rel = utf8(path.strip_prefix(root).unwrap_or(path).as_os_str(), path)?;
+        Ok((rel.to_string(), TreeEntry::of(path)?))
     };
     if paths.len() < PARALLEL_FROM_FILES {
         paths.iter().map(hash).collect()
@@ -310,6 +348,27 @@ mod tests {
         std::fs::remove_file(dir.path().join("link")).unwrap();
         std::os::unix::fs::symlink("elsewhere", dir.path().join("link")).unwrap();
         assert_ne!(exec, tree_digest(&hash_tree(dir.path(), |_| true).unwrap()));
+    }
+
+    #[test]
+    fn special_files_and_non_utf8_names_are_refused_naming_the_path() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let err = hash_tree(dir.path(), |_| true).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("pipe is a FIFO"), "{err}");
+        let err = TreeEntry::of(Path::new("/dev/zero")).unwrap_err();
+        assert!(err.to_string().contains("character device"), "{err}");
+
+        std::fs::remove_file(&fifo).unwrap();
+        let odd = std::ffi::OsStr::from_bytes(b"caf\xe9");
+        std::fs::write(dir.path().join(odd), "x").unwrap();
+        let err = hash_tree(dir.path(), |_| true).unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
     }
 
     #[test]

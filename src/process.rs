@@ -14,6 +14,8 @@ pub enum ProcessError {
         tool: String,
         package: String,
     },
+    #[error("`{command}` printed no version: its identity is part of cache keys")]
+    NoVersion { command: String },
     #[error("run `{command}`: {source}")]
     Spawn {
         command: String,

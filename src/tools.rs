@@ -61,18 +61,23 @@ impl Tools {
         let key = format!("{tool} {}", args.join(" "));
         {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(hit) = cache.tools.get(&key).filter(|c| c.stamp == stamp) {
+            if let Some(hit) = cache
+                .tools
+                .get(&key)
+                .filter(|c| c.stamp == stamp && !c.version.is_empty())
+            {
                 return Ok(hit.version.clone());
             }
         }
-        let output = process::run(Command::new(&path).args(args))?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        let version = text
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim()
-            .to_string();
+        let mut command = Command::new(&path);
+        command.args(args);
+        let output = process::run(&mut command)?;
+        let version = first_line(&output.stdout)
+            // Some tools (mke2fs -V) print their version on stderr.
+            .or_else(|| first_line(&output.stderr))
+            .ok_or_else(|| ProcessError::NoVersion {
+                command: process::describe(&command),
+            })?;
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.tools.insert(
             key,
@@ -91,5 +96,30 @@ impl Tools {
             }
         }
         Ok(version)
+    }
+}
+
+/// The first non-empty line of a tool's output, trimmed.
+fn first_line(bytes: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_on_stderr_is_read_and_no_version_at_all_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let tools = Tools::new(dir.path());
+        let version = tools.version("sh", &["-c", "echo 'tool 1.2' >&2"]).unwrap();
+        assert_eq!(version, "tool 1.2");
+        let err = tools.version("sh", &["-c", "true"]).unwrap_err();
+        assert!(matches!(err, ProcessError::NoVersion { .. }), "{err}");
+        assert!(err.to_string().contains("printed no version"), "{err}");
     }
 }

@@ -128,7 +128,8 @@ fn debian_base(
     if !packages.is_empty() {
         cmd.arg(format!("--include={}", packages.join(",")));
     }
-    cmd.arg(release).arg(root);
+    // Both are checked against their grammar at parse time; `--` ends the options anyway.
+    cmd.arg("--").arg(release).arg(root);
     process::run(&mut cmd)?;
     Ok(())
 }

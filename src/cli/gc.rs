@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::{open_engine, render::Renderer, Global};
 use crate::engine::Error;
-use crate::recipe::parse_duration;
+use crate::recipe::units;
 
 #[derive(Args)]
 pub struct GcArgs {
@@ -23,7 +23,7 @@ pub fn run(global: &Global, reporter: &Renderer, args: GcArgs) -> Result<i32, Er
     let max_age = args
         .older_than
         .as_deref()
-        .map(parse_duration)
+        .map(|age| units::AGE.parse(age))
         .transpose()
         .map_err(Error::Usage)?;
     let keep = if args.keep_unreachable {

@@ -49,6 +49,10 @@ pub struct Global {
     /// Show what vmbuild runs and why (commands, keys)
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// Rehash every output of a cache hit against its manifest before using it (a hit
+    /// always checks that each output is there with its recorded size)
+    #[arg(long, global = true, env = "VMBUILD_VERIFY_ON_HIT")]
+    verify_on_hit: bool,
 }
 
 #[derive(Args, Clone, Copy)]
@@ -139,5 +143,7 @@ fn open_engine<'a>(
         .cache_dir
         .clone()
         .unwrap_or_else(|| project.root.join("cache"));
-    Engine::open(project, &cache, reporter, refresh_lock)
+    let mut engine = Engine::open(project, &cache, reporter, refresh_lock)?;
+    engine.store.set_verify_on_hit(global.verify_on_hit);
+    Ok(engine)
 }

@@ -4,6 +4,7 @@ use clap::Args;
 
 use super::{open_engine, render::Renderer, Global};
 use crate::engine::Error;
+use crate::store::Scanned;
 
 #[derive(Args)]
 pub struct VerifyArgs {
@@ -15,22 +16,28 @@ pub struct VerifyArgs {
 pub fn run(global: &Global, reporter: &Renderer, args: VerifyArgs) -> Result<i32, Error> {
     let engine = open_engine(global, reporter, false)?;
     let mut bad = 0;
-    let entries = engine.store.entries()?;
-    for entry in &entries {
-        let problems = engine.store.verify(entry);
+    let scanned = engine.store.scan()?;
+    // Every folder is checked and reported, readable or not; none stops the others.
+    for item in &scanned {
+        let problems = match item {
+            Scanned::Entry(entry) => engine.store.verify(entry),
+            Scanned::Bad { problem, .. } => vec![problem.clone()],
+        };
         if problems.is_empty() {
             continue;
         }
         bad += 1;
-        println!("corrupt: {}", entry.path.display());
+        println!("corrupt: {}", item.path().display());
         for p in &problems {
             println!("  {p}");
         }
         if args.delete {
-            engine.store.remove(entry)?;
-            println!("  removed");
+            match engine.store.remove_folder(item.path()) {
+                Ok(()) => println!("  removed"),
+                Err(e) => println!("  not removed: {e}"),
+            }
         }
     }
-    println!("{} entries checked, {bad} corrupt", entries.len());
+    println!("{} entries checked, {bad} corrupt", scanned.len());
     Ok(if bad > 0 && !args.delete { 3 } else { 0 })
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::apt::{self, Pin};
 use super::FetchError;
 use crate::fsio::io_err;
+use crate::recipe::grammar;
 
 pub const LOCK_FILE: &str = "vmbuild.lock";
 
@@ -38,6 +39,12 @@ impl Lock {
                         path: path.clone(),
                         message: e.to_string(),
                     })?;
+                for pin in &file.packages {
+                    check_pin(pin).map_err(|message| FetchError::BadLockfile {
+                        path: path.clone(),
+                        message,
+                    })?;
+                }
                 file.packages
                     .into_iter()
                     .map(|p| (p.name.clone(), p))
@@ -102,6 +109,39 @@ impl Lock {
     }
 }
 
+/// A pin's fields reach `apt-get download NAME=VERSION` and a path in the downloads
+/// folder: each must follow its grammar, whatever the lock file says.
+fn check_pin(pin: &Pin) -> Result<(), String> {
+    grammar::debian_package(&pin.name)?;
+    grammar::debian_package(&pin.package)?;
+    let version_ok = pin.version.starts_with(|c: char| c.is_ascii_digit())
+        && pin
+            .version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".+~:-".contains(c));
+    if !version_ok {
+        return Err(format!(
+            "`{}`: `{}` is not a Debian version",
+            pin.name,
+            pin.version.escape_debug()
+        ));
+    }
+    if !pin
+        .architecture
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(format!("`{}`: bad architecture", pin.name));
+    }
+    if pin.sha256.len() != 64 || !pin.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "`{}`: sha256 must be 64 hexadecimal digits",
+            pin.name
+        ));
+    }
+    Ok(())
+}
+
 fn read_pins(path: &Path) -> BTreeMap<String, Pin> {
     fs_err::read_to_string(path)
         .ok()
@@ -109,6 +149,7 @@ fn read_pins(path: &Path) -> BTreeMap<String, Pin> {
         .map(|f| {
             f.packages
                 .into_iter()
+                .filter(|p| check_pin(p).is_ok())
                 .map(|p| (p.name.clone(), p))
                 .collect()
         })

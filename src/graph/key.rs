@@ -13,6 +13,7 @@
 //! | dependencies' keys         | a change anywhere below rebuilds everything above (Merkle)   |
 //! | tool identity              | gcc/make for kernels, mke2fs for ext4, mmdebstrap, qemu for  |
 //! |                            | tests: a different tool can make a different output          |
+//! | name (bundles, tests)      | a bundle's name is its guest folder; results name the recipe |
 //! | tests: agent, VM settings  | the guest agent script, machine, memory, cpus, disks,        |
 //! |                            | cmdline, timeout and backend change what a test observes     |
 //!
@@ -32,7 +33,7 @@ use crate::recipe::{ConfigBase, Fetch, KernelSpec, Recipe, RootfsBase, RootfsFor
 use crate::tools::Tools;
 
 /// Bump when any builder's output changes for identical inputs.
-pub const KEY_SCHEMA: u32 = 1;
+pub const KEY_SCHEMA: u32 = 2;
 pub const ARCH: &str = "x86_64";
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,9 @@ pub enum KeyError {
     Fetch(#[from] FetchError),
     #[error(transparent)]
     Tool(#[from] ProcessError),
+    /// An input that cannot be one (a FIFO, a device, a name that is not UTF-8): exit 2.
+    #[error("{0}")]
+    BadInput(String),
     #[error("hash {}: {source}", path.display())]
     Hash {
         path: std::path::PathBuf,
@@ -78,11 +82,20 @@ impl KeyInputs {
     }
 }
 
+/// Hashing errors: a refused input is the recipe's fault, anything else the host's.
+fn hash_error(path: &Path, source: std::io::Error) -> KeyError {
+    if source.kind() == std::io::ErrorKind::InvalidInput {
+        KeyError::BadInput(source.to_string())
+    } else {
+        KeyError::Hash {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 fn hash_path(path: &Path) -> Result<Value, KeyError> {
-    let err = |source| KeyError::Hash {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = |source| hash_error(path, source);
     if path.is_dir() {
         let tree = hashing::hash_tree(path, |_| true).map_err(err)?;
         Ok(serde_json::to_value(tree).expect("trees serialize"))
@@ -136,12 +149,8 @@ pub fn compute_key(
                     let cache = ctx
                         .stat_cache_dir
                         .join(hashing::sha256_hex(tree.to_string_lossy().as_bytes()));
-                    let digest = hashing::source_tree_digest(tree, &cache).map_err(|source| {
-                        KeyError::Hash {
-                            path: tree.clone(),
-                            source,
-                        }
-                    })?;
+                    let digest = hashing::source_tree_digest(tree, &cache)
+                        .map_err(|source| hash_error(tree, source))?;
                     json!({ "tree": digest })
                 }
                 other => fetch_inputs(other, ctx, false)?,
@@ -179,10 +188,13 @@ pub fn compute_key(
                 "kernel_modules": r.kernel_modules.as_ref().map(|k| &k.name),
             })
         }
-        Spec::Bundle(b) => json!({ "tests": hash_path(&b.tests_dir)? }),
+        // The bundle's name is its folder in the guest (`/vmbuild/bundles/<name>`).
+        Spec::Bundle(b) => json!({ "name": recipe.name, "tests": hash_path(&b.tests_dir)? }),
         Spec::Test(t) => {
             tool(crate::vm::qemu::QEMU, &["--version"])?;
             json!({
+                // Results name their recipe (results.json, junit.xml).
+                "name": recipe.name,
                 "kernel": t.kernel.name,
                 "rootfs": t.rootfs.name,
                 "bundles": t.bundles.iter().map(|b| &b.name).collect::<Vec<_>>(),

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 pub use explain::diff_inputs;
 pub use key::{compute_key, KeyContext, KeyError, KeyInputs, KEY_SCHEMA};
 
-use crate::recipe::{Project, Recipe, RecipeError, RecipeRef};
+use crate::recipe::{Diagnostic, Project, Recipe, RecipeError, RecipeRef};
 
 pub struct Node {
     pub recipe: Recipe,
@@ -111,18 +111,37 @@ impl Loader<'_> {
         self.marks.insert(at.file.clone(), Mark::Visiting);
         self.stack.push(at.name.clone());
         let recipe = Recipe::load(self.project, at)?;
-        let deps = recipe
+        let wanted: Vec<(&'static str, &'static str, RecipeRef)> = recipe
             .dependencies()
             .into_iter()
-            .cloned()
-            .collect::<Vec<_>>()
-            .iter()
-            .map(|d| self.visit(d))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|d| (d.field, d.kind, d.recipe.clone()))
+            .collect();
+        let mut deps = Vec::with_capacity(wanted.len());
+        for (field, kind, reference) in &wanted {
+            let index = self.visit(reference)?;
+            let found = self.nodes[index].recipe.kind();
+            if found != *kind {
+                return Err(wrong_kind(field, kind, found, reference));
+            }
+            deps.push(index);
+        }
         self.stack.pop();
         let index = self.nodes.len();
         self.nodes.push(Node { recipe, deps });
         self.marks.insert(at.file.clone(), Mark::Done(index));
         Ok(index)
+    }
+}
+
+/// `bundles = ["smoke"]` naming a test recipe, a kernel naming a rootfs, ...: said at the
+/// reference, before anything is built or booted.
+fn wrong_kind(field: &str, wanted: &str, found: &str, at: &RecipeRef) -> RecipeError {
+    let message = format!(
+        "`{field}` needs a {wanted} recipe, but `{}` is a {found} recipe",
+        at.name
+    );
+    match &at.location {
+        Some(location) => Diagnostic::new(location.clone(), message).into(),
+        None => RecipeError::Reference(message),
     }
 }

@@ -13,6 +13,7 @@
 //! <root>/tools.json             remembered tool versions
 //! ```
 
+mod check;
 mod manifest;
 
 use std::collections::BTreeSet;
@@ -23,7 +24,7 @@ use std::time::{Duration, SystemTime};
 pub use manifest::{Manifest, ManifestHead, Status, MANIFEST};
 
 use crate::fsio::{io_err, IoError};
-use crate::hashing::{self, TreeEntry};
+use crate::hashing;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -31,12 +32,23 @@ pub enum StoreError {
     Io(#[from] IoError),
     #[error("read manifest {}: {message}", path.display())]
     BadManifest { path: PathBuf, message: String },
+    #[error("the store {} cannot be used: {source}\n  help: choose another folder with --cache-dir or VMBUILD_CACHE_DIR", path.display())]
+    Unusable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`{name}` cannot name a store entry: {message}")]
+    BadName { name: String, message: String },
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
 
 pub struct Store {
     root: PathBuf,
+    /// Rehash every output on a cache hit, not just check sizes (`--verify-on-hit`).
+    verify_on_hit: bool,
+    /// Damaged entries lookups passed over (and will rebuild), for the caller to report.
+    damage: std::sync::Mutex<Vec<String>>,
 }
 
 /// A published entry, with the head of its manifest (`Store::manifest` reads all of it).
@@ -44,6 +56,21 @@ pub struct Store {
 pub struct Entry {
     pub path: PathBuf,
     pub manifest: ManifestHead,
+}
+
+/// A folder of the store that looks like an entry: readable, or not and why.
+pub enum Scanned {
+    Entry(Entry),
+    Bad { path: PathBuf, problem: String },
+}
+
+impl Scanned {
+    pub fn path(&self) -> &Path {
+        match self {
+            Scanned::Entry(e) => &e.path,
+            Scanned::Bad { path, .. } => path,
+        }
+    }
 }
 
 /// An exclusive per-key lock, released on drop.
@@ -95,16 +122,48 @@ fn remove_tree(path: &Path) -> std::io::Result<()> {
 
 impl Store {
     /// Opens (creating when needed) the store at `root`.
+    /// A store that is not a folder, or cannot be written, is `Unusable` (exit 4): said
+    /// now, not halfway through a build.
     pub fn open(root: &Path) -> Result<Store> {
+        let unusable = |source| StoreError::Unusable {
+            path: root.to_path_buf(),
+            source,
+        };
+        if root.exists() && !root.is_dir() {
+            return Err(unusable(std::io::Error::other("it is not a folder")));
+        }
         for sub in ["tmp", "locks"] {
             let dir = root.join(sub);
             if !dir.is_dir() {
-                fs_err::create_dir_all(&dir).map_err(io_err("create the store folder", &dir))?;
+                std::fs::create_dir_all(&dir).map_err(unusable)?;
             }
         }
+        tempfile::tempfile_in(root.join("tmp")).map_err(unusable)?;
         Ok(Store {
             root: fs_err::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()),
+            verify_on_hit: false,
+            damage: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Rehash outputs on every cache hit instead of only checking their sizes.
+    pub fn set_verify_on_hit(&mut self, on: bool) {
+        self.verify_on_hit = on;
+    }
+
+    /// What lookups found damaged since the last call (each is rebuilt, not used).
+    pub fn take_damage(&self) -> Vec<String> {
+        std::mem::take(&mut *self.damage.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn note_damage(&self, path: &Path, problem: &str) {
+        self.damage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!(
+                "{} is damaged ({problem}): not used, rebuilding",
+                path.display()
+            ));
     }
 
     pub fn root(&self) -> &Path {
@@ -115,13 +174,57 @@ impl Store {
         self.root.join("downloads")
     }
 
-    pub fn entry_path(&self, key: &str, name: &str) -> PathBuf {
-        self.root.join(format!("{key}-{name}"))
+    /// `<root>/<key>-<name>`: the key must be a key and the name a recipe name, so the
+    /// path is one folder directly under the root, whatever the caller was given.
+    pub fn entry_path(&self, key: &str, name: &str) -> Result<PathBuf> {
+        self.child(&format!("{key}-{name}"), key, name)
     }
 
-    /// The entry under `key`, whatever its status.
+    /// A folder for `key`/`name` under the store's tmp, with `suffix` (`.<pid>`, ...).
+    pub fn temp_path(&self, key: &str, name: &str, suffix: &str) -> Result<PathBuf> {
+        let folder = self.child(&format!("{key}-{name}{suffix}"), key, name)?;
+        Ok(self
+            .root
+            .join("tmp")
+            .join(folder.file_name().unwrap_or_default()))
+    }
+
+    fn child(&self, file_name: &str, key: &str, name: &str) -> Result<PathBuf> {
+        let bad = |message: String| StoreError::BadName {
+            name: name.to_string(),
+            message,
+        };
+        if !is_key(key) {
+            return Err(bad(format!("`{key}` is not a sha256 key")));
+        }
+        crate::recipe::grammar::recipe_name(name).map_err(bad)?;
+        let path = self.root.join(file_name);
+        if path.parent() != Some(self.root.as_path()) {
+            return Err(bad("it leaves the store folder".into()));
+        }
+        Ok(path)
+    }
+
+    /// The entry under `key` and `name`, whatever its status. A manifest that names
+    /// another key or name than its folder is a `BadManifest`: it is not believed.
     pub fn get(&self, key: &str, name: &str) -> Result<Option<Entry>> {
-        let path = self.entry_path(key, name);
+        let path = self.entry_path(key, name)?;
+        let entry = self.read_entry(path)?;
+        if let Some(e) = &entry {
+            if e.manifest.key != key || e.manifest.name != name {
+                return Err(StoreError::BadManifest {
+                    path: e.path.join(MANIFEST),
+                    message: format!(
+                        "it says key {} and name `{}`, its folder says key {key} and name `{name}`",
+                        e.manifest.key, e.manifest.name
+                    ),
+                });
+            }
+        }
+        Ok(entry)
+    }
+
+    fn read_entry(&self, path: PathBuf) -> Result<Option<Entry>> {
         let manifest_path = path.join(MANIFEST);
         let manifest = match manifest::read_head(&manifest_path) {
             Ok(head) => head,
@@ -147,11 +250,58 @@ impl Store {
         })
     }
 
-    /// A usable cached entry: present and successful.
+    /// A usable cached entry: present, successful, and its outputs all there with their
+    /// recorded sizes (rehashed too with `--verify-on-hit`). Found by its key: an entry
+    /// made under another recipe name with identical inputs is a hit. A damaged entry is
+    /// a miss, noted for `take_damage`; the build that follows replaces it.
     pub fn lookup(&self, key: &str, name: &str) -> Result<Option<Entry>> {
-        Ok(self
-            .get(key, name)?
-            .filter(|e| e.manifest.status == Status::Ok))
+        let found = match self.get(key, name) {
+            Ok(Some(entry)) => Some(entry),
+            Ok(None) => self.find_by_key(key)?,
+            Err(StoreError::BadManifest { path, message }) => {
+                self.note_damage(&path, &message);
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(entry) = found.filter(|e| e.manifest.status == Status::Ok) else {
+            return Ok(None);
+        };
+        let problems = if self.verify_on_hit {
+            self.verify(&entry)
+        } else {
+            check::sizes(self, &entry)
+        };
+        match problems.first() {
+            None => Ok(Some(entry)),
+            Some(first) => {
+                let more = match problems.len() {
+                    1 => String::new(),
+                    n => format!(" and {} more", n - 1),
+                };
+                self.note_damage(&entry.path, &format!("{first}{more}"));
+                Ok(None)
+            }
+        }
+    }
+
+    /// A successful entry under `key` published by another recipe name.
+    fn find_by_key(&self, key: &str) -> Result<Option<Entry>> {
+        let prefix = format!("{key}-");
+        let names: Vec<String> = fs_err::read_dir(&self.root)
+            .map_err(io_err("read", &self.root))?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|f| f.strip_prefix(&prefix).map(str::to_string))
+            .collect();
+        for name in names {
+            if let Ok(Some(entry)) = self.get(key, &name) {
+                if entry.manifest.status == Status::Ok {
+                    return Ok(Some(entry));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Takes the per-key lock; calls `on_wait` once if another process holds it.
@@ -228,7 +378,7 @@ impl Store {
                 remove_tree(&stale.path()).map_err(io_err("remove stale", &stale.path()))?;
             }
         }
-        let dir = tmp.join(format!("{key}-{name}.{}", std::process::id()));
+        let dir = self.temp_path(key, name, &format!(".{}", std::process::id()))?;
         fs_err::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         Ok(Staging {
             dir,
@@ -248,7 +398,7 @@ impl Store {
         let file = fs_err::File::create(&manifest_path).map_err(io_err("write", &manifest_path))?;
         std::io::Write::write_all(&mut &file, &bytes).map_err(io_err("write", &manifest_path))?;
         file.sync_all().map_err(io_err("sync", &manifest_path))?;
-        let target = self.entry_path(&staging.key, &staging.name);
+        let target = self.entry_path(&staging.key, &staging.name)?;
         if target.exists() {
             exchange(&staging.dir, &target)?;
         } else {
@@ -265,14 +415,30 @@ impl Store {
         })
     }
 
-    /// Every entry in the store (folders named `<key>-<name>` with a manifest).
+    /// Every readable entry in the store (folders named `<key>-<name>` with a manifest
+    /// that agrees with the folder's name); `scan` also lists the unreadable ones.
     pub fn entries(&self) -> Result<Vec<Entry>> {
-        let mut entries = Vec::new();
+        Ok(self
+            .scan()?
+            .into_iter()
+            .filter_map(|s| match s {
+                Scanned::Entry(e) => Some(e),
+                Scanned::Bad { .. } => None,
+            })
+            .collect())
+    }
+
+    /// Every folder that looks like an entry (`<64 hex digits>-...`), read or not.
+    pub fn scan(&self) -> Result<Vec<Scanned>> {
+        let mut found = Vec::new();
         for item in fs_err::read_dir(&self.root)
             .map_err(io_err("read", &self.root))?
             .flatten()
         {
-            let file_name = item.file_name().to_string_lossy().into_owned();
+            let path = item.path();
+            let Some(file_name) = item.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
             let Some((key, name)) = file_name.split_at_checked(64) else {
                 continue;
             };
@@ -282,12 +448,20 @@ impl Store {
             if !is_key(key) {
                 continue;
             }
-            if let Some(entry) = self.get(key, name)? {
-                entries.push(entry);
+            match self.get(key, name) {
+                Ok(Some(entry)) => found.push(Scanned::Entry(entry)),
+                Ok(None) => found.push(Scanned::Bad {
+                    path,
+                    problem: format!("no {MANIFEST}"),
+                }),
+                Err(e) => found.push(Scanned::Bad {
+                    path,
+                    problem: e.to_string(),
+                }),
             }
         }
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(entries)
+        found.sort_by(|a, b| a.path().cmp(b.path()));
+        Ok(found)
     }
 
     /// The most recently created entry for a recipe name, whatever its key and status.
@@ -301,46 +475,29 @@ impl Store {
 
     /// Rehashes an entry's outputs; returns what differs from its manifest.
     pub fn verify(&self, entry: &Entry) -> Vec<String> {
-        let manifest = match self.manifest(entry) {
-            Ok(m) => m,
-            Err(e) => return vec![e.to_string()],
-        };
-        let actual = match hashing::hash_tree(&entry.path, |p| p != Path::new(MANIFEST)) {
-            Ok(tree) => tree,
-            Err(e) => return vec![format!("cannot read: {e}")],
-        };
-        let expected = &manifest.outputs;
-        let mut problems = Vec::new();
-        for (path, want) in expected {
-            match actual.get(path) {
-                None => problems.push(format!("{path}: missing")),
-                Some(got) if got != want => problems.push(match (want, got) {
-                    (TreeEntry::File { sha256: w, .. }, TreeEntry::File { sha256: g, .. }) => {
-                        format!("{path}: sha256 mismatch (expected {w}, actual {g})")
-                    }
-                    _ => format!("{path}: changed"),
-                }),
-                Some(_) => {}
-            }
-        }
-        problems.extend(
-            actual
-                .keys()
-                .filter(|p| !expected.contains_key(*p))
-                .map(|p| format!("{p}: not in manifest")),
-        );
-        problems
+        check::rehash(self, entry)
     }
 
     /// Removes an entry.
     pub fn remove(&self, entry: &Entry) -> Result<()> {
+        self.remove_folder(&entry.path)
+    }
+
+    /// Removes a folder directly under the store root (an entry, readable or not).
+    pub fn remove_folder(&self, path: &Path) -> Result<()> {
+        if path.parent() != Some(self.root.as_path()) {
+            return Err(io_err("remove", path)(std::io::Error::other(
+                "not a folder of this store",
+            ))
+            .into());
+        }
         // Move it out of sight first so nobody sees a half-removed entry.
         let trash = self.root.join("tmp").join(format!(
             "trash-{}-{}",
             std::process::id(),
-            entry.manifest.key
+            path.file_name().unwrap_or_default().to_string_lossy()
         ));
-        fs_err::rename(&entry.path, &trash).map_err(io_err("remove", &entry.path))?;
+        fs_err::rename(path, &trash).map_err(io_err("remove", path))?;
         remove_tree(&trash).map_err(io_err("remove", &trash))?;
         Ok(())
     }
