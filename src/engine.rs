@@ -45,7 +45,7 @@ impl Error {
         match self {
             Error::Recipe(_) | Error::Usage(_) => 2,
             Error::Key {
-                source: KeyError::BadInput(_),
+                source: KeyError::BadInput(_) | KeyError::Fetch(FetchError::BadLockfile { .. }),
                 ..
             } => 2,
             // The host lacks a tool (qemu, mke2fs, ...) or it will not say its version, or

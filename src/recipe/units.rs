@@ -77,7 +77,7 @@ impl SizeRange {
                 human_size(self.max)
             ));
         }
-        if size % self.multiple_of != 0 {
+        if !size.is_multiple_of(self.multiple_of) {
             return Err(format!(
                 "`{text}` is not a multiple of {}: {} is counted in units of {}",
                 human_size(self.multiple_of),
@@ -113,7 +113,7 @@ impl DurationRange {
 
 fn human_size(n: u64) -> String {
     for (unit, size) in [("T", TIB), ("G", GIB), ("M", MIB), ("K", KIB)] {
-        if n >= size && n % size == 0 {
+        if n >= size && n.is_multiple_of(size) {
             return format!("{}{unit}", n / size);
         }
     }
@@ -123,7 +123,7 @@ fn human_size(n: u64) -> String {
 fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
     for (unit, size) in [("d", 86400), ("h", 3600), ("m", 60)] {
-        if s >= size && s % size == 0 {
+        if s >= size && s.is_multiple_of(size) {
             return format!("{}{unit}", s / size);
         }
     }
