@@ -198,7 +198,7 @@ const CASES: &[Case] = &[
         setup: |p| test_recipe(p, "t", "", "timeout = \"18446744073709551615\""),
         args: &["test", "t"],
         code: 2,
-        needle: "out of range",
+        needle: "too long",
     },
     Case {
         name: "sub-second timeout",
