@@ -39,9 +39,15 @@ pub fn run(global: &Global, reporter: &Renderer, args: ResultsArgs) -> Result<i3
     };
     let results = read_results(&entry)?;
     if args.json {
+        // results.json, plus where it lives and whether it is for the current inputs.
+        let mut value = serde_json::to_value(&results).unwrap_or_default();
+        if let Some(object) = value.as_object_mut() {
+            object.insert("path".into(), serde_json::json!(entry.path));
+            object.insert("current".into(), serde_json::json!(!stale));
+        }
         println!(
             "{}",
-            serde_json::to_string_pretty(&results).unwrap_or_default()
+            serde_json::to_string_pretty(&value).unwrap_or_default()
         );
     } else {
         for t in &results.tests {

@@ -222,4 +222,32 @@ mod tests {
         assert!(EXT4_IMAGE.parse("1K").is_err());
         assert_eq!(AGE.parse("0s"), Ok(Duration::ZERO));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic_and_ranges_hold(text in "\\PC{0,24}") {
+            let _ = parse_size(&text);
+            let _ = parse_duration(&text);
+            if let Ok(d) = TEST_TIMEOUT.parse(&text) {
+                proptest::prop_assert!((TEST_TIMEOUT.min..=TEST_TIMEOUT.max).contains(&d));
+                // Safe to add to any clock.
+                proptest::prop_assert!(std::time::Instant::now().checked_add(d).is_some());
+            }
+            if let Ok(m) = MEMORY.parse(&text) {
+                proptest::prop_assert!((MEMORY.min..=MEMORY.max).contains(&m) && m.is_multiple_of(MIB));
+            }
+        }
+
+        #[test]
+        fn numbers_with_units_round_trip(n in 0u64..1_000_000, unit in 0usize..5) {
+            let (suffix, factor) = [("", 1u64), ("K", KIB), ("M", MIB), ("G", GIB), ("T", TIB)][unit];
+            proptest::prop_assert_eq!(parse_size(&format!("{n}{suffix}")), Ok(n * factor));
+            let (suffix, secs) = [("s", 1u64), ("m", 60), ("h", 3600), ("d", 86400), ("", 1)][unit];
+            proptest::prop_assert_eq!(
+                // Durations are capped at a thousand years.
+                parse_duration(&format!("{}{suffix}", n % 300_000)),
+                Ok(Duration::from_secs(n % 300_000 * secs))
+            );
+        }
+    }
 }

@@ -598,4 +598,73 @@ mod tests {
             unknown_field_help("unknown field `formt`, expected one of `kind`, `format`, `files`");
         assert_eq!(help.as_deref(), Some("did you mean `format`?"));
     }
+
+    /// A project with every kind of recipe to reference, for the fuzzer below.
+    fn fuzz_project() -> (tempfile::TempDir, Project) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let write = |rel: &str, text: &str| {
+            let path = dir.path().join(rel);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, text).expect("write");
+        };
+        write(
+            "recipes/k.toml",
+            "kind = \"kernel\"\n[prebuilt]\npath = \"k.toml\"\n",
+        );
+        write("recipes/r.toml", "kind = \"rootfs\"\n");
+        write("recipes/b.toml", "kind = \"bundle\"\ntests = \"../t\"\n");
+        write("t/x", "");
+        write("modules/m/module.toml", "packages = [\"fio\"]\n");
+        let project = Project {
+            root: dir.path().to_path_buf(),
+        };
+        (dir, project)
+    }
+
+    /// Pieces of recipes, good and bad, for the fuzzer to assemble.
+    const FRAGMENTS: [&str; 24] = [
+        "kind = \"kernel\"\n",
+        "kind = \"rootfs\"\n",
+        "kind = \"bundle\"\n",
+        "kind = \"test\"\n",
+        "kernel = \"k\"\n",
+        "rootfs = \"r\"\n",
+        "bundles = [\"b\", \"k\"]\n",
+        "after = [\"..\"]\n",
+        "timeout = \"99999999999999999999d\"\n",
+        "timeout = \"0s\"\n",
+        "[vm]\nmemory = \"1K\"\n",
+        "[vm]\ndisks = [{ name = \"a,b\", size = \"1T\" }]\n",
+        "[source]\npath = \"/dev/zero\"\n",
+        "[prebuilt]\ndeb = \"-x\"\n",
+        "[config]\nbase = \"../../etc/passwd\"\n",
+        "base = \"debian:\"\n",
+        "format = \"ext4\"\nsize = \"18446744073709551615T\"\n",
+        "include = [\"m\", \"../m\"]\n",
+        "[files]\n\"/\" = \".\"\n",
+        "packages = [\"--x\"]\n",
+        "tests = \"../t\"\n",
+        "cpus = -9\n",
+        "make_flags = [\"O=/\"]\n",
+        "\u{feff}[[x]]\n",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn the_recipe_parser_never_panics(
+            picks in proptest::collection::vec(0usize..24, 0..8),
+            noise in "\\PC{0,40}",
+        ) {
+            let (dir, project) = fuzz_project();
+            let mut text: String = picks.iter().map(|&i| FRAGMENTS[i]).collect();
+            text.push_str(&noise);
+            let file = dir.path().join("recipes/fuzz.toml");
+            std::fs::write(&file, &text).expect("write");
+            let at = RecipeRef { name: "fuzz".into(), file, location: None };
+            // Ok or a diagnostic; a panic fails the test.
+            let _ = Recipe::load(&project, &at);
+        }
+    }
 }
