@@ -15,8 +15,9 @@ use crate::graph::{compute_key, Graph, KeyContext, KeyError, KeyInputs};
 use crate::recipe::{Project, RecipeError, Spec};
 use crate::report::{Event, Reporter};
 use crate::store::{Entry, Manifest, Status, Store, StoreError};
+use crate::testing::results::write_results;
 use crate::testing::runner::{self, Artifacts, RunOptions, TestError};
-use crate::testing::{junit, RunResults, JUNIT_XML, RESULTS_JSON};
+use crate::testing::{read_results, RunResults};
 use crate::tools::Tools;
 use crate::vm;
 
@@ -515,16 +516,7 @@ impl<'a> Engine<'a> {
             keep_alive,
         };
         let results = runner::run(&opts, arts).map_err(test_err)?;
-        let out = staging.out();
-        let json = serde_json::to_vec_pretty(&results).expect("results serialize");
-        fs_err::write(out.join(RESULTS_JSON), json)
-            .map_err(|e| test_err(io_err("write", out.join(RESULTS_JSON))(e).into()))?;
-        let logs = |_: &str, test: &str| {
-            fs_err::read_to_string(out.join("tests").join(format!("{test}.log")))
-                .unwrap_or_default()
-        };
-        fs_err::write(out.join(JUNIT_XML), junit::render(&[&results], &logs))
-            .map_err(|e| test_err(io_err("write", out.join(JUNIT_XML))(e).into()))?;
+        write_results(staging.out(), &results).map_err(|e| test_err(e.into()))?;
         let mut manifest = Manifest::new(name, "test", key, plan.inputs[index].to_value());
         manifest.head.status = if results.all_passed() {
             Status::Ok
@@ -544,17 +536,6 @@ impl<'a> Engine<'a> {
             cached: false,
         })
     }
-}
-
-pub fn read_results(entry: &Entry) -> Result<RunResults> {
-    let path = entry.path.join(RESULTS_JSON);
-    let bytes = fs_err::read(&path).map_err(|e| StoreError::from(io_err("read", &path)(e)))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        Error::Store(StoreError::BadManifest {
-            path,
-            message: e.to_string(),
-        })
-    })
 }
 
 /// Scratch space for one build, inside the store's tmp (same filesystem, so outputs can

@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::{open_engine, render::Renderer, ForceArg, Global};
 use crate::engine::Error;
-use crate::testing::{junit, Summary};
+use crate::testing::{results::junit_xml, Summary};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -56,15 +56,13 @@ pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, 
     if let Some(path) = &args.junit {
         let runs: Vec<_> = tested.iter().map(|t| &t.results).collect();
         let logs = |recipe: &str, test: &str| {
-            let entry = tested
+            tested
                 .iter()
                 .find(|t| t.name == recipe)
-                .map(|t| t.entry.path.clone())
-                .unwrap_or_default();
-            fs_err::read_to_string(entry.join("tests").join(format!("{test}.log")))
+                .map(|t| crate::testing::results::read_log(&t.entry.path, test))
                 .unwrap_or_default()
         };
-        fs_err::write(path, junit::render(&runs, &logs))
+        fs_err::write(path, junit_xml(&runs, &logs))
             .map_err(|e| Error::Usage(format!("write the JUnit report: {e}")))?;
     }
     if !args.json {

@@ -4,16 +4,14 @@
 //! `tests/<name>.log`).
 
 pub mod agent;
-pub mod discover;
-pub mod junit;
 pub mod protocol;
+pub mod results;
 pub mod runner;
-pub mod tap;
 
 use serde::{Deserialize, Serialize};
 
-pub const RESULTS_JSON: &str = "results.json";
-pub const JUNIT_XML: &str = "junit.xml";
+use crate::format::tap;
+pub use results::{read_results, JUNIT_XML, RESULTS_JSON};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

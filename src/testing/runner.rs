@@ -15,12 +15,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::agent::{AGENT, AGENT_PATH};
-use super::discover::TestMeta;
 use super::protocol::{self, End, Message};
-use super::{tap, RunResults, Status, TestResult};
-use crate::builders::bundle::{BUNDLE_CPIO, TESTS_JSON};
-use crate::builders::cpio::CpioWriter;
-use crate::builders::kernel_source::read_config;
+use super::{RunResults, Status, TestResult};
+use crate::format::bundle::{TestMeta, BUNDLE_CPIO, TESTS_JSON};
+use crate::format::cpio::CpioWriter;
+use crate::format::kconfig::read_config;
+use crate::format::tap;
 use crate::fsio::{io_err, IoError};
 use crate::process::{GroupGuard, ProcessError};
 use crate::recipe::{BackendKind, TestSpec};
