@@ -90,7 +90,7 @@ pub fn junit_xml(runs: &[&RunResults], logs: &dyn Fn(&str, &str) -> String) -> S
 fn outcome(status: Status) -> Outcome {
     match status {
         Status::Pass => Outcome::Pass,
-        Status::Skip => Outcome::Skipped,
+        Status::Skip | Status::NotRun => Outcome::Skipped,
         Status::Fail => Outcome::Failure,
         Status::Timeout | Status::Crash => Outcome::Error,
     }
@@ -111,6 +111,7 @@ mod tests {
             exit_code: None,
             reason: None,
             subtests: vec![],
+            truncated: false,
         };
         let mut tap = t("tap", Status::Pass);
         tap.subtests = vec![tap::Subtest {
@@ -129,6 +130,7 @@ mod tests {
                 t("s", Status::Skip),
                 tap,
             ],
+            console_truncated: false,
         };
         let xml = junit_xml(&[&run], &|_, _| "out & \u{1}".into());
         assert!(
