@@ -14,9 +14,10 @@ use crate::fsio::io_err;
 use crate::graph::{compute_key, Graph, KeyContext, KeyError, KeyInputs};
 use crate::recipe::{Project, RecipeError, Spec};
 use crate::report::{Event, Reporter};
-use crate::store::{Entry, Manifest, Status, Store, StoreError};
-use crate::testing::runner::{self, Artifacts, RunOptions, TestError};
-use crate::testing::{junit, RunResults, JUNIT_XML, RESULTS_JSON};
+use crate::store::{Entry, Manifest, Store, StoreError};
+use crate::testing::phase::{self, Hooks, Job};
+use crate::testing::runner::{Artifacts, TestError};
+use crate::testing::{RunResults, TestResult};
 use crate::tools::Tools;
 use crate::vm;
 
@@ -71,6 +72,10 @@ impl Error {
                 source: TestError::Unsupported(_),
                 ..
             } => 2,
+            Error::Test {
+                source: TestError::Store(_),
+                ..
+            } => 3,
             Error::Test { .. } => 4,
             Error::Key { .. } | Error::Build { .. } | Error::Store(_) => 3,
         }
@@ -117,7 +122,8 @@ pub struct Built {
 pub struct Tested {
     pub name: String,
     pub results: RunResults,
-    pub entry: Entry,
+    /// The results entry; `None` when the tests did not run (an unmet `after`).
+    pub entry: Option<Entry>,
     pub cached: bool,
 }
 
@@ -379,9 +385,8 @@ impl<'a> Engine<'a> {
                 continue;
             }
             let name = &plan.graph.nodes[i].recipe.name;
-            if let Some(entry) = self.store.lookup(&plan.keys[i], name)? {
-                let results = read_results(&entry)?;
-                for result in &results.tests {
+            if let Some(hit) = phase::lookup(&self.store, &plan.keys[i], name)? {
+                for result in &hit.results.tests {
                     self.reporter.event(Event::TestFinished {
                         recipe: name,
                         result,
@@ -392,8 +397,8 @@ impl<'a> Engine<'a> {
                     i,
                     Tested {
                         name: name.clone(),
-                        results,
-                        entry,
+                        results: hit.results,
+                        entry: Some(hit.entry),
                         cached: true,
                     },
                 );
@@ -436,15 +441,6 @@ impl<'a> Engine<'a> {
                 })
                 .map(|a| a.name.as_str())
                 .collect();
-            if !blocked.is_empty() {
-                return Err(Error::Test {
-                    name: name.to_string(),
-                    source: TestError::Unsupported(format!(
-                        "not run: it comes after {} which did not pass",
-                        blocked.join(", ")
-                    )),
-                });
-            }
             let entry_of = |r: &crate::recipe::RecipeRef| -> &Entry {
                 let idx = plan
                     .graph
@@ -461,8 +457,67 @@ impl<'a> Engine<'a> {
                     .map(|b| (b.name.as_str(), entry_of(b)))
                     .collect(),
             };
-            let tested = self.run_test(plan, i, spec, &arts, accel, keep_alive)?;
-            outcomes.insert(i, tested);
+            let test_err = |source| Error::Test {
+                name: name.to_string(),
+                source,
+            };
+            let on_result = |result: &TestResult, cached: bool| {
+                self.reporter.event(Event::TestFinished {
+                    recipe: name,
+                    result,
+                    cached,
+                })
+            };
+            if !blocked.is_empty() {
+                // Reported, never stored: the next run tries again.
+                let reason = format!("comes after {} which did not pass", blocked.join(", "));
+                let results = phase::not_run(name, &plan.keys[i], &arts, &reason, &on_result)
+                    .map_err(test_err)?;
+                outcomes.insert(
+                    i,
+                    Tested {
+                        name: name.to_string(),
+                        results,
+                        entry: None,
+                        cached: false,
+                    },
+                );
+                continue;
+            }
+            let inputs = plan.inputs[i].to_value();
+            let job = Job {
+                name,
+                key: &plan.keys[i],
+                inputs: &inputs,
+                spec,
+                artifacts: &arts,
+                accel,
+                force: self.forced(plan, i, force),
+                keep_alive,
+            };
+            let hooks = Hooks {
+                waiting: &|| self.reporter.event(Event::Waiting { name }),
+                booting: &|| {
+                    self.reporter.event(Event::Booting {
+                        recipe: name,
+                        accel: accel.name(),
+                        vms: spec.vm.vms,
+                    })
+                },
+                on_result: &on_result,
+                detail: &|line: &str| self.reporter.event(Event::Detail(line)),
+                notice: &|line: &str| self.reporter.event(Event::Notice(line)),
+            };
+            let tested = phase::run(&self.store, &job, &hooks).map_err(test_err)?;
+            outcomes.insert(
+                i,
+                Tested {
+                    name: name.to_string(),
+                    results: tested.results,
+                    entry: Some(tested.entry),
+                    cached: tested.cached,
+                },
+            );
         }
         Ok(plan
             .graph
@@ -480,97 +535,6 @@ impl<'a> Engine<'a> {
             .map(|(i, (e, _))| (plan.graph.nodes[i].recipe.name.clone(), e))
             .collect())
     }
-
-    fn run_test(
-        &self,
-        plan: &Plan,
-        index: usize,
-        spec: &crate::recipe::TestSpec,
-        arts: &Artifacts,
-        accel: vm::Accel,
-        keep_alive: bool,
-    ) -> Result<Tested> {
-        let name = plan.graph.nodes[index].recipe.name.as_str();
-        let key = plan.keys[index].as_str();
-        let test_err = |source| Error::Test {
-            name: name.to_string(),
-            source,
-        };
-        let lock = self
-            .store
-            .lock(key, || self.reporter.event(Event::Waiting { name }))?;
-        let staging = self.store.stage(key, name, &lock)?;
-        let work = WorkDir::new(&self.store, key, name)?;
-        let previous = self.store.latest(name)?.and_then(|e| read_results(&e).ok());
-        let started = Instant::now();
-        self.reporter.event(Event::Booting {
-            recipe: name,
-            accel: accel.name(),
-            vms: spec.vm.vms,
-        });
-        let on_result = |result: &crate::testing::TestResult| {
-            self.reporter.event(Event::TestFinished {
-                recipe: name,
-                result,
-                cached: false,
-            })
-        };
-        let detail = |line: &str| self.reporter.event(Event::Detail(line));
-        let notice = |line: &str| self.reporter.event(Event::Notice(line));
-        let opts = RunOptions {
-            recipe: name,
-            key,
-            spec,
-            accel,
-            work: &work.0,
-            out: staging.out(),
-            previous: previous.as_ref(),
-            on_result: &on_result,
-            detail: &detail,
-            notice: &notice,
-            keep_alive,
-        };
-        let results = runner::run(&opts, arts).map_err(test_err)?;
-        let out = staging.out();
-        let json = serde_json::to_vec_pretty(&results).expect("results serialize");
-        fs_err::write(out.join(RESULTS_JSON), json)
-            .map_err(|e| test_err(io_err("write", out.join(RESULTS_JSON))(e).into()))?;
-        let logs = |_: &str, test: &str| {
-            fs_err::read_to_string(out.join("tests").join(format!("{test}.log")))
-                .unwrap_or_default()
-        };
-        fs_err::write(out.join(JUNIT_XML), junit::render(&[&results], &logs))
-            .map_err(|e| test_err(io_err("write", out.join(JUNIT_XML))(e).into()))?;
-        let mut manifest = Manifest::new(name, "test", key, plan.inputs[index].to_value());
-        manifest.head.status = if results.all_passed() {
-            Status::Ok
-        } else {
-            Status::Failed
-        };
-        manifest.head.build_seconds = started.elapsed().as_secs_f64();
-        manifest
-            .head
-            .details
-            .insert("accel".into(), serde_json::json!(accel.name()));
-        let entry = self.store.publish(staging, manifest)?;
-        Ok(Tested {
-            name: name.to_string(),
-            results,
-            entry,
-            cached: false,
-        })
-    }
-}
-
-pub fn read_results(entry: &Entry) -> Result<RunResults> {
-    let path = entry.path.join(RESULTS_JSON);
-    let bytes = fs_err::read(&path).map_err(|e| StoreError::from(io_err("read", &path)(e)))?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        Error::Store(StoreError::BadManifest {
-            path,
-            message: e.to_string(),
-        })
-    })
 }
 
 /// Scratch space for one build, inside the store's tmp (same filesystem, so outputs can

@@ -5,6 +5,7 @@
 pub mod builders;
 pub mod engine;
 pub mod fetch;
+pub mod format;
 pub mod fsio;
 pub mod graph;
 pub mod hashing;

@@ -216,6 +216,19 @@ fn a_guest_that_never_boots_is_an_infrastructure_failure_and_is_not_stored() {
         p.entries("bogus").is_empty(),
         "infrastructure failures are never stored"
     );
+    // The console the message names is kept, outside the removed temp folder.
+    let console = run
+        .stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("console: "))
+        .unwrap_or_else(|| panic!("no console path in:\n{}", run.stderr));
+    let console = std::path::Path::new(console);
+    assert!(console.is_file(), "{} does not exist", console.display());
+    assert!(
+        console.starts_with(p.cache.join("logs")),
+        "{}",
+        console.display()
+    );
 }
 
 #[test]
@@ -341,4 +354,125 @@ fn several_vms_pull_tests_from_one_queue() {
     let entry = &p.entries("queue")[0];
     assert!(entry.join("console.log").is_file());
     assert!(entry.join("console.vm1.boot0.log").is_file());
+}
+
+/// Entries being built, and locks someone still holds, in a store.
+fn leftovers(cache: &std::path::Path) -> (Vec<String>, Vec<String>) {
+    let names = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(cache.join(dir))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let held = names("locks")
+        .into_iter()
+        .filter(|name| {
+            let file = std::fs::File::open(cache.join("locks").join(name)).unwrap();
+            let fd = std::os::unix::io::AsRawFd::as_raw_fd(&file);
+            // SAFETY: a non-blocking flock probe on a file we own; closing it unlocks.
+            let free = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 };
+            !free
+        })
+        .collect();
+    (names("tmp"), held)
+}
+
+#[test]
+fn two_concurrent_runs_of_one_test_recipe_boot_once_and_agree() {
+    // A fresh store, so that neither run finds results or artifacts from elsewhere.
+    let p = TestProject::new();
+    // Artifacts first: the race under test is the one on the results entry.
+    p.run(&["build", "debian-kernel", "busybox-rootfs", "smoke-tests"])
+        .expect(0);
+    let (qemu_dir, log) = counting_qemu();
+    let start = || {
+        let path = format!(
+            "{}:{}",
+            qemu_dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        p.command(&["test", "--json", "smoke"])
+            .env("PATH", path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (start(), start());
+    let outputs = [
+        first.wait_with_output().unwrap(),
+        second.wait_with_output().unwrap(),
+    ];
+    for out in &outputs {
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(boots(&log), 1, "exactly one VM suite run");
+    let results: Vec<serde_json::Value> = outputs
+        .iter()
+        .map(|o| serde_json::from_slice(&o.stdout).expect("one JSON line"))
+        .collect();
+    let cached: Vec<bool> = results
+        .iter()
+        .map(|r| r["cached"].as_bool().unwrap())
+        .collect();
+    assert!(
+        cached.contains(&true) && cached.contains(&false),
+        "one ran, the other reused it: {cached:?}"
+    );
+    assert_eq!(results[0]["path"], results[1]["path"]);
+    assert_eq!(results[0]["key"], results[1]["key"]);
+    assert_eq!(results[0]["tests"], results[1]["tests"]);
+    assert_eq!(p.entries("smoke").len(), 1);
+    let (tmp, held) = leftovers(&p.cache);
+    assert!(tmp.is_empty(), "left in tmp: {tmp:?}");
+    assert!(held.is_empty(), "locks still held: {held:?}");
+}
+
+#[test]
+fn a_test_recipe_after_a_failing_one_is_not_run_and_exits_1() {
+    let p = TestProject::shared();
+    p.write_exec("tests/broken/broken", "#!/bin/sh\nexit 1\n");
+    p.write(
+        "recipes/broken-tests.toml",
+        "kind = \"bundle\"\ntests = \"../tests/broken\"\n",
+    );
+    p.write(
+        "recipes/broken.toml",
+        "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"busybox-rootfs\"\nbundles = [\"broken-tests\"]\n",
+    );
+    p.write(
+        "recipes/later.toml",
+        "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"busybox-rootfs\"\nbundles = [\"smoke-tests\"]\nafter = [\"broken\"]\n",
+    );
+    let (qemu_dir, log) = counting_qemu();
+    let run = p
+        .run_with_path(qemu_dir.path(), &["test", "later"])
+        .expect(1);
+    assert_eq!(boots(&log), 1, "only `broken` boots");
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.starts_with("NOT RUN later/hello") && l.contains("broken")),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .trim_end()
+            .ends_with("0 passed, 0 failed, 4 not run"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        p.entries("later").is_empty(),
+        "not-run results are not stored"
+    );
 }

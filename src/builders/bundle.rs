@@ -6,16 +6,13 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use super::cpio::CpioWriter;
 use super::{io_err, BuildError};
-use crate::recipe::BundleSpec;
-use crate::testing::discover;
-
-pub const BUNDLE_CPIO: &str = "bundle.cpio.gz";
-pub const TESTS_JSON: &str = "tests.json";
+use crate::format::bundle::{discover, BUNDLE_CPIO, TESTS_JSON};
+use crate::format::cpio::CpioWriter;
+use crate::recipe::{parse_duration, BundleSpec};
 
 pub fn build(name: &str, spec: &BundleSpec, out: &Path) -> Result<Map<String, Value>, BuildError> {
-    let tests = discover::discover(&spec.tests_dir).map_err(BuildError::Invalid)?;
+    let tests = discover(&spec.tests_dir, &parse_duration).map_err(BuildError::Invalid)?;
     if tests.is_empty() {
         return Err(BuildError::Invalid(format!(
             "bundle `{name}`: no executable files in {} (a test is an executable file; chmod +x it)",

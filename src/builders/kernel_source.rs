@@ -8,7 +8,6 @@
 //! Sources: a Debian `linux-source-*` package or a URL tarball, each unpacked once into
 //! its own store entry (`src-<package>`), or a local tree used in place.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 use super::{copy_tree, io_err, BuildContext, BuildError};
 use crate::fetch::{apt, http};
+use crate::format::kconfig::read_config;
 use crate::hashing;
 use crate::process;
 use crate::recipe::{ConfigBase, Fetch, KernelSpec};
@@ -321,28 +321,6 @@ fn run_logged(
     Ok(())
 }
 
-/// `CONFIG_X` -> value (`y`, `m`, `"text"`, `n` for "is not set") of a config file.
-pub fn read_config(path: &Path) -> std::io::Result<BTreeMap<String, String>> {
-    Ok(parse_config(&fs_err::read_to_string(path)?))
-}
-
-pub fn parse_config(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            if let Some(rest) = line.strip_prefix("# ") {
-                let name = rest.strip_suffix(" is not set")?;
-                return name
-                    .starts_with("CONFIG_")
-                    .then(|| (name.to_string(), "n".to_string()));
-            }
-            let (name, value) = line.split_once('=')?;
-            name.starts_with("CONFIG_")
-                .then(|| (name.to_string(), value.to_string()))
-        })
-        .collect()
-}
-
 /// Every option a fragment set must have its value in the final config.
 fn check_fragments(fragments: &[PathBuf], config: &Path) -> Result<(), BuildError> {
     let actual = read_config(config).map_err(io_err("read", config))?;
@@ -372,15 +350,6 @@ fn check_fragments(fragments: &[PathBuf], config: &Path) -> Result<(), BuildErro
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn config_parsing_reads_set_and_unset_options() {
-        let cfg = parse_config("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=\"x y\"\n# comment\n");
-        assert_eq!(cfg["CONFIG_A"], "y");
-        assert_eq!(cfg["CONFIG_B"], "n");
-        assert_eq!(cfg["CONFIG_C"], "\"x y\"");
-        assert_eq!(cfg.len(), 3);
-    }
 
     #[test]
     fn fragment_options_that_did_not_survive_are_named_with_both_values() {

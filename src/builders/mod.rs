@@ -3,7 +3,6 @@
 //! entries except to read them.
 
 pub mod bundle;
-pub mod cpio;
 pub mod kernel;
 pub mod kernel_source;
 pub mod rootfs;

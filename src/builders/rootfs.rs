@@ -10,9 +10,9 @@ use std::process::Command;
 
 use serde_json::{json, Map, Value};
 
-use super::cpio::CpioWriter;
 use super::{copy_tree, io_err, BuildContext, BuildError};
 use crate::fetch::apt;
+use crate::format::cpio::CpioWriter;
 use crate::process;
 use crate::recipe::{RootfsBase, RootfsFormat, RootfsSpec};
 

@@ -3,7 +3,8 @@
 use clap::Args;
 
 use super::{open_engine, render::Renderer, Global};
-use crate::engine::{read_results, Error};
+use crate::engine::Error;
+use crate::testing::read_results;
 
 #[derive(Args)]
 pub struct ResultsArgs {

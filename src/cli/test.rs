@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::{open_engine, render::Renderer, ForceArg, Global};
 use crate::engine::Error;
-use crate::testing::{junit, Summary};
+use crate::testing::{results::junit_xml, Summary};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -40,11 +40,12 @@ pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, 
         total.passed += s.passed;
         total.failed += s.failed;
         total.skipped += s.skipped;
+        total.not_run += s.not_run;
         if args.json {
             let line = serde_json::json!({
                 "name": t.name,
-                "key": t.entry.manifest.key,
-                "path": t.entry.path,
+                "key": t.entry.as_ref().map(|e| &e.manifest.key),
+                "path": t.entry.as_ref().map(|e| &e.path),
                 "cached": t.cached,
                 "accel": t.results.accel,
                 "summary": s,
@@ -56,15 +57,14 @@ pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, 
     if let Some(path) = &args.junit {
         let runs: Vec<_> = tested.iter().map(|t| &t.results).collect();
         let logs = |recipe: &str, test: &str| {
-            let entry = tested
+            tested
                 .iter()
                 .find(|t| t.name == recipe)
-                .map(|t| t.entry.path.clone())
-                .unwrap_or_default();
-            fs_err::read_to_string(entry.join("tests").join(format!("{test}.log")))
+                .and_then(|t| t.entry.as_ref())
+                .map(|e| crate::testing::results::read_log(&e.path, test))
                 .unwrap_or_default()
         };
-        fs_err::write(path, junit::render(&runs, &logs))
+        fs_err::write(path, junit_xml(&runs, &logs))
             .map_err(|e| Error::Usage(format!("write the JUnit report: {e}")))?;
     }
     if !args.json {
@@ -72,17 +72,27 @@ pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, 
             .iter()
             .filter(|t| !t.cached || t.results.summary().failed > 0)
         {
-            eprintln!("{}: results in {}", t.name, t.entry.path.display());
+            match &t.entry {
+                Some(entry) => eprintln!("{}: results in {}", t.name, entry.path.display()),
+                None => eprintln!("{}: not run, nothing stored", t.name),
+            }
         }
         let cached = tested.iter().all(|t| t.cached);
         let mut line = format!("{} passed, {} failed", total.passed, total.failed);
         if total.skipped > 0 {
             line.push_str(&format!(", {} skipped", total.skipped));
         }
+        if total.not_run > 0 {
+            line.push_str(&format!(", {} not run", total.not_run));
+        }
         println!("{line}");
         if cached {
             eprintln!("(all results cached; -f reruns)");
         }
     }
-    Ok(if total.failed > 0 { 1 } else { 0 })
+    Ok(if total.failed > 0 || total.not_run > 0 {
+        1
+    } else {
+        0
+    })
 }

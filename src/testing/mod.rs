@@ -4,16 +4,23 @@
 //! `tests/<name>.log`).
 
 pub mod agent;
-pub mod discover;
-pub mod junit;
+mod capture;
+mod initrd;
+pub mod phase;
 pub mod protocol;
+mod queue;
+pub mod results;
 pub mod runner;
-pub mod tap;
+mod supervisor;
 
 use serde::{Deserialize, Serialize};
 
-pub const RESULTS_JSON: &str = "results.json";
-pub const JUNIT_XML: &str = "junit.xml";
+use crate::format::tap;
+pub use results::{read_results, JUNIT_XML, RESULTS_JSON};
+
+/// Where, under the store's root, the console of a VM that failed is kept: a failed
+/// run's staged entry is removed, and error messages must name files that exist.
+pub const KEPT_LOGS: &str = "logs";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -23,6 +30,9 @@ pub enum Status {
     Skip,
     Timeout,
     Crash,
+    /// Not run: the recipe comes `after` a test recipe that did not pass.
+    #[serde(rename = "not run")]
+    NotRun,
 }
 
 impl Status {
@@ -33,12 +43,18 @@ impl Status {
             Status::Skip => "skip",
             Status::Timeout => "timeout",
             Status::Crash => "crash",
+            Status::NotRun => "not run",
         }
     }
 
     /// Counts as a failure in the summary and the exit code.
     pub fn is_failure(self) -> bool {
         matches!(self, Status::Fail | Status::Timeout | Status::Crash)
+    }
+
+    /// Fails the run (exit code 1): a failure, or a test that could not run.
+    pub fn fails_run(self) -> bool {
+        self.is_failure() || self == Status::NotRun
     }
 }
 
@@ -58,6 +74,10 @@ pub struct TestResult {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subtests: Vec<tap::Subtest>,
+    /// The output was longer than vmbuild keeps (`runner::MAX_LOG`): the log holds its
+    /// start and ends with a `[vmbuild: output truncated after N bytes]` line.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,6 +87,9 @@ pub struct RunResults {
     pub accel: String,
     pub kernel_release: String,
     pub tests: Vec<TestResult>,
+    /// A console log was longer than vmbuild keeps and was cut (see `TestResult::truncated`).
+    #[serde(default)]
+    pub console_truncated: bool,
 }
 
 /// `passed, failed, skipped` counts.
@@ -75,6 +98,13 @@ pub struct Summary {
     pub passed: usize,
     pub failed: usize,
     pub skipped: usize,
+    /// Tests that did not run because an `after` recipe did not pass.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub not_run: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl RunResults {
@@ -84,6 +114,7 @@ impl RunResults {
             match t.status {
                 Status::Pass => s.passed += 1,
                 Status::Skip => s.skipped += 1,
+                Status::NotRun => s.not_run += 1,
                 _ => s.failed += 1,
             }
         }
@@ -91,6 +122,6 @@ impl RunResults {
     }
 
     pub fn all_passed(&self) -> bool {
-        self.tests.iter().all(|t| !t.status.is_failure())
+        self.tests.iter().all(|t| !t.status.fails_run())
     }
 }

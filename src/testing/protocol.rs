@@ -3,6 +3,7 @@
 //! `VMBUILD READY <release>`, `VMBUILD NEXT`, `VMBUILD BEGIN <test>`,
 //! `VMBUILD LOG <test> <line>`, `VMBUILD END <test> <exit-code|timeout>`, `VMBUILD DONE`.
 //! `VMBUILD HELD <port>` (kept alive for the user after `HOLD`).
+//! `VMBUILD TRUNCATED <test> <bytes>` (the test wrote `<bytes>`; the agent relayed less).
 //! Host to guest, in answer to NEXT: `RUN <test> <timeout-seconds> <path>`, `STOP`, or
 //! `HOLD` (`--keep-alive` after a failure: start a shell on the third serial port).
 
@@ -34,6 +35,11 @@ pub enum Message {
     Held {
         port: String,
     },
+    /// The test's output (`bytes` long) was cut: the agent relayed only its start.
+    Truncated {
+        test: String,
+        bytes: u64,
+    },
 }
 
 /// Parses one line from the agent; `None` for anything else (noise on the port).
@@ -58,6 +64,13 @@ pub fn parse(line: &str) -> Option<Message> {
             Message::Log {
                 test: test.to_string(),
                 line: line.to_string(),
+            }
+        }
+        "TRUNCATED" => {
+            let (test, bytes) = args.split_once(' ')?;
+            Message::Truncated {
+                test: test.to_string(),
+                bytes: bytes.trim().parse().ok()?,
             }
         }
         "END" => {
@@ -135,6 +148,14 @@ mod tests {
                 port: "ttyS2".into()
             })
         );
+        assert_eq!(
+            parse("VMBUILD TRUNCATED t1 67108864"),
+            Some(Message::Truncated {
+                test: "t1".into(),
+                bytes: 67108864
+            })
+        );
+        assert_eq!(parse("VMBUILD TRUNCATED t1 lots"), None);
         assert_eq!(parse("random noise"), None);
         assert_eq!(parse("VMBUILD END t1 what"), None);
     }

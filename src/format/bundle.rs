@@ -1,16 +1,27 @@
-//! Test discovery: every executable regular file at the top of a bundle folder is a test,
-//! named by its file name. Header comments declare needs, ktest-style:
-//! `# vmbuild: timeout=30s`, `# vmbuild: kconfig=CONFIG_EXT4_FS`, `# vmbuild: disks=1`.
+//! A test bundle's layout and its tests' headers. A bundle entry holds `bundle.cpio.gz`
+//! (the tests under `/vmbuild/bundles/<name>/` for the guest) and `tests.json` (each test's
+//! `TestMeta`, for the host). Discovery: every executable regular file at the top of a
+//! bundle folder is a test, named by its file name. Header comments declare needs,
+//! ktest-style: `# vmbuild: timeout=30s`, `# vmbuild: kconfig=CONFIG_EXT4_FS`,
+//! `# vmbuild: disks=1`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::recipe::parse_duration;
+/// The bundle's archive, unpacked over the guest's root.
+pub(crate) const BUNDLE_CPIO: &str = "bundle.cpio.gz";
+/// The bundle's tests and their headers (`Vec<TestMeta>` as JSON).
+pub(crate) const TESTS_JSON: &str = "tests.json";
+
+/// Reads a duration such as `30s` or `2m` (the recipe's grammar, passed in so that this
+/// leaf does not import the recipe module).
+pub(crate) type DurationParser<'a> = &'a dyn Fn(&str) -> Result<Duration, String>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TestMeta {
+pub(crate) struct TestMeta {
     pub name: String,
     /// From `# vmbuild: timeout=`, in milliseconds; else the recipe's timeout applies.
     pub timeout_ms: Option<u64>,
@@ -30,7 +41,10 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c))
 }
 
-pub fn discover(dir: &Path) -> Result<Vec<TestMeta>, String> {
+pub(crate) fn discover(
+    dir: &Path,
+    parse_duration: DurationParser,
+) -> Result<Vec<TestMeta>, String> {
     let mut tests = Vec::new();
     let entries = fs_err::read_dir(dir).map_err(|e| e.to_string())?;
     let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
@@ -53,12 +67,19 @@ pub fn discover(dir: &Path) -> Result<Vec<TestMeta>, String> {
         }
         let text = fs_err::read(&path).map_err(|e| e.to_string())?;
         let head = String::from_utf8_lossy(&text[..text.len().min(8192)]).into_owned();
-        tests.push(parse_headers(&name, &head).map_err(|e| format!("{}: {e}", path.display()))?);
+        tests.push(
+            parse_headers(&name, &head, parse_duration)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+        );
     }
     Ok(tests)
 }
 
-pub fn parse_headers(name: &str, head: &str) -> Result<TestMeta, String> {
+pub(crate) fn parse_headers(
+    name: &str,
+    head: &str,
+    parse_duration: DurationParser,
+) -> Result<TestMeta, String> {
     let mut meta = TestMeta {
         name: name.to_string(),
         timeout_ms: None,
@@ -108,19 +129,29 @@ pub fn parse_headers(name: &str, head: &str) -> Result<TestMeta, String> {
 mod tests {
     use super::*;
 
+    fn parse_duration(text: &str) -> Result<Duration, String> {
+        let secs = text.strip_suffix('s').ok_or("no unit")?;
+        Ok(Duration::from_secs(
+            secs.parse().map_err(|_| "not a number")?,
+        ))
+    }
+
     #[test]
     fn headers_declare_timeout_kconfig_and_disks() {
         let meta = parse_headers(
             "t",
             "#!/bin/sh\n# vmbuild: timeout=30s\n# vmbuild: kconfig=CONFIG_EXT4_FS,CONFIG_XFS_FS disks=2\necho\n",
+            &parse_duration,
         )
         .unwrap();
         assert_eq!(meta.timeout_ms, Some(30_000));
         assert_eq!(meta.kconfig, ["CONFIG_EXT4_FS", "CONFIG_XFS_FS"]);
         assert_eq!(meta.disks, 2);
-        assert!(parse_headers("t", "# vmbuild: colour=blue\n")
-            .unwrap_err()
-            .contains("unknown header"));
+        assert!(
+            parse_headers("t", "# vmbuild: colour=blue\n", &parse_duration)
+                .unwrap_err()
+                .contains("unknown header")
+        );
     }
 
     #[test]
@@ -133,7 +164,7 @@ mod tests {
             std::fs::Permissions::from_mode(0o755),
         )
         .unwrap();
-        let names: Vec<_> = discover(dir.path())
+        let names: Vec<_> = discover(dir.path(), &parse_duration)
             .unwrap()
             .into_iter()
             .map(|t| t.name)

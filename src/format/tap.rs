@@ -3,7 +3,25 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Status;
+/// What a TAP line says of its subtest; serialized like the test statuses (`pass`,
+/// `fail`, `skip`) in `results.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    Skip,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::Skip => "skip",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subtest {
@@ -13,7 +31,7 @@ pub struct Subtest {
 
 /// The top-level subtests in `output`, or none when it is not TAP. Indented lines
 /// (nested KTAP subtests) are left to their parent's result line.
-pub fn parse(output: &str) -> Vec<Subtest> {
+pub(crate) fn parse(output: &str) -> Vec<Subtest> {
     let mut subtests = Vec::new();
     for line in output.lines() {
         let (ok, rest) = if let Some(rest) = line.strip_prefix("not ok ") {

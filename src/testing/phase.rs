@@ -1,0 +1,170 @@
+//! The test phase of one test recipe, as a store entry: its passing results are reused,
+//! else its tests run and their results are published, all through
+//! `Store::get_or_build`, so one lock per key covers the whole run: a second vmbuild
+//! testing the same recipe waits, then reuses the first one's passing results without
+//! booting. A run with failures is published with `Status::Failed` (kept for
+//! `vmbuild results`, never a hit); an infrastructure failure publishes nothing.
+
+use std::path::Path;
+use std::time::Instant;
+
+use super::results::{read_results, write_results};
+use super::runner::{self, Artifacts, RunOptions, TestError};
+use super::{RunResults, TestResult};
+use crate::fsio::io_err;
+use crate::recipe::TestSpec;
+use crate::store::{Entry, Manifest, Status, Store, StoreError};
+use crate::vm::Accel;
+
+/// One test recipe to run, with everything its entry needs.
+pub struct Job<'a> {
+    pub name: &'a str,
+    pub key: &'a str,
+    /// The key's inputs, kept in the manifest for `vmbuild explain`.
+    pub inputs: &'a serde_json::Value,
+    pub spec: &'a TestSpec,
+    pub artifacts: &'a Artifacts<'a>,
+    pub accel: Accel,
+    /// Rerun even when passing results are stored (`-f`).
+    pub force: bool,
+    /// Keep the VM of the first failed test running for the user (`--keep-alive`).
+    pub keep_alive: bool,
+}
+
+/// How the phase tells its caller what happens (the engine turns these into events).
+pub struct Hooks<'a> {
+    /// Another vmbuild holds this recipe's lock: we wait for it.
+    pub waiting: &'a dyn Fn(),
+    /// VMs are about to boot.
+    pub booting: &'a dyn Fn(),
+    /// A test finished (or, `true`, was found in stored results).
+    pub on_result: &'a (dyn Fn(&TestResult, bool) + Sync),
+    /// Verbose details (qemu command lines).
+    pub detail: &'a (dyn Fn(&str) + Sync),
+    /// Things the user must see now.
+    pub notice: &'a (dyn Fn(&str) + Sync),
+}
+
+/// The results of one test recipe and the entry holding them.
+pub struct Tested {
+    pub results: RunResults,
+    pub entry: Entry,
+    /// Reused from the store, nothing booted.
+    pub cached: bool,
+}
+
+/// Passing results stored under `key`, if any: a hit needs no artifacts at all.
+pub fn lookup(store: &Store, key: &str, name: &str) -> Result<Option<Tested>, StoreError> {
+    let Some(entry) = store.lookup(key, name)? else {
+        return Ok(None);
+    };
+    Ok(Some(Tested {
+        results: read_results(&entry)?,
+        entry,
+        cached: true,
+    }))
+}
+
+/// Reuses `job`'s passing results or runs its tests and publishes their results.
+pub fn run(store: &Store, job: &Job, hooks: &Hooks) -> Result<Tested, TestError> {
+    let mut fresh: Option<RunResults> = None;
+    let (entry, reused) =
+        store.get_or_build(job.key, job.name, job.force, hooks.waiting, |out| {
+            let started = Instant::now();
+            let results = run_into(store, job, hooks, out)?;
+            write_results(out, &results)?;
+            let mut manifest = Manifest::new(job.name, "test", job.key, job.inputs.clone());
+            manifest.head.status = if results.all_passed() {
+                Status::Ok
+            } else {
+                Status::Failed
+            };
+            manifest.head.build_seconds = started.elapsed().as_secs_f64();
+            manifest
+                .head
+                .details
+                .insert("accel".into(), serde_json::json!(job.accel.name()));
+            fresh = Some(results);
+            Ok::<_, TestError>(manifest)
+        })?;
+    let results = match fresh {
+        Some(results) if !reused => results,
+        _ => {
+            let results = read_results(&entry)?;
+            for result in &results.tests {
+                (hooks.on_result)(result, true);
+            }
+            results
+        }
+    };
+    Ok(Tested {
+        results,
+        entry,
+        cached: reused,
+    })
+}
+
+/// Runs the tests with their logs and consoles going to `out` (the staged entry).
+fn run_into(store: &Store, job: &Job, hooks: &Hooks, out: &Path) -> Result<RunResults, TestError> {
+    // Scratch space in the store's tmp (we hold the key's lock, so no other vmbuild
+    // removes it as stale); removed when dropped.
+    let tmp = store.root().join("tmp");
+    let work = tempfile::Builder::new()
+        .prefix(&format!("{}-{}.", job.key, job.name))
+        .suffix(".work")
+        .tempdir_in(&tmp)
+        .map_err(io_err("create a work folder in", &tmp))?;
+    // Durations from the last run order the queue slowest first.
+    let previous = store.latest(job.name)?.and_then(|e| read_results(&e).ok());
+    (hooks.booting)();
+    let on_result = |result: &TestResult| (hooks.on_result)(result, false);
+    let opts = RunOptions {
+        recipe: job.name,
+        key: job.key,
+        spec: job.spec,
+        accel: job.accel,
+        work: work.path(),
+        out,
+        logs: &store.root().join(super::KEPT_LOGS),
+        previous: previous.as_ref(),
+        on_result: &on_result,
+        detail: hooks.detail,
+        notice: hooks.notice,
+        keep_alive: job.keep_alive,
+    };
+    runner::run(&opts, job.artifacts)
+}
+
+/// Results for a test recipe whose tests do not run (it comes `after` one that did not
+/// pass): every test of its bundles, `not run`, with `reason`. Never stored.
+pub fn not_run(
+    name: &str,
+    key: &str,
+    artifacts: &Artifacts,
+    reason: &str,
+    on_result: &dyn Fn(&TestResult, bool),
+) -> Result<RunResults, TestError> {
+    let mut tests = Vec::new();
+    for test in runner::bundle_test_names(artifacts)? {
+        let result = TestResult {
+            name: test,
+            status: super::Status::NotRun,
+            duration: 0.0,
+            log: String::new(),
+            exit_code: None,
+            reason: Some(reason.to_string()),
+            subtests: vec![],
+            truncated: false,
+        };
+        on_result(&result, false);
+        tests.push(result);
+    }
+    Ok(RunResults {
+        recipe: name.to_string(),
+        key: key.to_string(),
+        accel: String::new(),
+        kernel_release: String::new(),
+        tests,
+        console_truncated: false,
+    })
+}
