@@ -48,7 +48,15 @@ impl Error {
             Error::Key {
                 source: KeyError::BadInput(_) | KeyError::Fetch(FetchError::BadLockfile { .. }),
                 ..
+            }
+            | Error::Build {
+                source: BuildError::BadInput(_),
+                ..
             } => 2,
+            Error::Build {
+                source: BuildError::HostMissing(_),
+                ..
+            } => 4,
             // The host lacks a tool (qemu, mke2fs, ...) or it will not say its version, or
             // the store cannot be used: infrastructure, not a bad recipe.
             Error::Key {

@@ -178,6 +178,36 @@ const CASES: &[Case] = &[
         code: 2,
         needle: "not UTF-8",
     },
+    Case {
+        name: "test header with a zero timeout",
+        setup: |p| {
+            p.write_exec("b/t1", "#!/bin/sh\n# vmbuild: timeout=0s\n");
+            recipe(p, "b", "kind = \"bundle\"\ntests = \"../b\"\n");
+        },
+        args: &["build", "b"],
+        code: 2,
+        needle: "between 1s and 7d",
+    },
+    Case {
+        name: "test header asking for 999 disks",
+        setup: |p| {
+            p.write_exec("b/t1", "#!/bin/sh\n# vmbuild: disks=999\n");
+            recipe(p, "b", "kind = \"bundle\"\ntests = \"../b\"\n");
+        },
+        args: &["build", "b"],
+        code: 2,
+        needle: "from 0 to 16",
+    },
+    Case {
+        name: "test header with an option for a kconfig name",
+        setup: |p| {
+            p.write_exec("b/t1", "#!/bin/sh\n# vmbuild: kconfig=--all\n");
+            recipe(p, "b", "kind = \"bundle\"\ntests = \"../b\"\n");
+        },
+        args: &["build", "b"],
+        code: 2,
+        needle: "is not a kernel option",
+    },
     // Numbers.
     Case {
         name: "zero timeout",

@@ -9,10 +9,12 @@ use serde_json::{json, Map, Value};
 use super::{io_err, BuildError};
 use crate::format::bundle::{discover, BUNDLE_CPIO, TESTS_JSON};
 use crate::format::cpio::CpioWriter;
-use crate::recipe::{parse_duration, BundleSpec};
+use crate::recipe::{units, BundleSpec};
 
 pub fn build(name: &str, spec: &BundleSpec, out: &Path) -> Result<Map<String, Value>, BuildError> {
-    let tests = discover(&spec.tests_dir, &parse_duration).map_err(BuildError::Invalid)?;
+    // A header's timeout has the recipe's range: whole seconds, 1 s to 7 days.
+    let timeout = |text: &str| units::TEST_TIMEOUT.parse(text);
+    let tests = discover(&spec.tests_dir, &timeout).map_err(BuildError::BadInput)?;
     if tests.is_empty() {
         return Err(BuildError::Invalid(format!(
             "bundle `{name}`: no executable files in {} (a test is an executable file; chmod +x it)",

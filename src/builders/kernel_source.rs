@@ -161,7 +161,7 @@ fn check_host_tools() -> Result<(), BuildError> {
     if missing.is_empty() {
         return Ok(());
     }
-    Err(BuildError::Invalid(format!(
+    Err(BuildError::HostMissing(format!(
         "building a kernel needs host tools that are missing: {}\n  help: apt-get install {}",
         missing.join(", "),
         missing.join(" ")

@@ -30,6 +30,12 @@ pub enum BuildError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Invalid(String),
+    /// The recipe's own files say something impossible (a test header out of range): exit 2.
+    #[error("{0}")]
+    BadInput(String),
+    /// The host lacks what the build needs: exit 4.
+    #[error("{0}")]
+    HostMissing(String),
 }
 
 /// What a builder may use besides its recipe.

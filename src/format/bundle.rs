@@ -31,6 +31,9 @@ pub(crate) struct TestMeta {
     pub disks: u32,
 }
 
+/// Scratch disks one test may ask for.
+const MAX_DISKS: u32 = 16;
+
 /// Only the first lines are read for headers.
 const HEADER_LINES: usize = 30;
 
@@ -102,16 +105,32 @@ pub(crate) fn parse_headers(
                             .as_millis() as u64,
                     )
                 }
-                "kconfig" => meta.kconfig.extend(
-                    value
-                        .split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string),
-                ),
+                "kconfig" => {
+                    for option in value.split(',').filter(|s| !s.is_empty()) {
+                        let valid = option.strip_prefix("CONFIG_").is_some_and(|rest| {
+                            !rest.is_empty()
+                                && rest.bytes().all(|b| {
+                                    b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'
+                                })
+                        });
+                        if !valid {
+                            return Err(format!(
+                                "line {}: `{option}` is not a kernel option (example: CONFIG_EXT4_FS)",
+                                n + 1
+                            ));
+                        }
+                        meta.kconfig.push(option.to_string());
+                    }
+                }
                 "disks" => {
-                    meta.disks = value
-                        .parse()
-                        .map_err(|_| format!("line {}: disks=`{value}` is not a number", n + 1))?
+                    meta.disks = value.parse().ok().filter(|d| *d <= MAX_DISKS).ok_or_else(
+                        || {
+                            format!(
+                                "line {}: disks=`{value}` is not a number from 0 to {MAX_DISKS}",
+                                n + 1
+                            )
+                        },
+                    )?
                 }
                 other => {
                     return Err(format!(
