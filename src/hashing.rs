@@ -175,7 +175,14 @@ pub fn tree_digest(tree: &BTreeMap<String, TreeEntry>) -> String {
 /// checkout, everything its `.gitignore` files exclude (build products). A stat cache in `cache_file` (path, size,
 /// mtime, ctime, inode -> hash) means only changed files are read again, so re-keying an
 /// unchanged tree costs a parallel walk and a stat per file.
-pub fn source_tree_digest(root: &Path, cache_file: &Path) -> std::io::Result<String> {
+///
+/// Every name in `required` must be among the keyed files (a kernel tree needs its top-level
+/// `Makefile` and `Kconfig`); when one is missing, the error names the ignore rule that hid it.
+pub fn source_tree_digest(
+    root: &Path,
+    cache_file: &Path,
+    required: &[&str],
+) -> std::io::Result<String> {
     use std::collections::HashMap;
     use std::os::unix::fs::MetadataExt;
     use std::sync::Mutex;
@@ -254,7 +261,37 @@ pub fn source_tree_digest(root: &Path, cache_file: &Path) -> std::io::Result<Str
         return Err(e);
     }
     let mut files = found.into_inner().unwrap_or_else(|e| e.into_inner());
+    // In a git checkout, ignore rules never hide a tracked file: the build reads those too
+    // (Debian's linux-source tree ignores `/*` yet a checkout of it tracks everything).
+    if root.join(".git").exists() {
+        let walked: std::collections::HashSet<String> =
+            files.iter().map(|(rel, _)| rel.clone()).collect();
+        for rel in git_tracked(root)? {
+            if !walked.contains(&rel) {
+                if let Ok(meta) = root.join(&rel).symlink_metadata() {
+                    files.push((rel, meta));
+                }
+            }
+        }
+    }
     files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for name in required {
+        if files
+            .binary_search_by(|(rel, _)| rel.as_str().cmp(name))
+            .is_err()
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: the files vmbuild keys hold no top-level `{name}`{}",
+                    root.display(),
+                    ignore_rule(root, name)
+                        .map(|rule| format!(" (hidden by the ignore rule {rule})"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+    }
 
     let stamp = |m: &std::fs::Metadata| {
         format!(
@@ -319,6 +356,55 @@ pub fn source_tree_digest(root: &Path, cache_file: &Path) -> std::io::Result<Str
         fs_err::rename(&tmp, cache_file)?;
     }
     Ok(digest.finish_hex())
+}
+
+/// The files git tracks in the checkout at `root`, relative to it.
+fn git_tracked(root: &Path) -> std::io::Result<Vec<String>> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["ls-files", "-z"])
+        .output()
+        .map_err(|e| {
+            std::io::Error::other(format!("run `git ls-files` in {}: {e}", root.display()))
+        })?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "`git ls-files` in {} failed: {}",
+            root.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    out.stdout
+        .split(|b| *b == 0)
+        .filter(|name| !name.is_empty())
+        .map(|name| {
+            std::str::from_utf8(name).map(str::to_string).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "{}: a tracked file name is not UTF-8: {}",
+                        root.display(),
+                        String::from_utf8_lossy(name)
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
+/// `file:line:pattern` of the ignore rule that hides `name` in `root`, if one does.
+fn ignore_rule(root: &Path, name: &str) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["check-ignore", "-v", "--no-index", "--"])
+        .arg(name)
+        .output()
+        .ok()?;
+    let line = String::from_utf8_lossy(&out.stdout);
+    let (rule, _path) = line.trim().split_once('\t')?;
+    Some(format!("`{rule}`"))
 }
 
 #[cfg(test)]
@@ -404,18 +490,50 @@ mod tests {
         std::fs::write(tree.join(".gitignore"), "*.o\n").unwrap();
         std::fs::write(tree.join("main.c"), "int main;").unwrap();
         let cache = dir.path().join("stat-cache");
-        let first = source_tree_digest(&tree, &cache).unwrap();
+        let first = source_tree_digest(&tree, &cache, &[]).unwrap();
         std::fs::write(tree.join("main.o"), "object").unwrap();
-        std::fs::write(tree.join(".git/index"), "changed").unwrap();
+        std::fs::write(tree.join(".git/description"), "changed").unwrap();
         assert_eq!(
             first,
-            source_tree_digest(&tree, &cache).unwrap(),
+            source_tree_digest(&tree, &cache, &[]).unwrap(),
             "ignored files changed the digest"
         );
         std::fs::write(tree.join("main.c"), "int main(void);").unwrap();
-        let edited = source_tree_digest(&tree, &cache).unwrap();
+        let edited = source_tree_digest(&tree, &cache, &[]).unwrap();
         assert_ne!(first, edited);
         assert!(std::fs::read_to_string(&cache).unwrap().contains("main.c"));
+    }
+
+    #[test]
+    fn tracked_files_count_even_when_ignored_and_a_hidden_makefile_names_its_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("linux");
+        std::fs::create_dir_all(&tree).unwrap();
+        let git = |args: &[&str]| {
+            let ok = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&tree)
+                .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+                .args(args)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "git {args:?}");
+        };
+        git(&["init", "-q"]);
+        // As in Debian's linux-source tree: everything at the top is ignored.
+        std::fs::write(tree.join(".gitignore"), "/*\n").unwrap();
+        std::fs::write(tree.join("Makefile"), "all:\n").unwrap();
+        std::fs::write(tree.join("Kconfig"), "mainmenu \"x\"\n").unwrap();
+        let cache = dir.path().join("stat-cache");
+        let required = ["Makefile", "Kconfig"];
+        let err = source_tree_digest(&tree, &cache, &required).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains(".gitignore:1:/*"), "{err}");
+        git(&["add", "-f", "Makefile", "Kconfig", ".gitignore"]);
+        let first = source_tree_digest(&tree, &cache, &required).unwrap();
+        std::fs::write(tree.join("Makefile"), "all: vmlinux\n").unwrap();
+        assert_ne!(first, source_tree_digest(&tree, &cache, &required).unwrap());
     }
 
     #[test]
@@ -427,8 +545,8 @@ mod tests {
         std::fs::write(tree.join(".gitignore"), "/*\n").unwrap();
         std::fs::write(tree.join("Makefile"), "all:\n").unwrap();
         let cache = dir.path().join("stat-cache");
-        let first = source_tree_digest(&tree, &cache).unwrap();
+        let first = source_tree_digest(&tree, &cache, &[]).unwrap();
         std::fs::write(tree.join("Makefile"), "all: vmlinux\n").unwrap();
-        assert_ne!(first, source_tree_digest(&tree, &cache).unwrap());
+        assert_ne!(first, source_tree_digest(&tree, &cache, &[]).unwrap());
     }
 }

@@ -123,14 +123,17 @@ pub(crate) fn parse_headers(
                     }
                 }
                 "disks" => {
-                    meta.disks = value.parse().ok().filter(|d| *d <= MAX_DISKS).ok_or_else(
-                        || {
-                            format!(
+                    meta.disks =
+                        value
+                            .parse()
+                            .ok()
+                            .filter(|d| *d <= MAX_DISKS)
+                            .ok_or_else(|| {
+                                format!(
                                 "line {}: disks=`{value}` is not a number from 0 to {MAX_DISKS}",
                                 n + 1
                             )
-                        },
-                    )?
+                            })?
                 }
                 other => {
                     return Err(format!(

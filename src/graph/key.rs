@@ -149,8 +149,9 @@ pub fn compute_key(
                     let cache = ctx
                         .stat_cache_dir
                         .join(hashing::sha256_hex(tree.to_string_lossy().as_bytes()));
-                    let digest = hashing::source_tree_digest(tree, &cache)
-                        .map_err(|source| hash_error(tree, source))?;
+                    let digest =
+                        hashing::source_tree_digest(tree, &cache, &["Makefile", "Kconfig"])
+                            .map_err(|source| hash_error(tree, source))?;
                     json!({ "tree": digest })
                 }
                 other => fetch_inputs(other, ctx, false)?,
