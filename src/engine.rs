@@ -1,7 +1,7 @@
 //! The engine: loads the graph for the requested recipes, computes every node's key,
 //! then walks the graph in waves (independent nodes in parallel), reusing store entries
-//! and building what is missing; test recipes then boot VMs and publish their results
-//! as entries too.
+//! and building what is missing; for test recipes it decides the order (`after`) and
+//! hands each to `testing::phase`, which reuses or runs and publishes its results.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

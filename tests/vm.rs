@@ -356,6 +356,19 @@ fn several_vms_pull_tests_from_one_queue() {
     assert!(entry.join("console.vm1.boot0.log").is_file());
 }
 
+/// A copy of the shipped project with its own empty store that uses the accelerator the
+/// shared store chose (the KVM probe can pass on hosts whose KVM then hangs real guests;
+/// tests on fresh stores should not probe again and choose otherwise).
+fn fresh_project() -> TestProject {
+    let p = TestProject::new();
+    let memo = common::shared_store().join("accel.json");
+    if memo.is_file() {
+        std::fs::create_dir_all(&p.cache).unwrap();
+        std::fs::copy(memo, p.cache.join("accel.json")).unwrap();
+    }
+    p
+}
+
 /// Entries being built, and locks someone still holds, in a store.
 fn leftovers(cache: &std::path::Path) -> (Vec<String>, Vec<String>) {
     let names = |dir: &str| -> Vec<String> {
@@ -383,7 +396,7 @@ fn leftovers(cache: &std::path::Path) -> (Vec<String>, Vec<String>) {
 #[test]
 fn two_concurrent_runs_of_one_test_recipe_boot_once_and_agree() {
     // A fresh store, so that neither run finds results or artifacts from elsewhere.
-    let p = TestProject::new();
+    let p = fresh_project();
     // Artifacts first: the race under test is the one on the results entry.
     p.run(&["build", "debian-kernel", "busybox-rootfs", "smoke-tests"])
         .expect(0);
@@ -475,4 +488,143 @@ fn a_test_recipe_after_a_failing_one_is_not_run_and_exits_1() {
         p.entries("later").is_empty(),
         "not-run results are not stored"
     );
+}
+
+#[test]
+fn a_test_that_floods_its_output_finishes_with_its_log_capped() {
+    let p = TestProject::shared();
+    p.write_exec(
+        "tests/flood/flood",
+        "#!/bin/sh\nhead -c 67108864 /dev/zero | tr '\\0' x\n",
+    );
+    p.write_exec("tests/flood/quiet", "#!/bin/sh\necho still here\n");
+    p.write(
+        "recipes/flood-tests.toml",
+        "kind = \"bundle\"\ntests = \"../tests/flood\"\n",
+    );
+    p.write(
+        "recipes/flood.toml",
+        "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"busybox-rootfs\"\nbundles = [\"flood-tests\"]\n",
+    );
+    let run = p.run(&["test", "-f", "--json", "flood"]).expect(0);
+    let line = &run.json_lines()[0];
+    let entry = std::path::PathBuf::from(line["path"].as_str().unwrap());
+    let tests = line["tests"].as_array().unwrap();
+    let flood = tests.iter().find(|t| t["name"] == "flood").unwrap();
+    let quiet = tests.iter().find(|t| t["name"] == "quiet").unwrap();
+    assert_eq!(flood["status"], "pass", "{flood}");
+    assert_eq!(flood["truncated"], true, "{flood}");
+    assert_eq!(quiet["truncated"], false, "{quiet}");
+    // results.json, the stored record, says so too.
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(entry.join("results.json")).unwrap()).unwrap();
+    assert_eq!(stored["tests"][0]["truncated"], true, "{stored}");
+    let log = std::fs::read_to_string(entry.join("tests/flood.log")).unwrap();
+    assert!(log.len() <= 8 << 20, "{} bytes kept", log.len());
+    assert!(
+        log.trim_end()
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("[vmbuild: output truncated after ")),
+        "{}",
+        &log[log.len().saturating_sub(200)..]
+    );
+    let quiet_log = std::fs::read_to_string(entry.join("tests/quiet.log")).unwrap();
+    assert_eq!(quiet_log, "still here\n");
+}
+
+#[test]
+fn the_guest_has_no_network_and_cannot_write_the_store() {
+    // A fresh store, so `verify` checks exactly the entries this test booted.
+    let p = fresh_project();
+    let kernel = p
+        .run(&["build", "--json", "debian-kernel"])
+        .expect(0)
+        .json_lines()[0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The drivers a guest would use to reach disks, shared folders and networks, in
+    // load order (the rootfs holds no modules of its own).
+    let drivers = [
+        "drivers/virtio/virtio_ring",
+        "drivers/virtio/virtio",
+        "drivers/virtio/virtio_pci_modern_dev",
+        "drivers/virtio/virtio_pci_legacy_dev",
+        "drivers/virtio/virtio_pci",
+        "drivers/block/virtio_blk",
+        "net/9p/9pnet",
+        "net/9p/9pnet_virtio",
+        "fs/netfs/netfs",
+        "fs/fscache/fscache",
+        "fs/9p/9p",
+        "net/core/failover",
+        "drivers/net/net_failover",
+        "drivers/net/virtio_net",
+        "drivers/net/ethernet/intel/e1000/e1000",
+    ];
+    let release = std::fs::read_dir(std::path::Path::new(&kernel).join("modules"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .path();
+    for (i, driver) in drivers.iter().enumerate() {
+        let from = release.join(format!("kernel/{driver}.ko"));
+        std::fs::create_dir_all(p.path("files/drivers")).unwrap();
+        std::fs::copy(&from, p.path(&format!("files/drivers/{i:02}.ko"))).unwrap();
+    }
+    p.write(
+        "recipes/hostile-rootfs.toml",
+        "kind = \"rootfs\"\ninclude = [\"base-files\"]\n[files]\n\"/lib/drivers\" = \"../files/drivers\"\n",
+    );
+    let script = r#"#!/bin/sh
+# vmbuild: disks=1
+for ko in /lib/drivers/*.ko; do insmod "$ko" 2>/dev/null; done
+sleep 1
+# Write every block device there is and mount any shared folder offered.
+for dev in /sys/block/*; do
+    name=${dev##*/}
+    case "$name" in loop*|ram*|zram*) continue ;; esac
+    [ -b "/dev/$name" ] || mknod "/dev/$name" b $(tr ':' ' ' <"$dev/dev")
+    dd if=/dev/urandom of="/dev/$name" bs=4096 count=64 conv=fsync 2>/dev/null &&
+        echo "wrote $name"
+done
+mkdir -p /mnt/host
+for tag in /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; do
+    [ -e "$tag" ] || continue
+    mount -t 9p -o trans=virtio "$(cat "$tag")" /mnt/host && echo "mounted 9p" &&
+        echo evil >/mnt/host/evil
+done
+for nic in /sys/class/net/*; do
+    [ "${nic##*/}" = lo ] && continue
+    echo "network interface ${nic##*/}"
+    exit 1
+done
+echo "no network"
+"#;
+    p.write_exec("tests/hostile/hostile", script);
+    p.write(
+        "recipes/hostile-tests.toml",
+        "kind = \"bundle\"\ntests = \"../tests/hostile\"\n",
+    );
+    p.write(
+        "recipes/hostile.toml",
+        "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"hostile-rootfs\"\nbundles = [\"hostile-tests\"]\n[vm]\ndisks = [{ name = \"scratch\", size = \"16M\" }]\n",
+    );
+    p.run(&["build", "hostile-rootfs", "hostile-tests"])
+        .expect(0);
+    p.run(&["verify"]).expect(0);
+    let run = p.run(&["test", "--json", "hostile"]).expect(0);
+    let entry = std::path::PathBuf::from(run.json_lines()[0]["path"].as_str().unwrap());
+    let log = std::fs::read_to_string(entry.join("tests/hostile.log")).unwrap();
+    assert!(
+        log.contains("wrote vda"),
+        "the scratch disk was written: {log}"
+    );
+    assert!(log.contains("no network"), "{log}");
+    assert!(!log.contains("mounted 9p"), "{log}");
+    // Every entry, the booted kernel and rootfs included, still matches its manifest.
+    let verify = p.run(&["verify"]).expect(0);
+    assert!(!verify.stdout.contains("mismatch"), "{}", verify.stdout);
 }

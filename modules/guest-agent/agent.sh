@@ -16,9 +16,14 @@ mount -t tmpfs tmpfs /run 2>/dev/null
 
 chan=/dev/ttyS1
 mode=agent
+# The most of a test's output relayed, and the longest line; the host keeps no more.
+maxlog=8388608
+maxline=65536
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         vmbuild.channel=*) chan="/dev/${arg#vmbuild.channel=}" ;;
+        vmbuild.maxlog=*) maxlog="${arg#vmbuild.maxlog=}" ;;
+        vmbuild.maxline=*) maxline="${arg#vmbuild.maxline=}" ;;
         vmbuild.shell=1) mode=shell ;;
     esac
 done
@@ -49,9 +54,14 @@ run_test() {
     wait "$pid"
     rc=$?
     kill "$watchdog" 2>/dev/null
-    while IFS= read -r line || [ -n "$line" ]; do
-        say "VMBUILD LOG $name $line"
-    done <"$log"
+    # Relay the start of the output, each line cut at maxline; a flood is not sent on.
+    size=$(wc -c <"$log")
+    head -c "$maxlog" "$log" | awk -v p="VMBUILD LOG $name " -v max="$maxline" '
+        { if (length($0) > max) { $0 = substr($0, 1, max); cut = 1 } print p $0 }
+        END { exit cut }' >&3
+    if [ $? -ne 0 ] || [ "$size" -gt "$maxlog" ]; then
+        say "VMBUILD TRUNCATED $name $size"
+    fi
     if [ -e "$marker" ]; then
         say "VMBUILD END $name timeout"
     else

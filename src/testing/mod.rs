@@ -6,7 +6,7 @@
 pub mod agent;
 mod capture;
 mod initrd;
-pub mod phase;
+pub(crate) mod phase;
 pub mod protocol;
 mod queue;
 pub mod results;

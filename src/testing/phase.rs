@@ -17,7 +17,7 @@ use crate::store::{Entry, Manifest, Status, Store, StoreError};
 use crate::vm::Accel;
 
 /// One test recipe to run, with everything its entry needs.
-pub struct Job<'a> {
+pub(crate) struct Job<'a> {
     pub name: &'a str,
     pub key: &'a str,
     /// The key's inputs, kept in the manifest for `vmbuild explain`.
@@ -32,7 +32,7 @@ pub struct Job<'a> {
 }
 
 /// How the phase tells its caller what happens (the engine turns these into events).
-pub struct Hooks<'a> {
+pub(crate) struct Hooks<'a> {
     /// Another vmbuild holds this recipe's lock: we wait for it.
     pub waiting: &'a dyn Fn(),
     /// VMs are about to boot.
@@ -46,7 +46,7 @@ pub struct Hooks<'a> {
 }
 
 /// The results of one test recipe and the entry holding them.
-pub struct Tested {
+pub(crate) struct Tested {
     pub results: RunResults,
     pub entry: Entry,
     /// Reused from the store, nothing booted.
@@ -54,7 +54,7 @@ pub struct Tested {
 }
 
 /// Passing results stored under `key`, if any: a hit needs no artifacts at all.
-pub fn lookup(store: &Store, key: &str, name: &str) -> Result<Option<Tested>, StoreError> {
+pub(crate) fn lookup(store: &Store, key: &str, name: &str) -> Result<Option<Tested>, StoreError> {
     let Some(entry) = store.lookup(key, name)? else {
         return Ok(None);
     };
@@ -66,7 +66,7 @@ pub fn lookup(store: &Store, key: &str, name: &str) -> Result<Option<Tested>, St
 }
 
 /// Reuses `job`'s passing results or runs its tests and publishes their results.
-pub fn run(store: &Store, job: &Job, hooks: &Hooks) -> Result<Tested, TestError> {
+pub(crate) fn run(store: &Store, job: &Job, hooks: &Hooks) -> Result<Tested, TestError> {
     let mut fresh: Option<RunResults> = None;
     let (entry, reused) =
         store.get_or_build(job.key, job.name, job.force, hooks.waiting, |out| {
@@ -137,7 +137,7 @@ fn run_into(store: &Store, job: &Job, hooks: &Hooks, out: &Path) -> Result<RunRe
 
 /// Results for a test recipe whose tests do not run (it comes `after` one that did not
 /// pass): every test of its bundles, `not run`, with `reason`. Never stored.
-pub fn not_run(
+pub(crate) fn not_run(
     name: &str,
     key: &str,
     artifacts: &Artifacts,

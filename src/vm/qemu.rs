@@ -1,6 +1,8 @@
 //! The qemu backend (x86_64): direct kernel boot with `-kernel`/`-initrd`, no default
 //! devices, `-no-reboot` so the guest's `reboot -f` (or a panic with `panic=-1`) ends
 //! qemu. Serial port 0 is the kernel console, port 1 the guest agent's channel.
+//! The guest gets no network (`-nic none`) and nothing of the store but what qemu reads
+//! itself (`-kernel`, `-initrd`): its only drives are fresh scratch files.
 
 use std::process::Command;
 
@@ -29,7 +31,14 @@ impl Backend for Qemu {
             "-smp",
             &launch.cpus.to_string(),
         ])
-        .args(["-nodefaults", "-display", "none", "-no-reboot"])
+        .args([
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-nic",
+            "none",
+        ])
         .arg("-kernel")
         .arg(&launch.kernel)
         .arg("-initrd")
@@ -97,5 +106,43 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains("-cpu host"), "{line}");
+    }
+
+    #[test]
+    fn the_guest_has_no_network_and_no_shared_folders() {
+        for wiring in [
+            Wiring::Agent {
+                socket: "/tmp/a.sock".into(),
+                shell: Some("/tmp/s.sock".into()),
+            },
+            Wiring::Interactive,
+        ] {
+            let launch = Launch {
+                kernel: "/store/k/bzImage".into(),
+                initrd: "/w/initrd".into(),
+                cmdline: String::new(),
+                machine: "q35".into(),
+                memory_mb: 512,
+                cpus: 1,
+                disks: vec![],
+                wiring,
+            };
+            let cmd = Qemu { accel: Accel::Kvm }.command(&launch);
+            let args: Vec<String> = cmd
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let line = args.join(" ");
+            assert!(line.contains("-nodefaults"), "{line}");
+            assert!(
+                args.windows(2).any(|w| w[0] == "-nic" && w[1] == "none"),
+                "{line}"
+            );
+            for opened in ["-netdev", "-fsdev", "-virtfs", "-drive", "-hda", "-device"] {
+                assert!(!args.iter().any(|a| a == opened), "{opened} in {line}");
+            }
+            // The store's kernel reaches the guest only as qemu's own copy.
+            assert!(line.contains("-kernel /store/k/bzImage"), "{line}");
+        }
     }
 }
