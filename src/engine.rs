@@ -11,7 +11,7 @@ use std::time::Instant;
 use crate::builders::{self, BuildContext, BuildError};
 use crate::fetch::lock::Lock;
 use crate::fsio::io_err;
-use crate::graph::{compute_key, Graph, KeyContext, KeyError, KeyInputs};
+use crate::graph::{compute_key, explain_change, Graph, KeyContext, KeyError, KeyInputs};
 use crate::recipe::{Project, RecipeError, Spec};
 use crate::report::{Event, Reporter};
 use crate::store::{Entry, Manifest, Store, StoreError};
@@ -167,7 +167,8 @@ impl<'a> Engine<'a> {
         let ctx = KeyContext {
             tools: &self.tools,
             lock: &self.lock,
-            stat_cache_dir: self.store.root().join("statcache"),
+            stat_cache_dir: self.store.statcache_dir(),
+            trees_dir: self.store.trees_dir(),
         };
         let mut inputs: Vec<KeyInputs> = Vec::with_capacity(graph.nodes.len());
         let mut keys: Vec<String> = Vec::with_capacity(graph.nodes.len());
@@ -251,7 +252,9 @@ impl<'a> Engine<'a> {
                     })
                     .collect()
             };
-            let (entry, cached) = self.ensure(plan, i, &deps, self.forced(plan, i, force))?;
+            let forced = self.forced(plan, i, force);
+            let fresh = forced && force == Force::Closure;
+            let (entry, cached) = self.ensure(plan, i, &deps, forced, fresh)?;
             done.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(i, (entry, cached));
@@ -288,6 +291,7 @@ impl<'a> Engine<'a> {
         index: usize,
         deps: &BTreeMap<String, Entry>,
         force: bool,
+        fresh: bool,
     ) -> Result<(Entry, bool)> {
         let recipe = &plan.graph.nodes[index].recipe;
         let (name, kind, key) = (
@@ -305,20 +309,30 @@ impl<'a> Engine<'a> {
                 self.reporter.event(Event::Started { name, kind });
                 let work = WorkDir::new(&self.store, key, name)?;
                 let progress = |line: &str| self.reporter.event(Event::Progress { name, line });
+                let inputs = plan.inputs[index].to_value();
+                let log = self.store.logs_dir().join(format!(
+                    "{name}-{}.build.log",
+                    key.get(..16).unwrap_or(key)
+                ));
                 let ctx = BuildContext {
                     store: &self.store,
                     lock: &self.lock,
                     deps,
                     work: &work.0,
                     progress: &progress,
+                    inputs: &inputs,
+                    fresh,
+                    log: &log,
                 };
+                let rebuilt_because = self.why_built(name, key, &inputs, force);
                 let details =
                     builders::build(recipe, &ctx, out).map_err(|source| Error::Build {
                         name: name.to_string(),
                         source,
                     })?;
-                let mut manifest = Manifest::new(name, kind, key, plan.inputs[index].to_value());
+                let mut manifest = Manifest::new(name, kind, key, inputs);
                 manifest.head.details = details;
+                manifest.rebuilt_because = rebuilt_because;
                 manifest.head.build_seconds = started.elapsed().as_secs_f64();
                 Ok::<_, Error>(manifest)
             },
@@ -338,6 +352,28 @@ impl<'a> Engine<'a> {
             });
         }
         Ok((entry, reused))
+    }
+
+    /// Why `name` is built now rather than reused: what changed since its latest entry.
+    fn why_built(&self, name: &str, key: &str, inputs: &serde_json::Value, force: bool) -> Vec<String> {
+        if force {
+            return vec!["forced (-f)".into()];
+        }
+        match self.store.latest(name) {
+            Ok(Some(previous)) if previous.manifest.key == key => {
+                vec!["the entry under this key was missing outputs or damaged".into()]
+            }
+            Ok(Some(previous)) => match self.store.manifest(&previous) {
+                Ok(old) => {
+                    let mut lines = vec![format!("changed since the entry {}:", previous.manifest.key)];
+                    lines.extend(explain_change(&old.inputs, inputs, &self.store.trees_dir()));
+                    lines
+                }
+                Err(e) => vec![format!("the previous entry cannot be read: {e}")],
+            },
+            Ok(None) => vec![format!("no earlier entry of `{name}`")],
+            Err(e) => vec![format!("the store cannot be listed: {e}")],
+        }
     }
 
     /// `vmbuild build`: the requested recipes' entries, in request order.

@@ -14,10 +14,11 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Map, Value};
 
+use super::kbuild::BuildFolder;
 use super::{copy_tree, io_err, BuildContext, BuildError};
 use crate::fetch::{apt, http};
 use crate::format::kconfig::read_config;
-use crate::hashing;
+use crate::hashing::{self, Listing};
 use crate::process;
 use crate::recipe::{ConfigBase, Fetch, KernelSpec};
 use crate::store::Manifest;
@@ -56,19 +57,26 @@ pub fn build(
     };
     check_host_tools()?;
     let (tree, source_id) = source_tree(source, ctx)?;
-    let build_dir = ctx
-        .store
-        .root()
-        .join("kbuild")
-        .join(format!("{source_id}-x86_64"));
+    let build_dir = ctx.store.kbuild_dir().join(format!("{source_id}-x86_64"));
     fs_err::create_dir_all(&build_dir).map_err(io_err("create", &build_dir))?;
     // One builder at a time per build folder; another vmbuild waits here.
     let _lock = ctx.store.lock(
         &hashing::sha256_hex(build_dir.to_string_lossy().as_bytes()),
         || (ctx.progress)("waiting for another vmbuild using the same kernel build folder"),
     )?;
+    // A local tree is listed again under the lock: what make will read must be what the
+    // key was computed from.
+    let listing = match source {
+        Fetch::Path(tree) => Some(current_listing(tree, ctx)?),
+        _ => None,
+    };
+    let mut folder = BuildFolder::open(&build_dir, ctx.fresh, ctx.progress)?;
+    folder.start(&tree, listing.as_ref(), ctx.progress)?;
 
-    let log_path = out.join(BUILD_LOG);
+    let log_path = ctx.log.to_path_buf();
+    if let Some(dir) = log_path.parent() {
+        fs_err::create_dir_all(dir).map_err(io_err("create", dir))?;
+    }
     let mut log = fs_err::File::create(&log_path).map_err(io_err("create", &log_path))?;
     let jobs = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -86,29 +94,52 @@ pub fn build(
         run_logged(&mut cmd, log, &log_path, ctx.progress)
     };
 
-    (ctx.progress)("configuring");
     let config = build_dir.join(".config");
-    match base {
-        ConfigBase::Target(target) => make(&[target], &mut log)?,
-        ConfigBase::File(file) => {
-            fs_err::copy(file, &config).map_err(io_err("copy config to", &config))?;
+    let config_inputs = config_inputs(base, fragments, make_flags, &source_id, listing.as_ref())?;
+    if folder.config_is_current(&config_inputs) {
+        (ctx.progress)("reusing .config: its base, fragments and Kconfig files are unchanged");
+    } else {
+        (ctx.progress)("configuring");
+        match base {
+            ConfigBase::Target(target) => make(&[target], &mut log)?,
+            ConfigBase::File(file) => {
+                fs_err::copy(file, &config).map_err(io_err("copy config to", &config))?;
+            }
         }
+        if !fragments.is_empty() {
+            let mut cmd = Command::new(tree.join("scripts/kconfig/merge_config.sh"));
+            cmd.arg("-m")
+                .arg("-O")
+                .arg(&build_dir)
+                .arg(&config)
+                .args(fragments)
+                .current_dir(&build_dir);
+            run_logged(&mut cmd, &mut log, &log_path, ctx.progress)?;
+        }
+        make(&["olddefconfig"], &mut log)?;
+        folder.config_made(&config_inputs)?;
     }
-    if !fragments.is_empty() {
-        let mut cmd = Command::new(tree.join("scripts/kconfig/merge_config.sh"));
-        cmd.arg("-m")
-            .arg("-O")
-            .arg(&build_dir)
-            .arg(&config)
-            .args(fragments)
-            .current_dir(&build_dir);
-        run_logged(&mut cmd, &mut log, &log_path, ctx.progress)?;
-    }
-    make(&["olddefconfig"], &mut log)?;
     check_fragments(fragments, &config)?;
 
     (ctx.progress)("compiling");
-    make(&["-j", &jobs], &mut log)?;
+    let compiled = make(&["-j", &jobs], &mut log);
+    // Make returned: whatever it left is whole (Kbuild deletes half-made targets).
+    folder.finished()?;
+    compiled?;
+    if let (Some(before), Fetch::Path(tree)) = (&listing, source) {
+        let after = current_listing(tree, ctx)?;
+        let changed: Vec<&str> = hashing::changes(before, &after)
+            .into_iter()
+            .map(|(rel, _)| rel)
+            .take(5)
+            .collect();
+        if !changed.is_empty() {
+            return Err(BuildError::Invalid(format!(
+                "the source tree changed while the kernel was built ({}): it is not stored; run again",
+                changed.join(", ")
+            )));
+        }
+    }
     for (from, to) in [
         ("arch/x86/boot/bzImage", "bzImage"),
         (".config", "config"),
@@ -140,10 +171,79 @@ pub fn build(
         }
     }
     log.flush().map_err(io_err("write", &log_path))?;
+    // The log of a successful build belongs to its entry.
+    let entry_log = out.join(BUILD_LOG);
+    fs_err::rename(&log_path, &entry_log).map_err(io_err("move the build log to", &entry_log))?;
     Ok(Map::from_iter([
         ("release".to_string(), json!(release)),
         ("build_dir".to_string(), json!(build_dir)),
     ]))
+}
+
+/// A local tree's listing now, through the same stat cache the key used; it must be the
+/// tree the key was computed from.
+fn current_listing(tree: &Path, ctx: &BuildContext) -> Result<Listing, BuildError> {
+    let cache = hashing::stat_cache_file(&ctx.store.statcache_dir(), tree);
+    let listing = hashing::source_tree_listing(tree, &cache, &["Makefile", "Kconfig"])
+        .map_err(io_err("list", tree))?;
+    let keyed = ctx.inputs.pointer("/recipe/source/tree").and_then(Value::as_str);
+    if keyed.is_some_and(|k| k != listing.digest) {
+        return Err(BuildError::Invalid(format!(
+            "the source tree {} changed after vmbuild keyed it: run again",
+            tree.display()
+        )));
+    }
+    Ok(listing)
+}
+
+/// A digest of everything the `.config` is made from: the config base and fragments, the
+/// make flags, the compiler (Kconfig probes it), and the source's identity; for a local
+/// tree, only the files Kconfig reads (every `Kconfig*`, `scripts/`, `configs/` folders
+/// and the top-level Makefile), so a C edit keeps the `.config`.
+fn config_inputs(
+    base: &ConfigBase,
+    fragments: &[PathBuf],
+    make_flags: &[String],
+    source_id: &str,
+    listing: Option<&Listing>,
+) -> Result<String, BuildError> {
+    let hash = |path: &Path| {
+        hashing::sha256_file(path)
+            .map(|(sha, _)| sha)
+            .map_err(io_err("read", path))
+    };
+    let base = match base {
+        ConfigBase::Target(target) => json!({ "target": target }),
+        ConfigBase::File(file) => json!({ "file": hash(file)? }),
+    };
+    let fragments = fragments
+        .iter()
+        .map(|f| hash(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let compiler = process::run(Command::new("gcc").arg("--version"))
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())?;
+    let kconfig_files: Vec<(&str, &str)> = listing
+        .map(|l| {
+            l.files()
+                .filter(|(rel, _)| {
+                    let name = rel.rsplit('/').next().unwrap_or(rel);
+                    name.starts_with("Kconfig")
+                        || rel.starts_with("scripts/")
+                        || rel.contains("/configs/")
+                        || *rel == "Makefile"
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let inputs = json!({
+        "base": base,
+        "fragments": fragments,
+        "make_flags": make_flags,
+        "compiler": compiler,
+        "source": source_id,
+        "kconfig_files": kconfig_files,
+    });
+    Ok(hashing::sha256_hex(inputs.to_string().as_bytes()))
 }
 
 fn check_host_tools() -> Result<(), BuildError> {

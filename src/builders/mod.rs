@@ -3,6 +3,7 @@
 //! entries except to read them.
 
 pub mod bundle;
+mod kbuild;
 pub mod kernel;
 pub mod kernel_source;
 pub mod rootfs;
@@ -48,6 +49,14 @@ pub struct BuildContext<'a> {
     pub work: &'a Path,
     /// Reports what the build is doing now (one short line).
     pub progress: &'a (dyn Fn(&str) + Sync),
+    /// The key's inputs, as hashed.
+    pub inputs: &'a serde_json::Value,
+    /// Build from nothing: no incremental state (`-ff`).
+    pub fresh: bool,
+    /// Where a build's log is written while it runs (under the store's `logs/`): kept
+    /// there when the build fails, so the error can point to it; moved into the entry
+    /// when it succeeds.
+    pub log: &'a Path,
 }
 
 impl BuildContext<'_> {

@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::{open_engine, render::Renderer, Global};
 use crate::engine::Error;
-use crate::graph::diff_inputs;
+use crate::graph::explain_change;
 use crate::store::Status;
 
 #[derive(Args)]
@@ -28,21 +28,32 @@ pub fn run(global: &Global, reporter: &Renderer, args: ExplainArgs) -> Result<i3
     );
     println!("key:    {key}");
     match engine.store.get(key, name)? {
-        Some(entry) => println!(
-            "status: in the store ({}) at {}",
-            match entry.manifest.status {
-                Status::Ok => "ok: a cache hit",
-                Status::Failed => "failed: the next run reruns it",
-            },
-            entry.path.display()
-        ),
+        Some(entry) => {
+            println!(
+                "status: in the store ({}) at {}",
+                match entry.manifest.status {
+                    Status::Ok => "ok: a cache hit",
+                    Status::Failed => "failed: the next run reruns it",
+                },
+                entry.path.display()
+            );
+            let manifest = engine.store.manifest(&entry)?;
+            if !manifest.rebuilt_because.is_empty() {
+                println!("built because:");
+                for line in &manifest.rebuilt_because {
+                    println!("  {line}");
+                }
+            }
+        }
         None => {
             println!("status: not in the store");
             match engine.store.latest(name)? {
                 Some(previous) => {
                     println!("changed since the last entry ({}):", previous.manifest.key);
                     let previous = engine.store.manifest(&previous)?;
-                    for line in diff_inputs(&previous.inputs, &inputs) {
+                    for line in
+                        explain_change(&previous.inputs, &inputs, &engine.store.trees_dir())
+                    {
                         println!("  {line}");
                     }
                 }

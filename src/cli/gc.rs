@@ -1,4 +1,5 @@
-//! `vmbuild gc`: remove entries no recipe in `recipes/` reaches, or older than an age.
+//! `vmbuild gc`: remove entries no recipe in `recipes/` reaches, or older than an age,
+//! and the kept logs and source-tree listings that only removed entries named.
 
 use std::collections::BTreeSet;
 
@@ -26,11 +27,12 @@ pub fn run(global: &Global, reporter: &Renderer, args: GcArgs) -> Result<i32, Er
         .map(|age| units::AGE.parse(age))
         .transpose()
         .map_err(Error::Usage)?;
-    let keep = if args.keep_unreachable {
+    let plan = if args.keep_unreachable {
         None
     } else {
-        let names = engine.project.recipe_names();
-        let plan = engine.plan(&names)?;
+        Some(engine.plan(&engine.project.recipe_names())?)
+    };
+    let keep = plan.as_ref().map(|plan| -> Result<BTreeSet<String>, Error> {
         let mut keep: BTreeSet<String> = plan.keys.iter().cloned().collect();
         // Unpacked kernel sources are kept while any kernel recipe still builds from them.
         for entry in engine.store.entries()? {
@@ -38,12 +40,26 @@ pub fn run(global: &Global, reporter: &Renderer, args: GcArgs) -> Result<i32, Er
                 keep.insert(entry.manifest.key);
             }
         }
-        Some(keep)
-    };
+        Ok(keep)
+    });
+    let keep = keep.transpose()?;
     let removed = engine.store.gc(keep.as_ref(), max_age)?;
     for entry in &removed {
         println!("removed {}", entry.path.display());
     }
     println!("{} entries removed", removed.len());
+    if let Some(plan) = &plan {
+        // Logs and tree listings go with the last entry or recipe that names them.
+        let trees: BTreeSet<String> = plan
+            .inputs
+            .iter()
+            .filter_map(|i| i.recipe.pointer("/source/tree")?.as_str().map(str::to_string))
+            .collect();
+        let keys: BTreeSet<String> = plan.keys.iter().cloned().collect();
+        let files = engine.store.gc_side_files(&keys, &trees)?;
+        if files > 0 {
+            println!("{files} kept logs and tree listings removed");
+        }
+    }
     Ok(0)
 }

@@ -1,6 +1,47 @@
-//! Explaining cache misses: a diff of two entries' key inputs, as dotted paths.
+//! Explaining cache misses: a diff of two entries' key inputs, as dotted paths; for a
+//! local source tree, the files that changed (from the trees' kept listings).
+
+use std::path::Path;
 
 use serde_json::Value;
+
+use crate::hashing::{self, Listing};
+
+/// At most this many changed files of a source tree are named.
+const MAX_FILES_NAMED: usize = 20;
+
+/// Why inputs `new` differ from `old`: `diff_inputs`' lines, then, when a local source
+/// tree changed, a line per changed file (`  M init/main.c`), capped, from the listings
+/// kept in `trees_dir`.
+pub fn explain_change(old: &Value, new: &Value, trees_dir: &Path) -> Vec<String> {
+    let mut lines = diff_inputs(old, new);
+    let tree = |v: &Value| {
+        v.pointer("/recipe/source/tree")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    if let (Some(a), Some(b)) = (tree(old), tree(new)) {
+        if a != b {
+            match (Listing::load(trees_dir, &a), Listing::load(trees_dir, &b)) {
+                (Some(a), Some(b)) => {
+                    let changes = hashing::changes(&a, &b);
+                    lines.push(format!("source files changed: {}", changes.len()));
+                    for (rel, change) in changes.iter().take(MAX_FILES_NAMED) {
+                        lines.push(format!("  {} {rel}", change.letter()));
+                    }
+                    if changes.len() > MAX_FILES_NAMED {
+                        lines.push(format!("  ... and {} more", changes.len() - MAX_FILES_NAMED));
+                    }
+                }
+                _ => lines.push(
+                    "source files changed: the listing of the earlier tree is no longer kept"
+                        .into(),
+                ),
+            }
+        }
+    }
+    lines
+}
 
 /// Lines like `recipe.files./etc/motd.sha256: 1f2e.. -> 9a8b..` for every leaf that differs.
 pub fn diff_inputs(old: &Value, new: &Value) -> Vec<String> {
@@ -68,5 +109,24 @@ mod tests {
                 "y: added (2)".to_string(),
             ]
         );
+    }
+
+    #[test]
+    fn a_changed_tree_names_its_changed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let listing = |text: &str| Listing {
+            digest: hashing::sha256_hex(text.as_bytes()),
+            text: text.to_string(),
+        };
+        let a = listing("Makefile\0f:aa:1\ninit/main.c\0f:bb:2\n");
+        let b = listing("Makefile\0f:aa:1\ninit/main.c\0f:cc:2\n");
+        a.save(dir.path()).unwrap();
+        b.save(dir.path()).unwrap();
+        let inputs = |d: &str| json!({"recipe": {"source": {"tree": d}}});
+        let lines = explain_change(&inputs(&a.digest), &inputs(&b.digest), dir.path());
+        assert_eq!(lines[1..], ["source files changed: 1", "  M init/main.c"]);
+        std::fs::remove_file(dir.path().join(&a.digest)).unwrap();
+        let lines = explain_change(&inputs(&a.digest), &inputs(&b.digest), dir.path());
+        assert!(lines[1].contains("no longer kept"), "{lines:?}");
     }
 }

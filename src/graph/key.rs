@@ -58,6 +58,8 @@ pub struct KeyContext<'a> {
     pub lock: &'a Lock,
     /// Where stat caches for large local source trees live.
     pub stat_cache_dir: std::path::PathBuf,
+    /// Where the listings of local source trees are kept, by digest.
+    pub trees_dir: std::path::PathBuf,
 }
 
 /// Everything a key covers. Serialized canonically (serde_json maps are sorted).
@@ -146,13 +148,15 @@ pub fn compute_key(
             let source = match source {
                 // A kernel tree: leave out .git and ignored files, reuse hashes of unchanged files.
                 Fetch::Path(tree) => {
-                    let cache = ctx
-                        .stat_cache_dir
-                        .join(hashing::sha256_hex(tree.to_string_lossy().as_bytes()));
-                    let digest =
-                        hashing::source_tree_digest(tree, &cache, &["Makefile", "Kconfig"])
+                    let cache = hashing::stat_cache_file(&ctx.stat_cache_dir, tree);
+                    let listing =
+                        hashing::source_tree_listing(tree, &cache, &["Makefile", "Kconfig"])
                             .map_err(|source| hash_error(tree, source))?;
-                    json!({ "tree": digest })
+                    // Kept so `explain` and the builder can name the files that changed.
+                    listing
+                        .save(&ctx.trees_dir)
+                        .map_err(|source| hash_error(&ctx.trees_dir, source))?;
+                    json!({ "tree": listing.digest })
                 }
                 other => fetch_inputs(other, ctx, false)?,
             };

@@ -8,7 +8,7 @@ mod key;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-pub use explain::diff_inputs;
+pub use explain::explain_change;
 pub use key::{compute_key, KeyContext, KeyError, KeyInputs, KEY_SCHEMA};
 
 use crate::recipe::{Diagnostic, Project, Recipe, RecipeError, RecipeRef};

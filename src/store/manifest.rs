@@ -44,6 +44,10 @@ pub struct ManifestHead {
 pub struct Manifest {
     #[serde(flatten)]
     pub head: ManifestHead,
+    /// Why this entry was built rather than reused: which inputs changed since the
+    /// recipe's previous entry (shown by `explain`, even after that entry is gone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rebuilt_because: Vec<String>,
     /// The cache key's inputs, as hashed.
     pub inputs: serde_json::Value,
     /// Every output path with its hash and size.
@@ -107,6 +111,7 @@ impl Manifest {
                 host: hostname(),
                 details: serde_json::Map::new(),
             },
+            rebuilt_because: Vec::new(),
             inputs,
             outputs: BTreeMap::new(),
         }

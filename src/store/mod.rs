@@ -120,6 +120,9 @@ fn remove_tree(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The folder of kept logs under the store root.
+pub const LOGS: &str = "logs";
+
 impl Store {
     /// Opens (creating when needed) the store at `root`.
     /// A store that is not a folder, or cannot be written, is `Unusable` (exit 4): said
@@ -172,6 +175,27 @@ impl Store {
 
     pub fn downloads(&self) -> PathBuf {
         self.root.join("downloads")
+    }
+
+    /// Stat caches of local source trees (a cache of hashes, never an input).
+    pub fn statcache_dir(&self) -> PathBuf {
+        self.root.join("statcache")
+    }
+
+    /// Listings of local source trees, by digest (see `hashing::Listing`).
+    pub fn trees_dir(&self) -> PathBuf {
+        self.root.join("trees")
+    }
+
+    /// Logs of failed builds and VMs, kept since a failed build's staging folder is
+    /// removed; `gc` removes those of keys no recipe reaches.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root.join(LOGS)
+    }
+
+    /// Kernel build folders, kept between builds for incremental builds.
+    pub fn kbuild_dir(&self) -> PathBuf {
+        self.root.join("kbuild")
     }
 
     /// `<root>/<key>-<name>`: the key must be a key and the name a recipe name, so the
@@ -539,6 +563,44 @@ impl Store {
             if let Ok(lock) = self.try_lock(key) {
                 drop(lock);
                 let _ = remove_tree(&item.path());
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes what entries leave beside them once they are gone: kept logs
+    /// (`logs/<name>-<key prefix>.*`) of keys no remaining entry or recipe has, and source
+    /// tree listings (`trees/<digest>`) that no remaining entry's inputs and no tree in
+    /// `current_trees` (the recipes' trees now) name. Returns how many files went.
+    pub fn gc_side_files(&self, current_keys: &BTreeSet<String>, current_trees: &BTreeSet<String>) -> Result<usize> {
+        let mut keys = current_keys.clone();
+        let mut trees = current_trees.clone();
+        for entry in self.entries()? {
+            if entry.manifest.kind == "kernel" {
+                if let Ok(manifest) = self.manifest(&entry) {
+                    if let Some(tree) = manifest.inputs.pointer("/recipe/source/tree").and_then(|t| t.as_str()) {
+                        trees.insert(tree.to_string());
+                    }
+                }
+            }
+            keys.insert(entry.manifest.key);
+        }
+        let mut removed = 0;
+        let logs = self.logs_dir();
+        for item in fs_err::read_dir(&logs).into_iter().flatten().flatten() {
+            let file = item.file_name().to_string_lossy().into_owned();
+            let stem = file.split('.').next().unwrap_or_default();
+            let prefix = stem.rsplit('-').next().unwrap_or_default();
+            let kept = prefix.len() >= 16 && keys.iter().any(|k| k.starts_with(prefix));
+            if !kept && fs_err::remove_file(item.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        let trees_dir = self.trees_dir();
+        for item in fs_err::read_dir(&trees_dir).into_iter().flatten().flatten() {
+            let file = item.file_name().to_string_lossy().into_owned();
+            if !trees.contains(&file) && fs_err::remove_file(item.path()).is_ok() {
+                removed += 1;
             }
         }
         Ok(removed)

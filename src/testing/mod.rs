@@ -18,10 +18,6 @@ use serde::{Deserialize, Serialize};
 use crate::format::tap;
 pub use results::{read_results, JUNIT_XML, RESULTS_JSON};
 
-/// Where, under the store's root, the console of a VM that failed is kept: a failed
-/// run's staged entry is removed, and error messages must name files that exist.
-pub const KEPT_LOGS: &str = "logs";
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {

@@ -125,7 +125,7 @@ fn run_into(store: &Store, job: &Job, hooks: &Hooks, out: &Path) -> Result<RunRe
         accel: job.accel,
         work: work.path(),
         out,
-        logs: &store.root().join(super::KEPT_LOGS),
+        logs: &store.logs_dir(),
         previous: previous.as_ref(),
         on_result: &on_result,
         detail: hooks.detail,

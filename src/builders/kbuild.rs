@@ -1,0 +1,315 @@
+//! The kernel build folder's memory. Builds are out of tree in a folder kept per source
+//! under `<store>/kbuild/`, so make only recompiles what changed. Make decides by
+//! timestamps, which a content change can hide: `rsync -a`, `cp -p`, `tar x` or a
+//! checkout can give an edited file an mtime older than its object. The folder therefore
+//! records the listing of the sources it was last built from (`.vmbuild-sources`) and
+//! when that build started (`.vmbuild-state.json`); before the next build, every file
+//! whose content changed since then but whose mtime is not newer than that start is
+//! touched, so make sees it. When vmbuild cannot be sure (no record, a build that was
+//! killed midway, a changed symlink, a file it cannot touch), the folder is emptied and
+//! the kernel built clean.
+//!
+//! The record also remembers what the `.config` was made from (config base, fragments,
+//! make flags, compiler, and every file Kconfig reads): when none of it changed and the
+//! `.config` is as it was left, configuring is skipped.
+//!
+//! The folder is a cache, never an input: emptying it gives the same kernel.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{io_err, BuildError};
+use crate::hashing::{self, Change, Listing};
+
+const STATE: &str = ".vmbuild-state.json";
+const SOURCES: &str = ".vmbuild-sources";
+
+/// What the folder remembers of its last build.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    /// Digest of the source listing the last build started from (local trees only).
+    sources: Option<String>,
+    /// When that build started, in nanoseconds since the epoch.
+    started_ns: i128,
+    /// Whether make returned (with success or failure) rather than being killed: Kbuild
+    /// deletes half-written targets when a command fails, not when it is SIGKILLed.
+    finished: bool,
+    /// Digest of what the `.config` was made from, and of the `.config` it gave.
+    config_inputs: Option<String>,
+    config_sha256: Option<String>,
+}
+
+/// A kernel build folder, held under its lock for one build.
+pub(crate) struct BuildFolder {
+    path: PathBuf,
+    state: State,
+}
+
+impl BuildFolder {
+    /// Opens the folder; with `fresh` (`-ff`), or when it holds a build vmbuild has no
+    /// record of, or one that was killed midway, it is emptied first.
+    pub(crate) fn open(
+        path: &Path,
+        fresh: bool,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<BuildFolder, BuildError> {
+        fs_err::create_dir_all(path).map_err(io_err("create", path))?;
+        let state_path = path.join(STATE);
+        let state: Option<State> = fs_err::read(&state_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let mut folder = BuildFolder {
+            path: path.to_path_buf(),
+            state: state.clone().unwrap_or_default(),
+        };
+        let holds_a_build = fs_err::read_dir(path)
+            .map_err(io_err("read", path))?
+            .next()
+            .is_some();
+        let reason = if fresh {
+            Some("asked for (-ff)")
+        } else if holds_a_build && state.is_none() {
+            Some("vmbuild has no record of what it was built from")
+        } else if state.is_some_and(|s| !s.finished) {
+            Some("the last build in it was interrupted")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            folder.empty(reason, progress)?;
+        }
+        Ok(folder)
+    }
+
+    fn empty(&mut self, reason: &str, progress: &(dyn Fn(&str) + Sync)) -> Result<(), BuildError> {
+        progress(&format!("building from an empty build folder: {reason}"));
+        fs_err::remove_dir_all(&self.path).map_err(io_err("empty", &self.path))?;
+        fs_err::create_dir_all(&self.path).map_err(io_err("create", &self.path))?;
+        self.state = State::default();
+        Ok(())
+    }
+
+    /// Makes sure make sees every source change since the folder's last build, then
+    /// records this build as started from `sources` (a local tree's listing; `None` for a
+    /// tree that never changes, such as an unpacked source package).
+    pub(crate) fn start(
+        &mut self,
+        tree: &Path,
+        sources: Option<&Listing>,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<(), BuildError> {
+        if let Some(new) = sources {
+            let old = self.state.sources.as_ref().and_then(|digest| {
+                let text = fs_err::read_to_string(self.path.join(SOURCES)).ok()?;
+                let old = Listing {
+                    digest: hashing::sha256_hex(text.as_bytes()),
+                    text,
+                };
+                (old.digest == *digest).then_some(old)
+            });
+            let problem = match &old {
+                _ if self.state == State::default() => None,
+                None => Some("its record of the sources is missing or damaged".to_string()),
+                Some(old) => self.touch_hidden_changes(tree, old, new, progress).err(),
+            };
+            if let Some(problem) = problem {
+                self.empty(&problem, progress)?;
+            }
+            let path = self.path.join(SOURCES);
+            write_atomically(&path, new.text.as_bytes())?;
+        }
+        self.state.sources = sources.map(|s| s.digest.clone());
+        self.state.started_ns = now_ns();
+        self.state.finished = false;
+        self.save()
+    }
+
+    /// Touches each file that changed since the last build yet looks older than it.
+    /// Err: why the folder cannot be trusted (then it is emptied instead).
+    fn touch_hidden_changes(
+        &self,
+        tree: &Path,
+        old: &Listing,
+        new: &Listing,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut touched = Vec::new();
+        for (rel, change) in hashing::changes(old, new) {
+            if change == Change::Removed {
+                continue;
+            }
+            let path = tree.join(rel);
+            let meta = path
+                .symlink_metadata()
+                .map_err(|e| format!("{} changed but cannot be read: {e}", path.display()))?;
+            if meta.file_type().is_symlink() {
+                return Err(format!("the symlink {rel} changed"));
+            }
+            let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+            if mtime_ns <= self.state.started_ns {
+                touch(&path).map_err(|e| {
+                    format!("{rel} changed with an old mtime and cannot be touched: {e}")
+                })?;
+                touched.push(rel);
+            }
+        }
+        if !touched.is_empty() {
+            progress(&format!(
+                "{} changed file(s) carry an mtime older than the last build, touched so make rebuilds them: {}{}",
+                touched.len(),
+                touched.iter().take(5).copied().collect::<Vec<_>>().join(", "),
+                if touched.len() > 5 { ", ..." } else { "" }
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the `.config` can be kept as it is: made from the same `inputs`, and not
+    /// changed since.
+    pub(crate) fn config_is_current(&self, inputs: &str) -> bool {
+        self.state.config_inputs.as_deref() == Some(inputs)
+            && self.state.config_sha256.is_some()
+            && self.state.config_sha256 == self.config_sha256()
+    }
+
+    /// Records that the `.config` now in the folder was made from `inputs`.
+    pub(crate) fn config_made(&mut self, inputs: &str) -> Result<(), BuildError> {
+        self.state.config_inputs = Some(inputs.to_string());
+        self.state.config_sha256 = self.config_sha256();
+        self.save()
+    }
+
+    fn config_sha256(&self) -> Option<String> {
+        hashing::sha256_file(&self.path.join(".config"))
+            .ok()
+            .map(|(sha, _)| sha)
+    }
+
+    /// Records that make returned, so the folder's objects are whole.
+    pub(crate) fn finished(&mut self) -> Result<(), BuildError> {
+        self.state.finished = true;
+        self.save()
+    }
+
+    fn save(&self) -> Result<(), BuildError> {
+        let bytes = serde_json::to_vec_pretty(&self.state).expect("the state serializes");
+        write_atomically(&self.path.join(STATE), &bytes)
+    }
+}
+
+impl PartialEq for State {
+    fn eq(&self, other: &State) -> bool {
+        serde_json::to_value(self).ok() == serde_json::to_value(other).ok()
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    fs_err::write(&tmp, bytes).map_err(io_err("write", &tmp))?;
+    fs_err::rename(&tmp, path).map_err(io_err("write", path))?;
+    Ok(())
+}
+
+fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// Sets a file's mtime to now, leaving its content and atime alone.
+fn touch(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("a NUL in the path"))?;
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+    ];
+    // SAFETY: a valid NUL-terminated path and two timespecs, as utimensat(2) wants.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn listing(tree: &Path, cache: &Path) -> Listing {
+        hashing::source_tree_listing(tree, cache, &[]).unwrap()
+    }
+
+    fn set_mtime(path: &Path, secs: u64) {
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_change_with_an_old_mtime_is_touched_and_an_unknown_or_interrupted_folder_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("src");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(tree.join("main.c"), "one").unwrap();
+        std::fs::write(tree.join("other.c"), "same").unwrap();
+        set_mtime(&tree.join("other.c"), 1_000);
+        let cache = dir.path().join("statcache");
+        let build = dir.path().join("build");
+        let quiet = |_: &str| {};
+
+        // A folder with objects but no record is emptied.
+        std::fs::create_dir_all(&build).unwrap();
+        std::fs::write(build.join("main.o"), "stale").unwrap();
+        let mut folder = BuildFolder::open(&build, false, &quiet).unwrap();
+        assert!(!build.join("main.o").exists());
+        folder.start(&tree, Some(&listing(&tree, &cache)), &quiet).unwrap();
+        std::fs::write(build.join("main.o"), "object").unwrap();
+        folder.finished().unwrap();
+
+        // Content changed, mtime set back: touched. Unchanged files are left alone.
+        std::fs::write(tree.join("main.c"), "two").unwrap();
+        set_mtime(&tree.join("main.c"), 1_000);
+        let mut folder = BuildFolder::open(&build, false, &quiet).unwrap();
+        folder.start(&tree, Some(&listing(&tree, &cache)), &quiet).unwrap();
+        assert!(std::fs::metadata(tree.join("main.c")).unwrap().mtime() > 1_000);
+        assert_eq!(std::fs::metadata(tree.join("other.c")).unwrap().mtime(), 1_000);
+        assert!(build.join("main.o").exists(), "an incremental build keeps objects");
+
+        // Killed before make returned: emptied next time.
+        drop(folder);
+        let _folder = BuildFolder::open(&build, false, &quiet).unwrap();
+        assert!(!build.join("main.o").exists());
+    }
+
+    #[test]
+    fn the_config_is_current_only_for_the_same_inputs_and_an_untouched_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let build = dir.path().join("build");
+        let mut folder = BuildFolder::open(&build, false, &|_| {}).unwrap();
+        std::fs::write(build.join(".config"), "CONFIG_A=y\n").unwrap();
+        folder.config_made("inputs-1").unwrap();
+        assert!(folder.config_is_current("inputs-1"));
+        assert!(!folder.config_is_current("inputs-2"));
+        std::fs::write(build.join(".config"), "CONFIG_A=n\n").unwrap();
+        assert!(!folder.config_is_current("inputs-1"));
+    }
+}

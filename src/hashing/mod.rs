@@ -1,0 +1,249 @@
+//! Content hashing: SHA-256 of files and of whole trees, the way cache keys see them.
+//! A tree is its sorted relative paths with, for each, the kind, the exec bit and the
+//! content hash (or symlink target). Mtimes, owners and absolute paths never enter.
+//! Files are hashed in parallel on all cores.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+mod source_tree;
+pub use source_tree::{changes, source_tree_listing, stat_cache_file, Change, Listing};
+/// Hex SHA-256 of a byte string.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+}
+
+/// Incremental SHA-256, for data that arrives in pieces (files, downloads). ring's
+/// implementation is OpenSSL's assembly (SHA-NI, AVX2): faster than `sha256sum` here.
+pub struct Sha256Stream(ring::digest::Context);
+
+impl Default for Sha256Stream {
+    fn default() -> Self {
+        Sha256Stream(ring::digest::Context::new(&ring::digest::SHA256))
+    }
+}
+
+impl Sha256Stream {
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    pub fn finish_hex(self) -> String {
+        hex::encode(self.0.finish())
+    }
+}
+
+/// Hex SHA-256 and size of a file, read in large blocks.
+pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut file = fs_err::File::open(path)?;
+    let mut hasher = Sha256Stream::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((hasher.finish_hex(), size))
+}
+
+/// One entry of a hashed tree, as it appears in cache-key inputs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum TreeEntry {
+    File {
+        sha256: String,
+        size: u64,
+        exec: bool,
+    },
+    Symlink {
+        target: String,
+    },
+    Dir,
+}
+
+impl TreeEntry {
+    /// Hashes one path without following a final symlink.
+    /// Anything but a regular file, a folder or a symlink (a FIFO would block the read, a
+    /// device never end it) is refused with `InvalidInput`, naming the path.
+    pub fn of(path: &Path) -> std::io::Result<TreeEntry> {
+        let meta = fs_err::symlink_metadata(path)?;
+        let kind = meta.file_type();
+        Ok(if kind.is_symlink() {
+            let target = fs_err::read_link(path)?;
+            TreeEntry::Symlink {
+                target: utf8(target.as_os_str(), path)?.to_string(),
+            }
+        } else if kind.is_dir() {
+            TreeEntry::Dir
+        } else if !kind.is_file() {
+            return Err(special_file(path, &kind));
+        } else {
+            let (sha256, size) = sha256_file(path)?;
+            TreeEntry::File {
+                sha256,
+                size,
+                exec: meta.permissions().mode() & 0o111 != 0,
+            }
+        })
+    }
+}
+
+/// A name as UTF-8, or `InvalidInput` naming the path: a lossy conversion would let two
+/// different names collapse into one key (and an edit to one be a stale hit).
+pub fn utf8<'a>(name: &'a std::ffi::OsStr, path: &Path) -> std::io::Result<&'a str> {
+    name.to_str().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{}: the name is not UTF-8; rename it (vmbuild keys names by their text)",
+                path.display()
+            ),
+        )
+    })
+}
+
+fn special_file(path: &Path, kind: &std::fs::FileType) -> std::io::Error {
+    use std::os::unix::fs::FileTypeExt;
+    let what = if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else {
+        "a special file"
+    };
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!(
+            "{} is {what}: inputs must be regular files, folders or symlinks",
+            path.display()
+        ),
+    )
+}
+
+/// Every entry under `root` by relative path, sorted. `keep` filters relative paths
+/// (returning false for a folder skips everything below it).
+pub fn hash_tree(
+    root: &Path,
+    keep: impl Fn(&Path) -> bool,
+) -> std::io::Result<BTreeMap<String, TreeEntry>> {
+    let mut paths: Vec<PathBuf> = Vec::new();
+    let walker = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .follow_links(false)
+        .into_iter();
+    for entry in walker.filter_entry(|e| e.path().strip_prefix(root).map(&keep).unwrap_or(true)) {
+        let entry = entry.map_err(|e| {
+            let path = e
+                .path()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| root.to_path_buf());
+            std::io::Error::other(format!("walk {}: {e}", path.display()))
+        })?;
+        paths.push(entry.into_path());
+    }
+    // Small trees are hashed inline: starting the thread pool costs more than it saves.
+    let hash = |path: &PathBuf| -> std::io::Result<(String, TreeEntry)> {
+        let rel = utf8(path.strip_prefix(root).unwrap_or(path).as_os_str(), path)?;
+        Ok((rel.to_string(), TreeEntry::of(path)?))
+    };
+    if paths.len() < PARALLEL_FROM_FILES {
+        paths.iter().map(hash).collect()
+    } else {
+        paths.par_iter().map(hash).collect()
+    }
+}
+
+/// Trees with fewer files than this are hashed on one thread.
+const PARALLEL_FROM_FILES: usize = 64;
+
+/// One digest for a whole tree listing.
+pub fn tree_digest(tree: &BTreeMap<String, TreeEntry>) -> String {
+    let listing = serde_json::to_vec(tree).expect("tree listings serialize");
+    sha256_hex(&listing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_hash_sees_content_exec_bit_and_symlinks_but_not_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.sh");
+        std::fs::write(&a, "echo hi\n").unwrap();
+        std::os::unix::fs::symlink("a.sh", dir.path().join("link")).unwrap();
+        let first = tree_digest(&hash_tree(dir.path(), |_| true).unwrap());
+
+        // Touching the file changes nothing.
+        let f = std::fs::File::options().write(true).open(&a).unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(
+            first,
+            tree_digest(&hash_tree(dir.path(), |_| true).unwrap())
+        );
+
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exec = tree_digest(&hash_tree(dir.path(), |_| true).unwrap());
+        assert_ne!(first, exec);
+
+        std::fs::remove_file(dir.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("elsewhere", dir.path().join("link")).unwrap();
+        assert_ne!(exec, tree_digest(&hash_tree(dir.path(), |_| true).unwrap()));
+    }
+
+    #[test]
+    fn special_files_and_non_utf8_names_are_refused_naming_the_path() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let err = hash_tree(dir.path(), |_| true).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("pipe is a FIFO"), "{err}");
+        let err = TreeEntry::of(Path::new("/dev/zero")).unwrap_err();
+        assert!(err.to_string().contains("character device"), "{err}");
+
+        std::fs::remove_file(&fifo).unwrap();
+        let odd = std::ffi::OsStr::from_bytes(b"caf\xe9");
+        std::fs::write(dir.path().join(odd), "x").unwrap();
+        let err = hash_tree(dir.path(), |_| true).unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn filter_skips_whole_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".git")).unwrap();
+        std::fs::write(dir.path().join(".git/HEAD"), "x").unwrap();
+        std::fs::write(dir.path().join("kept"), "x").unwrap();
+        let tree = hash_tree(dir.path(), |p| p != Path::new(".git")).unwrap();
+        assert_eq!(tree.keys().collect::<Vec<_>>(), ["kept"]);
+    }
+
+    #[test]
+    fn file_hash_matches_known_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, "abc").unwrap();
+        let (hash, size) = sha256_file(&p).unwrap();
+        assert_eq!(
+            hash,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(size, 3);
+    }
+}
