@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vmbuild benchmarks: each compares vmbuild with the plain tool doing the same work, in one
 # hyperfine run, and prints the figures. Run from the repository root after `.ci/install-deps`:
-#   benches/run.sh [cached|keying|cpio|boot|kernel-tree|kernel-incremental|all]
+#   benches/run.sh [cached|keying|cpio|boot|kernel-tree|kernel-incremental|kernel-loop|all]
 # Needs: hyperfine, a release build (built here), network access to the Debian mirror.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -99,8 +99,7 @@ bench_boot() {
     measure boot --warmup 1 --runs 5 "$bare >/dev/null" "$vmbuild -C $project test -f one >/dev/null 2>&1"
 }
 
-bench_kernel_tree() {
-    section "re-keying an unchanged Linux source tree (stat cache) vs git status"
+bench_kernel_tree_setup() {
     src="$work/linux-tree"
     if [ ! -d "$src/linux-source-6.1" ]; then
         mkdir -p "$src"
@@ -111,6 +110,11 @@ bench_kernel_tree() {
         sed -i '/^# Debian packaging/,$d' "$src/linux-source-6.1/.gitignore"
         (cd "$src/linux-source-6.1" && git init -q && git add -A && git -c user.email=b@b -c user.name=b commit -qm tree)
     fi
+}
+
+bench_kernel_tree() {
+    section "re-keying an unchanged Linux source tree (stat cache) vs git status"
+    bench_kernel_tree_setup
     project="$work/ktree"
     mkdir -p "$project/recipes"
     cp -r modules "$project/"
@@ -143,6 +147,52 @@ bench_kernel_incremental() {
     echo "ratio:             $(echo "scale=3; $incremental / $full" | bc)"
 }
 
+bench_kernel_loop() {
+    section "kernel developer's loop: one-line edit in init/main.c, then vmbuild test, vs incremental make -j2 bzImage + bare qemu running the same test"
+    bench_kernel_tree_setup
+    tree="$src/linux-source-6.1"
+    project="$work/kloop"
+    rm -rf "$project" && mkdir -p "$project/recipes" "$project/tests/one"
+    cp -r recipes modules vmbuild.lock "$project/"
+    printf '#!/bin/sh\necho hi\n' >"$project/tests/one/hi"
+    chmod +x "$project/tests/one/hi"
+    printf 'kind = "bundle"\ntests = "../tests/one"\n' >"$project/recipes/one-tests.toml"
+    printf 'kind = "kernel"\n[source]\npath = "%s"\n[config]\nbase = "tinyconfig"\nfragments = ["../modules/kconfig/serial-console.config", "../modules/kconfig/initramfs.config"]\n' "$tree" >"$project/recipes/local.toml"
+    printf 'kind = "test"\nkernel = "local"\nrootfs = "busybox-rootfs"\nbundles = ["one-tests"]\n' >"$project/recipes/loop.toml"
+    # The edit: a printk whose text changes on every run.
+    grep -q vmbuild-bench "$tree/init/main.c" ||
+        sed -i 's|^\tpr_notice("%s", linux_banner);|&\n\tpr_notice("vmbuild-bench 0\\n");|' "$tree/init/main.c"
+    edit="$work/edit.sh"
+    printf '#!/bin/sh\nn=$(date +%%s%%N)\nsed -i "s/vmbuild-bench [0-9]*/vmbuild-bench $n/" %s\n' "$tree/init/main.c" >"$edit"
+    chmod +x "$edit"
+    # Warm both build folders.
+    "$vmbuild" -C "$project" test loop >/dev/null 2>&1
+    plain="$work/plain-kbuild"
+    if [ ! -f "$plain/arch/x86/boot/bzImage" ]; then
+        mkdir -p "$plain"
+        make -s -C "$tree" O="$plain" tinyconfig >/dev/null
+        (cd "$plain" && "$tree/scripts/kconfig/merge_config.sh" -m -O "$plain" .config \
+            "$PWD/modules/kconfig/serial-console.config" "$PWD/modules/kconfig/initramfs.config" >/dev/null)
+        make -s -C "$tree" O="$plain" olddefconfig >/dev/null
+        make -s -C "$tree" O="$plain" -j2 bzImage >/dev/null
+    fi
+    rootfs=$("$vmbuild" -C "$project" build busybox-rootfs)/rootfs.cpio.gz
+    mkdir -p "$work/bare/vmbuild"
+    printf '#!/bin/sh\nmount -t proc proc /proc\nmount -t devtmpfs dev /dev\necho hi\nreboot -f\n' >"$work/bare/vmbuild/init"
+    chmod +x "$work/bare/vmbuild/init"
+    (cd "$work/bare" && find vmbuild | cpio -o -H newc --quiet | gzip) | cat "$rootfs" - >"$work/bare-loop.img"
+    bare="qemu-system-x86_64 -machine q35 -accel tcg -m 512 -smp 1 -nodefaults -display none -no-reboot -kernel $plain/arch/x86/boot/bzImage -initrd $work/bare-loop.img -append 'console=ttyS0 rdinit=/vmbuild/init panic=-1' -serial stdio"
+    measure kernel-loop --prepare "$edit" --runs 3 \
+        "make -s -C $tree O=$plain -j2 bzImage >/dev/null && $bare >/dev/null" \
+        "$vmbuild -C $project test loop >/dev/null 2>&1"
+    section "cached rerun of the unchanged tree: vmbuild test loop (a hit) vs git status"
+    "$vmbuild" -C "$project" test loop >/dev/null 2>&1
+    measure kernel-loop-cached --warmup 2 --runs 10 \
+        "git -C $tree status --porcelain >/dev/null" \
+        "$vmbuild -C $project build local >/dev/null" \
+        "$vmbuild -C $project test loop >/dev/null 2>&1"
+}
+
 case "$which" in
     cached) bench_cached ;;
     keying) bench_keying ;;
@@ -150,6 +200,7 @@ case "$which" in
     boot) bench_boot ;;
     kernel-tree) bench_kernel_tree ;;
     kernel-incremental) bench_kernel_incremental ;;
-    all) bench_cached; bench_keying; bench_cpio; bench_boot; bench_kernel_tree; bench_kernel_incremental ;;
+    kernel-loop) bench_kernel_loop ;;
+    all) bench_cached; bench_keying; bench_cpio; bench_boot; bench_kernel_tree; bench_kernel_incremental; bench_kernel_loop ;;
     *) echo "unknown benchmark: $which" >&2; exit 2 ;;
 esac

@@ -310,16 +310,20 @@ impl<'a> Engine<'a> {
                 let work = WorkDir::new(&self.store, key, name)?;
                 let progress = |line: &str| self.reporter.event(Event::Progress { name, line });
                 let inputs = plan.inputs[index].to_value();
-                let log = self.store.logs_dir().join(format!(
-                    "{name}-{}.build.log",
-                    key.get(..16).unwrap_or(key)
-                ));
+                let log = self
+                    .store
+                    .logs_dir()
+                    .join(format!("{name}-{}.build.log", key.get(..16).unwrap_or(key)));
                 let ctx = BuildContext {
                     store: &self.store,
                     lock: &self.lock,
                     deps,
                     work: &work.0,
                     progress: &progress,
+                    notice: &|line: &str| {
+                        self.reporter
+                            .event(Event::Notice(&format!("{name}: {line}")))
+                    },
                     inputs: &inputs,
                     fresh,
                     log: &log,
@@ -355,7 +359,13 @@ impl<'a> Engine<'a> {
     }
 
     /// Why `name` is built now rather than reused: what changed since its latest entry.
-    fn why_built(&self, name: &str, key: &str, inputs: &serde_json::Value, force: bool) -> Vec<String> {
+    fn why_built(
+        &self,
+        name: &str,
+        key: &str,
+        inputs: &serde_json::Value,
+        force: bool,
+    ) -> Vec<String> {
         if force {
             return vec!["forced (-f)".into()];
         }
@@ -365,7 +375,10 @@ impl<'a> Engine<'a> {
             }
             Ok(Some(previous)) => match self.store.manifest(&previous) {
                 Ok(old) => {
-                    let mut lines = vec![format!("changed since the entry {}:", previous.manifest.key)];
+                    let mut lines = vec![format!(
+                        "changed since the entry {}:",
+                        previous.manifest.key
+                    )];
                     lines.extend(explain_change(&old.inputs, inputs, &self.store.trees_dir()));
                     lines
                 }

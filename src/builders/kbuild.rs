@@ -32,8 +32,9 @@ struct State {
     sources: Option<String>,
     /// When that build started, in nanoseconds since the epoch.
     started_ns: i128,
-    /// Whether make returned (with success or failure) rather than being killed: Kbuild
-    /// deletes half-written targets when a command fails, not when it is SIGKILLed.
+    /// Whether the last build returned (with success or failure) rather than being
+    /// killed: Kbuild deletes half-written targets when a command fails, not when make
+    /// is SIGKILLed.
     finished: bool,
     /// Digest of what the `.config` was made from, and of the `.config` it gave.
     config_inputs: Option<String>,
@@ -52,7 +53,7 @@ impl BuildFolder {
     pub(crate) fn open(
         path: &Path,
         fresh: bool,
-        progress: &(dyn Fn(&str) + Sync),
+        notice: &(dyn Fn(&str) + Sync),
     ) -> Result<BuildFolder, BuildError> {
         fs_err::create_dir_all(path).map_err(io_err("create", path))?;
         let state_path = path.join(STATE);
@@ -77,13 +78,13 @@ impl BuildFolder {
             None
         };
         if let Some(reason) = reason {
-            folder.empty(reason, progress)?;
+            folder.empty(reason, notice)?;
         }
         Ok(folder)
     }
 
-    fn empty(&mut self, reason: &str, progress: &(dyn Fn(&str) + Sync)) -> Result<(), BuildError> {
-        progress(&format!("building from an empty build folder: {reason}"));
+    fn empty(&mut self, reason: &str, notice: &(dyn Fn(&str) + Sync)) -> Result<(), BuildError> {
+        notice(&format!("building from an empty build folder: {reason}"));
         fs_err::remove_dir_all(&self.path).map_err(io_err("empty", &self.path))?;
         fs_err::create_dir_all(&self.path).map_err(io_err("create", &self.path))?;
         self.state = State::default();
@@ -97,7 +98,7 @@ impl BuildFolder {
         &mut self,
         tree: &Path,
         sources: Option<&Listing>,
-        progress: &(dyn Fn(&str) + Sync),
+        notice: &(dyn Fn(&str) + Sync),
     ) -> Result<(), BuildError> {
         if let Some(new) = sources {
             let old = self.state.sources.as_ref().and_then(|digest| {
@@ -109,12 +110,13 @@ impl BuildFolder {
                 (old.digest == *digest).then_some(old)
             });
             let problem = match &old {
-                _ if self.state == State::default() => None,
+                // Nothing was built from a recorded tree here since the folder was emptied.
+                _ if self.state.sources.is_none() => None,
                 None => Some("its record of the sources is missing or damaged".to_string()),
-                Some(old) => self.touch_hidden_changes(tree, old, new, progress).err(),
+                Some(old) => self.touch_hidden_changes(tree, old, new, notice).err(),
             };
             if let Some(problem) = problem {
-                self.empty(&problem, progress)?;
+                self.empty(&problem, notice)?;
             }
             let path = self.path.join(SOURCES);
             write_atomically(&path, new.text.as_bytes())?;
@@ -132,7 +134,7 @@ impl BuildFolder {
         tree: &Path,
         old: &Listing,
         new: &Listing,
-        progress: &(dyn Fn(&str) + Sync),
+        notice: &(dyn Fn(&str) + Sync),
     ) -> Result<(), String> {
         use std::os::unix::fs::MetadataExt;
         let mut touched = Vec::new();
@@ -156,7 +158,7 @@ impl BuildFolder {
             }
         }
         if !touched.is_empty() {
-            progress(&format!(
+            notice(&format!(
                 "{} changed file(s) carry an mtime older than the last build, touched so make rebuilds them: {}{}",
                 touched.len(),
                 touched.iter().take(5).copied().collect::<Vec<_>>().join(", "),
@@ -187,21 +189,20 @@ impl BuildFolder {
             .map(|(sha, _)| sha)
     }
 
-    /// Records that make returned, so the folder's objects are whole.
-    pub(crate) fn finished(&mut self) -> Result<(), BuildError> {
-        self.state.finished = true;
-        self.save()
-    }
-
     fn save(&self) -> Result<(), BuildError> {
         let bytes = serde_json::to_vec_pretty(&self.state).expect("the state serializes");
         write_atomically(&self.path.join(STATE), &bytes)
     }
 }
 
-impl PartialEq for State {
-    fn eq(&self, other: &State) -> bool {
-        serde_json::to_value(self).ok() == serde_json::to_value(other).ok()
+/// A build that returns, by success or by error (make exited, so Kbuild removed any
+/// half-made target), leaves the folder marked whole; only a killed vmbuild does not.
+impl Drop for BuildFolder {
+    fn drop(&mut self) {
+        if !self.state.finished {
+            self.state.finished = true;
+            let _ = self.save();
+        }
     }
 }
 
@@ -281,21 +282,31 @@ mod tests {
         std::fs::write(build.join("main.o"), "stale").unwrap();
         let mut folder = BuildFolder::open(&build, false, &quiet).unwrap();
         assert!(!build.join("main.o").exists());
-        folder.start(&tree, Some(&listing(&tree, &cache)), &quiet).unwrap();
+        folder
+            .start(&tree, Some(&listing(&tree, &cache)), &quiet)
+            .unwrap();
         std::fs::write(build.join("main.o"), "object").unwrap();
-        folder.finished().unwrap();
+        drop(folder);
 
         // Content changed, mtime set back: touched. Unchanged files are left alone.
         std::fs::write(tree.join("main.c"), "two").unwrap();
         set_mtime(&tree.join("main.c"), 1_000);
         let mut folder = BuildFolder::open(&build, false, &quiet).unwrap();
-        folder.start(&tree, Some(&listing(&tree, &cache)), &quiet).unwrap();
+        folder
+            .start(&tree, Some(&listing(&tree, &cache)), &quiet)
+            .unwrap();
         assert!(std::fs::metadata(tree.join("main.c")).unwrap().mtime() > 1_000);
-        assert_eq!(std::fs::metadata(tree.join("other.c")).unwrap().mtime(), 1_000);
-        assert!(build.join("main.o").exists(), "an incremental build keeps objects");
+        assert_eq!(
+            std::fs::metadata(tree.join("other.c")).unwrap().mtime(),
+            1_000
+        );
+        assert!(
+            build.join("main.o").exists(),
+            "an incremental build keeps objects"
+        );
 
-        // Killed before make returned: emptied next time.
-        drop(folder);
+        // Killed before the build returned: emptied next time.
+        std::mem::forget(folder);
         let _folder = BuildFolder::open(&build, false, &quiet).unwrap();
         assert!(!build.join("main.o").exists());
     }

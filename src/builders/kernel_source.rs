@@ -64,14 +64,12 @@ pub fn build(
         &hashing::sha256_hex(build_dir.to_string_lossy().as_bytes()),
         || (ctx.progress)("waiting for another vmbuild using the same kernel build folder"),
     )?;
-    // A local tree is listed again under the lock: what make will read must be what the
-    // key was computed from.
     let listing = match source {
-        Fetch::Path(tree) => Some(current_listing(tree, ctx)?),
+        Fetch::Path(tree) => Some(keyed_listing(tree, ctx)?),
         _ => None,
     };
-    let mut folder = BuildFolder::open(&build_dir, ctx.fresh, ctx.progress)?;
-    folder.start(&tree, listing.as_ref(), ctx.progress)?;
+    let mut folder = BuildFolder::open(&build_dir, ctx.fresh, ctx.notice)?;
+    folder.start(&tree, listing.as_ref(), ctx.notice)?;
 
     let log_path = ctx.log.to_path_buf();
     if let Some(dir) = log_path.parent() {
@@ -122,23 +120,10 @@ pub fn build(
     check_fragments(fragments, &config)?;
 
     (ctx.progress)("compiling");
-    let compiled = make(&["-j", &jobs], &mut log);
-    // Make returned: whatever it left is whole (Kbuild deletes half-made targets).
-    folder.finished()?;
-    compiled?;
-    if let (Some(before), Fetch::Path(tree)) = (&listing, source) {
-        let after = current_listing(tree, ctx)?;
-        let changed: Vec<&str> = hashing::changes(before, &after)
-            .into_iter()
-            .map(|(rel, _)| rel)
-            .take(5)
-            .collect();
-        if !changed.is_empty() {
-            return Err(BuildError::Invalid(format!(
-                "the source tree changed while the kernel was built ({}): it is not stored; run again",
-                changed.join(", ")
-            )));
-        }
+    make(&["-j", &jobs], &mut log)?;
+    if let Fetch::Path(tree) = source {
+        // Make read the tree as it is now: it must still be the keyed one.
+        current_listing(tree, ctx)?;
     }
     for (from, to) in [
         ("arch/x86/boot/bzImage", "bzImage"),
@@ -180,16 +165,34 @@ pub fn build(
     ]))
 }
 
-/// A local tree's listing now, through the same stat cache the key used; it must be the
-/// tree the key was computed from.
+/// The listing the key was computed from, as kept when the tree was keyed.
+fn keyed_listing(tree: &Path, ctx: &BuildContext) -> Result<Listing, BuildError> {
+    let digest = ctx
+        .inputs
+        .pointer("/recipe/source/tree")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    match Listing::load(&ctx.store.trees_dir(), digest) {
+        Some(listing) => Ok(listing),
+        // Removed or damaged since keying (a concurrent gc): list the tree again.
+        None => current_listing(tree, ctx),
+    }
+}
+
+/// A local tree's listing now, through the same stat cache the key used. It must be the
+/// tree the key was computed from: an edit after keying (or during the build) would
+/// store a kernel under a key that does not describe it.
 fn current_listing(tree: &Path, ctx: &BuildContext) -> Result<Listing, BuildError> {
     let cache = hashing::stat_cache_file(&ctx.store.statcache_dir(), tree);
     let listing = hashing::source_tree_listing(tree, &cache, &["Makefile", "Kconfig"])
         .map_err(io_err("list", tree))?;
-    let keyed = ctx.inputs.pointer("/recipe/source/tree").and_then(Value::as_str);
+    let keyed = ctx
+        .inputs
+        .pointer("/recipe/source/tree")
+        .and_then(Value::as_str);
     if keyed.is_some_and(|k| k != listing.digest) {
         return Err(BuildError::Invalid(format!(
-            "the source tree {} changed after vmbuild keyed it: run again",
+            "the source tree {} changed after vmbuild keyed it: the kernel is not stored; run again",
             tree.display()
         )));
     }

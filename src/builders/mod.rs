@@ -49,6 +49,8 @@ pub struct BuildContext<'a> {
     pub work: &'a Path,
     /// Reports what the build is doing now (one short line).
     pub progress: &'a (dyn Fn(&str) + Sync),
+    /// Tells the user something they should see even without `-v` (one line).
+    pub notice: &'a (dyn Fn(&str) + Sync),
     /// The key's inputs, as hashed.
     pub inputs: &'a serde_json::Value,
     /// Build from nothing: no incremental state (`-ff`).

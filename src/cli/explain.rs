@@ -51,8 +51,7 @@ pub fn run(global: &Global, reporter: &Renderer, args: ExplainArgs) -> Result<i3
                 Some(previous) => {
                     println!("changed since the last entry ({}):", previous.manifest.key);
                     let previous = engine.store.manifest(&previous)?;
-                    for line in
-                        explain_change(&previous.inputs, &inputs, &engine.store.trees_dir())
+                    for line in explain_change(&previous.inputs, &inputs, &engine.store.trees_dir())
                     {
                         println!("  {line}");
                     }

@@ -32,16 +32,18 @@ pub fn run(global: &Global, reporter: &Renderer, args: GcArgs) -> Result<i32, Er
     } else {
         Some(engine.plan(&engine.project.recipe_names())?)
     };
-    let keep = plan.as_ref().map(|plan| -> Result<BTreeSet<String>, Error> {
-        let mut keep: BTreeSet<String> = plan.keys.iter().cloned().collect();
-        // Unpacked kernel sources are kept while any kernel recipe still builds from them.
-        for entry in engine.store.entries()? {
-            if entry.manifest.kind == "source" {
-                keep.insert(entry.manifest.key);
+    let keep = plan
+        .as_ref()
+        .map(|plan| -> Result<BTreeSet<String>, Error> {
+            let mut keep: BTreeSet<String> = plan.keys.iter().cloned().collect();
+            // Unpacked kernel sources are kept while any kernel recipe still builds from them.
+            for entry in engine.store.entries()? {
+                if entry.manifest.kind == "source" {
+                    keep.insert(entry.manifest.key);
+                }
             }
-        }
-        Ok(keep)
-    });
+            Ok(keep)
+        });
     let keep = keep.transpose()?;
     let removed = engine.store.gc(keep.as_ref(), max_age)?;
     for entry in &removed {
@@ -53,7 +55,12 @@ pub fn run(global: &Global, reporter: &Renderer, args: GcArgs) -> Result<i32, Er
         let trees: BTreeSet<String> = plan
             .inputs
             .iter()
-            .filter_map(|i| i.recipe.pointer("/source/tree")?.as_str().map(str::to_string))
+            .filter_map(|i| {
+                i.recipe
+                    .pointer("/source/tree")?
+                    .as_str()
+                    .map(str::to_string)
+            })
             .collect();
         let keys: BTreeSet<String> = plan.keys.iter().cloned().collect();
         let files = engine.store.gc_side_files(&keys, &trees)?;

@@ -30,7 +30,10 @@ pub fn explain_change(old: &Value, new: &Value, trees_dir: &Path) -> Vec<String>
                         lines.push(format!("  {} {rel}", change.letter()));
                     }
                     if changes.len() > MAX_FILES_NAMED {
-                        lines.push(format!("  ... and {} more", changes.len() - MAX_FILES_NAMED));
+                        lines.push(format!(
+                            "  ... and {} more",
+                            changes.len() - MAX_FILES_NAMED
+                        ));
                     }
                 }
                 _ => lines.push(

@@ -1,5 +1,6 @@
 //! Source trees such as a kernel checkout, keyed in place: which files count (`.git` left
-//! out; in a git checkout, what its ignore rules exclude, except files git tracks), a stat
+//! out; in a git checkout, what git lists: tracked files and untracked ones its ignore
+//! rules do not exclude), a stat
 //! cache so that re-keying an unchanged tree reads no file, and the tree's listing: one
 //! line per file (`path\0entry\n`, sorted), whose SHA-256 is the tree's digest. Listings
 //! are kept by digest (`<store>/trees/<digest>`) so `explain` can name the files that
@@ -123,9 +124,15 @@ pub fn stat_cache_file(dir: &Path, tree: &Path) -> PathBuf {
 
 /// The listing of a source tree such as a kernel checkout: `.git` is left out and, in a
 /// git checkout, everything its ignore rules exclude (build products) unless git tracks
-/// it. A stat cache in `cache_file` (path, size, mtime, ctime, inode -> entry) means only
-/// changed files are read again, so re-keying an unchanged tree costs a parallel walk and
-/// a stat per file.
+/// it (git itself lists the files).
+///
+/// A stat cache in `cache_file` keeps, for every folder and file, its stamp (size, mtime,
+/// ctime, inode, mode) and, for files, their entry. When nothing changed since (every
+/// folder and file has its stamp, and so does git's index, which says what is tracked),
+/// the cached listing is the tree's: no folder is read, no git process started, no file
+/// opened. Adding, removing or renaming anything changes its folder's stamp; writing a
+/// file changes its ctime even when its mtime is set back. Otherwise the tree is listed
+/// again and only files whose stamp changed are read.
 ///
 /// Every name in `required` must be among the listed files (a kernel tree needs its
 /// top-level `Makefile` and `Kconfig`); when one is missing, the error names the ignore
@@ -135,31 +142,27 @@ pub fn source_tree_listing(
     cache_file: &Path,
     required: &[&str],
 ) -> std::io::Result<Listing> {
-    // Cache lines: "<stamp>\t<entry>\t<path>", borrowed straight from the file's text.
     let cache_text = fs_err::read_to_string(cache_file).unwrap_or_default();
-    let old: HashMap<&str, (&str, &str)> = cache_text
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.splitn(3, '\t');
-            let (stamp, entry, path) = (parts.next()?, parts.next()?, parts.next()?);
-            Some((path, (stamp, entry)))
-        })
-        .collect();
-
-    let mut files = walk(root)?;
-    // In a git checkout, ignore rules never hide a tracked file: the build reads those too
-    // (Debian's linux-source tree ignores `/*` yet a checkout of it tracks everything).
-    if root.join(".git").exists() {
-        let walked: std::collections::HashSet<String> =
-            files.iter().map(|(rel, _)| rel.clone()).collect();
-        for rel in git_tracked(root)? {
-            if !walked.contains(&rel) {
-                if let Ok(meta) = root.join(&rel).symlink_metadata() {
-                    files.push((rel, meta));
-                }
-            }
-        }
+    let cache = StatCache::parse(&cache_text);
+    let index = git_index_stamp(root);
+    if let Some(listing) = cache.as_ref().and_then(|c| c.unchanged(root, &index)) {
+        return Ok(listing);
     }
+    let old: HashMap<&str, (&str, &str)> = cache
+        .as_ref()
+        .map(|c| {
+            c.files
+                .iter()
+                .map(|(st, entry, rel)| (*rel, (*st, *entry)))
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let (mut files, dirs) = if root.join(".git").exists() {
+        (git_files(root)?, walk(root, false)?.1)
+    } else {
+        walk(root, true)?
+    };
     files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for name in required {
         if files
@@ -179,18 +182,6 @@ pub fn source_tree_listing(
         }
     }
 
-    let stamp = |m: &std::fs::Metadata| {
-        format!(
-            "{}:{}.{}:{}.{}:{}:{:o}",
-            m.len(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec(),
-            m.ino(),
-            m.mode()
-        )
-    };
     // Unchanged files (same stamp) keep their cached entry; the rest are read again.
     let hashed: Vec<(String, Option<String>)> = files
         .par_iter()
@@ -214,10 +205,11 @@ pub fn source_tree_listing(
         .collect::<std::io::Result<_>>()?;
 
     let mut text = String::with_capacity(files.len() * 100);
-    let mut cache = String::with_capacity(cache_text.len().max(files.len() * 120));
-    let mut changed = old.len() != files.len();
+    let mut body = String::with_capacity(cache_text.len().max(files.len() * 120));
+    for (rel, meta) in &dirs {
+        body.push_str(&format!("D\t{}\t{rel}\n", stamp(meta)));
+    }
     for ((rel, _), (st, fresh)) in files.iter().zip(&hashed) {
-        changed |= fresh.is_some();
         let entry = match fresh {
             Some(e) => e.as_str(),
             None => old[rel.as_str()].1,
@@ -226,36 +218,140 @@ pub fn source_tree_listing(
         text.push('\0');
         text.push_str(entry);
         text.push('\n');
-        cache.push_str(st);
-        cache.push('\t');
-        cache.push_str(entry);
-        cache.push('\t');
-        cache.push_str(rel);
-        cache.push('\n');
+        body.push_str(&format!("F\t{st}\t{entry}\t{rel}\n"));
     }
-    if changed {
+    let listing = Listing {
+        digest: sha256_hex(text.as_bytes()),
+        text,
+    };
+    let new_cache = format!(
+        "{CACHE_HEADER}\t{}\t{}\n{body}",
+        index.as_deref().unwrap_or("-"),
+        listing.digest
+    );
+    if new_cache != cache_text {
         if let Some(dir) = cache_file.parent() {
             fs_err::create_dir_all(dir)?;
         }
         let tmp = cache_file.with_extension(format!("tmp.{}", std::process::id()));
-        fs_err::write(&tmp, cache)?;
+        fs_err::write(&tmp, new_cache)?;
         fs_err::rename(&tmp, cache_file)?;
     }
-    Ok(Listing {
-        digest: sha256_hex(text.as_bytes()),
-        text,
-    })
+    Ok(listing)
 }
 
-/// Every non-folder under `root` that the ignore rules let through, by relative path,
-/// walked on all cores. A name that is not UTF-8 is refused (it could not be keyed
-/// exactly), as is a name holding a tab or a newline (the listing's separators).
-fn walk(root: &Path) -> std::io::Result<Vec<(String, std::fs::Metadata)>> {
-    // Each walker thread collects into its own list, handed over when the thread ends.
+const CACHE_HEADER: &str = "vmbuild-statcache 2";
+
+/// What can change a path without changing its content's hash being noticed: size,
+/// mtime, ctime (set by every write, even one that puts the mtime back), inode, mode.
+fn stamp(m: &std::fs::Metadata) -> String {
+    format!(
+        "{}:{}.{}:{}.{}:{}:{:o}",
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+        m.ino(),
+        m.mode()
+    )
+}
+
+/// The stamp of git's index in a checkout whose `.git` is a folder: `git add` can make an
+/// ignored file tracked without touching the work tree. `None` outside such a checkout.
+fn git_index_stamp(root: &Path) -> Option<String> {
+    let git = root.join(".git");
+    if !git.symlink_metadata().ok()?.is_dir() {
+        return None;
+    }
+    Some(
+        git.join("index")
+            .symlink_metadata()
+            .map(|m| stamp(&m))
+            .unwrap_or_else(|_| "none".into()),
+    )
+}
+
+/// A parsed stat cache, borrowing the file's text.
+struct StatCache<'a> {
+    /// The git index stamp when the listing was made (`-`: not a git checkout).
+    index: &'a str,
+    digest: &'a str,
+    /// (stamp, relative path) per folder, the root being `.`.
+    dirs: Vec<(&'a str, &'a str)>,
+    /// (stamp, entry, relative path) per file, in path order.
+    files: Vec<(&'a str, &'a str, &'a str)>,
+}
+
+impl<'a> StatCache<'a> {
+    fn parse(text: &'a str) -> Option<StatCache<'a>> {
+        let mut lines = text.lines();
+        let mut header = lines.next()?.split('\t');
+        if header.next()? != CACHE_HEADER {
+            return None;
+        }
+        let (index, digest) = (header.next()?, header.next()?);
+        let mut cache = StatCache {
+            index,
+            digest,
+            dirs: Vec::new(),
+            files: Vec::new(),
+        };
+        for line in lines {
+            let mut parts = line.splitn(4, '\t');
+            match parts.next()? {
+                "D" => cache.dirs.push((parts.next()?, parts.next()?)),
+                "F" => cache
+                    .files
+                    .push((parts.next()?, parts.next()?, parts.next()?)),
+                _ => return None,
+            }
+        }
+        Some(cache)
+    }
+
+    /// The cached listing, when every folder and file under `root` still has its stamp.
+    fn unchanged(&self, root: &Path, index: &Option<String>) -> Option<Listing> {
+        if self.index != index.as_deref().unwrap_or("-") || self.dirs.is_empty() {
+            return None;
+        }
+        let same = |(st, rel): (&str, &str)| {
+            root.join(rel)
+                .symlink_metadata()
+                .is_ok_and(|m| stamp(&m) == st)
+        };
+        let dirs_same = self.dirs.par_iter().all(|&d| same(d));
+        if !dirs_same || !self.files.par_iter().all(|&(st, _, rel)| same((st, rel))) {
+            return None;
+        }
+        let mut text = String::with_capacity(self.files.len() * 100);
+        for (_, entry, rel) in &self.files {
+            text.push_str(rel);
+            text.push('\0');
+            text.push_str(entry);
+            text.push('\n');
+        }
+        let digest = sha256_hex(text.as_bytes());
+        (digest == self.digest).then_some(Listing { digest, text })
+    }
+}
+
+type Listed = Vec<(String, std::fs::Metadata)>;
+
+/// Every folder (`.` for the root) and every other path under `root` but `.git`, by
+/// relative path, walked on all cores, with no ignore rules (outside a git checkout none
+/// speaks for the build: Debian's linux-source tarball, for one, ships a .gitignore that
+/// ignores every top-level entry). A name that is not UTF-8 is refused (it could not be
+/// keyed exactly), as is a name holding a tab or a line break (the listing's separators).
+/// Without `files`, only folders are listed, and one whose name cannot be is left out
+/// (git, which lists the files then, refuses any file below it).
+fn walk(root: &Path, files: bool) -> std::io::Result<(Listed, Listed)> {
+    // Each walker thread collects into its own lists, handed over when the thread ends.
     struct Collector<'a> {
         root: &'a Path,
-        local: Vec<(String, std::fs::Metadata)>,
-        sink: &'a Mutex<Vec<(String, std::fs::Metadata)>>,
+        files: Listed,
+        dirs: Listed,
+        sink: &'a Mutex<(Listed, Listed)>,
         error: &'a Mutex<Option<std::io::Error>>,
     }
     impl Collector<'_> {
@@ -265,52 +361,55 @@ fn walk(root: &Path) -> std::io::Result<Vec<(String, std::fs::Metadata)>> {
     }
     impl Drop for Collector<'_> {
         fn drop(&mut self) {
-            self.sink
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .append(&mut self.local);
+            let mut sink = self.sink.lock().unwrap_or_else(|e| e.into_inner());
+            sink.0.append(&mut self.files);
+            sink.1.append(&mut self.dirs);
         }
     }
-    let found = Mutex::new(Vec::new());
+    let found = Mutex::new((Vec::new(), Vec::new()));
     let walk_error: Mutex<Option<std::io::Error>> = Mutex::new(None);
     ignore::WalkBuilder::new(root)
-        .hidden(false)
-        .git_ignore(true)
-        .git_exclude(false)
-        .git_global(false)
-        // .gitignore only speaks for git checkouts: Debian's linux-source tarball, for one,
-        // ships a .gitignore that ignores every top-level entry.
-        .require_git(true)
-        .parents(false)
+        .standard_filters(false)
         .filter_entry(|e| e.file_name() != ".git")
         .build_parallel()
         .run(|| {
             let mut collector = Collector {
                 root,
-                local: Vec::new(),
+                files: Vec::new(),
+                dirs: Vec::new(),
                 sink: &found,
                 error: &walk_error,
             };
             Box::new(move |entry| {
                 match entry {
-                    Ok(entry) if entry.depth() > 0 => {
+                    Ok(entry) => {
+                        let is_dir = entry.file_type().is_some_and(|t| t.is_dir());
+                        if !files && !is_dir {
+                            return ignore::WalkState::Continue;
+                        }
                         if let Ok(meta) = entry.path().symlink_metadata() {
-                            if !meta.is_dir() {
-                                let rel = entry
-                                    .path()
-                                    .strip_prefix(collector.root)
-                                    .unwrap_or(entry.path());
-                                match listable(rel, entry.path()) {
-                                    Ok(rel) => collector.local.push((rel.to_string(), meta)),
-                                    Err(e) => {
-                                        collector.fail(e);
-                                        return ignore::WalkState::Quit;
-                                    }
+                            let rel = entry
+                                .path()
+                                .strip_prefix(collector.root)
+                                .unwrap_or(entry.path());
+                            let rel = if entry.depth() == 0 {
+                                Path::new(".")
+                            } else {
+                                rel
+                            };
+                            match listable(rel, entry.path()) {
+                                Ok(rel) if meta.is_dir() => {
+                                    collector.dirs.push((rel.to_string(), meta))
+                                }
+                                Ok(rel) => collector.files.push((rel.to_string(), meta)),
+                                Err(_) if !files => {}
+                                Err(e) => {
+                                    collector.fail(e);
+                                    return ignore::WalkState::Quit;
                                 }
                             }
                         }
                     }
-                    Ok(_) => {}
                     Err(e) => collector.fail(std::io::Error::other(e.to_string())),
                 }
                 ignore::WalkState::Continue
@@ -319,7 +418,9 @@ fn walk(root: &Path) -> std::io::Result<Vec<(String, std::fs::Metadata)>> {
     if let Some(e) = walk_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
         return Err(e);
     }
-    Ok(found.into_inner().unwrap_or_else(|e| e.into_inner()))
+    let (files, mut dirs) = found.into_inner().unwrap_or_else(|e| e.into_inner());
+    dirs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok((files, dirs))
 }
 
 /// A relative path as listing text: UTF-8, with no tab, newline or NUL in it.
@@ -337,12 +438,25 @@ fn listable<'a>(rel: &'a Path, full: &Path) -> std::io::Result<&'a str> {
     Ok(rel)
 }
 
-/// The files git tracks in the checkout at `root`, relative to it.
-fn git_tracked(root: &Path) -> std::io::Result<Vec<String>> {
+/// The files of the git checkout at `root` that the build can read: every tracked file
+/// (ignore rules never hide those: Debian's linux-source tree ignores `/*` yet a checkout
+/// of it tracks everything) and every untracked one its `.gitignore` files do not
+/// exclude. Only the checkout's own `.gitignore` files count, not the user's global
+/// excludes or `.git/info/exclude`, so every clone keys the same. git walks the tree
+/// with its index; each file is then `lstat`ed here, on all cores.
+fn git_files(root: &Path) -> std::io::Result<Vec<(String, std::fs::Metadata)>> {
     let out = std::process::Command::new("git")
         .arg("-C")
         .arg(root)
-        .args(["ls-files", "-z"])
+        .args([
+            "-c",
+            "core.quotePath=false",
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-per-directory=.gitignore",
+        ])
         .output()
         .map_err(|e| {
             std::io::Error::other(format!("run `git ls-files` in {}: {e}", root.display()))
@@ -354,24 +468,35 @@ fn git_tracked(root: &Path) -> std::io::Result<Vec<String>> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    out.stdout
+    let mut names: Vec<&[u8]> = out
+        .stdout
         .split(|b| *b == 0)
-        .filter(|name| !name.is_empty())
+        .filter(|n| !n.is_empty())
+        .collect();
+    // A file both tracked and changed appears once per stage during a merge.
+    names.sort_unstable();
+    names.dedup();
+    let listed: Vec<Option<(String, std::fs::Metadata)>> = names
+        .par_iter()
         .map(|name| {
-            let full = root.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name));
-            std::str::from_utf8(name)
-                .map_err(|_| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        format!(
-                            "{}: a tracked file name is not UTF-8; rename it",
-                            full.display()
-                        ),
-                    )
-                })
-                .and_then(|rel| listable(Path::new(rel), &full).map(str::to_string))
+            let full =
+                root.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name));
+            let rel = std::str::from_utf8(name).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{}: the name is not UTF-8; rename it", full.display()),
+                )
+            })?;
+            let rel = listable(Path::new(rel), &full)?;
+            // A tracked file deleted from the work tree is not there to be read.
+            Ok(full
+                .symlink_metadata()
+                .ok()
+                .filter(|m| !m.is_dir())
+                .map(|m| (rel.to_string(), m)))
         })
-        .collect()
+        .collect::<std::io::Result<_>>()?;
+    Ok(listed.into_iter().flatten().collect())
 }
 
 /// `file:line:pattern` of the ignore rule that hides `name` in `root`, if one does.
@@ -443,9 +568,16 @@ mod tests {
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
         assert!(err.to_string().contains(".gitignore:1:/*"), "{err}");
         git(&["add", "-f", "Makefile", "Kconfig", ".gitignore"]);
-        let first = source_tree_listing(&tree, &cache, &required).unwrap().digest;
+        let first = source_tree_listing(&tree, &cache, &required)
+            .unwrap()
+            .digest;
         std::fs::write(tree.join("Makefile"), "all: vmlinux\n").unwrap();
-        assert_ne!(first, source_tree_listing(&tree, &cache, &required).unwrap().digest);
+        assert_ne!(
+            first,
+            source_tree_listing(&tree, &cache, &required)
+                .unwrap()
+                .digest
+        );
     }
 
     #[test]
@@ -459,7 +591,10 @@ mod tests {
         let cache = dir.path().join("stat-cache");
         let first = source_tree_listing(&tree, &cache, &[]).unwrap().digest;
         std::fs::write(tree.join("Makefile"), "all: vmlinux\n").unwrap();
-        assert_ne!(first, source_tree_listing(&tree, &cache, &[]).unwrap().digest);
+        assert_ne!(
+            first,
+            source_tree_listing(&tree, &cache, &[]).unwrap().digest
+        );
     }
 
     #[test]
@@ -502,5 +637,53 @@ mod tests {
         std::fs::write(tree.join("two\nlines.c"), "x").unwrap();
         let err = source_tree_listing(&tree, &cache, &[]).unwrap_err();
         assert!(err.to_string().contains("line break"), "{err}");
+    }
+
+    #[test]
+    fn the_cached_listing_is_used_only_while_nothing_in_the_tree_or_the_index_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("linux");
+        std::fs::create_dir_all(tree.join("init")).unwrap();
+        let git = |args: &[&str]| {
+            let ok = std::process::Command::new("git")
+                .arg("-C")
+                .arg(&tree)
+                .args(args)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "git {args:?}");
+        };
+        git(&["init", "-q"]);
+        std::fs::write(tree.join(".gitignore"), "*.o\n").unwrap();
+        std::fs::write(tree.join("init/main.c"), "one").unwrap();
+        let cache = dir.path().join("statcache");
+        let list = || source_tree_listing(&tree, &cache, &[]).unwrap();
+        let first = list();
+        assert_eq!(list(), first, "an unchanged tree lists the same");
+        let files = |l: &Listing| l.files().map(|(p, _)| p.to_string()).collect::<Vec<_>>();
+
+        // A new file: its folder's stamp changed.
+        std::fs::write(tree.join("init/new.c"), "x").unwrap();
+        assert!(files(&list()).contains(&"init/new.c".to_string()));
+
+        // New content with the old mtime: the ctime changed.
+        let path = tree.join("init/main.c");
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let before = list();
+        std::fs::write(&path, "two").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_ne!(list(), before);
+
+        // An ignored file becomes tracked: only git's index changed.
+        std::fs::write(tree.join("init/blob.o"), "o").unwrap();
+        assert!(!files(&list()).contains(&"init/blob.o".to_string()));
+        git(&["add", "-f", "init/blob.o"]);
+        assert!(files(&list()).contains(&"init/blob.o".to_string()));
     }
 }

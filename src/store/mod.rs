@@ -572,13 +572,21 @@ impl Store {
     /// (`logs/<name>-<key prefix>.*`) of keys no remaining entry or recipe has, and source
     /// tree listings (`trees/<digest>`) that no remaining entry's inputs and no tree in
     /// `current_trees` (the recipes' trees now) name. Returns how many files went.
-    pub fn gc_side_files(&self, current_keys: &BTreeSet<String>, current_trees: &BTreeSet<String>) -> Result<usize> {
+    pub fn gc_side_files(
+        &self,
+        current_keys: &BTreeSet<String>,
+        current_trees: &BTreeSet<String>,
+    ) -> Result<usize> {
         let mut keys = current_keys.clone();
         let mut trees = current_trees.clone();
         for entry in self.entries()? {
             if entry.manifest.kind == "kernel" {
                 if let Ok(manifest) = self.manifest(&entry) {
-                    if let Some(tree) = manifest.inputs.pointer("/recipe/source/tree").and_then(|t| t.as_str()) {
+                    if let Some(tree) = manifest
+                        .inputs
+                        .pointer("/recipe/source/tree")
+                        .and_then(|t| t.as_str())
+                    {
                         trees.insert(tree.to_string());
                     }
                 }
