@@ -732,7 +732,7 @@ mod tests {
     ];
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        #![proptest_config(crate::proptest_config(256))]
 
         #[test]
         fn the_recipe_parser_never_panics(
