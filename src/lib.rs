@@ -20,3 +20,17 @@ pub mod vm;
 pub mod cli;
 
 pub use engine::{Engine, Error, Force};
+
+/// Property tests' configuration: `default_cases` cases, unless `PROPTEST_CASES` asks
+/// for more or fewer (`ProptestConfig::with_cases` alone would ignore it).
+#[cfg(test)]
+pub(crate) fn proptest_config(default_cases: u32) -> proptest::prelude::ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(default_cases);
+    proptest::prelude::ProptestConfig {
+        cases,
+        ..Default::default()
+    }
+}

@@ -454,6 +454,20 @@ const CASES: &[Case] = &[
         needle: "not a machine type",
     },
     Case {
+        name: "unknown net",
+        setup: |p| test_recipe(p, "t", "net = \"bridge,br0\"", ""),
+        args: &["test", "t"],
+        code: 2,
+        needle: "unknown net `bridge,br0`",
+    },
+    Case {
+        name: "user net on bhyve",
+        setup: |p| test_recipe(p, "t", "backend = \"bhyve\"\nnet = \"user\"", ""),
+        args: &["test", "t"],
+        code: 2,
+        needle: "not available with backend = \"bhyve\"",
+    },
+    Case {
         name: "make flag moving the output",
         setup: |p| {
             recipe(p, "k", "kind = \"kernel\"\nmake_flags = [\"O=/tmp/elsewhere\"]\n[source]\ndeb = \"linux-source-6.1\"\n[config]\n")

@@ -537,47 +537,7 @@ fn a_test_that_floods_its_output_finishes_with_its_log_capped() {
 fn the_guest_has_no_network_and_cannot_write_the_store() {
     // A fresh store, so `verify` checks exactly the entries this test booted.
     let p = fresh_project();
-    let kernel = p
-        .run(&["build", "--json", "debian-kernel"])
-        .expect(0)
-        .json_lines()[0]["path"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    // The drivers a guest would use to reach disks, shared folders and networks, in
-    // load order (the rootfs holds no modules of its own).
-    let drivers = [
-        "drivers/virtio/virtio_ring",
-        "drivers/virtio/virtio",
-        "drivers/virtio/virtio_pci_modern_dev",
-        "drivers/virtio/virtio_pci_legacy_dev",
-        "drivers/virtio/virtio_pci",
-        "drivers/block/virtio_blk",
-        "net/9p/9pnet",
-        "net/9p/9pnet_virtio",
-        "fs/netfs/netfs",
-        "fs/fscache/fscache",
-        "fs/9p/9p",
-        "net/core/failover",
-        "drivers/net/net_failover",
-        "drivers/net/virtio_net",
-        "drivers/net/ethernet/intel/e1000/e1000",
-    ];
-    let release = std::fs::read_dir(std::path::Path::new(&kernel).join("modules"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.path().is_dir())
-        .unwrap()
-        .path();
-    for (i, driver) in drivers.iter().enumerate() {
-        let from = release.join(format!("kernel/{driver}.ko"));
-        std::fs::create_dir_all(p.path("files/drivers")).unwrap();
-        std::fs::copy(&from, p.path(&format!("files/drivers/{i:02}.ko"))).unwrap();
-    }
-    p.write(
-        "recipes/hostile-rootfs.toml",
-        "kind = \"rootfs\"\ninclude = [\"base-files\"]\n[files]\n\"/lib/drivers\" = \"../files/drivers\"\n",
-    );
+    driver_rootfs(&p, "hostile-rootfs");
     let script = r#"#!/bin/sh
 # vmbuild: disks=1
 for ko in /lib/drivers/*.ko; do insmod "$ko" 2>/dev/null; done
@@ -627,4 +587,106 @@ echo "no network"
     // Every entry, the booted kernel and rootfs included, still matches its manifest.
     let verify = p.run(&["verify"]).expect(0);
     assert!(!verify.stdout.contains("mismatch"), "{}", verify.stdout);
+}
+
+/// Writes `recipes/<name>.toml`: a busybox rootfs carrying, in `/lib/drivers/NN.ko`, the
+/// modules of Debian's kernel a guest would use to reach disks, shared folders and
+/// networks, in load order (the rootfs holds no modules of its own, and all of Debian's
+/// would not fit an initramfs). Builds the kernel to copy them from.
+fn driver_rootfs(p: &TestProject, name: &str) {
+    let kernel = p
+        .run(&["build", "--json", "debian-kernel"])
+        .expect(0)
+        .json_lines()[0]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let drivers = [
+        "drivers/virtio/virtio_ring",
+        "drivers/virtio/virtio",
+        "drivers/virtio/virtio_pci_modern_dev",
+        "drivers/virtio/virtio_pci_legacy_dev",
+        "drivers/virtio/virtio_pci",
+        "drivers/block/virtio_blk",
+        "net/9p/9pnet",
+        "net/9p/9pnet_virtio",
+        "fs/netfs/netfs",
+        "fs/fscache/fscache",
+        "fs/9p/9p",
+        "net/core/failover",
+        "drivers/net/net_failover",
+        "drivers/net/virtio_net",
+        "drivers/net/ethernet/intel/e1000/e1000",
+    ];
+    let release = std::fs::read_dir(std::path::Path::new(&kernel).join("modules"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .path();
+    std::fs::create_dir_all(p.path("files/drivers")).unwrap();
+    for (i, driver) in drivers.iter().enumerate() {
+        let from = release.join(format!("kernel/{driver}.ko"));
+        std::fs::copy(&from, p.path(&format!("files/drivers/{i:02}.ko"))).unwrap();
+    }
+    p.write(
+        &format!("recipes/{name}.toml"),
+        "kind = \"rootfs\"\ninclude = [\"base-files\"]\n[files]\n\"/lib/drivers\" = \"../files/drivers\"\n",
+    );
+}
+
+#[test]
+fn net_user_gives_the_guest_a_network_interface() {
+    // The same drivers as above, where the default (`net` unset) leaves the guest no
+    // interface but `lo`; here the recipe opts in. One boot.
+    let p = TestProject::shared();
+    driver_rootfs(&p, "driver-rootfs");
+    let script = r#"#!/bin/sh
+for ko in /lib/drivers/*.ko; do insmod "$ko" 2>/dev/null; done
+# Sends nothing: it only looks for an interface besides lo.
+for try in 1 2 3 4 5 6 7 8 9 10; do
+    for nic in /sys/class/net/*; do
+        [ "${nic##*/}" = lo ] && continue
+        echo "network interface ${nic##*/} driver $(basename "$(readlink "$nic/device/driver")")"
+        exit 0
+    done
+    sleep 1
+done
+echo "no network"
+exit 1
+"#;
+    p.write_exec("tests/nic/nic", script);
+    p.write(
+        "recipes/nic-tests.toml",
+        "kind = \"bundle\"\ntests = \"../tests/nic\"\n",
+    );
+    p.write(
+        "recipes/nic.toml",
+        "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"driver-rootfs\"\nbundles = [\"nic-tests\"]\n[vm]\nnet = \"user\"\n",
+    );
+    let (qemu_dir, log) = counting_qemu();
+    // -f: the shared store may hold this result from an earlier run.
+    let run = p
+        .run_with_path(qemu_dir.path(), &["test", "-f", "--json", "nic"])
+        .expect(0);
+    assert_eq!(boots(&log), 1);
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("-nic user,model=virtio-net-pci"),
+        "qemu was asked for the NIC"
+    );
+    let entry = std::path::PathBuf::from(run.json_lines()[0]["path"].as_str().unwrap());
+    let nic_log = std::fs::read_to_string(entry.join("tests/nic.log")).unwrap();
+    assert!(
+        nic_log.contains("network interface eth0 driver virtio_net"),
+        "{nic_log}"
+    );
+    // The choice is part of the test's key.
+    let explain = p.run(&["explain", "nic"]).expect(0);
+    assert!(
+        explain.stdout.contains("\"net\": \"user\""),
+        "{}",
+        explain.stdout
+    );
 }

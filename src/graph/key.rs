@@ -14,7 +14,7 @@
 //! | tool identity              | gcc/make for kernels, mke2fs for ext4, mmdebstrap, qemu for  |
 //! |                            | tests: a different tool can make a different output          |
 //! | name (bundles, tests)      | a bundle's name is its guest folder; results name the recipe |
-//! | tests: agent, VM settings  | the guest agent script, machine, memory, cpus, disks,        |
+//! | tests: agent, VM settings  | the guest agent script, machine, memory, cpus, disks, net,   |
 //! |                            | cmdline, timeout and backend change what a test observes     |
 //!
 //! Out of the key, in the manifest instead: KVM or TCG, host name, times, cache path.
@@ -213,6 +213,7 @@ pub fn compute_key(
                     "cpus": t.vm.cpus,
                     "disks": t.vm.disks.iter().map(|d| json!({"name": d.name, "size": d.size})).collect::<Vec<_>>(),
                     "cmdline": t.vm.cmdline,
+                    "net": t.vm.net.name(),
                 },
             })
         }

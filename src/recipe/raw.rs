@@ -90,6 +90,7 @@ pub struct Vm {
     pub disks: Vec<Disk>,
     pub cmdline: Option<Text>,
     pub boot_timeout: Option<Text>,
+    pub net: Option<Text>,
 }
 
 #[derive(Deserialize)]

@@ -109,6 +109,25 @@ pub enum BackendKind {
     Bhyve,
 }
 
+/// The network a test VM gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// No network device at all: the default, so a test cannot reach anything.
+    None,
+    /// One NIC on the hypervisor's user-mode NAT (qemu's slirp): the guest reaches what
+    /// the host reaches, nothing reaches the guest.
+    User,
+}
+
+impl Network {
+    pub fn name(self) -> &'static str {
+        match self {
+            Network::None => "none",
+            Network::User => "user",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
     pub name: String,
@@ -125,6 +144,7 @@ pub struct VmSpec {
     pub disks: Vec<DiskSpec>,
     pub cmdline: String,
     pub boot_timeout: Duration,
+    pub net: Network,
 }
 
 #[derive(Debug, Clone)]

@@ -471,6 +471,28 @@ impl Document<'_> {
                 );
             }
         };
+        let net = match vm.net.as_ref().map(|n| n.get_ref().as_str()) {
+            None | Some("none") => Network::None,
+            Some("user") => Network::User,
+            Some(other) => {
+                let n = vm.net.as_ref().expect("set");
+                return Err(
+                    Diagnostic::new(self.at(n), format!("unknown net `{other}`"))
+                        .with_help("expected `none` (no network device) or `user` (user-mode NAT)")
+                        .into(),
+                );
+            }
+        };
+        if let (Network::User, BackendKind::Bhyve, Some(n)) = (net, &backend, &vm.net) {
+            // bhyve's slirp backend lets connections only into the guest on released
+            // FreeBSD, and a tap or netgraph NIC needs host setup vmbuild does not do.
+            return Err(Diagnostic::new(
+                self.at(n),
+                "net = \"user\" is not available with backend = \"bhyve\"",
+            )
+            .with_help("use backend = \"qemu\" for a networked guest, or net = \"none\"")
+            .into());
+        }
         let memory_mb = match &vm.memory {
             Some(m) => {
                 units::MEMORY
@@ -551,6 +573,7 @@ impl Document<'_> {
                     .map(|c| c.get_ref().clone())
                     .unwrap_or_default(),
                 boot_timeout,
+                net,
             },
         })
     }
@@ -621,8 +644,65 @@ mod tests {
         (dir, project)
     }
 
+    /// Loads `text` as `recipes/t.toml` of a fuzz project.
+    fn load_test_recipe(text: &str) -> Result<Recipe> {
+        let (dir, project) = fuzz_project();
+        let file = dir.path().join("recipes/t.toml");
+        std::fs::write(&file, text).expect("write");
+        let at = RecipeRef {
+            name: "t".into(),
+            file,
+            location: None,
+        };
+        Recipe::load(&project, &at)
+    }
+
+    fn vm_of(recipe: Recipe) -> VmSpec {
+        match recipe.spec {
+            Spec::Test(t) => t.vm,
+            other => panic!("not a test recipe: {other:?}"),
+        }
+    }
+
+    const TEST_HEAD: &str = "kind = \"test\"\nkernel = \"k\"\nrootfs = \"r\"\n";
+
+    #[test]
+    fn net_defaults_to_none_and_user_is_an_opt_in() {
+        let default = load_test_recipe(TEST_HEAD).expect("valid");
+        assert_eq!(vm_of(default).net, Network::None);
+        let none = load_test_recipe(&format!("{TEST_HEAD}[vm]\nnet = \"none\"\n")).expect("valid");
+        assert_eq!(vm_of(none).net, Network::None);
+        let user = load_test_recipe(&format!("{TEST_HEAD}[vm]\nnet = \"user\"\n")).expect("valid");
+        assert_eq!(vm_of(user).net, Network::User);
+    }
+
+    #[test]
+    fn unknown_net_values_and_user_on_bhyve_are_refused_at_the_value() {
+        let err = load_test_recipe(&format!("{TEST_HEAD}[vm]\nnet = \"bridge\"\n"))
+            .expect_err("refused")
+            .to_string();
+        assert!(err.starts_with("unknown net `bridge`"), "{err}");
+        assert!(err.contains("t.toml:5:7"), "{err}");
+        assert!(err.contains("expected `none`"), "{err}");
+
+        let err = load_test_recipe(&format!(
+            "{TEST_HEAD}[vm]\nbackend = \"bhyve\"\nnet = \"user\"\n"
+        ))
+        .expect_err("refused")
+        .to_string();
+        assert!(
+            err.contains("not available with backend = \"bhyve\""),
+            "{err}"
+        );
+        assert!(err.contains("t.toml:6:7"), "{err}");
+        let bhyve = load_test_recipe(&format!(
+            "{TEST_HEAD}[vm]\nbackend = \"bhyve\"\nnet = \"none\"\n"
+        ));
+        assert_eq!(vm_of(bhyve.expect("valid")).net, Network::None);
+    }
+
     /// Pieces of recipes, good and bad, for the fuzzer to assemble.
-    const FRAGMENTS: [&str; 24] = [
+    const FRAGMENTS: [&str; 26] = [
         "kind = \"kernel\"\n",
         "kind = \"rootfs\"\n",
         "kind = \"bundle\"\n",
@@ -647,14 +727,16 @@ mod tests {
         "cpus = -9\n",
         "make_flags = [\"O=/\"]\n",
         "\u{feff}[[x]]\n",
+        "[vm]\nnet = \"user\"\nbackend = \"bhyve\"\n",
+        "net = \"\"\n",
     ];
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        #![proptest_config(crate::proptest_config(256))]
 
         #[test]
         fn the_recipe_parser_never_panics(
-            picks in proptest::collection::vec(0usize..24, 0..8),
+            picks in proptest::collection::vec(0usize..FRAGMENTS.len(), 0..8),
             noise in "\\PC{0,40}",
         ) {
             let (dir, project) = fuzz_project();

@@ -14,7 +14,7 @@ use super::{RunResults, TestResult};
 use crate::format::kconfig::read_config;
 use crate::fsio::{io_err, IoError};
 use crate::process::ProcessError;
-use crate::recipe::{BackendKind, TestSpec};
+use crate::recipe::{BackendKind, Network, TestSpec};
 use crate::store::{Entry, StoreError};
 use crate::vm::{self, qemu::Qemu, Accel, Backend, Launch, Wiring};
 
@@ -32,6 +32,20 @@ pub enum TestError {
     /// The recipe asks for something the test phase cannot do: exit code 2.
     #[error("{0}")]
     Unsupported(String),
+}
+
+impl From<vm::Unsupported> for TestError {
+    fn from(e: vm::Unsupported) -> TestError {
+        TestError::Unsupported(e.0)
+    }
+}
+
+/// The recipe's `net` in the backends' terms.
+pub(crate) fn vm_net(net: Network) -> vm::Net {
+    match net {
+        Network::None => vm::Net::None,
+        Network::User => vm::Net::User,
+    }
 }
 
 /// The artifacts a test run uses, all published store entries.
@@ -192,9 +206,10 @@ pub fn shell(
         memory_mb: spec.vm.memory_mb,
         cpus: spec.vm.cpus,
         disks,
+        net: vm_net(spec.vm.net),
         wiring: Wiring::Interactive,
     };
-    let mut cmd = Qemu { accel }.command(&launch);
+    let mut cmd = Qemu { accel }.command(&launch)?;
     let mut child = crate::process::spawn(&mut cmd)?;
     Ok(child.wait().map_err(io_err("wait for", vm::qemu::QEMU))?)
 }

@@ -16,7 +16,7 @@ use super::agent::AGENT_PATH;
 use super::capture::{self, CappedText, CappedWriter, MAX_LINE, MAX_LOG};
 use super::protocol::{self, End, Message};
 use super::queue::{Planned, Shared};
-use super::runner::{RunOptions, TestError};
+use super::runner::{vm_net, RunOptions, TestError};
 use super::{Status, TestResult};
 use crate::format::tap;
 use crate::fsio::io_err;
@@ -120,6 +120,7 @@ impl VmRun<'_> {
             memory_mb: spec.vm.memory_mb,
             cpus: spec.vm.cpus,
             disks,
+            net: vm_net(spec.vm.net),
             wiring: Wiring::Agent {
                 socket: socket.clone(),
                 shell: self.opts.keep_alive.then(|| shell_socket.clone()),
@@ -128,7 +129,7 @@ impl VmRun<'_> {
         let mut cmd = Qemu {
             accel: self.opts.accel,
         }
-        .command(&launch);
+        .command(&launch)?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

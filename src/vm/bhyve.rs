@@ -2,11 +2,16 @@
 //! loads the kernel and initramfs, then `bhyve` runs the VM with the console on com1 and
 //! the guest agent's channel on com2 (a nullmodem device). Only the command lines are
 //! built here; they are unit-tested, since bhyve cannot run on Linux hosts.
+//!
+//! The guest gets no NIC (bhyve adds none by itself). There is no `Net::User` here: the
+//! slirp backend of released bhyve lets connections only into the guest (its sandbox
+//! blocks outbound ones), and a virtio-net device on a tap or netgraph node needs host
+//! setup vmbuild does not do. Recipes asking for it are refused when they are read.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{Backend, Launch, Wiring};
+use super::{Backend, Launch, Net, Unsupported, Wiring};
 
 pub struct Bhyve {
     /// The VM's name in `/dev/vmm`.
@@ -42,7 +47,14 @@ impl Backend for Bhyve {
         "bhyve"
     }
 
-    fn command(&self, launch: &Launch) -> Command {
+    fn command(&self, launch: &Launch) -> Result<Command, Unsupported> {
+        if launch.net != Net::None {
+            return Err(Unsupported(
+                "the bhyve backend has no user-mode network; \
+                 use the qemu backend for a networked guest"
+                    .into(),
+            ));
+        }
         let mut cmd = Command::new("bhyve");
         cmd.args([
             "-c",
@@ -65,7 +77,7 @@ impl Backend for Bhyve {
                 .arg(format!("{}:0,virtio-blk,{}", slot + 2, disk.display()));
         }
         cmd.arg(&self.vm_name);
-        cmd
+        Ok(cmd)
     }
 }
 
@@ -83,6 +95,7 @@ mod tests {
             memory_mb: 512,
             cpus: 1,
             disks: vec!["/w/d.img".into()],
+            net: Net::None,
             wiring: Wiring::Agent {
                 socket: "/unused".into(),
                 shell: None,
@@ -92,7 +105,7 @@ mod tests {
             vm_name: "vmbuild0".into(),
             agent_device: "/dev/nmdm0A".into(),
         };
-        let line = crate::process::describe(&b.command(&launch));
+        let line = crate::process::describe(&b.command(&launch).expect("no network asked"));
         assert_eq!(
             line,
             "bhyve -c 1 -m 512M -H -A -P -s 0:0,hostbridge -s 1:0,lpc -l com1,stdio -l com2,/dev/nmdm0A -s 2:0,virtio-blk,/w/d.img vmbuild0"
@@ -105,5 +118,12 @@ mod tests {
         assert!(script.starts_with(
             "linux (host)/s/bzImage console=ttyS0 rdinit=/vmbuild/init\ninitrd (host)/w/initrd\n"
         ));
+
+        let networked = Launch {
+            net: Net::User,
+            ..launch
+        };
+        let refused = b.command(&networked).expect_err("no user-mode network");
+        assert!(refused.to_string().contains("qemu backend"), "{refused}");
     }
 }

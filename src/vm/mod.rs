@@ -1,7 +1,8 @@
 //! Virtual machines: the `Backend` trait (what a VM needs -> the command that starts it),
 //! the qemu backend, the bhyve backend, and the KVM probe. A VM always boots from
 //! read-only store artifacts: the kernel and initramfs are only read, disks are fresh
-//! scratch files or throwaway overlays.
+//! scratch files or throwaway overlays. A guest has no network unless its launch asks
+//! for one (`Net::User`).
 
 pub mod bhyve;
 pub mod qemu;
@@ -22,6 +23,20 @@ pub enum Wiring {
     Interactive,
 }
 
+/// The guest's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Net {
+    /// No network device.
+    None,
+    /// One NIC behind the hypervisor's user-mode NAT: outbound connections only.
+    User,
+}
+
+/// A launch this backend cannot give the guest; the recipe asks too much (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unsupported(pub String);
+
 /// Everything a backend needs to start one VM.
 #[derive(Debug, Clone)]
 pub struct Launch {
@@ -32,13 +47,14 @@ pub struct Launch {
     pub memory_mb: u64,
     pub cpus: u32,
     pub disks: Vec<PathBuf>,
+    pub net: Net,
     pub wiring: Wiring,
 }
 
 pub trait Backend {
     fn name(&self) -> &'static str;
-    /// The command that boots `launch`.
-    fn command(&self, launch: &Launch) -> Command;
+    /// The command that boots `launch`, or why this backend cannot.
+    fn command(&self, launch: &Launch) -> Result<Command, Unsupported>;
 }
 
 /// How qemu runs guest code.

@@ -1,12 +1,13 @@
 //! The qemu backend (x86_64): direct kernel boot with `-kernel`/`-initrd`, no default
 //! devices, `-no-reboot` so the guest's `reboot -f` (or a panic with `panic=-1`) ends
 //! qemu. Serial port 0 is the kernel console, port 1 the guest agent's channel.
-//! The guest gets no network (`-nic none`) and nothing of the store but what qemu reads
+//! The guest gets no network (`-nic none`) unless the recipe opts in (`net = "user"`: one
+//! virtio-net NIC on qemu's user-mode NAT), and nothing of the store but what qemu reads
 //! itself (`-kernel`, `-initrd`): its only drives are fresh scratch files.
 
 use std::process::Command;
 
-use super::{Accel, Backend, Launch, Wiring};
+use super::{Accel, Backend, Launch, Net, Unsupported, Wiring};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -19,7 +20,7 @@ impl Backend for Qemu {
         "qemu"
     }
 
-    fn command(&self, launch: &Launch) -> Command {
+    fn command(&self, launch: &Launch) -> Result<Command, Unsupported> {
         let mut cmd = Command::new(QEMU);
         cmd.args(["-machine", &launch.machine, "-accel", self.accel.name()]);
         if self.accel == Accel::Kvm {
@@ -31,14 +32,14 @@ impl Backend for Qemu {
             "-smp",
             &launch.cpus.to_string(),
         ])
-        .args([
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-nic",
-            "none",
-        ])
+        .args(["-nodefaults", "-display", "none", "-no-reboot", "-nic"])
+        .arg(match launch.net {
+            Net::None => "none",
+            // virtio-net: Debian's kernel has it as a module, and a kernel built from
+            // source adds it with CONFIG_VIRTIO_PCI and CONFIG_VIRTIO_NET. No hostfwd: the
+            // NAT lets nothing in.
+            Net::User => "user,model=virtio-net-pci",
+        })
         .arg("-kernel")
         .arg(&launch.kernel)
         .arg("-initrd")
@@ -63,7 +64,7 @@ impl Backend for Qemu {
                 disk.display()
             ));
         }
-        cmd
+        Ok(cmd)
     }
 }
 
@@ -82,12 +83,15 @@ mod tests {
             memory_mb: 512,
             cpus: 2,
             disks: vec![PathBuf::from("/w/scratch.img")],
+            net: Net::None,
             wiring: Wiring::Agent {
                 socket: "/tmp/a.sock".into(),
                 shell: None,
             },
         };
-        let cmd = Qemu { accel: Accel::Tcg }.command(&launch);
+        let cmd = Qemu { accel: Accel::Tcg }
+            .command(&launch)
+            .expect("qemu boots any launch");
         let line = crate::process::describe(&cmd);
         assert!(
             line.starts_with("qemu-system-x86_64 -machine q35 -accel tcg -m 512 -smp 2"),
@@ -125,9 +129,12 @@ mod tests {
                 memory_mb: 512,
                 cpus: 1,
                 disks: vec![],
+                net: Net::None,
                 wiring,
             };
-            let cmd = Qemu { accel: Accel::Kvm }.command(&launch);
+            let cmd = Qemu { accel: Accel::Kvm }
+                .command(&launch)
+                .expect("qemu boots any launch");
             let args: Vec<String> = cmd
                 .get_args()
                 .map(|a| a.to_string_lossy().into_owned())
@@ -143,6 +150,41 @@ mod tests {
             }
             // The store's kernel reaches the guest only as qemu's own copy.
             assert!(line.contains("-kernel /store/k/bzImage"), "{line}");
+        }
+    }
+
+    #[test]
+    fn net_user_gives_one_virtio_nic_on_user_mode_nat_and_nothing_else() {
+        let launch = Launch {
+            kernel: "/store/k/bzImage".into(),
+            initrd: "/w/initrd".into(),
+            cmdline: String::new(),
+            machine: "q35".into(),
+            memory_mb: 512,
+            cpus: 1,
+            disks: vec![],
+            net: Net::User,
+            wiring: Wiring::Agent {
+                socket: "/tmp/a.sock".into(),
+                shell: None,
+            },
+        };
+        let cmd = Qemu { accel: Accel::Tcg }
+            .command(&launch)
+            .expect("qemu boots any launch");
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let nics: Vec<&[String]> = args.windows(2).filter(|w| w[0] == "-nic").collect();
+        assert_eq!(nics.len(), 1, "{args:?}");
+        assert_eq!(nics[0][1], "user,model=virtio-net-pci");
+        // No port forwarded into the guest, no shared folder or TFTP/SMB root from the host.
+        let line = args.join(" ");
+        for opened in [
+            "hostfwd", "guestfwd", "tftp", "smb", "-netdev", "-fsdev", "-virtfs",
+        ] {
+            assert!(!line.contains(opened), "{opened} in {line}");
         }
     }
 }
