@@ -43,8 +43,9 @@ fn escape(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
-            // XML 1.0 forbids most control characters, even escaped.
+            // XML 1.0 forbids most control characters and U+FFFE/U+FFFF, even escaped.
             c if (c as u32) < 0x20 && !matches!(c, '\n' | '\t' | '\r') => out.push('?'),
+            '\u{FFFE}' | '\u{FFFF}' => out.push('?'),
             c => out.push(c),
         }
     }
@@ -179,5 +180,6 @@ mod tests {
             xml.contains("<system-out>out &amp; ?</system-out>"),
             "{xml}"
         );
+        assert_eq!(escape("a\u{FFFE}b\u{FFFF}"), "a?b?");
     }
 }
