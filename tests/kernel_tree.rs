@@ -68,7 +68,13 @@ fn a_content_change_with_an_old_mtime_is_rebuilt_explained_and_booted() {
     let original = std::fs::read_to_string(tree.join(MAIN_C)).unwrap();
     let long_ago =
         std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
-    set_marker(&tree, &original, "one", std::time::SystemTime::now());
+    // Unique per run: the shared store outlives test runs, and these kernels must be new.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let (one, two) = (format!("one-{nonce}"), format!("two-{nonce}"));
+    set_marker(&tree, &original, &one, std::time::SystemTime::now());
     p.write(
         "recipes/my-kernel.toml",
         &format!(
@@ -86,10 +92,10 @@ fn a_content_change_with_an_old_mtime_is_rebuilt_explained_and_booted() {
         "{}",
         first.stdout
     );
-    assert!(console_of_last_run(&p, "my-smoke").contains("vmbuild-marker: one"));
+    assert!(console_of_last_run(&p, "my-smoke").contains(&format!("vmbuild-marker: {one}")));
 
     // New content, an mtime older than every object in the build folder.
-    set_marker(&tree, &original, "two", long_ago);
+    set_marker(&tree, &original, &two, long_ago);
     let explain = p.run(&["explain", "my-kernel"]).expect(0);
     assert!(
         explain.stdout.contains("status: not in the store"),
@@ -117,10 +123,10 @@ fn a_content_change_with_an_old_mtime_is_rebuilt_explained_and_booted() {
     );
     let console = console_of_last_run(&p, "my-smoke");
     assert!(
-        console.contains("vmbuild-marker: two"),
+        console.contains(&format!("vmbuild-marker: {two}")),
         "a stale kernel booted:\n{console}"
     );
-    assert!(!console.contains("vmbuild-marker: one"));
+    assert!(!console.contains(&format!("vmbuild-marker: {one}")));
 
     // After the rebuild, explain still says why it happened.
     let explain = p.run(&["explain", "my-kernel"]).expect(0);

@@ -44,7 +44,9 @@ impl Listing {
         })
     }
 
-    /// Keeps the listing under its digest in `dir`, unless it is there already.
+    /// Keeps the listing under its digest in `dir`, unless it is there already. A kernel
+    /// tree's listing is megabytes and every edit makes a new one: only the newest
+    /// `KEPT_LISTINGS` stay (older diffs then say the listing is no longer kept).
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
         let path = dir.join(&self.digest);
         if path.exists() {
@@ -53,7 +55,31 @@ impl Listing {
         fs_err::create_dir_all(dir)?;
         let tmp = dir.join(format!(".{}.tmp.{}", self.digest, std::process::id()));
         fs_err::write(&tmp, &self.text)?;
-        fs_err::rename(&tmp, &path)
+        fs_err::rename(&tmp, &path)?;
+        prune(dir, KEPT_LISTINGS);
+        Ok(())
+    }
+}
+
+/// How many tree listings `Listing::save` keeps.
+pub const KEPT_LISTINGS: usize = 32;
+
+/// Removes all but the `keep` most recently written listings in `dir` (best effort).
+fn prune(dir: &Path, keep: usize) {
+    let Ok(items) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut listings: Vec<(std::time::SystemTime, PathBuf)> = items
+        .flatten()
+        .filter(|e| e.file_name().len() == 64)
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if listings.len() <= keep {
+        return;
+    }
+    listings.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    for (_, path) in &listings[keep..] {
+        let _ = std::fs::remove_file(path);
     }
 }
 
