@@ -70,6 +70,10 @@ pub fn package_for(tool: &str) -> &'static str {
         "tar" => "tar",
         "xz" => "xz-utils",
         "perl" => "perl",
+        "ld" | "as" => "binutils",
+        "git" => "git",
+        "clang" => "clang",
+        "ld.lld" => "lld",
         _ => "the package that provides it",
     }
 }

@@ -2,12 +2,14 @@
 //! under `<store>/kbuild/`, so make only recompiles what changed. Make decides by
 //! timestamps, which a content change can hide: `rsync -a`, `cp -p`, `tar x` or a
 //! checkout can give an edited file an mtime older than its object. The folder therefore
-//! records the listing of the sources it was last built from (`.vmbuild-sources`) and
-//! when that build started (`.vmbuild-state.json`); before the next build, every file
-//! whose content changed since then but whose mtime is not newer than that start is
-//! touched, so make sees it. When vmbuild cannot be sure (no record, a build that was
-//! killed midway, a changed symlink, a file it cannot touch), the folder is emptied and
-//! the kernel built clean.
+//! records the listing of the sources it was last built from (`.vmbuild-sources`), when
+//! make last returned, and which changed files no build has yet completed with
+//! (`.vmbuild-state.json`). Before the next build, every such file, and every file whose
+//! content changed since, is touched (mtime := now) when its mtime is not newer than make's
+//! last return, so make sees it; a file added beside others of its name (a header that may
+//! shadow another in the include path) touches those too. When vmbuild cannot be sure (no
+//! record, a compile that was killed midway, a changed symlink, a file it cannot touch),
+//! the folder is emptied and the kernel built clean.
 //!
 //! The record also remembers what the `.config` was made from (config base, fragments,
 //! make flags, compiler, and every file Kconfig reads): when none of it changed and the
@@ -26,19 +28,37 @@ const STATE: &str = ".vmbuild-state.json";
 const SOURCES: &str = ".vmbuild-sources";
 
 /// What the folder remembers of its last build.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct State {
     /// Digest of the source listing the last build started from (local trees only).
     sources: Option<String>,
-    /// When that build started, in nanoseconds since the epoch.
-    started_ns: i128,
-    /// Whether the last build returned (with success or failure) rather than being
-    /// killed: Kbuild deletes half-written targets when a command fails, not when make
-    /// is SIGKILLed.
+    /// When make last returned from compiling, in nanoseconds since the epoch: every
+    /// object in the folder is older.
+    ended_ns: i128,
+    /// Files that changed since a build last completed: touched again until one does (a
+    /// failed build may not have recompiled them).
+    #[serde(default)]
+    pending: Vec<String>,
+    /// False while make compiles: a folder left so was killed midway, and may hold
+    /// half-written objects newer than their sources (Kbuild deletes those when a command
+    /// fails, not when make is SIGKILLed).
     finished: bool,
     /// Digest of what the `.config` was made from, and of the `.config` it gave.
     config_inputs: Option<String>,
     config_sha256: Option<String>,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            sources: None,
+            ended_ns: 0,
+            pending: Vec::new(),
+            finished: true,
+            config_inputs: None,
+            config_sha256: None,
+        }
+    }
 }
 
 /// A kernel build folder, held under its lock for one build.
@@ -49,7 +69,7 @@ pub(crate) struct BuildFolder {
 
 impl BuildFolder {
     /// Opens the folder; with `fresh` (`-ff`), or when it holds a build vmbuild has no
-    /// record of, or one that was killed midway, it is emptied first.
+    /// record of, or one killed while compiling, it is emptied first.
     pub(crate) fn open(
         path: &Path,
         fresh: bool,
@@ -73,7 +93,7 @@ impl BuildFolder {
         } else if holds_a_build && state.is_none() {
             Some("vmbuild has no record of what it was built from")
         } else if state.is_some_and(|s| !s.finished) {
-            Some("the last build in it was interrupted")
+            Some("the last compile in it was interrupted")
         } else {
             None
         };
@@ -88,7 +108,7 @@ impl BuildFolder {
         fs_err::remove_dir_all(&self.path).map_err(io_err("empty", &self.path))?;
         fs_err::create_dir_all(&self.path).map_err(io_err("create", &self.path))?;
         self.state = State::default();
-        Ok(())
+        self.save()
     }
 
     /// Makes sure make sees every source change since the folder's last build, then
@@ -109,39 +129,63 @@ impl BuildFolder {
                 };
                 (old.digest == *digest).then_some(old)
             });
-            let problem = match &old {
+            let outcome = match &old {
                 // Nothing was built from a recorded tree here since the folder was emptied.
-                _ if self.state.sources.is_none() => None,
-                None => Some("its record of the sources is missing or damaged".to_string()),
-                Some(old) => self.touch_hidden_changes(tree, old, new, notice).err(),
+                _ if self.state.sources.is_none() => Ok(Vec::new()),
+                None => Err("its record of the sources is missing or damaged".to_string()),
+                Some(old) => self.touch_hidden_changes(tree, old, new, notice),
             };
-            if let Some(problem) = problem {
-                self.empty(&problem, notice)?;
-            }
-            let path = self.path.join(SOURCES);
-            write_atomically(&path, new.text.as_bytes())?;
+            self.state.pending = match outcome {
+                Ok(pending) => pending,
+                Err(problem) => {
+                    self.empty(&problem, notice)?;
+                    Vec::new()
+                }
+            };
+            write_atomically(&self.path.join(SOURCES), new.text.as_bytes())?;
         }
         self.state.sources = sources.map(|s| s.digest.clone());
-        self.state.started_ns = now_ns();
-        self.state.finished = false;
         self.save()
     }
 
-    /// Touches each file that changed since the last build yet looks older than it.
-    /// Err: why the folder cannot be trusted (then it is emptied instead).
+    /// Touches each file that changed since the last build (or is still pending from a
+    /// build that did not complete) yet does not look newer than make's last return.
+    /// Ok: the files now pending; Err: why the folder cannot be trusted (it is emptied).
     fn touch_hidden_changes(
         &self,
         tree: &Path,
         old: &Listing,
         new: &Listing,
         notice: &(dyn Fn(&str) + Sync),
-    ) -> Result<(), String> {
+    ) -> Result<Vec<String>, String> {
+        use std::collections::BTreeSet;
         use std::os::unix::fs::MetadataExt;
+        let changes = hashing::changes(old, new);
+        let mut changed: BTreeSet<&str> = changes
+            .iter()
+            .filter(|(_, c)| *c != Change::Removed)
+            .map(|(rel, _)| *rel)
+            .collect();
+        let in_new: BTreeSet<&str> = new.files().map(|(rel, _)| rel).collect();
+        changed.extend(
+            self.state
+                .pending
+                .iter()
+                .map(String::as_str)
+                .filter(|p| in_new.contains(p)),
+        );
+        // A file added where the include path may find it first shadows its namesakes,
+        // which make's dependency records still name: touch them too.
+        let added: BTreeSet<&str> = changes
+            .iter()
+            .filter(|(rel, c)| *c == Change::Added && shadows(rel))
+            .map(|(rel, _)| base_name(rel))
+            .collect();
+        if !added.is_empty() {
+            changed.extend(in_new.iter().filter(|rel| added.contains(base_name(rel))));
+        }
         let mut touched = Vec::new();
-        for (rel, change) in hashing::changes(old, new) {
-            if change == Change::Removed {
-                continue;
-            }
+        for rel in &changed {
             let path = tree.join(rel);
             let meta = path
                 .symlink_metadata()
@@ -150,11 +194,11 @@ impl BuildFolder {
                 return Err(format!("the symlink {rel} changed"));
             }
             let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
-            if mtime_ns <= self.state.started_ns {
+            if mtime_ns <= self.state.ended_ns {
                 touch(&path).map_err(|e| {
                     format!("{rel} changed with an old mtime and cannot be touched: {e}")
                 })?;
-                touched.push(rel);
+                touched.push(*rel);
             }
         }
         if !touched.is_empty() {
@@ -165,7 +209,25 @@ impl BuildFolder {
                 if touched.len() > 5 { ", ..." } else { "" }
             ));
         }
-        Ok(())
+        Ok(changed.into_iter().map(str::to_string).collect())
+    }
+
+    /// Marks the folder as being compiled into: killed before `compiled`, it is emptied
+    /// next time.
+    pub(crate) fn compiling(&mut self) -> Result<(), BuildError> {
+        self.state.finished = false;
+        self.save()
+    }
+
+    /// Make returned from compiling with an exit status (`success` or not): the
+    /// folder's objects are whole; after a success no change is pending.
+    pub(crate) fn compiled(&mut self, success: bool) -> Result<(), BuildError> {
+        self.state.finished = true;
+        self.state.ended_ns = now_ns();
+        if success {
+            self.state.pending.clear();
+        }
+        self.save()
     }
 
     /// Whether the `.config` can be kept as it is: made from the same `inputs`, and not
@@ -195,15 +257,17 @@ impl BuildFolder {
     }
 }
 
-/// A build that returns, by success or by error (make exited, so Kbuild removed any
-/// half-made target), leaves the folder marked whole; only a killed vmbuild does not.
-impl Drop for BuildFolder {
-    fn drop(&mut self) {
-        if !self.state.finished {
-            self.state.finished = true;
-            let _ = self.save();
-        }
-    }
+fn base_name(rel: &str) -> &str {
+    rel.rsplit('/').next().unwrap_or(rel)
+}
+
+/// Whether an added file can stand in for a namesake elsewhere (a header or other source
+/// found through an include path), unlike Kbuild's per-folder Makefiles and Kconfigs.
+fn shadows(rel: &str) -> bool {
+    let name = base_name(rel);
+    !["Makefile", "Kconfig", "Kbuild"]
+        .iter()
+        .any(|n| name.starts_with(n))
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
@@ -256,7 +320,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     fn listing(tree: &Path, cache: &Path) -> Listing {
-        hashing::source_tree_listing(tree, cache, &[]).unwrap()
+        hashing::source_tree_listing(tree, &cache.join("c"), &[]).unwrap()
     }
 
     fn set_mtime(path: &Path, secs: u64) {

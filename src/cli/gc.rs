@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::{open_engine, render::Renderer, Global};
 use crate::engine::Error;
+use crate::graph::tree_digest;
 use crate::recipe::units;
 
 #[derive(Args)]

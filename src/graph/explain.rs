@@ -15,11 +15,7 @@ const MAX_FILES_NAMED: usize = 20;
 /// kept in `trees_dir`.
 pub fn explain_change(old: &Value, new: &Value, trees_dir: &Path) -> Vec<String> {
     let mut lines = diff_inputs(old, new);
-    let tree = |v: &Value| {
-        v.pointer("/recipe/source/tree")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
+    let tree = |v: &Value| super::key::tree_digest(v).map(str::to_string);
     if let (Some(a), Some(b)) = (tree(old), tree(new)) {
         if a != b {
             match (Listing::load(trees_dir, &a), Listing::load(trees_dir, &b)) {
@@ -58,8 +54,8 @@ fn short(v: &Value) -> String {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    if s.len() > 72 {
-        format!("{}...", &s[..69])
+    if s.chars().count() > 72 {
+        format!("{}...", s.chars().take(69).collect::<String>())
     } else {
         s
     }

@@ -11,7 +11,8 @@
 //! | Debian packages            | name, version and sha256 from `vmbuild.lock`                 |
 //! | URLs                       | only their pinned sha256: a mirror move changes nothing      |
 //! | dependencies' keys         | a change anywhere below rebuilds everything above (Merkle)   |
-//! | tool identity              | gcc/make for kernels, mke2fs for ext4, mmdebstrap, qemu for  |
+//! | tool identity              | compiler/linker/make (and git for checkouts) for kernels,    |
+//! |                            | mke2fs for ext4, mmdebstrap, qemu for                        |
 //! |                            | tests: a different tool can make a different output          |
 //! | name (bundles, tests)      | a bundle's name is its guest folder; results name the recipe |
 //! | tests: agent, VM settings  | the guest agent script, machine, memory, cpus, disks, net,   |
@@ -71,6 +72,42 @@ pub struct KeyInputs {
     pub recipe: Value,
     pub deps: BTreeMap<String, String>,
     pub tools: BTreeMap<String, String>,
+}
+
+/// The digest of a local kernel tree's listing in a kernel's key inputs (as `to_value`
+/// gives them), if it builds from one.
+pub(crate) fn tree_digest(inputs: &Value) -> Option<&str> {
+    inputs
+        .pointer("/recipe/source/tree")
+        .and_then(Value::as_str)
+}
+
+/// The compiler and linker a kernel's make flags select: `CC=`/`LD=` name them,
+/// `LLVM=1` (or `LLVM=-15`, `LLVM=/opt/llvm/bin/`) picks clang and ld.lld; else gcc, ld.
+pub(crate) fn kernel_toolchain(make_flags: &[String]) -> (String, String) {
+    let var = |name: &str| {
+        make_flags
+            .iter()
+            .rev()
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+    };
+    let (mut cc, mut ld) = ("gcc".to_string(), "ld".to_string());
+    if let Some(llvm) = var("LLVM").filter(|v| !v.is_empty() && *v != "0") {
+        (cc, ld) = match llvm {
+            "1" => ("clang".into(), "ld.lld".into()),
+            prefix if prefix.ends_with('/') => {
+                (format!("{prefix}clang"), format!("{prefix}ld.lld"))
+            }
+            suffix => (format!("clang{suffix}"), format!("ld.lld{suffix}")),
+        };
+    }
+    if let Some(v) = var("CC") {
+        cc = v.to_string();
+    }
+    if let Some(v) = var("LD") {
+        ld = v.to_string();
+    }
+    (cc, ld)
 }
 
 impl KeyInputs {
@@ -135,7 +172,11 @@ pub fn compute_key(
             fragments,
             make_flags,
         }) => {
-            tool("gcc", &["--version"])?;
+            // The compiler the make flags pick (`CC=`, `LLVM=`), else gcc; the linker and
+            // make: each can change the kernel, and Kconfig probes them.
+            let (compiler, linker) = kernel_toolchain(make_flags);
+            tool(&compiler, &["--version"])?;
+            tool(&linker, &["--version"])?;
             tool("make", &["--version"])?;
             let base = match base {
                 ConfigBase::Target(t) => json!(t),
@@ -148,10 +189,12 @@ pub fn compute_key(
             let source = match source {
                 // A kernel tree: leave out .git and ignored files, reuse hashes of unchanged files.
                 Fetch::Path(tree) => {
-                    let cache = hashing::stat_cache_file(&ctx.stat_cache_dir, tree);
-                    let listing =
-                        hashing::source_tree_listing(tree, &cache, &["Makefile", "Kconfig"])
-                            .map_err(|source| hash_error(tree, source))?;
+                    if tree.join(".git").exists() {
+                        // git decides which files of a checkout are keyed.
+                        tool("git", &["--version"])?;
+                    }
+                    let listing = hashing::kernel_tree_listing(tree, &ctx.stat_cache_dir)
+                        .map_err(|source| hash_error(tree, source))?;
                     // Kept so `explain` and the builder can name the files that changed.
                     listing
                         .save(&ctx.trees_dir)

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 pub use explain::explain_change;
+pub(crate) use key::tree_digest;
 pub use key::{compute_key, KeyContext, KeyError, KeyInputs, KEY_SCHEMA};
 
 use crate::recipe::{Diagnostic, Project, Recipe, RecipeError, RecipeRef};

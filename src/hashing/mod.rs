@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 mod source_tree;
-pub use source_tree::{changes, source_tree_listing, stat_cache_file, Change, Listing};
+#[cfg(test)]
+pub(crate) use source_tree::source_tree_listing;
+pub(crate) use source_tree::{changes, kernel_tree_listing, Change, Listing};
 /// Hex SHA-256 of a byte string.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))

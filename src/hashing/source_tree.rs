@@ -26,6 +26,26 @@ pub struct Listing {
 }
 
 impl Listing {
+    /// The listing of `(path, entry)` pairs given in path order.
+    fn from_entries<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> Listing {
+        let mut text = String::new();
+        for (rel, entry) in entries {
+            text.push_str(rel);
+            text.push('\0');
+            text.push_str(entry);
+            text.push('\n');
+        }
+        Listing {
+            digest: sha256_hex(text.as_bytes()),
+            text,
+        }
+    }
+
+    /// Whether the listing holds the file `rel`.
+    fn has(&self, rel: &str) -> bool {
+        self.text.starts_with(&format!("{rel}\0")) || self.text.contains(&format!("\n{rel}\0"))
+    }
+
     /// `(path, entry)` per file, in path order.
     pub fn files(&self) -> impl Iterator<Item = (&str, &str)> {
         parse_lines(&self.text)
@@ -144,8 +164,21 @@ pub fn changes<'a>(old: &'a Listing, new: &'a Listing) -> Vec<(&'a str, Change)>
 }
 
 /// Where the stat cache of the tree at `tree` lives, in the folder `dir`.
-pub fn stat_cache_file(dir: &Path, tree: &Path) -> PathBuf {
+fn stat_cache_file(dir: &Path, tree: &Path) -> PathBuf {
     dir.join(sha256_hex(tree.as_os_str().as_encoded_bytes()))
+}
+
+/// The files a kernel build needs at the top of its tree.
+pub(crate) const KERNEL_TREE_REQUIRED: [&str; 2] = ["Makefile", "Kconfig"];
+
+/// A local kernel tree's listing, through its stat cache in `statcache_dir`: the one way
+/// keys and the kernel builder list a tree, so both always agree.
+pub(crate) fn kernel_tree_listing(tree: &Path, statcache_dir: &Path) -> std::io::Result<Listing> {
+    source_tree_listing(
+        tree,
+        &stat_cache_file(statcache_dir, tree),
+        &KERNEL_TREE_REQUIRED,
+    )
 }
 
 /// The listing of a source tree such as a kernel checkout: `.git` is left out and, in a
@@ -157,22 +190,29 @@ pub fn stat_cache_file(dir: &Path, tree: &Path) -> PathBuf {
 /// folder and file has its stamp, and so does git's index, which says what is tracked),
 /// the cached listing is the tree's: no folder is read, no git process started, no file
 /// opened. Adding, removing or renaming anything changes its folder's stamp; writing a
-/// file changes its ctime even when its mtime is set back. Otherwise the tree is listed
-/// again and only files whose stamp changed are read.
+/// file changes its ctime even when its mtime is set back. Folders are stamped before
+/// their files are listed, and a stamp from the last two seconds is not trusted (a write
+/// in the same clock tick would not change it), so a change made while vmbuild lists the
+/// tree is seen next time. Otherwise the tree is listed again and only files whose stamp
+/// changed are read.
 ///
 /// Every name in `required` must be among the listed files (a kernel tree needs its
 /// top-level `Makefile` and `Kconfig`); when one is missing, the error names the ignore
-/// rule that hid it.
-pub fn source_tree_listing(
+/// rule that hid it. A folder among the files (a git submodule, a nested repository) or a
+/// symlink that leads out of the tree is refused: what it holds would not be keyed.
+pub(crate) fn source_tree_listing(
     root: &Path,
     cache_file: &Path,
     required: &[&str],
 ) -> std::io::Result<Listing> {
+    let root = &fs_err::canonicalize(root)?;
     let cache_text = fs_err::read_to_string(cache_file).unwrap_or_default();
     let cache = StatCache::parse(&cache_text);
     let index = git_index_stamp(root);
     if let Some(listing) = cache.as_ref().and_then(|c| c.unchanged(root, &index)) {
-        return Ok(listing);
+        if required.iter().all(|name| listing.has(name)) {
+            return Ok(listing);
+        }
     }
     let old: HashMap<&str, (&str, &str)> = cache
         .as_ref()
@@ -184,10 +224,15 @@ pub fn source_tree_listing(
         })
         .unwrap_or_default();
 
-    let (mut files, dirs) = if root.join(".git").exists() {
-        (git_files(root)?, walk(root, false)?.1)
+    // Stamps taken from here on are trusted only if older than this.
+    let trusted_before = now_ns() - RACY_WINDOW_NS;
+    // Folders first: a file added while the files are listed makes its folder's stamp
+    // differ next time.
+    let dirs = walk(root, false)?.1;
+    let mut files = if root.join(".git").exists() {
+        git_files(root)?
     } else {
-        walk(root, true)?
+        walk(root, true)?.0
     };
     files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for name in required {
@@ -207,49 +252,54 @@ pub fn source_tree_listing(
             ));
         }
     }
+    let stamp_of = |m: &std::fs::Metadata| {
+        if changed_ns(m) >= trusted_before {
+            RACY.to_string()
+        } else {
+            stamp(m)
+        }
+    };
 
     // Unchanged files (same stamp) keep their cached entry; the rest are read again.
     let hashed: Vec<(String, Option<String>)> = files
         .par_iter()
         .map(|(rel, meta)| {
-            let st = stamp(meta);
+            let st = stamp_of(meta);
             if old
                 .get(rel.as_str())
-                .is_some_and(|(cached, _)| *cached == st)
+                .is_some_and(|(cached, _)| *cached == st && st != RACY)
             {
                 return Ok((st, None));
             }
-            let entry = match TreeEntry::of(&root.join(rel))? {
+            let path = root.join(rel);
+            let entry = match TreeEntry::of(&path)? {
                 TreeEntry::File { sha256, size, exec } => {
                     format!("{}:{sha256}:{size}", if exec { 'x' } else { 'f' })
                 }
-                TreeEntry::Symlink { target } => format!("l:{target}"),
-                TreeEntry::Dir => "d".to_string(),
+                TreeEntry::Symlink { target } => {
+                    symlink_inside(root, rel, &target, &path)?;
+                    format!("l:{target}")
+                }
+                TreeEntry::Dir => return Err(nested_tree(&path)),
             };
             Ok((st, Some(entry)))
         })
         .collect::<std::io::Result<_>>()?;
 
-    let mut text = String::with_capacity(files.len() * 100);
     let mut body = String::with_capacity(cache_text.len().max(files.len() * 120));
     for (rel, meta) in &dirs {
-        body.push_str(&format!("D\t{}\t{rel}\n", stamp(meta)));
+        body.push_str(&format!("D\t{}\t{rel}\n", stamp_of(meta)));
     }
+    let mut entries = Vec::with_capacity(files.len());
     for ((rel, _), (st, fresh)) in files.iter().zip(&hashed) {
         let entry = match fresh {
             Some(e) => e.as_str(),
             None => old[rel.as_str()].1,
         };
-        text.push_str(rel);
-        text.push('\0');
-        text.push_str(entry);
-        text.push('\n');
         body.push_str(&format!("F\t{st}\t{entry}\t{rel}\n"));
+        entries.push((rel.as_str(), entry));
     }
-    let listing = Listing {
-        digest: sha256_hex(text.as_bytes()),
-        text,
-    };
+    let listing = Listing::from_entries(entries);
     let new_cache = format!(
         "{CACHE_HEADER}\t{}\t{}\n{body}",
         index.as_deref().unwrap_or("-"),
@@ -264,6 +314,65 @@ pub fn source_tree_listing(
         fs_err::rename(&tmp, cache_file)?;
     }
     Ok(listing)
+}
+
+/// The stamp of a path changed too recently to be trusted: always read again.
+const RACY: &str = "racy";
+/// Timestamps here are kernel ticks (a few ms on ext4, a second on some file systems): a
+/// write within this long of a stamp may leave it unchanged.
+const RACY_WINDOW_NS: i128 = 2_000_000_000;
+
+fn now_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// The later of a path's mtime and ctime, in nanoseconds since the epoch.
+fn changed_ns(m: &std::fs::Metadata) -> i128 {
+    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+    ns(m.mtime(), m.mtime_nsec()).max(ns(m.ctime(), m.ctime_nsec()))
+}
+
+fn nested_tree(path: &Path) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!(
+            "{} is a git submodule or a nested repository: vmbuild would not key the files in it; make them part of the tree",
+            path.display()
+        ),
+    )
+}
+
+/// A symlink at `rel` must lead to a place inside the tree (lexically: its target joined
+/// to its folder, `..` resolved), or what the build reads through it is not keyed.
+fn symlink_inside(root: &Path, rel: &str, target: &str, path: &Path) -> std::io::Result<()> {
+    let mut depth: Vec<&str> = rel.split('/').collect();
+    depth.pop();
+    let escapes = target.starts_with('/')
+        || target.split('/').any(|part| {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    if depth.pop().is_none() {
+                        return true;
+                    }
+                }
+                other => depth.push(other),
+            }
+            false
+        });
+    if escapes || target.contains(['\t', '\n', '\r']) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{} is a symlink to `{target}`, outside {}: what it leads to would not be keyed; copy it into the tree",
+                path.display(),
+                root.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 const CACHE_HEADER: &str = "vmbuild-statcache 2";
@@ -283,19 +392,44 @@ fn stamp(m: &std::fs::Metadata) -> String {
     )
 }
 
-/// The stamp of git's index in a checkout whose `.git` is a folder: `git add` can make an
-/// ignored file tracked without touching the work tree. `None` outside such a checkout.
+/// The stamp of git's index in a checkout (`git add` can make an ignored file tracked
+/// without touching the work tree). `.git` may be a folder or, in a worktree or a
+/// submodule, a file naming the real one. `None` outside a checkout.
 fn git_index_stamp(root: &Path) -> Option<String> {
     let git = root.join(".git");
-    if !git.symlink_metadata().ok()?.is_dir() {
-        return None;
-    }
-    Some(
-        git.join("index")
+    let meta = git.symlink_metadata().ok()?;
+    let git_dir = if meta.is_dir() {
+        git
+    } else {
+        let text = std::fs::read_to_string(&git).unwrap_or_default();
+        match text.trim().strip_prefix("gitdir:") {
+            Some(dir) => root.join(dir.trim()),
+            // Unreadable: a stamp that never matches, so the tree is always listed anew.
+            None => return Some(format!("{RACY}:{}", now_ns())),
+        }
+    };
+    let index = git_dir.join("index");
+    Some(format!(
+        "{}:{}",
+        index.display(),
+        index
             .symlink_metadata()
             .map(|m| stamp(&m))
-            .unwrap_or_else(|_| "none".into()),
-    )
+            .unwrap_or_else(|_| "none".into())
+    ))
+}
+
+/// `git -C root` with none of the `GIT_*` variables a hook or a script may have set
+/// (`GIT_DIR`, `GIT_INDEX_FILE`, ...): the checkout at `root` speaks for itself.
+fn git(root: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new("git");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("GIT_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.arg("-C").arg(root);
+    cmd
 }
 
 /// A parsed stat cache, borrowing the file's text.
@@ -350,15 +484,8 @@ impl<'a> StatCache<'a> {
         if !dirs_same || !self.files.par_iter().all(|&(st, _, rel)| same((st, rel))) {
             return None;
         }
-        let mut text = String::with_capacity(self.files.len() * 100);
-        for (_, entry, rel) in &self.files {
-            text.push_str(rel);
-            text.push('\0');
-            text.push_str(entry);
-            text.push('\n');
-        }
-        let digest = sha256_hex(text.as_bytes());
-        (digest == self.digest).then_some(Listing { digest, text })
+        let listing = Listing::from_entries(self.files.iter().map(|&(_, entry, rel)| (rel, entry)));
+        (listing.digest == self.digest).then_some(listing)
     }
 }
 
@@ -471,9 +598,7 @@ fn listable<'a>(rel: &'a Path, full: &Path) -> std::io::Result<&'a str> {
 /// excludes or `.git/info/exclude`, so every clone keys the same. git walks the tree
 /// with its index; each file is then `lstat`ed here, on all cores.
 fn git_files(root: &Path) -> std::io::Result<Vec<(String, std::fs::Metadata)>> {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(root)
+    let out = git(root)
         .args([
             "-c",
             "core.quotePath=false",
@@ -515,11 +640,11 @@ fn git_files(root: &Path) -> std::io::Result<Vec<(String, std::fs::Metadata)>> {
             })?;
             let rel = listable(Path::new(rel), &full)?;
             // A tracked file deleted from the work tree is not there to be read.
-            Ok(full
-                .symlink_metadata()
-                .ok()
-                .filter(|m| !m.is_dir())
-                .map(|m| (rel.to_string(), m)))
+            match full.symlink_metadata() {
+                Ok(m) if m.is_dir() => Err(nested_tree(&full)),
+                Ok(m) => Ok(Some((rel.trim_end_matches('/').to_string(), m))),
+                Err(_) => Ok(None),
+            }
         })
         .collect::<std::io::Result<_>>()?;
     Ok(listed.into_iter().flatten().collect())
@@ -527,9 +652,7 @@ fn git_files(root: &Path) -> std::io::Result<Vec<(String, std::fs::Metadata)>> {
 
 /// `file:line:pattern` of the ignore rule that hides `name` in `root`, if one does.
 fn ignore_rule(root: &Path, name: &str) -> Option<String> {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(root)
+    let out = git(root)
         .args(["check-ignore", "-v", "--no-index", "--"])
         .arg(name)
         .output()

@@ -582,11 +582,7 @@ impl Store {
         for entry in self.entries()? {
             if entry.manifest.kind == "kernel" {
                 if let Ok(manifest) = self.manifest(&entry) {
-                    if let Some(tree) = manifest
-                        .inputs
-                        .pointer("/recipe/source/tree")
-                        .and_then(|t| t.as_str())
-                    {
+                    if let Some(tree) = crate::graph::tree_digest(&manifest.inputs) {
                         trees.insert(tree.to_string());
                     }
                 }
