@@ -56,12 +56,7 @@ pub fn run(global: &Global, reporter: &Renderer, args: GcArgs) -> Result<i32, Er
         let trees: BTreeSet<String> = plan
             .inputs
             .iter()
-            .filter_map(|i| {
-                i.recipe
-                    .pointer("/source/tree")?
-                    .as_str()
-                    .map(str::to_string)
-            })
+            .filter_map(|i| tree_digest(&i.to_value()).map(str::to_string))
             .collect();
         let keys: BTreeSet<String> = plan.keys.iter().cloned().collect();
         let files = engine.store.gc_side_files(&keys, &trees)?;
