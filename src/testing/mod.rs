@@ -11,6 +11,7 @@ pub mod protocol;
 mod queue;
 pub mod results;
 pub mod runner;
+mod session;
 mod supervisor;
 
 use serde::{Deserialize, Serialize};

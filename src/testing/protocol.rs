@@ -42,10 +42,12 @@ pub enum Message {
     },
 }
 
-/// Parses one line from the agent; `None` for anything else (noise on the port).
-pub fn parse(line: &str) -> Option<Message> {
-    let line = line.trim_end_matches(['\r', '\n']);
-    let rest = line.strip_prefix("VMBUILD ")?;
+/// Parses one line from the agent (without its `\n`); `None` for anything else (noise
+/// on the port).
+pub fn parse(line: &[u8]) -> Option<Message> {
+    let rest = line.strip_prefix(b"VMBUILD ")?;
+    let rest = String::from_utf8_lossy(rest);
+    let rest = rest.trim_end_matches(['\r', '\n']);
     let (word, args) = rest.split_once(' ').unwrap_or((rest, ""));
     Some(match word {
         "READY" => Message::Ready {
@@ -103,60 +105,60 @@ mod tests {
     #[test]
     fn parses_every_message() {
         assert_eq!(
-            parse("VMBUILD READY 6.1.0\r"),
+            parse(b"VMBUILD READY 6.1.0\r"),
             Some(Message::Ready {
                 release: "6.1.0".into()
             })
         );
-        assert_eq!(parse("VMBUILD NEXT"), Some(Message::Next));
+        assert_eq!(parse(b"VMBUILD NEXT"), Some(Message::Next));
         assert_eq!(
-            parse("VMBUILD BEGIN t1"),
+            parse(b"VMBUILD BEGIN t1"),
             Some(Message::Begin { test: "t1".into() })
         );
         assert_eq!(
-            parse("VMBUILD LOG t1 hello  world"),
+            parse(b"VMBUILD LOG t1 hello  world"),
             Some(Message::Log {
                 test: "t1".into(),
                 line: "hello  world".into()
             })
         );
         assert_eq!(
-            parse("VMBUILD LOG t1"),
+            parse(b"VMBUILD LOG t1"),
             Some(Message::Log {
                 test: "t1".into(),
                 line: String::new()
             })
         );
         assert_eq!(
-            parse("VMBUILD END t1 77"),
+            parse(b"VMBUILD END t1 77"),
             Some(Message::End {
                 test: "t1".into(),
                 end: End::Exit(77)
             })
         );
         assert_eq!(
-            parse("VMBUILD END t1 timeout"),
+            parse(b"VMBUILD END t1 timeout"),
             Some(Message::End {
                 test: "t1".into(),
                 end: End::Timeout
             })
         );
-        assert_eq!(parse("VMBUILD DONE"), Some(Message::Done));
+        assert_eq!(parse(b"VMBUILD DONE"), Some(Message::Done));
         assert_eq!(
-            parse("VMBUILD HELD ttyS2"),
+            parse(b"VMBUILD HELD ttyS2"),
             Some(Message::Held {
                 port: "ttyS2".into()
             })
         );
         assert_eq!(
-            parse("VMBUILD TRUNCATED t1 67108864"),
+            parse(b"VMBUILD TRUNCATED t1 67108864"),
             Some(Message::Truncated {
                 test: "t1".into(),
                 bytes: 67108864
             })
         );
-        assert_eq!(parse("VMBUILD TRUNCATED t1 lots"), None);
-        assert_eq!(parse("random noise"), None);
-        assert_eq!(parse("VMBUILD END t1 what"), None);
+        assert_eq!(parse(b"VMBUILD TRUNCATED t1 lots"), None);
+        assert_eq!(parse(b"random noise"), None);
+        assert_eq!(parse(b"VMBUILD END t1 what"), None);
     }
 }

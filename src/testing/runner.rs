@@ -7,16 +7,16 @@
 use std::path::Path;
 
 use super::agent::AGENT_PATH;
-use super::initrd::{initrd_parts, write_initrd};
+use super::initrd::{initrd_parts, scratch_disks, write_initrd};
 use super::queue::{self, bundle_tests, Offer, Plan, Shared};
 use super::supervisor::VmRun;
 use super::{RunResults, TestResult};
 use crate::format::kconfig::read_config;
 use crate::fsio::{io_err, IoError};
 use crate::process::ProcessError;
-use crate::recipe::{BackendKind, TestSpec};
+use crate::recipe::TestSpec;
 use crate::store::{Entry, StoreError};
-use crate::vm::{self, qemu::Qemu, Accel, Backend, Launch, Wiring};
+use crate::vm::{self, Accel, Backend, Launch, Wiring};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestError {
@@ -45,6 +45,8 @@ pub struct RunOptions<'a> {
     pub recipe: &'a str,
     pub key: &'a str,
     pub spec: &'a TestSpec,
+    /// What boots the VMs (the recipe's backend, on this host).
+    pub backend: &'a dyn Backend,
     pub accel: Accel,
     /// Scratch folder, removed after the run.
     pub work: &'a Path,
@@ -66,11 +68,6 @@ pub struct RunOptions<'a> {
 }
 
 pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestError> {
-    if opts.spec.vm.backend == BackendKind::Bhyve {
-        return Err(TestError::Infra(
-            "the bhyve backend needs a FreeBSD or illumos host; use backend = \"qemu\" here".into(),
-        ));
-    }
     let initrd_parts = initrd_parts(artifacts)?;
     let kernel_config = read_config(&artifacts.kernel.path.join("config")).ok();
     let kernel_release = artifacts
@@ -169,15 +166,9 @@ pub fn shell(
     accel: Accel,
     work: &Path,
 ) -> Result<std::process::ExitStatus, TestError> {
+    let backend = vm::backend(&spec.vm.backend, accel).map_err(TestError::Infra)?;
     let initrd = work.join("initrd.img");
     write_initrd(&initrd, &initrd_parts(artifacts)?)?;
-    let mut disks = Vec::new();
-    for disk in &spec.vm.disks {
-        let path = work.join(format!("disk-{}.img", disk.name));
-        let file = fs_err::File::create(&path).map_err(io_err("create", &path))?;
-        file.set_len(disk.size).map_err(io_err("size", &path))?;
-        disks.push(path);
-    }
     let launch = Launch {
         kernel: artifacts.kernel.path.join("bzImage"),
         initrd,
@@ -191,10 +182,12 @@ pub fn shell(
         machine: spec.vm.machine.clone(),
         memory_mb: spec.vm.memory_mb,
         cpus: spec.vm.cpus,
-        disks,
+        disks: scratch_disks(&spec.vm.disks, work, "shell")?,
         wiring: Wiring::Interactive,
     };
-    let mut cmd = Qemu { accel }.command(&launch);
+    let mut cmd = backend.command(&launch);
     let mut child = crate::process::spawn(&mut cmd)?;
-    Ok(child.wait().map_err(io_err("wait for", vm::qemu::QEMU))?)
+    Ok(child
+        .wait()
+        .map_err(io_err("wait for", Path::new(backend.name())))?)
 }
