@@ -1,10 +1,12 @@
 //! The test phase: boot the artifacts of a `kind = "test"` recipe in VMs, hand tests to
 //! the guest agent one at a time from a shared queue, and collect results, logs and the
 //! console into a results entry (`results.json`, `junit.xml`, `console.log`,
-//! `tests/<name>.log`).
+//! `tests/<name>.log`). The same VMs also run one command (`exec`, for `vmbuild run`),
+//! which stores nothing.
 
 pub mod agent;
 mod capture;
+pub mod exec;
 mod initrd;
 pub(crate) mod phase;
 pub mod protocol;

@@ -208,6 +208,8 @@ impl VmRun<'_> {
                     ));
                 }
                 Message::Done => break VmEnd::Done,
+                // Messages of `vmbuild run`, not of a test run.
+                Message::Out { .. } | Message::Exit { .. } => {}
             }
         };
 
