@@ -6,8 +6,7 @@
 
 use std::path::Path;
 
-use super::agent::AGENT_PATH;
-use super::initrd::{initrd_parts, scratch_disks, write_initrd};
+use super::initrd::{initrd_parts, write_initrd};
 use super::queue::{self, bundle_tests, Offer, Plan, Shared};
 use super::supervisor::VmRun;
 use super::{RunResults, TestResult};
@@ -16,7 +15,7 @@ use crate::fsio::{io_err, IoError};
 use crate::process::ProcessError;
 use crate::recipe::TestSpec;
 use crate::store::{Entry, StoreError};
-use crate::vm::{self, Accel, Backend, Launch, Wiring};
+use crate::vm::{Accel, Backend};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestError {
@@ -156,38 +155,4 @@ pub(crate) fn bundle_test_names(artifacts: &Artifacts) -> Result<Vec<String>, Te
         .into_iter()
         .map(|(_, meta)| meta.name)
         .collect())
-}
-
-/// Boots the test's VM with its console on the user's terminal (`vmbuild shell`); the
-/// agent starts a shell instead of running tests. Returns when the VM powers off.
-pub fn shell(
-    spec: &TestSpec,
-    artifacts: &Artifacts,
-    accel: Accel,
-    work: &Path,
-) -> Result<std::process::ExitStatus, TestError> {
-    let backend = vm::backend(&spec.vm.backend, accel).map_err(TestError::Infra)?;
-    let initrd = work.join("initrd.img");
-    write_initrd(&initrd, &initrd_parts(artifacts)?)?;
-    let launch = Launch {
-        kernel: artifacts.kernel.path.join("bzImage"),
-        initrd,
-        cmdline: format!(
-            "{} vmbuild.shell=1 {}",
-            vm::base_cmdline(AGENT_PATH),
-            spec.vm.cmdline
-        )
-        .trim()
-        .to_string(),
-        machine: spec.vm.machine.clone(),
-        memory_mb: spec.vm.memory_mb,
-        cpus: spec.vm.cpus,
-        disks: scratch_disks(&spec.vm.disks, work, "shell")?,
-        wiring: Wiring::Interactive,
-    };
-    let mut cmd = backend.command(&launch);
-    let mut child = crate::process::spawn(&mut cmd)?;
-    Ok(child
-        .wait()
-        .map_err(io_err("wait for", Path::new(backend.name())))?)
 }
