@@ -129,7 +129,7 @@ pub fn run(cmd: &mut Command) -> Result<Output, ProcessError> {
 
 /// Stops a child that is not in a process group of its own (one that reads the
 /// terminal): SIGTERM, then SIGKILL if it has not exited after `grace`.
-pub fn stop(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
+pub(crate) fn stop(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
     if let Ok(Some(status)) = child.try_wait() {
         return Some(status);
     }

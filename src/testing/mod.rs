@@ -6,7 +6,7 @@
 
 pub mod agent;
 mod capture;
-pub mod exec;
+pub(crate) mod exec;
 mod initrd;
 pub(crate) mod phase;
 pub mod protocol;
@@ -14,7 +14,7 @@ mod queue;
 pub mod results;
 pub mod runner;
 mod session;
-pub mod shell;
+pub(crate) mod shell;
 mod supervisor;
 
 use serde::{Deserialize, Serialize};

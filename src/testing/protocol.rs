@@ -140,7 +140,7 @@ pub fn run_command(test: &str, timeout_secs: u64, path: &str) -> String {
 /// own as three octal digits per byte, so that any byte (spaces, quotes, `$`, newlines,
 /// non-UTF-8) reaches the guest unchanged and the line protocol stays intact. An empty
 /// line is an empty argument.
-pub fn exec_command(argv: &[OsString]) -> String {
+pub(crate) fn exec_command(argv: &[OsString]) -> String {
     let mut out = format!("EXEC {}\n", argv.len());
     for arg in argv {
         for byte in arg.as_bytes() {

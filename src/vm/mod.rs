@@ -46,7 +46,7 @@ pub trait Backend: Sync {
 /// The backend a test recipe asks for, on this host: the one place that picks a
 /// hypervisor, so the test phase only ever talks to `Backend`. `Err` says why the backend
 /// cannot run here (an infrastructure failure, not a bad recipe).
-pub fn backend(kind: &BackendKind, accel: Accel) -> Result<Box<dyn Backend>, String> {
+pub(crate) fn backend(kind: &BackendKind, accel: Accel) -> Result<Box<dyn Backend>, String> {
     match kind {
         BackendKind::Qemu => Ok(Box::new(qemu::Qemu { accel })),
         BackendKind::Bhyve => Err(
