@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vmbuild benchmarks: each compares vmbuild with the plain tool doing the same work, in one
 # hyperfine run, and prints the figures. Run from the repository root after `.ci/install-deps`:
-#   benches/run.sh [cached|keying|cpio|boot|kernel-tree|kernel-incremental|kernel-loop|all]
+#   benches/run.sh [cached|keying|cpio|boot|run|kernel-tree|kernel-incremental|kernel-loop|all]
 # Needs: hyperfine, a release build (built here), network access to the Debian mirror.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -97,6 +97,21 @@ bench_boot() {
     (cd "$work/bare" && find vmbuild | cpio -o -H newc --quiet | gzip) | cat "$rootfs" - >"$work/bare.img"
     bare="qemu-system-x86_64 -machine q35 -accel tcg -m 512 -smp 1 -nodefaults -display none -no-reboot -kernel $kernel -initrd $work/bare.img -append 'console=ttyS0 rdinit=/vmbuild/init panic=-1' -serial stdio"
     measure boot --warmup 1 --runs 5 "$bare >/dev/null" "$vmbuild -C $project test -f one >/dev/null 2>&1"
+}
+
+bench_run() {
+    section "one command in a VM: vmbuild run smoke -- true (warm artifacts) vs bare qemu on the same kernel and initramfs"
+    "$vmbuild" run smoke -- true 2>/dev/null
+    kernel=$("$vmbuild" build debian-kernel)/bzImage
+    rootfs=$("$vmbuild" build busybox-rootfs)/rootfs.cpio.gz
+    bundle=$("$vmbuild" build smoke-tests)/bundle.cpio.gz
+    # Bare qemu: the same rootfs and bundle plus an /init that runs `true` and powers off.
+    mkdir -p "$work/bare-run/vmbuild"
+    printf '#!/bin/sh\nmount -t proc proc /proc\nmount -t devtmpfs dev /dev\ntrue\nreboot -f\n' >"$work/bare-run/vmbuild/init"
+    chmod +x "$work/bare-run/vmbuild/init"
+    (cd "$work/bare-run" && find vmbuild | cpio -o -H newc --quiet | gzip) | cat "$rootfs" "$bundle" - >"$work/bare-run.img"
+    bare="qemu-system-x86_64 -machine q35 -accel tcg -m 512 -smp 1 -nodefaults -display none -no-reboot -nic none -kernel $kernel -initrd $work/bare-run.img -append 'console=ttyS0 rdinit=/vmbuild/init panic=-1' -serial stdio -serial null"
+    measure run --warmup 1 --runs "${RUNS:-5}" "$bare >/dev/null" "$vmbuild run smoke -- true 2>/dev/null"
 }
 
 bench_kernel_tree_setup() {
@@ -198,9 +213,10 @@ case "$which" in
     keying) bench_keying ;;
     cpio) bench_cpio ;;
     boot) bench_boot ;;
+    run) bench_run ;;
     kernel-tree) bench_kernel_tree ;;
     kernel-incremental) bench_kernel_incremental ;;
     kernel-loop) bench_kernel_loop ;;
-    all) bench_cached; bench_keying; bench_cpio; bench_boot; bench_kernel_tree; bench_kernel_incremental; bench_kernel_loop ;;
+    all) bench_cached; bench_keying; bench_cpio; bench_boot; bench_run; bench_kernel_tree; bench_kernel_incremental; bench_kernel_loop ;;
     *) echo "unknown benchmark: $which" >&2; exit 2 ;;
 esac

@@ -34,6 +34,9 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("test `{name}`: {source}")]
     Test { name: String, source: TestError },
+    /// A VM booted outside a test run (`vmbuild run`, `vmbuild shell`).
+    #[error("boot `{name}`: {source}")]
+    Boot { name: String, source: TestError },
     #[error("{0}")]
     Usage(String),
 }
@@ -79,12 +82,20 @@ impl Error {
             Error::Test {
                 source: TestError::Unsupported(_),
                 ..
+            }
+            | Error::Boot {
+                source: TestError::Unsupported(_),
+                ..
             } => 2,
             Error::Test {
                 source: TestError::Store(_),
                 ..
+            }
+            | Error::Boot {
+                source: TestError::Store(_),
+                ..
             } => 3,
-            Error::Test { .. } => 4,
+            Error::Test { .. } | Error::Boot { .. } => 4,
             Error::Key { .. } | Error::Build { .. } | Error::Store(_) => 3,
         }
     }

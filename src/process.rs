@@ -131,6 +131,26 @@ pub fn run(cmd: &mut Command) -> Result<Output, ProcessError> {
     Ok(output)
 }
 
+/// Stops a child that is not in a process group of its own (one that reads the
+/// terminal): SIGTERM, then SIGKILL if it has not exited after `grace`.
+pub(crate) fn stop(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    // SAFETY: kill(2) on the pid of a child we have not reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    child.wait().ok()
+}
+
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Whether the user interrupted vmbuild: errors that follow are its consequence.

@@ -69,12 +69,70 @@ run_test() {
     fi
 }
 
+# decode_arg OCTAL: sets $arg to the bytes OCTAL spells, three octal digits a byte (the
+# host's encoding of one EXEC argument: any byte, newlines included, survives the line).
+decode_arg() {
+    case "$1" in *[!0-7]*) return 1 ;; esac
+    # printf turns each \ooo into its byte; the x keeps trailing newlines from $(...).
+    arg=$(printf "$(printf '%s' "$1" | sed 's/.../\\&/g')x")
+    arg=${arg%x}
+}
+
+# relay FD: each line read becomes `VMBUILD OUT FD <line>` on the channel as it comes,
+# long lines in `VMBUILD PART FD <piece>`s; the end of the stream is marked by $eof, so
+# output that does not end in a newline is relayed as a PART and arrives unchanged.
+eof=$(printf '\001vmbuild-eof\001')
+relay() {
+    awk -v fd="$1" -v end="$eof" -v max=4096 '
+    {
+        line = $0; n = length(line); e = length(end); last = 0
+        if (n >= e && substr(line, n - e + 1) == end) { line = substr(line, 1, n - e); last = 1 }
+        while (length(line) > max) {
+            print "VMBUILD PART " fd " " substr(line, 1, max); fflush()
+            line = substr(line, max + 1)
+        }
+        if (!last) print "VMBUILD OUT " fd " " line
+        else if (line != "") print "VMBUILD PART " fd " " line
+        fflush()
+    }' >&3
+}
+
+# run_exec ARGC: reads ARGC encoded arguments from the channel and runs them as a command
+# (`vmbuild run`), in /, stdin from /dev/null, stdout and stderr relayed as they come.
+run_exec() {
+    argc=$1
+    set --
+    while [ "$#" -lt "$argc" ]; do
+        IFS= read -r enc <&3 && decode_arg "$enc" || { say "VMBUILD EXIT 126"; return; }
+        set -- "$@" "$arg"
+    done
+    rcfile=/tmp/vmbuild-exec.rc
+    echo 127 >"$rcfile"
+    {
+        {
+            (
+                cd /
+                command -v "$1" >/dev/null 2>&1 || {
+                    printf '%s: command not found\n' "$1" >&2
+                    exit 127
+                }
+                exec "$@"
+            ) </dev/null 3>&- 4>&-
+            echo "$?" >"$rcfile"
+            printf '%s' "$eof"
+            printf '%s' "$eof" >&2
+        } 2>&1 1>&4 4>&- | relay 2
+    } 4>&1 | relay 1
+    say "VMBUILD EXIT $(cat "$rcfile")"
+}
+
 say "VMBUILD READY $(uname -r)"
 while :; do
     say "VMBUILD NEXT"
     IFS=' ' read -r cmd name limit path <&3 || break
     case "$cmd" in
         RUN) run_test "$name" "$limit" "$path" ;;
+        EXEC) run_exec "$name" ;;
         HOLD)
             # --keep-alive: a test failed; give the user a shell on the third serial port
             # and power off when it exits.

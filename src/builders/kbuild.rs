@@ -349,8 +349,9 @@ mod tests {
         folder
             .start(&tree, Some(&listing(&tree, &cache)), &quiet)
             .unwrap();
+        folder.compiling().unwrap();
         std::fs::write(build.join("main.o"), "object").unwrap();
-        drop(folder);
+        folder.compiled(true).unwrap();
 
         // Content changed, mtime set back: touched. Unchanged files are left alone.
         std::fs::write(tree.join("main.c"), "two").unwrap();
@@ -369,8 +370,19 @@ mod tests {
             "an incremental build keeps objects"
         );
 
-        // Killed before the build returned: emptied next time.
-        std::mem::forget(folder);
+        // A failed compile leaves main.c pending: touched again next time, though unchanged.
+        folder.compiling().unwrap();
+        folder.compiled(false).unwrap();
+        set_mtime(&tree.join("main.c"), 1_000);
+        let mut folder = BuildFolder::open(&build, false, &quiet).unwrap();
+        folder
+            .start(&tree, Some(&listing(&tree, &cache)), &quiet)
+            .unwrap();
+        assert!(std::fs::metadata(tree.join("main.c")).unwrap().mtime() > 1_000);
+
+        // Killed while compiling: emptied next time.
+        folder.compiling().unwrap();
+        drop(folder);
         let _folder = BuildFolder::open(&build, false, &quiet).unwrap();
         assert!(!build.join("main.o").exists());
     }

@@ -2,12 +2,14 @@
 //! Each subcommand returns an exit code; errors map to the exit-code contract
 //! (0 ok, 1 tests failed, 2 bad usage or recipe, 3 build failed, 4 VM/infrastructure).
 
+mod boot;
 mod build;
 mod explain;
 mod gc;
 mod lock;
 mod render;
 mod results;
+mod run;
 mod shell;
 mod test;
 mod verify;
@@ -90,6 +92,8 @@ enum Command {
     Lock(lock::LockArgs),
     /// Boot a test recipe's VM with an interactive console
     Shell(shell::ShellArgs),
+    /// Boot a test recipe's VM, run one command in it, exit with its exit code
+    Run(run::RunArgs),
 }
 
 /// Parses arguments, runs the command, returns the exit code.
@@ -114,6 +118,7 @@ pub fn main() -> i32 {
         Command::Gc(args) => gc::run(&cli.global, &reporter, args),
         Command::Lock(args) => lock::run(&cli.global, &reporter, args),
         Command::Shell(args) => shell::run(&cli.global, &reporter, args),
+        Command::Run(args) => run::run(&cli.global, &reporter, args),
     };
     reporter.finish();
     match outcome {

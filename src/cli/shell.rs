@@ -1,13 +1,14 @@
 //! `vmbuild shell RECIPE`: boot a test recipe's VM with the console on this terminal.
+//! The session ends when the guest powers off or halts (`exit`, `poweroff -f`, `halt -f`).
+
+use std::io::Write;
 
 use clap::Args;
 
+use super::boot::{self, BootEnv};
 use super::{open_engine, render::Renderer, Global};
 use crate::engine::Error;
-use crate::recipe::Spec;
-use crate::report::{Event, Reporter};
-use crate::testing::runner::{self, Artifacts};
-use crate::vm;
+use crate::testing::shell;
 
 #[derive(Args)]
 pub struct ShellArgs {
@@ -18,42 +19,57 @@ pub struct ShellArgs {
 
 pub fn run(global: &Global, reporter: &Renderer, args: ShellArgs) -> Result<i32, Error> {
     let engine = open_engine(global, reporter, false)?;
-    let plan = engine.plan(std::slice::from_ref(&args.recipe))?;
-    let root = plan.graph.roots[0];
-    let recipe = &plan.graph.nodes[root].recipe;
-    let Spec::Test(spec) = &recipe.spec else {
-        return Err(Error::Usage(format!(
-            "`{}` is not a test recipe; `vmbuild shell` boots a test's VM",
-            recipe.name
-        )));
-    };
-    let built = engine.artifacts(&plan, root)?;
-    let entry = |name: &str| &built[name];
-    let arts = Artifacts {
-        kernel: entry(&spec.kernel.name),
-        rootfs: entry(&spec.rootfs.name),
-        bundles: spec
-            .bundles
-            .iter()
-            .map(|b| (b.name.as_str(), entry(&b.name)))
-            .collect(),
-    };
-    let (accel, reason) = vm::detect_accel(engine.store.root());
-    if let Some(reason) = reason {
-        reporter.event(Event::Notice(&format!(
-            "KVM is not usable ({reason}): using TCG"
-        )));
-    }
+    let env = BootEnv::test(&engine, &args.recipe, "shell")?;
+    let accel = boot::accel(&engine, reporter);
     reporter.finish();
     eprintln!(
-        "booting {}: tests are in /vmbuild/bundles; `exit` powers the VM off (Ctrl-A X quits qemu)",
-        recipe.name
+        "booting {}: tests are in /vmbuild/bundles; `exit`, `poweroff -f` or `halt -f` end the session (Ctrl-A X quits qemu)",
+        env.name
     );
     let work =
         tempfile::tempdir().map_err(|e| Error::Usage(format!("create a temp folder: {e}")))?;
-    let status = runner::shell(spec, &arts, accel, work.path()).map_err(|source| Error::Test {
-        name: recipe.name.clone(),
+    let console = |bytes: &[u8]| {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(bytes);
+        let _ = out.flush();
+    };
+    let terminal = Terminal::save();
+    let end = shell::shell(&env.vm, &env.artifacts(), accel, work.path(), &console);
+    drop(terminal);
+    let end = end.map_err(|source| Error::Boot {
+        name: env.name.clone(),
         source,
     })?;
-    Ok(if status.success() { 0 } else { 4 })
+    if end.halted {
+        eprintln!("vmbuild: the guest halted; its VM is stopped");
+        return Ok(0);
+    }
+    Ok(if end.status.is_some_and(|s| s.success()) {
+        0
+    } else {
+        4
+    })
+}
+
+/// The terminal's settings, put back when dropped: the VM sets the terminal raw and
+/// restores it when it exits by itself or on SIGTERM, but not when it has to be killed.
+struct Terminal(Option<libc::termios>);
+
+impl Terminal {
+    fn save() -> Terminal {
+        // SAFETY: tcgetattr fills the termios it is given; stdin may not be a terminal.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            Terminal((libc::tcgetattr(0, &mut t) == 0).then_some(t))
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            // SAFETY: restoring settings tcgetattr returned for the same descriptor.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
+        }
+    }
 }

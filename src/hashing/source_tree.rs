@@ -97,7 +97,7 @@ fn prune(dir: &Path, keep: usize) {
     if listings.len() <= keep {
         return;
     }
-    listings.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    listings.sort_unstable_by_key(|(modified, _)| std::cmp::Reverse(*modified));
     for (_, path) in &listings[keep..] {
         let _ = std::fs::remove_file(path);
     }

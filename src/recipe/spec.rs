@@ -147,6 +147,23 @@ pub struct VmSpec {
     pub net: Network,
 }
 
+/// A test recipe's `[vm]` defaults, also the VM of `vmbuild run --kernel K --rootfs R`.
+impl Default for VmSpec {
+    fn default() -> VmSpec {
+        VmSpec {
+            backend: BackendKind::Qemu,
+            machine: "q35".into(),
+            memory_mb: 512,
+            cpus: 1,
+            vms: 1,
+            disks: vec![],
+            cmdline: String::new(),
+            boot_timeout: Duration::from_secs(120),
+            net: Network::None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TestSpec {
     pub kernel: RecipeRef,

@@ -4,8 +4,6 @@
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
-use std::time::Duration;
-
 use toml::Spanned;
 
 use super::project::file_stem;
@@ -459,8 +457,10 @@ impl Document<'_> {
             None => DEFAULT_TEST_TIMEOUT,
         };
         let vm = &raw.vm;
+        let defaults = VmSpec::default();
         let backend = match vm.backend.as_ref().map(|b| b.get_ref().as_str()) {
-            None | Some("qemu") => BackendKind::Qemu,
+            None => defaults.backend.clone(),
+            Some("qemu") => BackendKind::Qemu,
             Some("bhyve") => BackendKind::Bhyve,
             Some(other) => {
                 let b = vm.backend.as_ref().expect("set");
@@ -500,7 +500,7 @@ impl Document<'_> {
                     .map_err(|e| self.error(m, e))?
                     >> 20
             }
-            None => 512,
+            None => defaults.memory_mb,
         };
         let count = |v: &Option<Spanned<i64>>, what: &str| -> Result<u32> {
             match v {
@@ -533,7 +533,7 @@ impl Document<'_> {
             Some(t) => units::BOOT_TIMEOUT
                 .parse(t.get_ref())
                 .map_err(|e| self.error(t, e))?,
-            None => Duration::from_secs(120),
+            None => defaults.boot_timeout,
         };
         if let Some(m) = &vm.machine {
             grammar::machine(m.get_ref()).map_err(|e| self.error(m, e))?;
@@ -562,7 +562,7 @@ impl Document<'_> {
                 machine: vm
                     .machine
                     .as_ref()
-                    .map_or("q35".into(), |m| m.get_ref().clone()),
+                    .map_or(defaults.machine.clone(), |m| m.get_ref().clone()),
                 memory_mb,
                 cpus: count(&vm.cpus, "cpus")?,
                 vms: count(&vm.vms, "vms")?,

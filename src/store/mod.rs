@@ -121,7 +121,9 @@ fn remove_tree(path: &Path) -> std::io::Result<()> {
 }
 
 /// The folder of kept logs under the store root.
-pub const LOGS: &str = "logs";
+const LOGS: &str = "logs";
+/// How many hex digits of the key name a kept log.
+const KEPT_LOG_KEY: usize = 16;
 
 impl Store {
     /// Opens (creating when needed) the store at `root`.
@@ -191,6 +193,14 @@ impl Store {
     /// removed; `gc` removes those of keys no recipe reaches.
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join(LOGS)
+    }
+
+    /// Where a log of `key`'s build or test run is kept (`logs/<key16>-<name>.<suffix>`)
+    /// when the staged entry that would hold it is removed, so an error can point to it.
+    /// `gc` removes it with the last entry or recipe of its key.
+    pub fn kept_log(&self, key: &str, name: &str, suffix: &str) -> PathBuf {
+        let key = key.get(..KEPT_LOG_KEY).unwrap_or(key);
+        self.logs_dir().join(format!("{key}-{name}.{suffix}"))
     }
 
     /// Kernel build folders, kept between builds for incremental builds.
@@ -593,9 +603,16 @@ impl Store {
         let logs = self.logs_dir();
         for item in fs_err::read_dir(&logs).into_iter().flatten().flatten() {
             let file = item.file_name().to_string_lossy().into_owned();
-            let stem = file.split('.').next().unwrap_or_default();
-            let prefix = stem.rsplit('-').next().unwrap_or_default();
-            let kept = prefix.len() >= 16 && keys.iter().any(|k| k.starts_with(prefix));
+            // Only logs named by `kept_log`; others (`vmbuild run`'s console) are replaced
+            // by their next run.
+            let Some(prefix) = file
+                .get(..KEPT_LOG_KEY)
+                .filter(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+                .filter(|_| file.as_bytes().get(KEPT_LOG_KEY) == Some(&b'-'))
+            else {
+                continue;
+            };
+            let kept = keys.iter().any(|k| k.starts_with(prefix));
             if !kept && fs_err::remove_file(item.path()).is_ok() {
                 removed += 1;
             }

@@ -2,6 +2,24 @@
 //! placed at `/vmbuild/init` in every test VM's initramfs. Its hash is part of every test
 //! key, so changing the agent reruns tests.
 
+use super::capture::{MAX_LINE, MAX_LOG};
+use crate::vm;
+
 pub const AGENT: &str = include_str!("../../modules/guest-agent/agent.sh");
 /// Where the agent lives in the guest; the kernel runs it as PID 1 (`rdinit=`).
 pub const AGENT_PATH: &str = "/vmbuild/init";
+
+/// The kernel command line of a VM the agent serves (tests or a command), with the
+/// recipe's own additions last. The agent relays at most this much of a test's output
+/// (docs/guest-protocol.md); the host enforces the same limits whatever the guest does.
+pub(crate) fn cmdline(recipe_cmdline: &str) -> String {
+    let line = format!(
+        "{} vmbuild.maxlog={MAX_LOG} vmbuild.maxline={MAX_LINE}",
+        vm::base_cmdline(AGENT_PATH)
+    );
+    if recipe_cmdline.is_empty() {
+        line
+    } else {
+        format!("{line} {recipe_cmdline}")
+    }
+}

@@ -1,5 +1,6 @@
-//! The test VM's initramfs: the rootfs cpio, each bundle's cpio and a small cpio holding
-//! the guest agent, concatenated (the kernel unpacks them in order).
+//! What a VM boots from: its initramfs (the rootfs cpio, each bundle's cpio and a small
+//! cpio holding the guest agent, concatenated: the kernel unpacks them in order) and its
+//! scratch disks (fresh sparse files, thrown away with the work folder).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use super::runner::{Artifacts, TestError};
 use crate::format::bundle::BUNDLE_CPIO;
 use crate::format::cpio::CpioWriter;
 use crate::fsio::io_err;
+use crate::recipe::DiskSpec;
 
 /// The compressed cpio archives that make up the VM's initramfs, in order: the kernel
 /// unpacks them one after the other, later files replacing earlier ones.
@@ -47,4 +49,20 @@ pub(crate) fn write_initrd(path: &Path, parts: &[PathBuf]) -> Result<(), TestErr
     let bytes = agent.finish().map_err(io_err("write", path))?;
     out.write_all(&bytes).map_err(io_err("write", path))?;
     Ok(())
+}
+
+/// Creates the recipe's scratch disks in `work` (`disk-<prefix>-<name>.img`, sparse).
+pub(crate) fn scratch_disks(
+    disks: &[DiskSpec],
+    work: &Path,
+    prefix: &str,
+) -> Result<Vec<PathBuf>, TestError> {
+    let mut paths = Vec::new();
+    for disk in disks {
+        let path = work.join(format!("disk-{prefix}-{}.img", disk.name));
+        let file = fs_err::File::create(&path).map_err(io_err("create", &path))?;
+        file.set_len(disk.size).map_err(io_err("size", &path))?;
+        paths.push(path);
+    }
+    Ok(paths)
 }

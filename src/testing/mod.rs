@@ -1,16 +1,20 @@
 //! The test phase: boot the artifacts of a `kind = "test"` recipe in VMs, hand tests to
 //! the guest agent one at a time from a shared queue, and collect results, logs and the
 //! console into a results entry (`results.json`, `junit.xml`, `console.log`,
-//! `tests/<name>.log`).
+//! `tests/<name>.log`). The same VMs also run one command (`exec`, for `vmbuild run`) or
+//! an interactive shell (`shell`), neither of which stores anything.
 
 pub mod agent;
 mod capture;
+pub(crate) mod exec;
 mod initrd;
 pub(crate) mod phase;
 pub mod protocol;
 mod queue;
 pub mod results;
 pub mod runner;
+mod session;
+pub(crate) mod shell;
 mod supervisor;
 
 use serde::{Deserialize, Serialize};

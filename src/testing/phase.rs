@@ -116,12 +116,14 @@ fn run_into(store: &Store, job: &Job, hooks: &Hooks, out: &Path) -> Result<RunRe
         .map_err(io_err("create a work folder in", &tmp))?;
     // Durations from the last run order the queue slowest first.
     let previous = store.latest(job.name)?.and_then(|e| read_results(&e).ok());
+    let backend = crate::vm::backend(&job.spec.vm.backend, job.accel).map_err(TestError::Infra)?;
     (hooks.booting)();
     let on_result = |result: &TestResult| (hooks.on_result)(result, false);
     let opts = RunOptions {
         recipe: job.name,
         key: job.key,
         spec: job.spec,
+        backend: backend.as_ref(),
         accel: job.accel,
         work: work.path(),
         out,

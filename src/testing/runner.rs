@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use super::agent::AGENT_PATH;
 use super::initrd::{initrd_parts, write_initrd};
 use super::queue::{self, bundle_tests, Offer, Plan, Shared};
 use super::supervisor::VmRun;
@@ -14,9 +13,9 @@ use super::{RunResults, TestResult};
 use crate::format::kconfig::read_config;
 use crate::fsio::{io_err, IoError};
 use crate::process::ProcessError;
-use crate::recipe::{BackendKind, Network, TestSpec};
+use crate::recipe::{Network, TestSpec};
 use crate::store::{Entry, StoreError};
-use crate::vm::{self, qemu::Qemu, Accel, Backend, Launch, Wiring};
+use crate::vm::{self, Accel, Backend};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestError {
@@ -59,6 +58,8 @@ pub struct RunOptions<'a> {
     pub recipe: &'a str,
     pub key: &'a str,
     pub spec: &'a TestSpec,
+    /// What boots the VMs (the recipe's backend, on this host).
+    pub backend: &'a dyn Backend,
     pub accel: Accel,
     /// Scratch folder, removed after the run.
     pub work: &'a Path,
@@ -80,11 +81,6 @@ pub struct RunOptions<'a> {
 }
 
 pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestError> {
-    if opts.spec.vm.backend == BackendKind::Bhyve {
-        return Err(TestError::Infra(
-            "the bhyve backend needs a FreeBSD or illumos host; use backend = \"qemu\" here".into(),
-        ));
-    }
     let initrd_parts = initrd_parts(artifacts)?;
     let kernel_config = read_config(&artifacts.kernel.path.join("config")).ok();
     let kernel_release = artifacts
@@ -173,43 +169,4 @@ pub(crate) fn bundle_test_names(artifacts: &Artifacts) -> Result<Vec<String>, Te
         .into_iter()
         .map(|(_, meta)| meta.name)
         .collect())
-}
-
-/// Boots the test's VM with its console on the user's terminal (`vmbuild shell`); the
-/// agent starts a shell instead of running tests. Returns when the VM powers off.
-pub fn shell(
-    spec: &TestSpec,
-    artifacts: &Artifacts,
-    accel: Accel,
-    work: &Path,
-) -> Result<std::process::ExitStatus, TestError> {
-    let initrd = work.join("initrd.img");
-    write_initrd(&initrd, &initrd_parts(artifacts)?)?;
-    let mut disks = Vec::new();
-    for disk in &spec.vm.disks {
-        let path = work.join(format!("disk-{}.img", disk.name));
-        let file = fs_err::File::create(&path).map_err(io_err("create", &path))?;
-        file.set_len(disk.size).map_err(io_err("size", &path))?;
-        disks.push(path);
-    }
-    let launch = Launch {
-        kernel: artifacts.kernel.path.join("bzImage"),
-        initrd,
-        cmdline: format!(
-            "{} vmbuild.shell=1 {}",
-            vm::base_cmdline(AGENT_PATH),
-            spec.vm.cmdline
-        )
-        .trim()
-        .to_string(),
-        machine: spec.vm.machine.clone(),
-        memory_mb: spec.vm.memory_mb,
-        cpus: spec.vm.cpus,
-        disks,
-        net: vm_net(spec.vm.net),
-        wiring: Wiring::Interactive,
-    };
-    let mut cmd = Qemu { accel }.command(&launch)?;
-    let mut child = crate::process::spawn(&mut cmd)?;
-    Ok(child.wait().map_err(io_err("wait for", vm::qemu::QEMU))?)
 }

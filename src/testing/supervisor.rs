@@ -3,58 +3,29 @@
 //! silence between tests, and the kernel console for panics, BUG and Oops; it writes the
 //! console and each test's log into the results entry.
 
-use std::io::{BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::Stdio;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::Ordering;
-
-use super::agent::AGENT_PATH;
-use super::capture::{self, CappedText, CappedWriter, MAX_LINE, MAX_LOG};
+use super::agent;
+use super::capture::{CappedText, CappedWriter, MAX_LOG};
+use super::initrd::scratch_disks;
 use super::protocol::{self, End, Message};
 use super::queue::{Planned, Shared};
 use super::runner::{vm_net, RunOptions, TestError};
+use super::session::{is_kernel_crash, said, Event, Session};
 use super::{Status, TestResult};
 use crate::format::tap;
 use crate::fsio::io_err;
-use crate::process::GroupGuard;
-use crate::vm::{self, qemu::Qemu, Backend, Launch, Wiring};
+use crate::vm::{Launch, Wiring};
 
 /// Time a hung test gets past its own timeout before the host kills its VM.
 const HOST_GRACE: Duration = Duration::from_secs(15);
 /// How long the agent may stay silent between tests.
 const AGENT_IDLE: Duration = Duration::from_secs(60);
-
-/// Lines read ahead of the supervisor at most (each at most `MAX_LINE` bytes).
-const EVENTS_IN_FLIGHT: usize = 256;
-
-enum Event {
-    Console(String),
-    ConsoleClosed,
-    Agent(Message),
-    AgentConnected(UnixStream),
-    AgentClosed,
-    /// The next `LOG` line of `test` was longer than `MAX_LINE`: its end was dropped.
-    LineCut {
-        test: String,
-    },
-}
-
-/// Lines on the kernel console that mean the kernel is dead or dying.
-fn is_kernel_crash(line: &str) -> bool {
-    [
-        "Kernel panic - not syncing",
-        "BUG:",
-        "Oops:",
-        "general protection fault",
-        "kernel BUG at",
-    ]
-    .iter()
-    .any(|p| line.contains(p))
-}
 
 /// One boot of one VM, serving tests from the shared queue until the agent stops,
 /// the VM dies, or a deadline passes.
@@ -89,33 +60,18 @@ impl VmRun<'_> {
         let socket = self
             .socket_dir
             .join(format!("agent{}-{}.sock", self.worker, self.boot));
-        let listener = UnixListener::bind(&socket).map_err(io_err("listen on", &socket))?;
         let shell_socket = self
             .socket_dir
             .join(format!("shell{}-{}.sock", self.worker, self.boot));
-        let mut disks = Vec::new();
-        for disk in &spec.vm.disks {
-            let path = self
-                .opts
-                .work
-                .join(format!("disk-vm{}-{}.img", self.worker, disk.name));
-            let file = fs_err::File::create(&path).map_err(io_err("create", &path))?;
-            file.set_len(disk.size).map_err(io_err("size", &path))?;
-            disks.push(path);
-        }
-        // The agent relays at most this much of a test's output (docs/guest-protocol.md);
-        // the host enforces the same limits whatever the guest does.
-        let mut cmdline = format!(
-            "{} vmbuild.maxlog={MAX_LOG} vmbuild.maxline={MAX_LINE}",
-            vm::base_cmdline(AGENT_PATH)
-        );
-        if !spec.vm.cmdline.is_empty() {
-            cmdline = format!("{cmdline} {}", spec.vm.cmdline);
-        }
+        let disks = scratch_disks(
+            &spec.vm.disks,
+            self.opts.work,
+            &format!("vm{}", self.worker),
+        )?;
         let launch = Launch {
             kernel: self.kernel.to_path_buf(),
             initrd: self.initrd.to_path_buf(),
-            cmdline,
+            cmdline: agent::cmdline(&spec.vm.cmdline),
             machine: spec.vm.machine.clone(),
             memory_mb: spec.vm.memory_mb,
             cpus: spec.vm.cpus,
@@ -126,67 +82,11 @@ impl VmRun<'_> {
                 shell: self.opts.keep_alive.then(|| shell_socket.clone()),
             },
         };
-        let mut cmd = Qemu {
-            accel: self.opts.accel,
-        }
-        .command(&launch)?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        (self.opts.detail)(&format!("boot: {}", crate::process::describe(&cmd)));
-        let mut vm = GroupGuard::spawn(&mut cmd, Duration::from_secs(2))?;
-
-        // Bounded: a reader that gets ahead of us waits, so a flood stays in the pipes.
-        let (tx, rx) = mpsc::sync_channel::<Event>(EVENTS_IN_FLIGHT);
         let console_path = self.opts.out.join(self.console_name());
         let console_file =
             fs_err::File::create(&console_path).map_err(io_err("create", &console_path))?;
         let mut console = CappedWriter::new(console_file, MAX_LOG);
-        let stdout = vm.child().stdout.take().expect("piped");
-        let stderr = vm.child().stderr.take().expect("piped");
-        let console_tx = tx.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut buf = Vec::new();
-            while let Ok(Some(_)) = capture::read_line(&mut reader, &mut buf, MAX_LINE) {
-                let line = String::from_utf8_lossy(&buf)
-                    .trim_end_matches('\r')
-                    .to_string();
-                if console_tx.send(Event::Console(line)).is_err() {
-                    break;
-                }
-            }
-            let _ = console_tx.send(Event::ConsoleClosed);
-        });
-        let stderr_thread = std::thread::spawn(move || capture::read_tail(stderr));
-        let agent_tx = tx;
-        std::thread::spawn(move || {
-            let Ok((stream, _)) = listener.accept() else {
-                return;
-            };
-            if let Ok(writer) = stream.try_clone() {
-                let _ = agent_tx.send(Event::AgentConnected(writer));
-            }
-            let mut reader = BufReader::new(stream);
-            let mut buf = Vec::new();
-            while let Ok(Some(dropped)) = capture::read_line(&mut reader, &mut buf, MAX_LINE) {
-                let line = String::from_utf8_lossy(&buf);
-                if let Some(msg) = protocol::parse(&line) {
-                    if dropped > 0 {
-                        if let Message::Log { test, .. } = &msg {
-                            let cut = Event::LineCut { test: test.clone() };
-                            if agent_tx.send(cut).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    if agent_tx.send(Event::Agent(msg)).is_err() {
-                        return;
-                    }
-                }
-            }
-            let _ = agent_tx.send(Event::AgentClosed);
-        });
+        let session = Session::start(self.opts.backend, &launch, &socket, self.opts.detail)?;
 
         let boot_started = Instant::now();
         let mut agent: Option<UnixStream> = None;
@@ -203,30 +103,38 @@ impl VmRun<'_> {
                 Some(r) => r.started + r.test.timeout + HOST_GRACE,
                 None => last_event + AGENT_IDLE,
             };
-            let event = match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let event = match session.events.recv_timeout(wait) {
                 Ok(e) => e,
                 Err(RecvTimeoutError::Timeout) => break VmEnd::Deadline,
                 Err(RecvTimeoutError::Disconnected) => break VmEnd::Exited,
             };
             last_event = Instant::now();
-            match event {
+            let (msg, dropped) = match event {
                 Event::Console(line) => {
                     let _ = console.write_line(&line);
                     if is_kernel_crash(&line) {
                         break VmEnd::KernelCrash(line);
                     }
+                    continue;
                 }
                 Event::ConsoleClosed => break VmEnd::Exited,
-                Event::AgentConnected(stream) => agent = Some(stream),
-                Event::AgentClosed => {}
-                Event::Agent(Message::Ready { .. }) => ready = true,
-                Event::Agent(Message::Next) => {
+                Event::AgentConnected(stream) => {
+                    agent = Some(stream);
+                    continue;
+                }
+                Event::AgentClosed => continue,
+                Event::AgentLine { line, dropped } => match protocol::parse(&line) {
+                    Some(msg) => (msg, dropped),
+                    None => continue,
+                },
+            };
+            match msg {
+                Message::Ready { .. } => ready = true,
+                Message::Next => {
                     let hold = self.opts.keep_alive
                         && failed_here
-                        && !self
-                            .shared
-                            .held
-                            .swap(true, std::sync::atomic::Ordering::SeqCst);
+                        && !self.shared.held.swap(true, Ordering::SeqCst);
                     let next = if hold { None } else { self.shared.next() };
                     let reply = match next {
                         _ if hold => protocol::HOLD.to_string(),
@@ -248,22 +156,26 @@ impl VmRun<'_> {
                         }
                     }
                 }
-                Event::Agent(Message::Begin { .. }) => {
+                Message::Begin { .. } => {
                     if let Some(r) = running.as_mut() {
                         r.started = Instant::now();
                     }
                 }
-                Event::Agent(Message::Log { test, line }) => {
+                Message::Log { test, line } => {
                     if let Some(r) = running.as_mut().filter(|r| r.test.name == test) {
+                        // A line longer than the host reads whole: its end was dropped.
+                        if dropped > 0 {
+                            r.output.mark_truncated();
+                        }
                         r.output.push_line(&line);
                     }
                 }
-                Event::LineCut { test } | Event::Agent(Message::Truncated { test, .. }) => {
+                Message::Truncated { test, .. } => {
                     if let Some(r) = running.as_mut().filter(|r| r.test.name == test) {
                         r.output.mark_truncated();
                     }
                 }
-                Event::Agent(Message::End { test, end }) => {
+                Message::End { test, end } => {
                     if let Some(r) = running.take_if(|r| r.test.name == test) {
                         let (status, exit_code, reason) = match end {
                             End::Exit(0) => (Status::Pass, Some(0), None),
@@ -283,41 +195,32 @@ impl VmRun<'_> {
                         self.finish(r, status, exit_code, reason)?;
                     }
                 }
-                Event::Agent(Message::Held { port }) => {
+                Message::Held { port } => {
                     holding = true;
                     (self.opts.notice)(&format!(
-                        "a test failed and --keep-alive holds its VM (qemu pid {}), with a shell on its {port}:\n  \
+                        "a test failed and --keep-alive holds its VM ({} pid {}), with a shell on its {port}:\n  \
                          attach:  socat -,raw,echo=0 UNIX-CONNECT:{}\n  \
                          console: {}\n  \
                          end it:  `exit` in that shell, or Ctrl-C here",
-                        vm.id(),
+                        session.backend,
+                        session.vm.id(),
                         shell_socket.display(),
                         console_path.display()
                     ));
                 }
-                Event::Agent(Message::Done) => break VmEnd::Done,
+                Message::Done => break VmEnd::Done,
+                // Messages of `vmbuild run`, not of a test run.
+                Message::Out { .. } | Message::Exit { .. } => {}
             }
         };
 
         // Whatever happened, the VM goes now; a finished guest is already on its way out.
-        if matches!(outcome, VmEnd::Done) && vm.wait_timeout(Duration::from_secs(10)).is_some() {
-        } else {
-            vm.terminate();
-        }
-        // Wake the agent thread if qemu never connected.
-        if agent.is_none() {
-            let _ = UnixStream::connect(&socket);
-        }
-        for event in rx.try_iter() {
-            if let Event::Console(line) = event {
-                let _ = console.write_line(&line);
-            }
-        }
+        let backend = session.backend;
+        let exit_within = matches!(outcome, VmEnd::Done).then_some(Duration::from_secs(10));
+        let stderr_text = session.end(exit_within, &mut console);
         if console.truncated() {
             self.shared.console_truncated.store(true, Ordering::Relaxed);
         }
-        let stderr_text = stderr_thread.join().unwrap_or_default();
-        let _ = fs_err::remove_file(&socket);
 
         match outcome {
             VmEnd::Done => Ok(()),
@@ -327,24 +230,12 @@ impl VmRun<'_> {
                         format!("the guest did not boot within {:?}", spec.vm.boot_timeout)
                     }
                     VmEnd::KernelCrash(line) => format!("the kernel crashed while booting: {line}"),
-                    _ => "qemu exited before the guest agent started".to_string(),
+                    _ => format!("{backend} exited before the guest agent started"),
                 };
-                let tail: Vec<&str> = stderr_text
-                    .lines()
-                    .rev()
-                    .take(10)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
                 Err(TestError::Infra(format!(
                     "VM failed: {what}\n  console: {}{}",
                     self.keep_console(&console_path),
-                    if tail.is_empty() {
-                        String::new()
-                    } else {
-                        format!("\n  qemu said:\n    {}", tail.join("\n    "))
-                    }
+                    said(backend, &stderr_text)
                 )))
             }
             VmEnd::KernelCrash(line) => {
@@ -379,9 +270,9 @@ impl VmRun<'_> {
                     Some("the VM exited while the test ran".into()),
                 ),
                 None => Err(TestError::Infra(format!(
-                    "qemu exited unexpectedly between tests\n  console: {}\n  qemu said: {}",
+                    "{backend} exited unexpectedly between tests\n  console: {}{}",
                     self.keep_console(&console_path),
-                    stderr_text.trim()
+                    said(backend, &stderr_text)
                 ))),
             },
         }
@@ -392,8 +283,9 @@ impl VmRun<'_> {
     /// VM boot: the key's lock makes the name ours, and a rerun replaces it.
     fn keep_console(&self, console: &Path) -> String {
         let key = self.opts.key.get(..16).unwrap_or(self.opts.key);
+        // Named as `Store::kept_log` names them, so `gc` knows whose it is.
         let kept = self.opts.logs.join(format!(
-            "{}-{key}.{}",
+            "{key}-{}.{}",
             self.opts.recipe,
             self.console_name()
         ));
@@ -439,20 +331,4 @@ enum VmEnd {
     Exited,
     Deadline,
     KernelCrash(String),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crash_lines_are_recognised() {
-        assert!(is_kernel_crash(
-            "[    3.1] Kernel panic - not syncing: sysrq triggered crash"
-        ));
-        assert!(is_kernel_crash(
-            "[    2.0] BUG: kernel NULL pointer dereference, address: 0"
-        ));
-        assert!(!is_kernel_crash("[    0.0] Linux version 6.1.0"));
-    }
 }

@@ -10,6 +10,8 @@ pub mod qemu;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::recipe::BackendKind;
+
 /// How a VM's serial ports are wired.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wiring {
@@ -51,10 +53,22 @@ pub struct Launch {
     pub wiring: Wiring,
 }
 
-pub trait Backend {
+pub trait Backend: Sync {
     fn name(&self) -> &'static str;
     /// The command that boots `launch`, or why this backend cannot.
     fn command(&self, launch: &Launch) -> Result<Command, Unsupported>;
+}
+
+/// The backend a test recipe asks for, on this host: the one place that picks a
+/// hypervisor, so the test phase only ever talks to `Backend`. `Err` says why the backend
+/// cannot run here (an infrastructure failure, not a bad recipe).
+pub(crate) fn backend(kind: &BackendKind, accel: Accel) -> Result<Box<dyn Backend>, String> {
+    match kind {
+        BackendKind::Qemu => Ok(Box::new(qemu::Qemu { accel })),
+        BackendKind::Bhyve => Err(
+            "the bhyve backend needs a FreeBSD or illumos host; use backend = \"qemu\" here".into(),
+        ),
+    }
 }
 
 /// How qemu runs guest code.

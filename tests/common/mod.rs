@@ -190,3 +190,22 @@ pub fn which(tool: &str) -> Option<PathBuf> {
         .map(|d| d.join(tool))
         .find(|p| p.is_file())
 }
+
+/// Waits for `child` up to `deadline`; past it, kills the child's whole process group
+/// (spawn it with `process_group(0)`, so the VMs it started go too) and returns `None`.
+pub fn wait_or_kill(
+    child: &mut std::process::Child,
+    deadline: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let end = std::time::Instant::now() + deadline;
+    while std::time::Instant::now() < end {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: signalling the process group the test created for the child.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = child.wait();
+    None
+}
