@@ -13,7 +13,7 @@ const MAX_FILES_NAMED: usize = 20;
 /// Why inputs `new` differ from `old`: `diff_inputs`' lines, then, when a local source
 /// tree changed, a line per changed file (`  M init/main.c`), capped, from the listings
 /// kept in `trees_dir`.
-pub fn explain_change(old: &Value, new: &Value, trees_dir: &Path) -> Vec<String> {
+pub(crate) fn explain_change(old: &Value, new: &Value, trees_dir: &Path) -> Vec<String> {
     let mut lines = diff_inputs(old, new);
     let tree = |v: &Value| super::key::tree_digest(v).map(str::to_string);
     if let (Some(a), Some(b)) = (tree(old), tree(new)) {

@@ -8,7 +8,7 @@ mod key;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-pub use explain::explain_change;
+pub(crate) use explain::explain_change;
 pub(crate) use key::tree_digest;
 pub use key::{compute_key, KeyContext, KeyError, KeyInputs, KEY_SCHEMA};
 

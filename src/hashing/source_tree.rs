@@ -18,11 +18,11 @@ use super::{sha256_hex, utf8, TreeEntry};
 
 /// A source tree's listing and its digest (the SHA-256 of the listing's text).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listing {
-    pub digest: String,
+pub(crate) struct Listing {
+    pub(crate) digest: String,
     /// `path\0entry\n` per file, sorted by path; an entry is `f:<sha256>:<size>` (`x:` when
     /// executable) or `l:<symlink target>`.
-    pub text: String,
+    pub(crate) text: String,
 }
 
 impl Listing {
@@ -47,13 +47,13 @@ impl Listing {
     }
 
     /// `(path, entry)` per file, in path order.
-    pub fn files(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub(crate) fn files(&self) -> impl Iterator<Item = (&str, &str)> {
         parse_lines(&self.text)
     }
 
     /// Reads a listing kept by `save` and checks it against its digest: a damaged one is
     /// treated as missing.
-    pub fn load(dir: &Path, digest: &str) -> Option<Listing> {
+    pub(crate) fn load(dir: &Path, digest: &str) -> Option<Listing> {
         if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
@@ -67,7 +67,7 @@ impl Listing {
     /// Keeps the listing under its digest in `dir`, unless it is there already. A kernel
     /// tree's listing is megabytes and every edit makes a new one: only the newest
     /// `KEPT_LISTINGS` stay (older diffs then say the listing is no longer kept).
-    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+    pub(crate) fn save(&self, dir: &Path) -> std::io::Result<()> {
         let path = dir.join(&self.digest);
         if path.exists() {
             return Ok(());
@@ -82,7 +82,7 @@ impl Listing {
 }
 
 /// How many tree listings `Listing::save` keeps.
-pub const KEPT_LISTINGS: usize = 32;
+pub(crate) const KEPT_LISTINGS: usize = 32;
 
 /// Removes all but the `keep` most recently written listings in `dir` (best effort).
 fn prune(dir: &Path, keep: usize) {
@@ -109,14 +109,14 @@ fn parse_lines(text: &str) -> impl Iterator<Item = (&str, &str)> {
 
 /// How one file differs between two listings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     Added,
     Removed,
     Modified,
 }
 
 impl Change {
-    pub fn letter(self) -> char {
+    pub(crate) fn letter(self) -> char {
         match self {
             Change::Added => 'A',
             Change::Removed => 'D',
@@ -126,7 +126,7 @@ impl Change {
 }
 
 /// The files that differ between two listings, in path order.
-pub fn changes<'a>(old: &'a Listing, new: &'a Listing) -> Vec<(&'a str, Change)> {
+pub(crate) fn changes<'a>(old: &'a Listing, new: &'a Listing) -> Vec<(&'a str, Change)> {
     let mut old_files = old.files().peekable();
     let mut new_files = new.files().peekable();
     let mut out = Vec::new();

@@ -14,12 +14,11 @@
 //! ```
 
 mod check;
+mod gc;
 mod manifest;
 
-use std::collections::BTreeSet;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
 pub use manifest::{Manifest, ManifestHead, Status, MANIFEST};
 
@@ -180,31 +179,31 @@ impl Store {
     }
 
     /// Stat caches of local source trees (a cache of hashes, never an input).
-    pub fn statcache_dir(&self) -> PathBuf {
+    pub(crate) fn statcache_dir(&self) -> PathBuf {
         self.root.join("statcache")
     }
 
     /// Listings of local source trees, by digest (see `hashing::Listing`).
-    pub fn trees_dir(&self) -> PathBuf {
+    pub(crate) fn trees_dir(&self) -> PathBuf {
         self.root.join("trees")
     }
 
     /// Logs of failed builds and VMs, kept since a failed build's staging folder is
     /// removed; `gc` removes those of keys no recipe reaches.
-    pub fn logs_dir(&self) -> PathBuf {
+    pub(crate) fn logs_dir(&self) -> PathBuf {
         self.root.join(LOGS)
     }
 
     /// Where a log of `key`'s build or test run is kept (`logs/<key16>-<name>.<suffix>`)
     /// when the staged entry that would hold it is removed, so an error can point to it.
     /// `gc` removes it with the last entry or recipe of its key.
-    pub fn kept_log(&self, key: &str, name: &str, suffix: &str) -> PathBuf {
+    pub(crate) fn kept_log(&self, key: &str, name: &str, suffix: &str) -> PathBuf {
         let key = key.get(..KEPT_LOG_KEY).unwrap_or(key);
         self.logs_dir().join(format!("{key}-{name}.{suffix}"))
     }
 
     /// Kernel build folders, kept between builds for incremental builds.
-    pub fn kbuild_dir(&self) -> PathBuf {
+    pub(crate) fn kbuild_dir(&self) -> PathBuf {
         self.root.join("kbuild")
     }
 
@@ -535,97 +534,6 @@ impl Store {
         remove_tree(&trash).map_err(io_err("remove", &trash))?;
         Ok(())
     }
-
-    /// Removes entries whose key is not in `keep` (when given) or older than `max_age`
-    /// (when given), plus temp folders no live builder holds. Returns the removed entries.
-    pub fn gc(
-        &self,
-        keep: Option<&BTreeSet<String>>,
-        max_age: Option<Duration>,
-    ) -> Result<Vec<Entry>> {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let mut removed = Vec::new();
-        for entry in self.entries()? {
-            let unreachable = keep.is_some_and(|k| !k.contains(&entry.manifest.key));
-            let too_old = max_age
-                .is_some_and(|age| now.saturating_sub(entry.manifest.created) > age.as_secs());
-            if unreachable || too_old {
-                self.remove(&entry)?;
-                removed.push(entry);
-            }
-        }
-        let tmp = self.root.join("tmp");
-        for item in fs_err::read_dir(&tmp)
-            .map_err(io_err("read", &tmp))?
-            .flatten()
-        {
-            let name = item.file_name().to_string_lossy().into_owned();
-            let Some(key) = name.get(..64).filter(|k| is_key(k)) else {
-                if name.starts_with("trash-") {
-                    let _ = remove_tree(&item.path());
-                }
-                continue;
-            };
-            // A temp folder whose key lock is free belongs to a builder that is gone.
-            if let Ok(lock) = self.try_lock(key) {
-                drop(lock);
-                let _ = remove_tree(&item.path());
-            }
-        }
-        Ok(removed)
-    }
-
-    /// Removes what entries leave beside them once they are gone: kept logs
-    /// (`logs/<name>-<key prefix>.*`) of keys no remaining entry or recipe has, and source
-    /// tree listings (`trees/<digest>`) that no remaining entry's inputs and no tree in
-    /// `current_trees` (the recipes' trees now) name. Returns how many files went.
-    pub fn gc_side_files(
-        &self,
-        current_keys: &BTreeSet<String>,
-        current_trees: &BTreeSet<String>,
-    ) -> Result<usize> {
-        let mut keys = current_keys.clone();
-        let mut trees = current_trees.clone();
-        for entry in self.entries()? {
-            if entry.manifest.kind == "kernel" {
-                if let Ok(manifest) = self.manifest(&entry) {
-                    if let Some(tree) = crate::graph::tree_digest(&manifest.inputs) {
-                        trees.insert(tree.to_string());
-                    }
-                }
-            }
-            keys.insert(entry.manifest.key);
-        }
-        let mut removed = 0;
-        let logs = self.logs_dir();
-        for item in fs_err::read_dir(&logs).into_iter().flatten().flatten() {
-            let file = item.file_name().to_string_lossy().into_owned();
-            // Only logs named by `kept_log`; others (`vmbuild run`'s console) are replaced
-            // by their next run.
-            let Some(prefix) = file
-                .get(..KEPT_LOG_KEY)
-                .filter(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
-                .filter(|_| file.as_bytes().get(KEPT_LOG_KEY) == Some(&b'-'))
-            else {
-                continue;
-            };
-            let kept = keys.iter().any(|k| k.starts_with(prefix));
-            if !kept && fs_err::remove_file(item.path()).is_ok() {
-                removed += 1;
-            }
-        }
-        let trees_dir = self.trees_dir();
-        for item in fs_err::read_dir(&trees_dir).into_iter().flatten().flatten() {
-            let file = item.file_name().to_string_lossy().into_owned();
-            if !trees.contains(&file) && fs_err::remove_file(item.path()).is_ok() {
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
 }
 
 /// An exclusive flock; `wait` blocks until it is free. False when not taken.
@@ -720,21 +628,5 @@ mod tests {
         std::fs::write(staging.out().join("f"), "half").unwrap();
         drop(staging);
         assert!(store.get(&other, "demo").unwrap().is_none());
-    }
-
-    #[test]
-    fn gc_keeps_reachable_entries() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        for k in ["d", "e"] {
-            let key = k.repeat(64);
-            let lock = store.lock(&key, || {}).unwrap();
-            let staging = store.stage(&key, "demo", &lock).unwrap();
-            store.publish(staging, manifest(&key, "demo")).unwrap();
-        }
-        let keep: BTreeSet<String> = ["d".repeat(64)].into();
-        let removed = store.gc(Some(&keep), None).unwrap();
-        assert_eq!(removed.len(), 1);
-        assert_eq!(store.entries().unwrap().len(), 1);
     }
 }

@@ -3,103 +3,25 @@
 //! and building what is missing; for test recipes it decides the order (`after`) and
 //! hands each to `testing::phase`, which reuses or runs and publishes its results.
 
+mod error;
+mod test;
+
+pub use error::Error;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::builders::{self, BuildContext, BuildError};
+use crate::builders::{self, BuildContext};
 use crate::fetch::lock::Lock;
 use crate::fsio::io_err;
-use crate::graph::{compute_key, explain_change, Graph, KeyContext, KeyError, KeyInputs};
-use crate::recipe::{Project, RecipeError, Spec};
+use crate::graph::{compute_key, explain_change, Graph, KeyContext, KeyInputs};
+use crate::recipe::{Project, Spec};
 use crate::report::{Event, Reporter};
 use crate::store::{Entry, Manifest, Store, StoreError};
-use crate::testing::phase::{self, Hooks, Job};
-use crate::testing::runner::{Artifacts, TestError};
-use crate::testing::{RunResults, TestResult};
+use crate::testing::RunResults;
 use crate::tools::Tools;
-use crate::vm;
-
-/// Every failure vmbuild reports, with the exit code it maps to.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Recipe(#[from] RecipeError),
-    #[error("compute the key of `{name}`: {source}")]
-    Key { name: String, source: KeyError },
-    #[error("build `{name}`: {source}")]
-    Build { name: String, source: BuildError },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("test `{name}`: {source}")]
-    Test { name: String, source: TestError },
-    /// A VM booted outside a test run (`vmbuild run`, `vmbuild shell`).
-    #[error("boot `{name}`: {source}")]
-    Boot { name: String, source: TestError },
-    #[error("{0}")]
-    Usage(String),
-}
-
-impl Error {
-    /// The exit code contract: 2 bad usage or recipe, 3 build failed, 4 VM or infrastructure.
-    pub fn exit_code(&self) -> i32 {
-        use crate::fetch::FetchError;
-        use crate::process::ProcessError;
-        match self {
-            Error::Recipe(_) | Error::Usage(_) => 2,
-            Error::Key {
-                source: KeyError::BadInput(_) | KeyError::Fetch(FetchError::BadLockfile { .. }),
-                ..
-            }
-            | Error::Build {
-                source: BuildError::BadInput(_),
-                ..
-            } => 2,
-            Error::Build {
-                source: BuildError::HostMissing(_),
-                ..
-            } => 4,
-            // The host lacks a tool (qemu, mke2fs, ...) or it will not say its version, or
-            // the store cannot be used: infrastructure, not a bad recipe.
-            Error::Key {
-                source: KeyError::Tool(_),
-                ..
-            }
-            | Error::Store(StoreError::Unusable { .. })
-            | Error::Build {
-                source: BuildError::Process(ProcessError::Missing { .. }),
-                ..
-            } => 4,
-            Error::Key {
-                source: KeyError::Fetch(FetchError::UnknownPackage { .. }),
-                ..
-            } => 2,
-            Error::Build {
-                source: BuildError::Fetch(FetchError::UnknownPackage { .. }),
-                ..
-            } => 2,
-            Error::Test {
-                source: TestError::Unsupported(_),
-                ..
-            }
-            | Error::Boot {
-                source: TestError::Unsupported(_),
-                ..
-            } => 2,
-            Error::Test {
-                source: TestError::Store(_),
-                ..
-            }
-            | Error::Boot {
-                source: TestError::Store(_),
-                ..
-            } => 3,
-            Error::Test { .. } | Error::Boot { .. } => 4,
-            Error::Key { .. } | Error::Build { .. } | Error::Store(_) => 3,
-        }
-    }
-}
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -321,10 +243,7 @@ impl<'a> Engine<'a> {
                 let work = WorkDir::new(&self.store, key, name)?;
                 let progress = |line: &str| self.reporter.event(Event::Progress { name, line });
                 let inputs = plan.inputs[index].to_value();
-                let log = self
-                    .store
-                    .logs_dir()
-                    .join(format!("{name}-{}.build.log", key.get(..16).unwrap_or(key)));
+                let log = self.store.kept_log(key, name, "build.log");
                 let ctx = BuildContext {
                     store: &self.store,
                     lock: &self.lock,
@@ -425,173 +344,6 @@ impl<'a> Engine<'a> {
                     cached,
                 }
             })
-            .collect())
-    }
-
-    /// `vmbuild test`: builds what the tests need, then runs each test recipe (those named
-    /// and those they come `after`), reusing all-pass results from the store.
-    /// With `keep_alive`, the VM of the first failed test is kept running for the user.
-    pub fn test(&self, plan: &Plan, force: Force, keep_alive: bool) -> Result<Vec<Tested>> {
-        for &root in &plan.graph.roots {
-            let recipe = &plan.graph.nodes[root].recipe;
-            if !matches!(recipe.spec, Spec::Test(_)) {
-                return Err(Error::Usage(format!(
-                    "`{}` is a {} recipe, not a test: build it with `vmbuild build {}`",
-                    recipe.name,
-                    recipe.kind(),
-                    recipe.name
-                )));
-            }
-        }
-        let test_nodes: Vec<usize> = (0..plan.graph.nodes.len())
-            .filter(|&i| matches!(plan.graph.nodes[i].recipe.spec, Spec::Test(_)))
-            .collect();
-        // Cached all-pass results need no artifacts at all: look them up first.
-        let mut outcomes: BTreeMap<usize, Tested> = BTreeMap::new();
-        for &i in &test_nodes {
-            if self.forced(plan, i, force) {
-                continue;
-            }
-            let name = &plan.graph.nodes[i].recipe.name;
-            if let Some(hit) = phase::lookup(&self.store, &plan.keys[i], name)? {
-                for result in &hit.results.tests {
-                    self.reporter.event(Event::TestFinished {
-                        recipe: name,
-                        result,
-                        cached: true,
-                    });
-                }
-                outcomes.insert(
-                    i,
-                    Tested {
-                        name: name.clone(),
-                        results: hit.results,
-                        entry: Some(hit.entry),
-                        cached: true,
-                    },
-                );
-            }
-        }
-        self.report_damage();
-        let to_run: Vec<usize> = test_nodes
-            .iter()
-            .copied()
-            .filter(|i| !outcomes.contains_key(i))
-            .collect();
-        if to_run.is_empty() {
-            return Ok(plan
-                .graph
-                .roots
-                .iter()
-                .filter_map(|r| outcomes.remove(r))
-                .collect());
-        }
-        let artifacts = self.build_closure(plan, &to_run, force)?;
-        let (accel, reason) = vm::detect_accel(self.store.root());
-        if let Some(reason) = reason {
-            self.reporter.event(Event::Notice(&format!(
-                "KVM is not usable ({reason}): using TCG, which is much slower"
-            )));
-        }
-        for &i in &to_run {
-            let node = &plan.graph.nodes[i];
-            let Spec::Test(spec) = &node.recipe.spec else {
-                continue;
-            };
-            let name = node.recipe.name.as_str();
-            let blocked: Vec<&str> = spec
-                .after
-                .iter()
-                .filter(|a| {
-                    let idx = plan.graph.index_of(&a.name);
-                    !idx.and_then(|x| outcomes.get(&x))
-                        .is_some_and(|t| t.results.all_passed())
-                })
-                .map(|a| a.name.as_str())
-                .collect();
-            let entry_of = |r: &crate::recipe::RecipeRef| -> &Entry {
-                let idx = plan
-                    .graph
-                    .index_of(&r.name)
-                    .expect("dependencies are in the graph");
-                &artifacts[&idx].0
-            };
-            let arts = Artifacts {
-                kernel: entry_of(&spec.kernel),
-                rootfs: entry_of(&spec.rootfs),
-                bundles: spec
-                    .bundles
-                    .iter()
-                    .map(|b| (b.name.as_str(), entry_of(b)))
-                    .collect(),
-            };
-            let test_err = |source| Error::Test {
-                name: name.to_string(),
-                source,
-            };
-            let on_result = |result: &TestResult, cached: bool| {
-                self.reporter.event(Event::TestFinished {
-                    recipe: name,
-                    result,
-                    cached,
-                })
-            };
-            if !blocked.is_empty() {
-                // Reported, never stored: the next run tries again.
-                let reason = format!("comes after {} which did not pass", blocked.join(", "));
-                let results = phase::not_run(name, &plan.keys[i], &arts, &reason, &on_result)
-                    .map_err(test_err)?;
-                outcomes.insert(
-                    i,
-                    Tested {
-                        name: name.to_string(),
-                        results,
-                        entry: None,
-                        cached: false,
-                    },
-                );
-                continue;
-            }
-            let inputs = plan.inputs[i].to_value();
-            let job = Job {
-                name,
-                key: &plan.keys[i],
-                inputs: &inputs,
-                spec,
-                artifacts: &arts,
-                accel,
-                force: self.forced(plan, i, force),
-                keep_alive,
-            };
-            let hooks = Hooks {
-                waiting: &|| self.reporter.event(Event::Waiting { name }),
-                booting: &|| {
-                    self.reporter.event(Event::Booting {
-                        recipe: name,
-                        accel: accel.name(),
-                        vms: spec.vm.vms,
-                    })
-                },
-                on_result: &on_result,
-                detail: &|line: &str| self.reporter.event(Event::Detail(line)),
-                notice: &|line: &str| self.reporter.event(Event::Notice(line)),
-            };
-            let tested = phase::run(&self.store, &job, &hooks).map_err(test_err)?;
-            outcomes.insert(
-                i,
-                Tested {
-                    name: name.to_string(),
-                    results: tested.results,
-                    entry: Some(tested.entry),
-                    cached: tested.cached,
-                },
-            );
-        }
-        Ok(plan
-            .graph
-            .roots
-            .iter()
-            .filter_map(|r| outcomes.remove(r))
             .collect())
     }
 

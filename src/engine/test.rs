@@ -1,0 +1,183 @@
+//! The test phase's ordering: cached all-pass results first (no artifacts needed), then
+//! the artifacts the rest need, then each test recipe in `after` order, handed to
+//! `testing::phase`, which reuses or runs and publishes its results.
+
+use std::collections::BTreeMap;
+
+use super::{Engine, Error, Force, Plan, Result, Tested};
+use crate::recipe::Spec;
+use crate::report::Event;
+use crate::store::Entry;
+use crate::testing::phase::{self, Hooks, Job};
+use crate::testing::runner::Artifacts;
+use crate::testing::TestResult;
+use crate::vm;
+
+impl Engine<'_> {
+    /// `vmbuild test`: builds what the tests need, then runs each test recipe (those named
+    /// and those they come `after`), reusing all-pass results from the store.
+    /// With `keep_alive`, the VM of the first failed test is kept running for the user.
+    pub fn test(&self, plan: &Plan, force: Force, keep_alive: bool) -> Result<Vec<Tested>> {
+        for &root in &plan.graph.roots {
+            let recipe = &plan.graph.nodes[root].recipe;
+            if !matches!(recipe.spec, Spec::Test(_)) {
+                return Err(Error::Usage(format!(
+                    "`{}` is a {} recipe, not a test: build it with `vmbuild build {}`",
+                    recipe.name,
+                    recipe.kind(),
+                    recipe.name
+                )));
+            }
+        }
+        let test_nodes: Vec<usize> = (0..plan.graph.nodes.len())
+            .filter(|&i| matches!(plan.graph.nodes[i].recipe.spec, Spec::Test(_)))
+            .collect();
+        // Cached all-pass results need no artifacts at all: look them up first.
+        let mut outcomes: BTreeMap<usize, Tested> = BTreeMap::new();
+        for &i in &test_nodes {
+            if self.forced(plan, i, force) {
+                continue;
+            }
+            let name = &plan.graph.nodes[i].recipe.name;
+            if let Some(hit) = phase::lookup(&self.store, &plan.keys[i], name)? {
+                for result in &hit.results.tests {
+                    self.reporter.event(Event::TestFinished {
+                        recipe: name,
+                        result,
+                        cached: true,
+                    });
+                }
+                outcomes.insert(
+                    i,
+                    Tested {
+                        name: name.clone(),
+                        results: hit.results,
+                        entry: Some(hit.entry),
+                        cached: true,
+                    },
+                );
+            }
+        }
+        self.report_damage();
+        let to_run: Vec<usize> = test_nodes
+            .iter()
+            .copied()
+            .filter(|i| !outcomes.contains_key(i))
+            .collect();
+        if to_run.is_empty() {
+            return Ok(plan
+                .graph
+                .roots
+                .iter()
+                .filter_map(|r| outcomes.remove(r))
+                .collect());
+        }
+        let artifacts = self.build_closure(plan, &to_run, force)?;
+        let (accel, reason) = vm::detect_accel(self.store.root());
+        if let Some(reason) = reason {
+            self.reporter.event(Event::Notice(&format!(
+                "KVM is not usable ({reason}): using TCG, which is much slower"
+            )));
+        }
+        for &i in &to_run {
+            let node = &plan.graph.nodes[i];
+            let Spec::Test(spec) = &node.recipe.spec else {
+                continue;
+            };
+            let name = node.recipe.name.as_str();
+            let blocked: Vec<&str> = spec
+                .after
+                .iter()
+                .filter(|a| {
+                    let idx = plan.graph.index_of(&a.name);
+                    !idx.and_then(|x| outcomes.get(&x))
+                        .is_some_and(|t| t.results.all_passed())
+                })
+                .map(|a| a.name.as_str())
+                .collect();
+            let entry_of = |r: &crate::recipe::RecipeRef| -> &Entry {
+                let idx = plan
+                    .graph
+                    .index_of(&r.name)
+                    .expect("dependencies are in the graph");
+                &artifacts[&idx].0
+            };
+            let arts = Artifacts {
+                kernel: entry_of(&spec.kernel),
+                rootfs: entry_of(&spec.rootfs),
+                bundles: spec
+                    .bundles
+                    .iter()
+                    .map(|b| (b.name.as_str(), entry_of(b)))
+                    .collect(),
+            };
+            let test_err = |source| Error::Test {
+                name: name.to_string(),
+                source,
+            };
+            let on_result = |result: &TestResult, cached: bool| {
+                self.reporter.event(Event::TestFinished {
+                    recipe: name,
+                    result,
+                    cached,
+                })
+            };
+            if !blocked.is_empty() {
+                // Reported, never stored: the next run tries again.
+                let reason = format!("comes after {} which did not pass", blocked.join(", "));
+                let results = phase::not_run(name, &plan.keys[i], &arts, &reason, &on_result)
+                    .map_err(test_err)?;
+                outcomes.insert(
+                    i,
+                    Tested {
+                        name: name.to_string(),
+                        results,
+                        entry: None,
+                        cached: false,
+                    },
+                );
+                continue;
+            }
+            let inputs = plan.inputs[i].to_value();
+            let job = Job {
+                name,
+                key: &plan.keys[i],
+                inputs: &inputs,
+                spec,
+                artifacts: &arts,
+                accel,
+                force: self.forced(plan, i, force),
+                keep_alive,
+            };
+            let hooks = Hooks {
+                waiting: &|| self.reporter.event(Event::Waiting { name }),
+                booting: &|| {
+                    self.reporter.event(Event::Booting {
+                        recipe: name,
+                        accel: accel.name(),
+                        vms: spec.vm.vms,
+                    })
+                },
+                on_result: &on_result,
+                detail: &|line: &str| self.reporter.event(Event::Detail(line)),
+                notice: &|line: &str| self.reporter.event(Event::Notice(line)),
+            };
+            let tested = phase::run(&self.store, &job, &hooks).map_err(test_err)?;
+            outcomes.insert(
+                i,
+                Tested {
+                    name: name.to_string(),
+                    results: tested.results,
+                    entry: Some(tested.entry),
+                    cached: tested.cached,
+                },
+            );
+        }
+        Ok(plan
+            .graph
+            .roots
+            .iter()
+            .filter_map(|r| outcomes.remove(r))
+            .collect())
+    }
+}
