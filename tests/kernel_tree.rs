@@ -152,7 +152,7 @@ fn a_content_change_with_an_old_mtime_is_rebuilt_explained_and_booted() {
     let same = p.run(&["build", "--json", "same-kernel"]).expect(0);
     assert_eq!(same.json_lines()[0]["cached"], true, "{}", same.stderr);
 
-    // -ff starts from an empty build folder (this recipe then fails fast: no compiler).
+    // -ff starts from an empty build folder (this recipe then fails fast: no host compiler).
     let built = p.run(&["build", "--json", "my-kernel"]).expect(0);
     let entry = PathBuf::from(built.json_lines()[0]["path"].as_str().unwrap());
     let manifest: serde_json::Value =
@@ -162,7 +162,7 @@ fn a_content_change_with_an_old_mtime_is_rebuilt_explained_and_booted() {
     p.write(
         "recipes/broken-kernel.toml",
         &format!(
-            "kind = \"kernel\"\nmake_flags = [\"CC=/bin/false\"]\n[source]\npath = \"{}\"\n[config]\nbase = \"tinyconfig\"\n",
+            "kind = \"kernel\"\nmake_flags = [\"HOSTCC=/bin/false\"]\n[source]\npath = \"{}\"\n[config]\nbase = \"tinyconfig\"\n",
             tree.display()
         ),
     );
@@ -218,4 +218,42 @@ fn a_git_checkout_whose_ignore_rules_hide_the_tree_is_refused_naming_the_rule() 
         run.stderr
     );
     assert!(run.stderr.contains(".gitignore:1:/*"), "{}", run.stderr);
+}
+
+#[test]
+fn symlinks_out_of_the_tree_and_nested_repositories_are_refused() {
+    let p = TestProject::new();
+    let tree = p.path("linux");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("Makefile"), "all:\n").unwrap();
+    std::fs::write(tree.join("Kconfig"), "mainmenu \"x\"\n").unwrap();
+    p.write(
+        "recipes/my-kernel.toml",
+        "kind = \"kernel\"\n[source]\npath = \"../linux\"\n[config]\nbase = \"tinyconfig\"\n",
+    );
+    std::os::unix::fs::symlink("../../etc", tree.join("escape")).unwrap();
+    let run = p.run(&["explain", "my-kernel"]).expect(2);
+    assert!(run.stderr.contains("outside"), "{}", run.stderr);
+    std::fs::remove_file(tree.join("escape")).unwrap();
+    std::os::unix::fs::symlink("Makefile", tree.join("inside")).unwrap();
+    p.run(&["explain", "my-kernel"]).expect(0);
+
+    let git = |dir: &Path, args: &[&str]| {
+        let ok = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    git(&tree, &["init", "-q"]);
+    let nested = tree.join("drivers/extra");
+    std::fs::create_dir_all(&nested).unwrap();
+    git(&nested, &["init", "-q"]);
+    std::fs::write(nested.join("extra.c"), "int x;\n").unwrap();
+    let run = p.run(&["explain", "my-kernel"]).expect(2);
+    assert!(run.stderr.contains("nested repository"), "{}", run.stderr);
 }

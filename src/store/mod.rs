@@ -19,6 +19,7 @@ mod manifest;
 
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 pub use manifest::{Manifest, ManifestHead, Status, MANIFEST};
 
@@ -407,8 +408,20 @@ impl Store {
             .map_err(io_err("read", &tmp))?
             .flatten()
         {
-            if stale.file_name().to_string_lossy().starts_with(&prefix) {
-                remove_tree(&stale.path()).map_err(io_err("remove stale", &stale.path()))?;
+            let file_name = stale.file_name().to_string_lossy().into_owned();
+            if file_name.starts_with("trash-") {
+                let _ = remove_tree(&stale.path());
+            } else if file_name.starts_with(&prefix) {
+                // Out of the way first, in one rename: a process the dead builder started
+                // (dpkg-deb, say) may still be writing into it, so removing it can fail;
+                // what is left in trash is removed later (next stage, `gc`).
+                let nonce = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let trash = tmp.join(format!("trash-{}-{nonce}-{file_name}", std::process::id()));
+                fs_err::rename(stale.path(), &trash)
+                    .map_err(io_err("move away stale", &stale.path()))?;
+                let _ = remove_tree(&trash);
             }
         }
         let dir = self.temp_path(key, name, &format!(".{}", std::process::id()))?;
