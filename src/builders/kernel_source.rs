@@ -60,11 +60,10 @@ pub fn build(
     let (tree, source_id) = source_tree(source, ctx)?;
     let build_dir = ctx.store.kbuild_dir().join(format!("{source_id}-x86_64"));
     fs_err::create_dir_all(&build_dir).map_err(io_err("create", &build_dir))?;
-    // One builder at a time per build folder; another vmbuild waits here.
-    let _lock = ctx.store.lock(
-        &hashing::sha256_hex(build_dir.to_string_lossy().as_bytes()),
-        || (ctx.progress)("waiting for another vmbuild using the same kernel build folder"),
-    )?;
+    // One builder at a time per build folder; another vmbuild (or gc) waits here.
+    let _lock = ctx.store.lock(&ctx.store.kbuild_lock_key(&build_dir), || {
+        (ctx.progress)("waiting for another vmbuild using the same kernel build folder")
+    })?;
     let listing = match source {
         Fetch::Path(tree) => Some(keyed_listing(tree, ctx)?),
         _ => None,
@@ -443,16 +442,23 @@ fn check_host_tools() -> Result<(), BuildError> {
     )))
 }
 
+/// The build folder's name part for a local tree: by its path (`local-<sha16>`).
+pub(crate) fn local_source_id(tree: &Path) -> String {
+    format!(
+        "local-{}",
+        &hashing::sha256_hex(tree.to_string_lossy().as_bytes())[..16]
+    )
+}
+
+/// The build folder of a local tree, under the store's `kbuild/`.
+pub(crate) fn local_build_dir_name(tree: &Path) -> String {
+    format!("{}-x86_64", local_source_id(tree))
+}
+
 /// The unpacked source tree, and a stable id for the build folder.
 fn source_tree(source: &Fetch, ctx: &BuildContext) -> Result<(PathBuf, String), BuildError> {
     match source {
-        Fetch::Path(path) => {
-            let id = format!(
-                "local-{}",
-                &hashing::sha256_hex(path.to_string_lossy().as_bytes())[..16]
-            );
-            Ok((path.clone(), id))
-        }
+        Fetch::Path(path) => Ok((path.clone(), local_source_id(path))),
         Fetch::Deb { package, .. } => {
             let pin = ctx.lock.pin(package, false)?;
             let name = format!("src-{}", pin.package);

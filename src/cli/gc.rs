@@ -6,9 +6,12 @@ use std::collections::BTreeSet;
 use clap::Args;
 
 use super::{open_engine, render::Renderer, Global};
+use crate::builders::kernel_source::local_build_dir_name;
 use crate::engine::Error;
 use crate::graph::tree_digest;
+use crate::hashing::stat_cache_name;
 use crate::recipe::units;
+use crate::recipe::{Fetch, KernelSpec, Spec};
 
 #[derive(Args)]
 pub struct GcArgs {
@@ -59,9 +62,24 @@ pub fn run(global: &Global, reporter: &Renderer, args: GcArgs) -> Result<i32, Er
             .filter_map(|i| tree_digest(&i.to_value()).map(str::to_string))
             .collect();
         let keys: BTreeSet<String> = plan.keys.iter().cloned().collect();
-        let files = engine.store.gc_side_files(&keys, &trees)?;
+        let mut files = engine.store.gc_side_files(&keys, &trees)?;
+        // Build folders and stat caches of local kernel trees no recipe builds from.
+        let local_trees: BTreeSet<String> = plan
+            .graph
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.recipe.spec {
+                Spec::Kernel(KernelSpec::FromSource {
+                    source: Fetch::Path(tree),
+                    ..
+                }) => Some([local_build_dir_name(tree), stat_cache_name(tree)]),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        files += engine.store.gc_tree_caches(&local_trees)?;
         if files > 0 {
-            println!("{files} kept logs and tree listings removed");
+            println!("{files} kept logs, tree listings and local build folders removed");
         }
     }
     Ok(0)

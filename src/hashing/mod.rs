@@ -13,7 +13,7 @@ use rayon::prelude::*;
 mod source_tree;
 #[cfg(test)]
 pub(crate) use source_tree::source_tree_listing;
-pub(crate) use source_tree::{changes, kernel_tree_listing, Change, Listing};
+pub(crate) use source_tree::{changes, kernel_tree_listing, stat_cache_name, Change, Listing};
 /// Hex SHA-256 of a byte string.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))

@@ -69,7 +69,11 @@ impl Listing {
     /// `KEPT_LISTINGS` stay (older diffs then say the listing is no longer kept).
     pub(crate) fn save(&self, dir: &Path) -> std::io::Result<()> {
         let path = dir.join(&self.digest);
-        if path.exists() {
+        // There already, unless damaged (of another size: a cheap check on every keying).
+        if path
+            .metadata()
+            .is_ok_and(|m| m.len() == self.text.len() as u64)
+        {
             return Ok(());
         }
         fs_err::create_dir_all(dir)?;
@@ -165,7 +169,12 @@ pub(crate) fn changes<'a>(old: &'a Listing, new: &'a Listing) -> Vec<(&'a str, C
 
 /// Where the stat cache of the tree at `tree` lives, in the folder `dir`.
 fn stat_cache_file(dir: &Path, tree: &Path) -> PathBuf {
-    dir.join(sha256_hex(tree.as_os_str().as_encoded_bytes()))
+    dir.join(stat_cache_name(tree))
+}
+
+/// The file name of the tree's stat cache.
+pub(crate) fn stat_cache_name(tree: &Path) -> String {
+    sha256_hex(tree.as_os_str().as_encoded_bytes())
 }
 
 /// The files a kernel build needs at the top of its tree.
@@ -173,11 +182,17 @@ pub(crate) const KERNEL_TREE_REQUIRED: [&str; 2] = ["Makefile", "Kconfig"];
 
 /// A local kernel tree's listing, through its stat cache in `statcache_dir`: the one way
 /// keys and the kernel builder list a tree, so both always agree.
+/// The store itself (the folder holding `statcache_dir`) is left out when it lies inside
+/// the tree, as `./cache` does when the recipes live in the kernel checkout.
 pub(crate) fn kernel_tree_listing(tree: &Path, statcache_dir: &Path) -> std::io::Result<Listing> {
-    source_tree_listing(
+    let store = statcache_dir
+        .parent()
+        .and_then(|store| fs_err::canonicalize(store).ok());
+    source_tree_listing_without(
         tree,
         &stat_cache_file(statcache_dir, tree),
         &KERNEL_TREE_REQUIRED,
+        store.as_deref(),
     )
 }
 
@@ -200,14 +215,29 @@ pub(crate) fn kernel_tree_listing(tree: &Path, statcache_dir: &Path) -> std::io:
 /// top-level `Makefile` and `Kconfig`); when one is missing, the error names the ignore
 /// rule that hid it. A folder among the files (a git submodule, a nested repository) or a
 /// symlink that leads out of the tree is refused: what it holds would not be keyed.
+#[cfg(test)]
 pub(crate) fn source_tree_listing(
     root: &Path,
     cache_file: &Path,
     required: &[&str],
 ) -> std::io::Result<Listing> {
+    source_tree_listing_without(root, cache_file, required, None)
+}
+
+/// `source_tree_listing`, leaving out the folder `excluded` (absolute) if it is inside.
+fn source_tree_listing_without(
+    root: &Path,
+    cache_file: &Path,
+    required: &[&str],
+    excluded: Option<&Path>,
+) -> std::io::Result<Listing> {
     let root = &fs_err::canonicalize(root)?;
+    let excluded = excluded
+        .and_then(|e| e.strip_prefix(root).ok())
+        .filter(|rel| !rel.as_os_str().is_empty());
     let cache_text = fs_err::read_to_string(cache_file).unwrap_or_default();
-    let cache = StatCache::parse(&cache_text);
+    // A cache whose entries do not give its recorded digest is damaged: not used at all.
+    let cache = StatCache::parse(&cache_text).filter(StatCache::whole);
     let index = git_index_stamp(root);
     if let Some(listing) = cache.as_ref().and_then(|c| c.unchanged(root, &index)) {
         if required.iter().all(|name| listing.has(name)) {
@@ -228,11 +258,11 @@ pub(crate) fn source_tree_listing(
     let trusted_before = now_ns() - RACY_WINDOW_NS;
     // Folders first: a file added while the files are listed makes its folder's stamp
     // differ next time.
-    let dirs = walk(root, false)?.1;
+    let dirs = walk(root, false, excluded)?.1;
     let mut files = if root.join(".git").exists() {
-        git_files(root)?
+        git_files(root, excluded)?
     } else {
-        walk(root, true)?.0
+        walk(root, true, excluded)?.0
     };
     files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for name in required {
@@ -347,6 +377,8 @@ fn nested_tree(path: &Path) -> std::io::Error {
 /// A symlink at `rel` must lead to a place inside the tree (lexically: its target joined
 /// to its folder, `..` resolved), or what the build reads through it is not keyed.
 fn symlink_inside(root: &Path, rel: &str, target: &str, path: &Path) -> std::io::Result<()> {
+    // Through every link on the way (a link to `..` inside the tree can lead out of it).
+    let resolved_outside = fs_err::canonicalize(path).is_ok_and(|real| !real.starts_with(root));
     let mut depth: Vec<&str> = rel.split('/').collect();
     depth.pop();
     let escapes = target.starts_with('/')
@@ -362,7 +394,7 @@ fn symlink_inside(root: &Path, rel: &str, target: &str, path: &Path) -> std::io:
             }
             false
         });
-    if escapes || target.contains(['\t', '\n', '\r']) {
+    if escapes || resolved_outside || target.contains(['\t', '\n', '\r']) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!(
@@ -408,15 +440,16 @@ fn git_index_stamp(root: &Path) -> Option<String> {
             None => return Some(format!("{RACY}:{}", now_ns())),
         }
     };
-    let index = git_dir.join("index");
-    Some(format!(
-        "{}:{}",
-        index.display(),
-        index
+    // The index says what is tracked; the config can change what git lists.
+    let stamp_of = |name: &str| {
+        let path = git_dir.join(name);
+        let st = path
             .symlink_metadata()
             .map(|m| stamp(&m))
-            .unwrap_or_else(|_| "none".into())
-    ))
+            .unwrap_or_else(|_| "none".into());
+        format!("{}:{st}", path.display())
+    };
+    Some(format!("{};{}", stamp_of("index"), stamp_of("config")))
 }
 
 /// `git -C root` with none of the `GIT_*` variables a hook or a script may have set
@@ -428,7 +461,12 @@ fn git(root: &Path) -> std::process::Command {
             cmd.env_remove(name);
         }
     }
-    cmd.arg("-C").arg(root);
+    // Neither the user's nor the system's git config may change what is listed.
+    cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .arg("-C")
+        .arg(root)
+        .args(["-c", "core.ignoreCase=false", "-c", "core.quotePath=false"]);
     cmd
 }
 
@@ -470,6 +508,15 @@ impl<'a> StatCache<'a> {
         Some(cache)
     }
 
+    /// Whether the cached entries give the digest recorded with them.
+    fn whole(&self) -> bool {
+        self.listing().digest == self.digest
+    }
+
+    fn listing(&self) -> Listing {
+        Listing::from_entries(self.files.iter().map(|&(_, entry, rel)| (rel, entry)))
+    }
+
     /// The cached listing, when every folder and file under `root` still has its stamp.
     fn unchanged(&self, root: &Path, index: &Option<String>) -> Option<Listing> {
         if self.index != index.as_deref().unwrap_or("-") || self.dirs.is_empty() {
@@ -484,8 +531,8 @@ impl<'a> StatCache<'a> {
         if !dirs_same || !self.files.par_iter().all(|&(st, _, rel)| same((st, rel))) {
             return None;
         }
-        let listing = Listing::from_entries(self.files.iter().map(|&(_, entry, rel)| (rel, entry)));
-        (listing.digest == self.digest).then_some(listing)
+        // Checked whole when parsed.
+        Some(self.listing())
     }
 }
 
@@ -496,9 +543,10 @@ type Listed = Vec<(String, std::fs::Metadata)>;
 /// speaks for the build: Debian's linux-source tarball, for one, ships a .gitignore that
 /// ignores every top-level entry). A name that is not UTF-8 is refused (it could not be
 /// keyed exactly), as is a name holding a tab or a line break (the listing's separators).
-/// Without `files`, only folders are listed, and one whose name cannot be is left out
-/// (git, which lists the files then, refuses any file below it).
-fn walk(root: &Path, files: bool) -> std::io::Result<(Listed, Listed)> {
+/// Without `files`, only what the stat cache stamps is listed: folders, and every
+/// `.gitignore` (one can ignore itself, and git would not list it). `excluded` (relative
+/// to the root) is left out.
+fn walk(root: &Path, files: bool, excluded: Option<&Path>) -> std::io::Result<(Listed, Listed)> {
     // Each walker thread collects into its own lists, handed over when the thread ends.
     struct Collector<'a> {
         root: &'a Path,
@@ -521,9 +569,10 @@ fn walk(root: &Path, files: bool) -> std::io::Result<(Listed, Listed)> {
     }
     let found = Mutex::new((Vec::new(), Vec::new()));
     let walk_error: Mutex<Option<std::io::Error>> = Mutex::new(None);
+    let skip: Option<PathBuf> = excluded.map(|x| root.join(x));
     ignore::WalkBuilder::new(root)
         .standard_filters(false)
-        .filter_entry(|e| e.file_name() != ".git")
+        .filter_entry(move |e| e.file_name() != ".git" && skip.as_deref() != Some(e.path()))
         .build_parallel()
         .run(|| {
             let mut collector = Collector {
@@ -537,7 +586,7 @@ fn walk(root: &Path, files: bool) -> std::io::Result<(Listed, Listed)> {
                 match entry {
                     Ok(entry) => {
                         let is_dir = entry.file_type().is_some_and(|t| t.is_dir());
-                        if !files && !is_dir {
+                        if !files && !is_dir && entry.file_name() != ".gitignore" {
                             return ignore::WalkState::Continue;
                         }
                         if let Ok(meta) = entry.path().symlink_metadata() {
@@ -551,11 +600,10 @@ fn walk(root: &Path, files: bool) -> std::io::Result<(Listed, Listed)> {
                                 rel
                             };
                             match listable(rel, entry.path()) {
-                                Ok(rel) if meta.is_dir() => {
+                                Ok(rel) if meta.is_dir() || !files => {
                                     collector.dirs.push((rel.to_string(), meta))
                                 }
                                 Ok(rel) => collector.files.push((rel.to_string(), meta)),
-                                Err(_) if !files => {}
                                 Err(e) => {
                                     collector.fail(e);
                                     return ignore::WalkState::Quit;
@@ -597,11 +645,12 @@ fn listable<'a>(rel: &'a Path, full: &Path) -> std::io::Result<&'a str> {
 /// exclude. Only the checkout's own `.gitignore` files count, not the user's global
 /// excludes or `.git/info/exclude`, so every clone keys the same. git walks the tree
 /// with its index; each file is then `lstat`ed here, on all cores.
-fn git_files(root: &Path) -> std::io::Result<Vec<(String, std::fs::Metadata)>> {
+fn git_files(
+    root: &Path,
+    excluded: Option<&Path>,
+) -> std::io::Result<Vec<(String, std::fs::Metadata)>> {
     let out = git(root)
         .args([
-            "-c",
-            "core.quotePath=false",
             "ls-files",
             "-z",
             "--cached",
@@ -627,6 +676,13 @@ fn git_files(root: &Path) -> std::io::Result<Vec<(String, std::fs::Metadata)>> {
     // A file both tracked and changed appears once per stage during a merge.
     names.sort_unstable();
     names.dedup();
+    // The store, when it lies inside the tree (untracked, not ignored), is not the tree's.
+    if let Some(excluded) = excluded {
+        let prefix = excluded.as_os_str().as_encoded_bytes();
+        names.retain(|name| {
+            !(name.starts_with(prefix) && matches!(name.get(prefix.len()), None | Some(b'/')))
+        });
+    }
     let listed: Vec<Option<(String, std::fs::Metadata)>> = names
         .par_iter()
         .map(|name| {
@@ -834,5 +890,58 @@ mod tests {
         assert!(!files(&list()).contains(&"init/blob.o".to_string()));
         git(&["add", "-f", "init/blob.o"]);
         assert!(files(&list()).contains(&"init/blob.o".to_string()));
+    }
+
+    #[test]
+    fn hostile_trees_give_a_fresh_listing_or_an_error_never_a_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("linux");
+        std::fs::create_dir_all(tree.join("arch")).unwrap();
+        std::fs::create_dir_all(tree.join("include")).unwrap();
+        std::fs::create_dir_all(dir.path().join("outside")).unwrap();
+        std::fs::write(tree.join("Makefile"), "all:\n").unwrap();
+        let cache = dir.path().join("statcache");
+        let list = || source_tree_listing(&tree, &cache, &[]);
+        let fresh = || source_tree_listing(&tree, &dir.path().join("fresh-cache"), &[]);
+
+        // A chain of in-tree links that leads out.
+        std::os::unix::fs::symlink("..", tree.join("arch/up")).unwrap();
+        std::os::unix::fs::symlink("../arch/up/../outside", tree.join("include/out")).unwrap();
+        let err = list().unwrap_err();
+        assert!(err.to_string().contains("outside"), "{err}");
+        std::fs::remove_file(tree.join("include/out")).unwrap();
+        std::fs::remove_file(tree.join("arch/up")).unwrap();
+
+        // A damaged stat cache entry is not believed.
+        std::fs::write(tree.join("init.c"), "one").unwrap();
+        let good = list().unwrap();
+        let text = std::fs::read_to_string(&cache).unwrap();
+        let sha = hashing_sha(&tree.join("init.c"));
+        std::fs::write(&cache, text.replace(&sha, &"0".repeat(64))).unwrap();
+        assert_eq!(list().unwrap(), good);
+
+        // In a git checkout, a .gitignore that ignores itself still counts.
+        let git = |args: &[&str]| {
+            assert!(std::process::Command::new("git")
+                .arg("-C")
+                .arg(&tree)
+                .args(args)
+                .status()
+                .unwrap()
+                .success());
+        };
+        git(&["init", "-q"]);
+        std::fs::write(tree.join(".gitignore"), ".gitignore\nextra.c\n").unwrap();
+        std::fs::write(tree.join("extra.c"), "1").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let before = list().unwrap();
+        assert_eq!(list().unwrap(), before);
+        std::fs::write(tree.join(".gitignore"), ".gitignore\n").unwrap();
+        assert_eq!(list().unwrap(), fresh().unwrap());
+        assert_ne!(list().unwrap(), before);
+    }
+
+    fn hashing_sha(path: &Path) -> String {
+        super::super::sha256_file(path).unwrap().0
     }
 }

@@ -98,6 +98,43 @@ impl Store {
         }
         Ok(removed)
     }
+
+    /// Removes the build folders of local kernel trees (`kbuild/local-*`) and the stat
+    /// caches (`statcache/*`) not in `keep` (the names the recipes' trees give them),
+    /// each build folder under its lock (one in use is left alone), and temp files a
+    /// killed vmbuild left in `statcache/` and `trees/` over an hour ago.
+    pub(crate) fn gc_tree_caches(&self, keep: &BTreeSet<String>) -> Result<usize> {
+        let mut removed = 0;
+        let kbuild = self.kbuild_dir();
+        for item in fs_err::read_dir(&kbuild).into_iter().flatten().flatten() {
+            let name = item.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("local-") || keep.contains(&name) {
+                continue;
+            }
+            if let Ok(lock) = self.try_lock(&self.kbuild_lock_key(&item.path())) {
+                if remove_tree(&item.path()).is_ok() {
+                    removed += 1;
+                }
+                drop(lock);
+            }
+        }
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        for dir in [self.statcache_dir(), self.trees_dir()] {
+            for item in fs_err::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = item.file_name().to_string_lossy().into_owned();
+                let stale_tmp = name.contains(".tmp.")
+                    && item
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t < hour_ago);
+                let unused = dir == self.statcache_dir() && is_key(&name) && !keep.contains(&name);
+                if (stale_tmp || unused) && fs_err::remove_file(item.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
 }
 
 #[cfg(test)]

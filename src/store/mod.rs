@@ -203,6 +203,11 @@ impl Store {
         self.logs_dir().join(format!("{key}-{name}.{suffix}"))
     }
 
+    /// The lock key of a kernel build folder: its builder and `gc` take it.
+    pub(crate) fn kbuild_lock_key(&self, build_dir: &Path) -> String {
+        hashing::sha256_hex(build_dir.to_string_lossy().as_bytes())
+    }
+
     /// Kernel build folders, kept between builds for incremental builds.
     pub(crate) fn kbuild_dir(&self) -> PathBuf {
         self.root.join("kbuild")
@@ -351,7 +356,7 @@ impl Store {
     }
 
     /// The per-key lock if nobody holds it now.
-    fn try_lock(&self, key: &str) -> Result<KeyLock> {
+    pub(crate) fn try_lock(&self, key: &str) -> Result<KeyLock> {
         let (file, path) = self.lock_file(key)?;
         if !flock(&file, false) {
             return Err(io_err("lock", &path)(std::io::Error::last_os_error()).into());
