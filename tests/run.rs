@@ -134,6 +134,62 @@ fn run_prints_the_kernel_release_and_passes_arguments_byte_for_byte() {
 }
 
 #[test]
+fn run_relays_long_lines_whole_and_exits_when_the_command_does() {
+    let p = TestProject::shared();
+    // Both streams at once, stdout as one 20,000-byte line: their relays share the
+    // channel, and no protocol line of one may cut into the other's. Then text holding
+    // the agent's old end marker, output without a final newline, and a background
+    // child that keeps both pipes open for longer than DEADLINE: vmbuild must exit with
+    // the command, not with its child.
+    let script = "head -c 20000 /dev/zero | tr '\\000' b & yes ERR | head -n 3000 >&2; wait; \
+                  echo; printf 'x\\001vmbuild-eof\\001\\nmid\\ntail'; sleep 300 & exit 4";
+    let mut child = p
+        .command(&["run", "smoke", "--", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    // Read on threads: a vmbuild that hangs must meet DEADLINE, not a blocked read.
+    let read_all = |mut from: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = from.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let out = read_all(Box::new(child.stdout.take().unwrap()));
+    let errors = read_all(Box::new(child.stderr.take().unwrap()));
+    let status = wait_or_kill(&mut child, DEADLINE);
+    let out = out.join().unwrap();
+    let errors = String::from_utf8_lossy(&errors.join().unwrap()).into_owned();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(4),
+        "vmbuild waited for the background child or failed\n{errors}"
+    );
+    let expected = [
+        "b".repeat(20000).as_bytes(),
+        b"\n",
+        b"x\x01vmbuild-eof\x01\nmid\ntail",
+    ]
+    .concat();
+    assert!(
+        out == expected,
+        "stdout differs: {} bytes, {} b's, protocol text inside: {}",
+        out.len(),
+        out.iter().filter(|&&b| b == b'b').count(),
+        String::from_utf8_lossy(&out).contains("VMBUILD")
+    );
+    assert!(errors.contains(&"ERR\n".repeat(3000)), "{errors}");
+    // (vmbuild's own notes may name VMBUILD_ACCEL.)
+    assert!(
+        !errors.contains("VMBUILD OUT") && !errors.contains("VMBUILD PART"),
+        "{errors}"
+    );
+}
+
+#[test]
 fn run_refuses_what_it_cannot_boot() {
     let p = TestProject::new();
     let run = p.run(&["run", "debian-kernel", "--", "true"]).expect(2);

@@ -78,23 +78,30 @@ decode_arg() {
     arg=${arg%x}
 }
 
-# relay FD: each line read becomes `VMBUILD OUT FD <line>` on the channel as it comes,
-# long lines in `VMBUILD PART FD <piece>`s; the end of the stream is marked by $eof, so
-# output that does not end in a newline is relayed as a PART and arrives unchanged.
-eof=$(printf '\001vmbuild-eof\001')
+# relay FD END: each line read becomes `VMBUILD OUT FD <line>` on stdout as it comes, long
+# lines in `VMBUILD PART FD <piece>`s. Every protocol line is at most 1,016 bytes and
+# flushed on its own, so it leaves awk in one write() (stdio buffers hold at least 1 KiB)
+# and, under PIPE_BUF, enters the pipe both relays share whole: the two streams' lines
+# never mix. END (a marker no output holds: it carries a fresh random id) follows the
+# command's last byte: the text before it is relayed as a PART (output that does not end
+# in a newline arrives unchanged) and the relay stops there, even if a background child
+# of the command still holds the pipe open.
 relay() {
-    awk -v fd="$1" -v end="$eof" -v max=4096 '
+    awk -v fd="$1" -v end="$2" -v max=1000 '
     {
-        line = $0; n = length(line); e = length(end); last = 0
-        if (n >= e && substr(line, n - e + 1) == end) { line = substr(line, 1, n - e); last = 1 }
-        while (length(line) > max) {
-            print "VMBUILD PART " fd " " substr(line, 1, max); fflush()
-            line = substr(line, max + 1)
+        line = $0; last = 0
+        at = index(line, end)
+        if (at) { line = substr(line, 1, at - 1); last = 1 }
+        n = length(line)
+        for (i = 1; n - i + 1 > max; i += max) {
+            print "VMBUILD PART " fd " " substr(line, i, max); fflush()
         }
+        line = substr(line, i)
         if (!last) print "VMBUILD OUT " fd " " line
         else if (line != "") print "VMBUILD PART " fd " " line
         fflush()
-    }' >&3
+        if (last) exit
+    }'
 }
 
 # run_exec ARGC: reads ARGC encoded arguments from the channel and runs them as a command
@@ -108,21 +115,29 @@ run_exec() {
     done
     rcfile=/tmp/vmbuild-exec.rc
     echo 127 >"$rcfile"
+    id=$(cat /proc/sys/kernel/random/uuid 2>/dev/null) || id=$$-$(date +%s)
+    eof=$(printf '\001vmbuild-eof-%s\001' "$id")
+    # fd 4: the stdout pipe, fd 5: the pipe to the one writer of the channel (cat). The
+    # command keeps neither, nor the channel. Once it exits, each stream gets the end
+    # marker after its last byte; each relay stops at its marker, so what a background
+    # child writes later (or its holding a pipe open) cannot delay EXIT.
     {
         {
-            (
-                cd /
-                command -v "$1" >/dev/null 2>&1 || {
-                    printf '%s: command not found\n' "$1" >&2
-                    exit 127
-                }
-                exec "$@"
-            ) </dev/null 3>&- 4>&-
-            echo "$?" >"$rcfile"
-            printf '%s' "$eof"
-            printf '%s' "$eof" >&2
-        } 2>&1 1>&4 4>&- | relay 2
-    } 4>&1 | relay 1
+            {
+                (
+                    cd /
+                    command -v "$1" >/dev/null 2>&1 || {
+                        printf '%s: command not found\n' "$1" >&2
+                        exit 127
+                    }
+                    exec "$@"
+                ) </dev/null 3>&- 4>&- 5>&-
+                echo "$?" >"$rcfile"
+                printf '%s\n' "$eof"
+                printf '%s\n' "$eof" >&2
+            } 2>&1 1>&4 4>&- | relay 2 "$eof" 4>&- >&5
+        } 4>&1 | relay 1 "$eof" >&5
+    } 5>&1 | cat >&3
     say "VMBUILD EXIT $(cat "$rcfile")"
 }
 
