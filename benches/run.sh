@@ -186,8 +186,9 @@ bench_kernel_loop() {
     if [ ! -f "$plain/arch/x86/boot/bzImage" ]; then
         mkdir -p "$plain"
         make -s -C "$tree" O="$plain" tinyconfig >/dev/null
+        repo="$PWD"
         (cd "$plain" && "$tree/scripts/kconfig/merge_config.sh" -m -O "$plain" .config \
-            "$PWD/modules/kconfig/serial-console.config" "$PWD/modules/kconfig/initramfs.config" >/dev/null)
+            "$repo/modules/kconfig/serial-console.config" "$repo/modules/kconfig/initramfs.config" >/dev/null)
         make -s -C "$tree" O="$plain" olddefconfig >/dev/null
         make -s -C "$tree" O="$plain" -j2 bzImage >/dev/null
     fi
