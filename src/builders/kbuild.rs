@@ -212,19 +212,20 @@ impl BuildFolder {
         Ok(changed.into_iter().map(str::to_string).collect())
     }
 
-    /// Marks the folder as being compiled into: killed before `compiled`, it is emptied
-    /// next time.
+    /// Marks the folder as being built into (configure steps build host tools there too):
+    /// killed before make `returned`, it is emptied next time.
     pub(crate) fn compiling(&mut self) -> Result<(), BuildError> {
         self.state.finished = false;
         self.save()
     }
 
-    /// Make returned from compiling with an exit status (`success` or not): the
-    /// folder's objects are whole; after a success no change is pending.
-    pub(crate) fn compiled(&mut self, success: bool) -> Result<(), BuildError> {
+    /// A make in the folder returned with an exit status: what it left is whole (Kbuild
+    /// removes what a failed command half-made), and every file it wrote is older than
+    /// now. After a successful compile (`compiled`), no change is pending.
+    pub(crate) fn returned(&mut self, compiled: bool) -> Result<(), BuildError> {
         self.state.finished = true;
         self.state.ended_ns = now_ns();
-        if success {
+        if compiled {
             self.state.pending.clear();
         }
         self.save()
@@ -351,7 +352,7 @@ mod tests {
             .unwrap();
         folder.compiling().unwrap();
         std::fs::write(build.join("main.o"), "object").unwrap();
-        folder.compiled(true).unwrap();
+        folder.returned(true).unwrap();
 
         // Content changed, mtime set back: touched. Unchanged files are left alone.
         std::fs::write(tree.join("main.c"), "two").unwrap();
@@ -372,7 +373,7 @@ mod tests {
 
         // A failed compile leaves main.c pending: touched again next time, though unchanged.
         folder.compiling().unwrap();
-        folder.compiled(false).unwrap();
+        folder.returned(false).unwrap();
         set_mtime(&tree.join("main.c"), 1_000);
         let mut folder = BuildFolder::open(&build, false, &quiet).unwrap();
         folder

@@ -81,12 +81,15 @@ pub fn build(
         listing.as_ref(),
         ctx,
     )?;
+    // From the first make on, a killed build leaves the folder untrusted: configuring
+    // builds host tools (scripts/kconfig/conf, fixdep) into it too.
+    folder.compiling()?;
     if folder.config_is_current(&config_inputs) {
         (ctx.progress)("reusing .config: its base, fragments and Kconfig files are unchanged");
     } else {
         (ctx.progress)("configuring");
         match base {
-            ConfigBase::Target(target) => make.run(&[target])?,
+            ConfigBase::Target(target) => make.run_in(&mut folder, &[target], false)?,
             ConfigBase::File(file) => {
                 fs_err::copy(file, &config).map_err(io_err("copy config to", &config))?;
             }
@@ -101,23 +104,16 @@ pub fn build(
                 .current_dir(&build_dir);
             make.run_logged(&mut cmd)?;
         }
-        make.run(&["olddefconfig"])?;
+        make.run_in(&mut folder, &["olddefconfig"], false)?;
         folder.config_made(&config_inputs)?;
     }
     check_fragments(fragments, &config)?;
 
     (ctx.progress)("compiling");
-    folder.compiling()?;
     let jobs = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .to_string();
-    let status = make.status(&["-j", &jobs])?;
-    // Make returned with a status: what it left is whole (Kbuild removes what a failed
-    // command half-made). Killed by a signal, it may not be: the folder stays unfinished.
-    if status.code().is_some() {
-        folder.compiled(status.success())?;
-    }
-    make.check(status)?;
+    make.run_in(&mut folder, &["-j", &jobs], true)?;
     // Syncconfig may rewrite the .config while compiling (a new compiler version): what
     // is stored must still hold every option asked for.
     check_fragments(fragments, &config)?;
@@ -225,6 +221,23 @@ impl<'a> Make<'a> {
         self.check(status)
     }
 
+    /// `make ARGS` in the build folder, which learns that make returned (and, for the
+    /// `compile`, whether it succeeded); a non-zero exit is an error.
+    fn run_in(
+        &mut self,
+        folder: &mut BuildFolder,
+        args: &[&str],
+        compile: bool,
+    ) -> Result<(), BuildError> {
+        let status = self.status(args)?;
+        // Make returned with a status: what it left is whole (Kbuild removes what a
+        // failed command half-made). Killed by a signal, it may not be: left unfinished.
+        if status.code().is_some() {
+            folder.returned(compile && status.success())?;
+        }
+        self.check(status)
+    }
+
     /// `make ARGS`, returning how it ended.
     fn status(&mut self, args: &[&str]) -> Result<std::process::ExitStatus, BuildError> {
         let mut cmd = self.command(args);
@@ -269,10 +282,7 @@ impl<'a> Make<'a> {
         let stderr_thread = std::thread::spawn(move || {
             let mut err_log = err_log;
             let mut tail = std::collections::VecDeque::new();
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
+            for line in lossy_lines(stderr) {
                 let _ = writeln!(err_log, "{line}");
                 tail.push_back(line);
                 if tail.len() > 40 {
@@ -282,10 +292,7 @@ impl<'a> Make<'a> {
             Vec::from(tail)
         });
         let stdout = guard.child().stdout.take().expect("piped");
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
+        for line in lossy_lines(stdout) {
             writeln!(self.log, "{line}").map_err(io_err("write", log_path))?;
             // Kbuild's step lines ("  CC      kernel/fork.o") make a good progress line.
             let step = line.trim();
@@ -308,6 +315,25 @@ impl<'a> Make<'a> {
         fs_err::rename(self.log_path, to).map_err(io_err("move the build log to", to))?;
         Ok(())
     }
+}
+
+/// The lines of a child's output as text, to its end: a line that is not UTF-8 (a
+/// warning quoting a Latin-1 source line) is converted, never a reason to stop reading
+/// (which would close the pipe and kill the writer with SIGPIPE).
+fn lossy_lines(reader: impl std::io::Read) -> impl Iterator<Item = String> {
+    let mut reader = std::io::BufReader::new(reader);
+    std::iter::from_fn(move || {
+        let mut line = Vec::new();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => {
+                while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    line.pop();
+                }
+                Some(String::from_utf8_lossy(&line).into_owned())
+            }
+        }
+    })
 }
 
 /// Leaves a kernel build command only the environment it needs.

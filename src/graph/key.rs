@@ -91,7 +91,11 @@ pub(crate) fn kernel_toolchain(make_flags: &[String]) -> (String, String) {
             .rev()
             .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
     };
-    let (mut cc, mut ld) = ("gcc".to_string(), "ld".to_string());
+    // `CROSS_COMPILE=/opt/x/bin/x86_64-linux-gnu-` prefixes gcc and ld; `CC=ccache gcc`
+    // runs its first word.
+    let prefix = var("CROSS_COMPILE").unwrap_or_default();
+    let first_word = |v: &str| v.split_whitespace().next().unwrap_or(v).to_string();
+    let (mut cc, mut ld) = (format!("{prefix}gcc"), format!("{prefix}ld"));
     if let Some(llvm) = var("LLVM").filter(|v| !v.is_empty() && *v != "0") {
         (cc, ld) = match llvm {
             "1" => ("clang".into(), "ld.lld".into()),
@@ -101,11 +105,11 @@ pub(crate) fn kernel_toolchain(make_flags: &[String]) -> (String, String) {
             suffix => (format!("clang{suffix}"), format!("ld.lld{suffix}")),
         };
     }
-    if let Some(v) = var("CC") {
-        cc = v.to_string();
+    if let Some(v) = var("CC").filter(|v| !v.trim().is_empty()) {
+        cc = first_word(v);
     }
-    if let Some(v) = var("LD") {
-        ld = v.to_string();
+    if let Some(v) = var("LD").filter(|v| !v.trim().is_empty()) {
+        ld = first_word(v);
     }
     (cc, ld)
 }
@@ -269,4 +273,27 @@ pub fn compute_key(
         deps,
         tools,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_toolchain;
+
+    #[test]
+    fn the_toolchain_is_the_one_the_make_flags_pick() {
+        let pick = |flags: &[&str]| {
+            kernel_toolchain(&flags.iter().map(|f| f.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(pick(&[]), ("gcc".into(), "ld".into()));
+        assert_eq!(pick(&["LLVM=1"]), ("clang".into(), "ld.lld".into()));
+        assert_eq!(pick(&["LLVM=-15"]), ("clang-15".into(), "ld.lld-15".into()));
+        assert_eq!(
+            pick(&["CROSS_COMPILE=/opt/x/bin/x86_64-linux-gnu-"]),
+            (
+                "/opt/x/bin/x86_64-linux-gnu-gcc".into(),
+                "/opt/x/bin/x86_64-linux-gnu-ld".into()
+            )
+        );
+        assert_eq!(pick(&["CC=ccache gcc"]).0, "ccache");
+    }
 }

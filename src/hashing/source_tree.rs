@@ -306,10 +306,7 @@ fn source_tree_listing_without(
                 TreeEntry::File { sha256, size, exec } => {
                     format!("{}:{sha256}:{size}", if exec { 'x' } else { 'f' })
                 }
-                TreeEntry::Symlink { target } => {
-                    symlink_inside(root, rel, &target, &path)?;
-                    format!("l:{target}")
-                }
+                TreeEntry::Symlink { target } => format!("l:{target}"),
                 TreeEntry::Dir => return Err(nested_tree(&path)),
             };
             Ok((st, Some(entry)))
@@ -328,6 +325,12 @@ fn source_tree_listing_without(
         };
         body.push_str(&format!("F\t{st}\t{entry}\t{rel}\n"));
         entries.push((rel.as_str(), entry));
+    }
+    // Every link, cached or not: what it leads to can change without the link changing.
+    for (rel, entry) in &entries {
+        if let Some(target) = entry.strip_prefix("l:") {
+            symlink_inside(root, rel, target, &root.join(rel))?;
+        }
     }
     let listing = Listing::from_entries(entries);
     let new_cache = format!(
@@ -466,7 +469,10 @@ fn git(root: &Path) -> std::process::Command {
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .arg("-C")
         .arg(root)
-        .args(["-c", "core.ignoreCase=false", "-c", "core.quotePath=false"]);
+        .args(["-c", "core.ignoreCase=false", "-c", "core.quotePath=false"])
+        // Without the user's config, its safe.directory goes too: a checkout owned by
+        // another user (a CI mount) is still the tree to list.
+        .args(["-c", "safe.directory=*"]);
     cmd
 }
 

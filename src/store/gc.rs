@@ -84,7 +84,12 @@ impl Store {
             else {
                 continue;
             };
-            let kept = keys.iter().any(|k| k.starts_with(prefix));
+            // A build may be writing it right now (its recipe outside `recipes/`).
+            let recent = item
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > SystemTime::now() - Duration::from_secs(3600));
+            let kept = recent || keys.iter().any(|k| k.starts_with(prefix));
             if !kept && fs_err::remove_file(item.path()).is_ok() {
                 removed += 1;
             }
