@@ -27,6 +27,17 @@ for r in results:
 PY
 }
 
+# bare_qemu NAME KERNEL "GUEST COMMAND" IMAGE...: sets $bare to a plain qemu command line
+# booting KERNEL with the IMAGEs plus an /init that runs the command and powers off.
+bare_qemu() {
+    local name="$1" kernel="$2" command="$3"; shift 3
+    mkdir -p "$work/$name/vmbuild"
+    printf '#!/bin/sh\nmount -t proc proc /proc\nmount -t devtmpfs dev /dev\n%s\nreboot -f\n' "$command" >"$work/$name/vmbuild/init"
+    chmod +x "$work/$name/vmbuild/init"
+    (cd "$work/$name" && find vmbuild | cpio -o -H newc --quiet | gzip) | cat "$@" - >"$work/$name.img"
+    bare="qemu-system-x86_64 -machine q35 -accel tcg -m 512 -smp 1 -nodefaults -display none -no-reboot -nic none -kernel $kernel -initrd $work/$name.img -append 'console=ttyS0 rdinit=/vmbuild/init panic=-1' -serial stdio -serial null"
+}
+
 bench_cached() {
     section "fully cached 3-recipe build vs /bin/true vs cat of the manifests"
     # -f: entries written by an older vmbuild may lay out their manifests differently.
@@ -91,11 +102,7 @@ bench_boot() {
     kernel=$("$vmbuild" -C "$project" build debian-kernel)/bzImage
     rootfs=$("$vmbuild" -C "$project" build busybox-rootfs)/rootfs.cpio.gz
     # Bare qemu: the same rootfs plus an /init that runs the same script and powers off.
-    mkdir -p "$work/bare/vmbuild"
-    printf '#!/bin/sh\nmount -t proc proc /proc\nmount -t devtmpfs dev /dev\necho hi\nreboot -f\n' >"$work/bare/vmbuild/init"
-    chmod +x "$work/bare/vmbuild/init"
-    (cd "$work/bare" && find vmbuild | cpio -o -H newc --quiet | gzip) | cat "$rootfs" - >"$work/bare.img"
-    bare="qemu-system-x86_64 -machine q35 -accel tcg -m 512 -smp 1 -nodefaults -display none -no-reboot -kernel $kernel -initrd $work/bare.img -append 'console=ttyS0 rdinit=/vmbuild/init panic=-1' -serial stdio"
+    bare_qemu bare "$kernel" "echo hi" "$rootfs"
     measure boot --warmup 1 --runs 5 "$bare >/dev/null" "$vmbuild -C $project test -f one >/dev/null 2>&1"
 }
 
@@ -106,11 +113,7 @@ bench_run() {
     rootfs=$("$vmbuild" build busybox-rootfs)/rootfs.cpio.gz
     bundle=$("$vmbuild" build smoke-tests)/bundle.cpio.gz
     # Bare qemu: the same rootfs and bundle plus an /init that runs `true` and powers off.
-    mkdir -p "$work/bare-run/vmbuild"
-    printf '#!/bin/sh\nmount -t proc proc /proc\nmount -t devtmpfs dev /dev\ntrue\nreboot -f\n' >"$work/bare-run/vmbuild/init"
-    chmod +x "$work/bare-run/vmbuild/init"
-    (cd "$work/bare-run" && find vmbuild | cpio -o -H newc --quiet | gzip) | cat "$rootfs" "$bundle" - >"$work/bare-run.img"
-    bare="qemu-system-x86_64 -machine q35 -accel tcg -m 512 -smp 1 -nodefaults -display none -no-reboot -nic none -kernel $kernel -initrd $work/bare-run.img -append 'console=ttyS0 rdinit=/vmbuild/init panic=-1' -serial stdio -serial null"
+    bare_qemu bare-run "$kernel" "true" "$rootfs" "$bundle"
     measure run --warmup 1 --runs "${RUNS:-5}" "$bare >/dev/null" "$vmbuild run smoke -- true 2>/dev/null"
 }
 
@@ -193,11 +196,7 @@ bench_kernel_loop() {
         make -s -C "$tree" O="$plain" -j2 bzImage >/dev/null
     fi
     rootfs=$("$vmbuild" -C "$project" build busybox-rootfs)/rootfs.cpio.gz
-    mkdir -p "$work/bare/vmbuild"
-    printf '#!/bin/sh\nmount -t proc proc /proc\nmount -t devtmpfs dev /dev\necho hi\nreboot -f\n' >"$work/bare/vmbuild/init"
-    chmod +x "$work/bare/vmbuild/init"
-    (cd "$work/bare" && find vmbuild | cpio -o -H newc --quiet | gzip) | cat "$rootfs" - >"$work/bare-loop.img"
-    bare="qemu-system-x86_64 -machine q35 -accel tcg -m 512 -smp 1 -nodefaults -display none -no-reboot -kernel $plain/arch/x86/boot/bzImage -initrd $work/bare-loop.img -append 'console=ttyS0 rdinit=/vmbuild/init panic=-1' -serial stdio"
+    bare_qemu bare-loop "$plain/arch/x86/boot/bzImage" "echo hi" "$rootfs"
     measure kernel-loop --prepare "$edit" --runs 3 \
         "make -s -C $tree O=$plain -j2 bzImage >/dev/null && $bare >/dev/null" \
         "$vmbuild -C $project test loop >/dev/null 2>&1"

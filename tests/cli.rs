@@ -177,7 +177,7 @@ fn url_inputs_are_verified_and_a_mismatch_stores_nothing() {
     let served = tempfile::tempdir().unwrap();
     std::fs::write(served.path().join("bzImage"), "not really a kernel").unwrap();
     let Some((mut server, port)) = http_server(served.path()) else {
-        eprintln!("skipping: python3 -m http.server could not start");
+        common::skip("python3 -m http.server could not start");
         return;
     };
     let wrong = "0".repeat(64);
@@ -485,7 +485,7 @@ fn a_full_disk_fails_the_build_and_publishes_nothing() {
         .map(|s| s.success())
         .unwrap_or(false);
     if !mounted {
-        eprintln!("skipping: cannot mount a small tmpfs here (needs root)");
+        common::skip("cannot mount a small tmpfs here (needs root)");
         return;
     }
     let p = TestProject {

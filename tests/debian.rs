@@ -7,7 +7,7 @@ use common::TestProject;
 #[test]
 fn a_debian_root_carries_real_packages() {
     if common::which("mmdebstrap").is_none() {
-        eprintln!("skipping: mmdebstrap is not installed (apt-get install mmdebstrap)");
+        common::skip("mmdebstrap is not installed (apt-get install mmdebstrap)");
         return;
     }
     let p = TestProject::shared();

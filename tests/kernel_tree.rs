@@ -54,6 +54,13 @@ fn set_marker(tree: &Path, original: &str, marker: &str, mtime: std::time::Syste
         .unwrap();
 }
 
+/// Asserts that `text` holds every one of `wanted`, showing it when not.
+fn says(text: &str, wanted: &[&str]) {
+    for want in wanted {
+        assert!(text.contains(want), "no `{want}` in:\n{text}");
+    }
+}
+
 fn console_of_last_run(p: &TestProject, recipe: &str) -> String {
     let run = p.run(&["results", "--json", recipe]).expect(0);
     let results: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
@@ -97,15 +104,9 @@ fn a_content_change_with_an_old_mtime_is_rebuilt_explained_and_booted() {
     // New content, an mtime older than every object in the build folder.
     set_marker(&tree, &original, &two, long_ago);
     let explain = p.run(&["explain", "my-kernel"]).expect(0);
-    assert!(
-        explain.stdout.contains("status: not in the store"),
-        "{}",
-        explain.stdout
-    );
-    assert!(
-        explain.stdout.contains("  M init/main.c"),
-        "{}",
-        explain.stdout
+    says(
+        &explain.stdout,
+        &["status: not in the store", "  M init/main.c"],
     );
 
     let second = p.run(&["-v", "test", "my-smoke"]).expect(0);
@@ -130,20 +131,9 @@ fn a_content_change_with_an_old_mtime_is_rebuilt_explained_and_booted() {
 
     // After the rebuild, explain still says why it happened.
     let explain = p.run(&["explain", "my-kernel"]).expect(0);
-    assert!(
-        explain.stdout.contains("status: in the store"),
-        "{}",
-        explain.stdout
-    );
-    assert!(
-        explain.stdout.contains("built because:"),
-        "{}",
-        explain.stdout
-    );
-    assert!(
-        explain.stdout.contains("  M init/main.c"),
-        "{}",
-        explain.stdout
+    says(
+        &explain.stdout,
+        &["status: in the store", "built because:", "  M init/main.c"],
     );
 
     // The same inputs under another recipe name are a hit, not a rebuild.
@@ -200,13 +190,7 @@ fn a_git_checkout_whose_ignore_rules_hide_the_tree_is_refused_naming_the_rule() 
     std::fs::write(tree.join(".gitignore"), "/*\n").unwrap();
     std::fs::write(tree.join("Makefile"), "all:\n").unwrap();
     std::fs::write(tree.join("Kconfig"), "mainmenu \"x\"\n").unwrap();
-    let ok = std::process::Command::new("git")
-        .args(["init", "-q"])
-        .arg(&tree)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "git init");
+    common::git(&tree, &["init", "-q"]);
     p.write(
         "recipes/my-kernel.toml",
         "kind = \"kernel\"\n[source]\npath = \"../linux\"\n[config]\nbase = \"tinyconfig\"\n",
@@ -238,17 +222,7 @@ fn symlinks_out_of_the_tree_and_nested_repositories_are_refused() {
     std::os::unix::fs::symlink("Makefile", tree.join("inside")).unwrap();
     p.run(&["explain", "my-kernel"]).expect(0);
 
-    let git = |dir: &Path, args: &[&str]| {
-        let ok = std::process::Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
-            .args(args)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "git {args:?}");
-    };
+    let git = common::git;
     git(&tree, &["init", "-q"]);
     let nested = tree.join("drivers/extra");
     std::fs::create_dir_all(&nested).unwrap();

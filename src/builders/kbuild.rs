@@ -341,6 +341,14 @@ mod tests {
         let cache = dir.path().join("statcache");
         let build = dir.path().join("build");
         let quiet = |_: &str| {};
+        // The next build: open the folder, start it from the tree as it is now.
+        let reopen = || {
+            let mut folder = BuildFolder::open(&build, false, &quiet).unwrap();
+            folder
+                .start(&tree, Some(&listing(&tree, &cache)), &quiet)
+                .unwrap();
+            folder
+        };
 
         // A folder with objects but no record is emptied.
         std::fs::create_dir_all(&build).unwrap();
@@ -357,10 +365,7 @@ mod tests {
         // Content changed, mtime set back: touched. Unchanged files are left alone.
         std::fs::write(tree.join("main.c"), "two").unwrap();
         set_mtime(&tree.join("main.c"), 1_000);
-        let mut folder = BuildFolder::open(&build, false, &quiet).unwrap();
-        folder
-            .start(&tree, Some(&listing(&tree, &cache)), &quiet)
-            .unwrap();
+        let mut folder = reopen();
         assert!(std::fs::metadata(tree.join("main.c")).unwrap().mtime() > 1_000);
         assert_eq!(
             std::fs::metadata(tree.join("other.c")).unwrap().mtime(),
@@ -375,10 +380,7 @@ mod tests {
         folder.compiling().unwrap();
         folder.returned(false).unwrap();
         set_mtime(&tree.join("main.c"), 1_000);
-        let mut folder = BuildFolder::open(&build, false, &quiet).unwrap();
-        folder
-            .start(&tree, Some(&listing(&tree, &cache)), &quiet)
-            .unwrap();
+        let mut folder = reopen();
         assert!(std::fs::metadata(tree.join("main.c")).unwrap().mtime() > 1_000);
 
         // Killed while compiling: emptied next time.

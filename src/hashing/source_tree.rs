@@ -41,11 +41,6 @@ impl Listing {
         }
     }
 
-    /// Whether the listing holds the file `rel`.
-    fn has(&self, rel: &str) -> bool {
-        self.text.starts_with(&format!("{rel}\0")) || self.text.contains(&format!("\n{rel}\0"))
-    }
-
     /// `(path, entry)` per file, in path order.
     pub(crate) fn files(&self) -> impl Iterator<Item = (&str, &str)> {
         parse_lines(&self.text)
@@ -239,10 +234,12 @@ fn source_tree_listing_without(
     // A cache whose entries do not give its recorded digest is damaged: not used at all.
     let cache = StatCache::parse(&cache_text).filter(StatCache::whole);
     let index = git_index_stamp(root);
-    if let Some(listing) = cache.as_ref().and_then(|c| c.unchanged(root, &index)) {
-        if required.iter().all(|name| listing.has(name)) {
-            return Ok(listing);
-        }
+    if let Some(listing) = cache
+        .as_ref()
+        .filter(|c| required.iter().all(|name| c.has(name)))
+        .and_then(|c| c.unchanged(root, &index))
+    {
+        return Ok(listing);
     }
     let old: HashMap<&str, (&str, &str)> = cache
         .as_ref()
@@ -514,6 +511,13 @@ impl<'a> StatCache<'a> {
         Some(cache)
     }
 
+    /// Whether the cache lists the file `rel` (its files are in path order).
+    fn has(&self, rel: &str) -> bool {
+        self.files
+            .binary_search_by(|(_, _, cached)| (*cached).cmp(rel))
+            .is_ok()
+    }
+
     /// Whether the cached entries give the digest recorded with them.
     fn whole(&self) -> bool {
         self.listing().digest == self.digest
@@ -728,6 +732,19 @@ fn ignore_rule(root: &Path, name: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// Runs git in `dir` (as a test user), asserting success.
+    fn git_in(dir: &Path, args: &[&str]) {
+        let ok = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+
     #[test]
     fn source_tree_digest_skips_ignored_files_and_reuses_its_stat_cache() {
         let dir = tempfile::tempdir().unwrap();
@@ -757,17 +774,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tree = dir.path().join("linux");
         std::fs::create_dir_all(&tree).unwrap();
-        let git = |args: &[&str]| {
-            let ok = std::process::Command::new("git")
-                .arg("-C")
-                .arg(&tree)
-                .args(["-c", "user.name=t", "-c", "user.email=t@t"])
-                .args(args)
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "git {args:?}");
-        };
+        let git = |args: &[&str]| git_in(&tree, args);
         git(&["init", "-q"]);
         // As in Debian's linux-source tree: everything at the top is ignored.
         std::fs::write(tree.join(".gitignore"), "/*\n").unwrap();
@@ -855,16 +862,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tree = dir.path().join("linux");
         std::fs::create_dir_all(tree.join("init")).unwrap();
-        let git = |args: &[&str]| {
-            let ok = std::process::Command::new("git")
-                .arg("-C")
-                .arg(&tree)
-                .args(args)
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "git {args:?}");
-        };
+        let git = |args: &[&str]| git_in(&tree, args);
         git(&["init", "-q"]);
         std::fs::write(tree.join(".gitignore"), "*.o\n").unwrap();
         std::fs::write(tree.join("init/main.c"), "one").unwrap();
@@ -927,15 +925,7 @@ mod tests {
         assert_eq!(list().unwrap(), good);
 
         // In a git checkout, a .gitignore that ignores itself still counts.
-        let git = |args: &[&str]| {
-            assert!(std::process::Command::new("git")
-                .arg("-C")
-                .arg(&tree)
-                .args(args)
-                .status()
-                .unwrap()
-                .success());
-        };
+        let git = |args: &[&str]| git_in(&tree, args);
         git(&["init", "-q"]);
         std::fs::write(tree.join(".gitignore"), ".gitignore\nextra.c\n").unwrap();
         std::fs::write(tree.join("extra.c"), "1").unwrap();

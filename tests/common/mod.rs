@@ -185,6 +185,28 @@ pub fn boots(log: &Path) -> usize {
         .count()
 }
 
+/// Runs git in `dir` (as a test user), asserting success.
+pub fn git(dir: &Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+        .args(args)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+/// A test that cannot run here says why and returns; under CI (`CI=true`), where
+/// `.ci/install-deps` installs everything the suite needs, that is a failure instead.
+pub fn skip(reason: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true, yet this test would be skipped: {reason}");
+    }
+    eprintln!("skipping: {reason}");
+}
+
 pub fn which(tool: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(tool))
