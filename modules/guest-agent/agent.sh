@@ -1,11 +1,14 @@
 #!/bin/sh
-# vmbuild guest agent: PID 1 of every test VM (booted with rdinit=/vmbuild/init).
+# vmbuild guest agent: PID 1 of every test VM (booted with rdinit=/vmbuild/init, or
+# started by stage 1, /vmbuild/boot/init, once a disk root is mounted).
 # It mounts the basics, then pulls tests from the host over a dedicated serial port
 # (ttyS1 unless vmbuild.channel= says otherwise), runs each with its timeout, and
 # reports start, output and exit status. The kernel console (ttyS0) stays separate.
-# The line protocol is documented in docs/guest-protocol.md. POSIX sh + busybox only.
+# The line protocol is documented in docs/guest-protocol.md. POSIX sh, and tools that
+# both busybox and Debian's essential set have; what a Debian root lacks (awk, reboot)
+# comes from the static busybox in /vmbuild/bin, last in PATH, when vmbuild put it there.
 
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/vmbuild/bin
 export HOME=/root
 for dir in /proc /sys /dev /tmp /run /root; do [ -d "$dir" ] || mkdir -p "$dir"; done
 mount -t proc proc /proc 2>/dev/null
@@ -13,6 +16,35 @@ mount -t sysfs sysfs /sys 2>/dev/null
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /tmp 2>/dev/null
 mount -t tmpfs tmpfs /run 2>/dev/null
+
+# Power off: busybox's reboot when vmbuild brought one (a Debian root's own reboot may
+# want an init system), else the root's. qemu runs with -no-reboot, so it exits.
+power_off() {
+    sync
+    if [ -x /vmbuild/bin/busybox ]; then /vmbuild/bin/busybox reboot -f; fi
+    reboot -f
+}
+
+# Kernel modules vmbuild packed for the VM's disks (a cpio root on a modular kernel).
+if [ -r /vmbuild/boot/modules.load ]; then
+    while read -r module; do
+        insmod "/vmbuild/boot/modules/$module.ko" 2>/dev/null
+    done </vmbuild/boot/modules.load
+fi
+
+# Disks by name: /dev/disk/by-id/virtio-<serial> as udev would link them, and for each
+# scratch disk VMBUILD_DISK_<NAME>=/dev/vdX (name upper-cased, - as _) for the tests.
+mkdir -p /dev/disk/by-id
+for serial_file in /sys/block/*/serial; do
+    [ -r "$serial_file" ] || continue
+    serial=$(cat "$serial_file")
+    [ -n "$serial" ] || continue
+    dev=${serial_file%/serial}
+    dev=${dev##*/}
+    ln -sf "../../$dev" "/dev/disk/by-id/virtio-$serial"
+    case "$serial" in vmbuild*) continue ;; esac
+    export "VMBUILD_DISK_$(printf '%s' "$serial" | tr 'a-z-' 'A-Z_')=/dev/$dev"
+done
 
 chan=/dev/ttyS1
 mode=agent
@@ -31,8 +63,7 @@ done
 if [ "$mode" = shell ]; then
     echo "vmbuild shell: the test's VM. 'exit' powers it off."
     if command -v cttyhack >/dev/null 2>&1; then setsid cttyhack sh -l; else sh -l; fi
-    sync
-    reboot -f
+    power_off
 fi
 
 stty -F "$chan" raw -echo 2>/dev/null
@@ -163,5 +194,4 @@ while :; do
     esac
 done
 say "VMBUILD DONE"
-sync
-reboot -f
+power_off

@@ -2,7 +2,9 @@
 //! mmdebstrap, or nothing), then `[files]` and kernel modules laid over it, packed as a
 //! gzip cpio initramfs, an ext4 image (`mke2fs -d`, no root or loop devices needed), a tar,
 //! or left as a folder. Owners are root:root and timestamps fixed, so the same inputs give
-//! the same bytes.
+//! the same bytes. An ext4 image carries Debian's static busybox beside it
+//! (`format::rootfs::BOOT_BUSYBOX`): the test phase boots the image through a small
+//! initramfs that runs it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -13,6 +15,7 @@ use serde_json::{json, Map, Value};
 use super::{copy_tree, io_err, BuildContext, BuildError};
 use crate::fetch::apt;
 use crate::format::cpio::CpioWriter;
+use crate::format::rootfs as layout;
 use crate::process;
 use crate::recipe::{RootfsBase, RootfsFormat, RootfsSpec};
 
@@ -58,31 +61,43 @@ pub fn build(
     }
     (ctx.progress)(&format!("packing {}", spec.format.name()));
     match spec.format {
-        RootfsFormat::Cpio => {
-            let path = out.join("rootfs.cpio.gz");
-            write_cpio(&root, &path)?;
+        RootfsFormat::Cpio => write_cpio(&root, &out.join(layout::CPIO))?,
+        RootfsFormat::Tar => write_tar(&root, &out.join(layout::TAR))?,
+        RootfsFormat::Ext4 => {
+            write_ext4(&root, spec.size, &out.join(layout::EXT4))?;
+            let (busybox, version) = fetch_busybox(ctx, "boot-busybox")?;
+            copy_tree(&busybox, &out.join(layout::BOOT_BUSYBOX))?;
+            details.insert("boot_busybox".into(), json!(version));
         }
-        RootfsFormat::Tar => write_tar(&root, &out.join("rootfs.tar"))?,
-        RootfsFormat::Ext4 => write_ext4(&root, spec.size, &out.join("rootfs.ext4"))?,
         RootfsFormat::Dir => {
-            fs_err::rename(&root, out.join("root")).map_err(io_err("move", &root))?
+            fs_err::rename(&root, out.join(layout::DIR)).map_err(io_err("move", &root))?
         }
     }
     Ok(details)
 }
 
-/// Lays out busybox with a link for every applet. Returns the busybox package version.
-fn busybox_base(ctx: &BuildContext, root: &Path) -> Result<String, BuildError> {
+/// Debian's static busybox (`busybox-static`, pinned in the lock), unpacked into the work
+/// folder's `unpack_as`: its path and the package version.
+fn fetch_busybox(
+    ctx: &BuildContext,
+    unpack_as: &str,
+) -> Result<(std::path::PathBuf, String), BuildError> {
     let pin = ctx.lock.pin("busybox-static", false)?;
     (ctx.progress)(&format!("fetching busybox-static {}", pin.version));
     let deb = apt::download(&pin, &ctx.store.downloads())?;
-    let unpacked = ctx.work.join("busybox-deb");
+    let unpacked = ctx.work.join(unpack_as);
     apt::extract(&deb, &unpacked)?;
+    Ok((unpacked.join("bin/busybox"), pin.version))
+}
+
+/// Lays out busybox with a link for every applet. Returns the busybox package version.
+fn busybox_base(ctx: &BuildContext, root: &Path) -> Result<String, BuildError> {
+    let (unpacked, version) = fetch_busybox(ctx, "busybox-deb")?;
     for dir in BUSYBOX_DIRS {
         fs_err::create_dir_all(root.join(dir)).map_err(io_err("create", &root.join(dir)))?;
     }
     let busybox = root.join("bin/busybox");
-    copy_tree(&unpacked.join("bin/busybox"), &busybox)?;
+    copy_tree(&unpacked, &busybox)?;
     let list = process::run(Command::new(&busybox).arg("--list-full"))?;
     for applet in String::from_utf8_lossy(&list.stdout)
         .lines()
@@ -107,7 +122,7 @@ fn busybox_base(ctx: &BuildContext, root: &Path) -> Result<String, BuildError> {
     ] {
         fs_err::write(root.join(path), text).map_err(io_err("write", &root.join(path)))?;
     }
-    Ok(pin.version)
+    Ok(version)
 }
 
 /// A Debian root from the host's apt sources with mmdebstrap.

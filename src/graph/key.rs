@@ -222,15 +222,19 @@ pub fn compute_key(
                 }
                 RootfsBase::Empty => json!("none"),
             };
-            if r.format == RootfsFormat::Ext4 {
+            // An ext4 image carries the static busybox its boot initramfs runs.
+            let boot_busybox = if r.format == RootfsFormat::Ext4 {
                 tool("mke2fs", &["-V"])?;
-            }
+                Some(ctx.lock.pin("busybox-static", false)?)
+            } else {
+                None
+            };
             let files = r
                 .files
                 .iter()
                 .map(|(dest, src)| Ok((dest.clone(), hash_path(src)?)))
                 .collect::<Result<BTreeMap<_, _>, KeyError>>()?;
-            json!({
+            let mut inputs = json!({
                 "base": base,
                 "packages": r.packages,
                 "format": r.format.name(),
@@ -238,7 +242,11 @@ pub fn compute_key(
                 "files": files,
                 "modules": r.modules,
                 "kernel_modules": r.kernel_modules.as_ref().map(|k| &k.name),
-            })
+            });
+            if let Some(pin) = boot_busybox {
+                inputs["boot_busybox"] = json!(pin);
+            }
+            inputs
         }
         // The bundle's name is its folder in the guest (`/vmbuild/bundles/<name>`).
         Spec::Bundle(b) => json!({ "name": recipe.name, "tests": hash_path(&b.tests_dir)? }),
@@ -253,12 +261,15 @@ pub fn compute_key(
                 "after": t.after.iter().map(|b| &b.name).collect::<Vec<_>>(),
                 "timeout_ms": t.timeout.as_millis() as u64,
                 "agent_sha256": hashing::sha256_hex(crate::testing::agent::AGENT.as_bytes()),
+                // Stage 1 of a VM whose root is a disk image.
+                "boot_sha256": hashing::sha256_hex(crate::testing::agent::BOOT.as_bytes()),
                 "vm": {
                     "backend": format!("{:?}", t.vm.backend).to_lowercase(),
                     "machine": t.vm.machine,
                     "memory_mb": t.vm.memory_mb,
                     "cpus": t.vm.cpus,
                     "disks": t.vm.disks.iter().map(|d| json!({"name": d.name, "size": d.size})).collect::<Vec<_>>(),
+                    "share_disks": t.vm.share_disks,
                     "cmdline": t.vm.cmdline,
                     "net": t.vm.net.name(),
                 },

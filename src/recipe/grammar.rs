@@ -23,13 +23,14 @@ pub fn recipe_name(name: &str) -> Result<(), String> {
 pub fn disk_name(name: &str) -> Result<(), String> {
     let ok = (1..=20).contains(&name.len())
         && name.as_bytes()[0].is_ascii_alphanumeric()
+        && !name.starts_with("vmbuild")
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b));
     ok.then_some(()).ok_or_else(|| {
         format!(
             "`{}` is not a disk name: use 1 to 20 lowercase letters, digits, `_` and `-`, \
-             starting with a letter or digit",
+             starting with a letter or digit (names starting with `vmbuild` are vmbuild's own)",
             name.escape_debug()
         )
     })

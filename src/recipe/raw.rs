@@ -88,6 +88,7 @@ pub struct Vm {
     pub vms: Option<Spanned<i64>>,
     #[serde(default)]
     pub disks: Vec<Disk>,
+    pub share_disks: Option<bool>,
     pub cmdline: Option<Text>,
     pub boot_timeout: Option<Text>,
     pub net: Option<Text>,

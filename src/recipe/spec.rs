@@ -142,6 +142,9 @@ pub struct VmSpec {
     pub cpus: u32,
     pub vms: u32,
     pub disks: Vec<DiskSpec>,
+    /// The tests of one VM boot share its scratch disks; by default each test gets
+    /// fresh ones, and so a boot of its own.
+    pub share_disks: bool,
     pub cmdline: String,
     pub boot_timeout: Duration,
     pub net: Network,
@@ -157,6 +160,7 @@ impl Default for VmSpec {
             cpus: 1,
             vms: 1,
             disks: vec![],
+            share_disks: false,
             cmdline: String::new(),
             boot_timeout: Duration::from_secs(120),
             net: Network::None,

@@ -111,6 +111,16 @@ impl DurationRange {
     }
 }
 
+/// A size for a message, rounded: `1.5 GiB`, `300 MiB`.
+pub(crate) fn approx_size(n: u64) -> String {
+    for (unit, size) in [("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)] {
+        if n >= size {
+            return format!("{:.1} {unit}", n as f64 / size as f64).replace(".0 ", " ");
+        }
+    }
+    format!("{n} bytes")
+}
+
 fn human_size(n: u64) -> String {
     for (unit, size) in [("T", TIB), ("G", GIB), ("M", MIB), ("K", KIB)] {
         if n >= size && n.is_multiple_of(size) {

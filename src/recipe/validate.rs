@@ -567,6 +567,7 @@ impl Document<'_> {
                 cpus: count(&vm.cpus, "cpus")?,
                 vms: count(&vm.vms, "vms")?,
                 disks,
+                share_disks: vm.share_disks.unwrap_or(false),
                 cmdline: vm
                     .cmdline
                     .as_ref()

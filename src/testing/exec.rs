@@ -13,13 +13,13 @@ use std::time::Instant;
 
 use super::agent;
 use super::capture::{CappedWriter, MAX_LOG};
-use super::initrd::{initrd_parts, scratch_disks, write_initrd};
+use super::media::{self, scratch_disks};
 use super::protocol::{self, Message, Stream};
-use super::runner::{vm_net, Artifacts, TestError};
+use super::runner::{Artifacts, TestError};
 use super::session::{is_kernel_crash, said, Event, Session};
 use crate::fsio::io_err;
 use crate::recipe::VmSpec;
-use crate::vm::{self, Accel, Launch, Wiring};
+use crate::vm::{self, Accel, Wiring};
 
 pub struct Exec<'a> {
     pub vm: &'a VmSpec,
@@ -61,23 +61,19 @@ enum End {
 /// Boots the VM, runs `argv` in it, and ends the VM as soon as the command exits.
 pub fn exec(e: Exec) -> Result<Outcome, TestError> {
     let backend = vm::backend(&e.vm.backend, e.accel).map_err(TestError::Infra)?;
-    let initrd = e.work.join("initrd.img");
-    write_initrd(&initrd, &initrd_parts(e.artifacts)?)?;
+    media::check_disk_space(&e.vm.disks, 1, e.work)?;
+    let media = media::prepare(e.artifacts, !e.vm.disks.is_empty(), e.work)?;
     let socket = e.work.join("agent.sock");
-    let launch = Launch {
-        kernel: e.artifacts.kernel.path.join("bzImage"),
-        initrd,
-        cmdline: agent::cmdline(&e.vm.cmdline),
-        machine: e.vm.machine.clone(),
-        memory_mb: e.vm.memory_mb,
-        cpus: e.vm.cpus,
-        disks: scratch_disks(&e.vm.disks, e.work, "run")?,
-        net: vm_net(e.vm.net),
-        wiring: Wiring::Agent {
+    let launch = media.launch(
+        e.artifacts,
+        e.vm,
+        agent::cmdline(media.init, &e.vm.cmdline),
+        scratch_disks(&e.vm.disks, e.work, "run")?,
+        Wiring::Agent {
             socket: socket.clone(),
             shell: None,
         },
-    };
+    );
     let session = Session::start(backend.as_ref(), &launch, &socket, e.detail)?;
     // Written under a name of our own, then renamed: runs of one recipe at the same
     // time each leave a whole console. (Console lines wait in the session's queue.)

@@ -7,7 +7,7 @@
 pub mod agent;
 mod capture;
 pub(crate) mod exec;
-mod initrd;
+mod media;
 pub(crate) mod phase;
 pub mod protocol;
 mod queue;

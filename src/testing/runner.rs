@@ -1,19 +1,19 @@
-//! Runs the tests of one test recipe: plans the queue (`queue`), builds the VM's
-//! initramfs (`initrd`), boots `vms` VMs that pull tests from the one shared queue, each
+//! Runs the tests of one test recipe: plans the queue (`queue`), prepares the VM's boot
+//! media (`media`), boots `vms` VMs that pull tests from the one shared queue, each
 //! supervised (`supervisor`); a VM that died is replaced and the rest of the queue carries
 //! on. Infrastructure failures (qemu missing or dying, a guest that never boots) are
 //! errors, never results.
 
 use std::path::Path;
 
-use super::initrd::{initrd_parts, write_initrd};
+use super::media;
 use super::queue::{self, bundle_tests, Offer, Plan, Shared};
 use super::supervisor::VmRun;
 use super::{RunResults, TestResult};
 use crate::format::kconfig::read_config;
 use crate::fsio::{io_err, IoError};
 use crate::process::ProcessError;
-use crate::recipe::{Network, TestSpec};
+use crate::recipe::TestSpec;
 use crate::store::{Entry, StoreError};
 use crate::vm::{self, Accel, Backend};
 
@@ -36,14 +36,6 @@ pub enum TestError {
 impl From<vm::Unsupported> for TestError {
     fn from(e: vm::Unsupported) -> TestError {
         TestError::Unsupported(e.0)
-    }
-}
-
-/// The recipe's `net` in the backends' terms.
-pub(crate) fn vm_net(net: Network) -> vm::Net {
-    match net {
-        Network::None => vm::Net::None,
-        Network::User => vm::Net::User,
     }
 }
 
@@ -81,7 +73,6 @@ pub struct RunOptions<'a> {
 }
 
 pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestError> {
-    let initrd_parts = initrd_parts(artifacts)?;
     let kernel_config = read_config(&artifacts.kernel.path.join("config")).ok();
     let kernel_release = artifacts
         .kernel
@@ -111,12 +102,12 @@ pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestE
     let mut results = skipped;
     let mut console_truncated = false;
     if !queue.is_empty() {
-        let initrd = opts.work.join("initrd.img");
-        write_initrd(&initrd, &initrd_parts)?;
         let shared = Shared::new(queue);
         let vms = (opts.spec.vm.vms as usize)
             .min(shared.queue.lock().map(|q| q.len()).unwrap_or(1))
             .max(1);
+        media::check_disk_space(&opts.spec.vm.disks, vms, opts.work)?;
+        let media = media::prepare(artifacts, !opts.spec.vm.disks.is_empty(), opts.work)?;
         let socket_dir = tempfile::Builder::new()
             .prefix("vmbuild-")
             .tempdir()
@@ -124,18 +115,17 @@ pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestE
         std::thread::scope(|scope| {
             for worker in 0..vms {
                 let shared = &shared;
-                let initrd = &initrd;
+                let media = &media;
                 let socket_dir = socket_dir.path();
-                let kernel = artifacts.kernel.path.join("bzImage");
                 scope.spawn(move || {
                     let mut boots = 0;
                     while !shared.finished() {
                         let vm = VmRun {
                             opts,
+                            artifacts,
                             worker,
                             boot: boots,
-                            kernel: &kernel,
-                            initrd,
+                            media,
                             socket_dir,
                             shared,
                         };

@@ -14,12 +14,11 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::agent::AGENT_PATH;
-use super::initrd::{initrd_parts, scratch_disks, write_initrd};
-use super::runner::{vm_net, Artifacts, TestError};
+use super::media::{self, scratch_disks};
+use super::runner::{Artifacts, TestError};
 use crate::fsio::io_err;
 use crate::recipe::VmSpec;
-use crate::vm::{self, Accel, Launch, Wiring};
+use crate::vm::{self, Accel, Wiring};
 
 /// How long a halted guest's VM gets to exit on SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -43,25 +42,21 @@ pub fn shell(
     console: &(dyn Fn(&[u8]) + Sync),
 ) -> Result<ShellEnd, TestError> {
     let backend = vm::backend(&spec.backend, accel).map_err(TestError::Infra)?;
-    let initrd = work.join("initrd.img");
-    write_initrd(&initrd, &initrd_parts(artifacts)?)?;
-    let launch = Launch {
-        kernel: artifacts.kernel.path.join("bzImage"),
-        initrd,
-        cmdline: format!(
+    media::check_disk_space(&spec.disks, 1, work)?;
+    let media = media::prepare(artifacts, !spec.disks.is_empty(), work)?;
+    let launch = media.launch(
+        artifacts,
+        spec,
+        format!(
             "{} vmbuild.shell=1 {}",
-            vm::base_cmdline(AGENT_PATH),
+            vm::base_cmdline(media.init),
             spec.cmdline
         )
         .trim()
         .to_string(),
-        machine: spec.machine.clone(),
-        memory_mb: spec.memory_mb,
-        cpus: spec.cpus,
-        disks: scratch_disks(&spec.disks, work, "shell")?,
-        net: vm_net(spec.net),
-        wiring: Wiring::Interactive,
-    };
+        scratch_disks(&spec.disks, work, "shell")?,
+        Wiring::Interactive,
+    );
     let mut cmd = backend.command(&launch)?;
     cmd.stdout(Stdio::piped());
     // Not in a process group of its own: the VM reads the terminal, so it must stay in

@@ -1,4 +1,6 @@
-//! The VM supervisor: one boot of one VM serving tests from the shared queue. It watches
+//! The VM supervisor: one boot of one VM serving tests from the shared queue (only one
+//! test when the VM has scratch disks the recipe does not share: each test gets fresh
+//! ones, so each gets its own boot). It watches
 //! the boot deadline, each test's deadline (plus a grace period: a hung guest), the agent's
 //! silence between tests, and the kernel console for panics, BUG and Oops; it writes the
 //! console and each test's log into the results entry.
@@ -12,15 +14,15 @@ use std::time::{Duration, Instant};
 
 use super::agent;
 use super::capture::{CappedText, CappedWriter, MAX_LOG};
-use super::initrd::scratch_disks;
+use super::media::{remove_disks, scratch_disks, BootMedia};
 use super::protocol::{self, End, Message};
 use super::queue::{Planned, Shared};
-use super::runner::{vm_net, RunOptions, TestError};
+use super::runner::{Artifacts, RunOptions, TestError};
 use super::session::{is_kernel_crash, said, Event, Session};
 use super::{Status, TestResult};
 use crate::format::tap;
 use crate::fsio::io_err;
-use crate::vm::{Launch, Wiring};
+use crate::vm::Wiring;
 
 /// Time a hung test gets past its own timeout before the host kills its VM.
 const HOST_GRACE: Duration = Duration::from_secs(15);
@@ -31,10 +33,10 @@ const AGENT_IDLE: Duration = Duration::from_secs(60);
 /// the VM dies, or a deadline passes.
 pub(crate) struct VmRun<'a> {
     pub opts: &'a RunOptions<'a>,
+    pub artifacts: &'a Artifacts<'a>,
     pub worker: usize,
     pub boot: usize,
-    pub kernel: &'a Path,
-    pub initrd: &'a Path,
+    pub media: &'a BootMedia,
     pub socket_dir: &'a Path,
     pub shared: &'a Shared,
 }
@@ -55,33 +57,38 @@ impl VmRun<'_> {
         }
     }
 
+    /// Boots the VM, serves tests until it ends, then removes its scratch disks.
     pub(crate) fn run(&self) -> Result<(), TestError> {
+        let disks = scratch_disks(
+            &self.opts.spec.vm.disks,
+            self.opts.work,
+            &format!("vm{}", self.worker),
+        )?;
+        let result = self.serve(disks.clone());
+        remove_disks(&disks);
+        result
+    }
+
+    fn serve(&self, disks: Vec<crate::vm::Disk>) -> Result<(), TestError> {
         let spec = self.opts.spec;
+        // Fresh disks for each test: one test per boot.
+        let one_test = !disks.is_empty() && !spec.vm.share_disks;
         let socket = self
             .socket_dir
             .join(format!("agent{}-{}.sock", self.worker, self.boot));
         let shell_socket = self
             .socket_dir
             .join(format!("shell{}-{}.sock", self.worker, self.boot));
-        let disks = scratch_disks(
-            &spec.vm.disks,
-            self.opts.work,
-            &format!("vm{}", self.worker),
-        )?;
-        let launch = Launch {
-            kernel: self.kernel.to_path_buf(),
-            initrd: self.initrd.to_path_buf(),
-            cmdline: agent::cmdline(&spec.vm.cmdline),
-            machine: spec.vm.machine.clone(),
-            memory_mb: spec.vm.memory_mb,
-            cpus: spec.vm.cpus,
+        let launch = self.media.launch(
+            self.artifacts,
+            &spec.vm,
+            agent::cmdline(self.media.init, &spec.vm.cmdline),
             disks,
-            net: vm_net(spec.vm.net),
-            wiring: Wiring::Agent {
+            Wiring::Agent {
                 socket: socket.clone(),
                 shell: self.opts.keep_alive.then(|| shell_socket.clone()),
             },
-        };
+        );
         let console_path = self.opts.out.join(self.console_name());
         let console_file =
             fs_err::File::create(&console_path).map_err(io_err("create", &console_path))?;
@@ -95,6 +102,7 @@ impl VmRun<'_> {
         let mut last_event = Instant::now();
         let mut failed_here = false;
         let mut holding = false;
+        let mut served = 0;
         let outcome = loop {
             let deadline = match &running {
                 // Held for the user: no deadline; they end it (or Ctrl-C does).
@@ -135,12 +143,17 @@ impl VmRun<'_> {
                     let hold = self.opts.keep_alive
                         && failed_here
                         && !self.shared.held.swap(true, Ordering::SeqCst);
-                    let next = if hold { None } else { self.shared.next() };
+                    let next = if hold || (one_test && served > 0) {
+                        None
+                    } else {
+                        self.shared.next()
+                    };
                     let reply = match next {
                         _ if hold => protocol::HOLD.to_string(),
                         Some(test) => {
                             let secs = test.timeout.as_secs_f64().ceil().max(1.0) as u64;
                             let line = protocol::run_command(&test.name, secs, &test.guest_path);
+                            served += 1;
                             running = Some(Running {
                                 test,
                                 started: Instant::now(),

@@ -55,6 +55,14 @@ impl Backend for Bhyve {
                     .into(),
             ));
         }
+        if launch.root_disk.is_some() {
+            // bhyve has no copy-on-write drives: the guest would write into the store.
+            return Err(Unsupported(
+                "the bhyve backend cannot boot a root disk image without writing to it; \
+                 use the qemu backend, or a cpio root"
+                    .into(),
+            ));
+        }
         let mut cmd = Command::new("bhyve");
         cmd.args([
             "-c",
@@ -73,8 +81,12 @@ impl Backend for Bhyve {
             }
         }
         for (slot, disk) in launch.disks.iter().enumerate() {
-            cmd.arg("-s")
-                .arg(format!("{}:0,virtio-blk,{}", slot + 2, disk.display()));
+            cmd.arg("-s").arg(format!(
+                "{}:0,virtio-blk,{},ser={}",
+                slot + 2,
+                disk.path.display(),
+                disk.serial
+            ));
         }
         cmd.arg(&self.vm_name);
         Ok(cmd)
@@ -94,7 +106,11 @@ mod tests {
             machine: "q35".into(),
             memory_mb: 512,
             cpus: 1,
-            disks: vec!["/w/d.img".into()],
+            root_disk: None,
+            disks: vec![crate::vm::Disk {
+                path: "/w/d.img".into(),
+                serial: "scratch".into(),
+            }],
             net: Net::None,
             wiring: Wiring::Agent {
                 socket: "/unused".into(),
@@ -108,7 +124,7 @@ mod tests {
         let line = crate::process::describe(&b.command(&launch).expect("no network asked"));
         assert_eq!(
             line,
-            "bhyve -c 1 -m 512M -H -A -P -s 0:0,hostbridge -s 1:0,lpc -l com1,stdio -l com2,/dev/nmdm0A -s 2:0,virtio-blk,/w/d.img vmbuild0"
+            "bhyve -c 1 -m 512M -H -A -P -s 0:0,hostbridge -s 1:0,lpc -l com1,stdio -l com2,/dev/nmdm0A -s 2:0,virtio-blk,/w/d.img,ser=scratch vmbuild0"
         );
         let (loader, script) = b.loader(&launch, Path::new("/w/device.map"));
         assert_eq!(
@@ -121,9 +137,16 @@ mod tests {
 
         let networked = Launch {
             net: Net::User,
-            ..launch
+            ..launch.clone()
         };
         let refused = b.command(&networked).expect_err("no user-mode network");
+        assert!(refused.to_string().contains("qemu backend"), "{refused}");
+
+        let disk_root = Launch {
+            root_disk: Some("/store/rootfs.ext4".into()),
+            ..launch
+        };
+        let refused = b.command(&disk_root).expect_err("no copy-on-write root");
         assert!(refused.to_string().contains("qemu backend"), "{refused}");
     }
 }

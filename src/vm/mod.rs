@@ -39,6 +39,17 @@ pub enum Net {
 #[error("{0}")]
 pub struct Unsupported(pub String);
 
+/// A virtio-blk disk and the serial the guest sees it by
+/// (`/sys/block/vdX/serial`, `/dev/disk/by-id/virtio-<serial>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub serial: String,
+}
+
+/// The serial of a VM's root disk; scratch disk names may not start with `vmbuild`.
+pub const ROOT_DISK_SERIAL: &str = "vmbuild-root";
+
 /// Everything a backend needs to start one VM.
 #[derive(Debug, Clone)]
 pub struct Launch {
@@ -48,7 +59,12 @@ pub struct Launch {
     pub machine: String,
     pub memory_mb: u64,
     pub cpus: u32,
-    pub disks: Vec<PathBuf>,
+    /// A root disk image, only ever read: the guest's writes go to a throwaway
+    /// copy-on-write overlay of this VM's own, so many VMs share one image. Its serial
+    /// is `ROOT_DISK_SERIAL`.
+    pub root_disk: Option<PathBuf>,
+    /// Scratch disks, read-write, in the order the guest enumerates them.
+    pub disks: Vec<Disk>,
     pub net: Net,
     pub wiring: Wiring,
 }
@@ -88,9 +104,10 @@ impl Accel {
     }
 }
 
-/// The kernel command line every test VM gets before the recipe's own additions.
-pub fn base_cmdline(agent_init: &str) -> String {
-    format!("console=ttyS0 rdinit={agent_init} panic=-1")
+/// The kernel command line every test VM gets before the recipe's own additions:
+/// `init` is the initramfs program the kernel starts as PID 1.
+pub fn base_cmdline(init: &str) -> String {
+    format!("console=ttyS0 rdinit={init} panic=-1")
 }
 
 /// A 512-byte boot sector that writes 1 to qemu's isa-debug-exit port: qemu then exits

@@ -3,11 +3,14 @@
 //! qemu. Serial port 0 is the kernel console, port 1 the guest agent's channel.
 //! The guest gets no network (`-nic none`) unless the recipe opts in (`net = "user"`: one
 //! virtio-net NIC on qemu's user-mode NAT), and nothing of the store but what qemu reads
-//! itself (`-kernel`, `-initrd`): its only drives are fresh scratch files.
+//! itself: `-kernel`, `-initrd` and a root disk image opened with `snapshot=on` (qemu
+//! opens the image read-only and sends the guest's writes to a temporary overlay of its
+//! own, deleted when qemu exits). Every other drive is a fresh scratch file. Each drive
+//! is a virtio-blk device with a serial the guest names it by.
 
 use std::process::Command;
 
-use super::{Accel, Backend, Launch, Net, Unsupported, Wiring};
+use super::{Accel, Backend, Launch, Net, Unsupported, Wiring, ROOT_DISK_SERIAL};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
@@ -58,11 +61,26 @@ impl Backend for Qemu {
                 cmd.args(["-serial", "mon:stdio", "-serial", "null"]);
             }
         }
-        for disk in &launch.disks {
-            cmd.arg("-drive").arg(format!(
-                "file={},format=raw,if=virtio,cache=unsafe",
-                disk.display()
-            ));
+        let root = launch
+            .root_disk
+            .iter()
+            .map(|path| (path, ROOT_DISK_SERIAL, true));
+        let scratch = launch
+            .disks
+            .iter()
+            .map(|d| (&d.path, d.serial.as_str(), false));
+        for (n, (path, serial, overlay)) in root.chain(scratch).enumerate() {
+            // A comma in a path would start another option: qemu escapes it as `,,`.
+            let file = path.to_string_lossy().replace(',', ",,");
+            let mode = if overlay {
+                "snapshot=on"
+            } else {
+                "cache=unsafe"
+            };
+            cmd.arg("-drive")
+                .arg(format!("file={file},format=raw,if=none,id=disk{n},{mode}"))
+                .arg("-device")
+                .arg(format!("virtio-blk-pci,drive=disk{n},serial={serial}"));
         }
         Ok(cmd)
     }
@@ -71,6 +89,7 @@ impl Backend for Qemu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::Disk;
     use std::path::PathBuf;
 
     #[test]
@@ -82,7 +101,11 @@ mod tests {
             machine: "q35".into(),
             memory_mb: 512,
             cpus: 2,
-            disks: vec![PathBuf::from("/w/scratch.img")],
+            root_disk: Some(PathBuf::from("/s/root,1.ext4")),
+            disks: vec![Disk {
+                path: PathBuf::from("/w/scratch.img"),
+                serial: "scratch".into(),
+            }],
             net: Net::None,
             wiring: Wiring::Agent {
                 socket: "/tmp/a.sock".into(),
@@ -106,7 +129,12 @@ mod tests {
             "{line}"
         );
         assert!(
-            line.contains("-drive file=/w/scratch.img,format=raw,if=virtio"),
+            line.contains(
+                "-drive file=/s/root,,1.ext4,format=raw,if=none,id=disk0,snapshot=on \
+                 -device virtio-blk-pci,drive=disk0,serial=vmbuild-root \
+                 -drive file=/w/scratch.img,format=raw,if=none,id=disk1,cache=unsafe \
+                 -device virtio-blk-pci,drive=disk1,serial=scratch"
+            ),
             "{line}"
         );
         assert!(!line.contains("-cpu host"), "{line}");
@@ -128,6 +156,7 @@ mod tests {
                 machine: "q35".into(),
                 memory_mb: 512,
                 cpus: 1,
+                root_disk: None,
                 disks: vec![],
                 net: Net::None,
                 wiring,
@@ -162,6 +191,7 @@ mod tests {
             machine: "q35".into(),
             memory_mb: 512,
             cpus: 1,
+            root_disk: None,
             disks: vec![],
             net: Net::User,
             wiring: Wiring::Agent {
