@@ -5,6 +5,7 @@
 
 pub(crate) mod bundle;
 pub(crate) mod cpio;
+pub mod fio;
 pub(crate) mod junit;
 pub(crate) mod kconfig;
 pub(crate) mod modinfo;

@@ -163,6 +163,9 @@ pub fn exec(e: Exec) -> Result<Outcome, TestError> {
         End::Exit(code) => Ok(Outcome::Exited(code)),
         End::OutputClosed => Ok(Outcome::OutputClosed),
         _ if !ready => {
+            if let Some(refused) = media::stage1_failure(e.console, &shown.to_string()) {
+                return Err(refused);
+            }
             let what = match &end {
                 End::Deadline => format!("the guest did not boot within {:?}", e.vm.boot_timeout),
                 End::KernelCrash(line) => format!("the kernel crashed while booting: {line}"),

@@ -274,6 +274,27 @@ fn write_initrd(path: &Path, parts: &[PathBuf], layers: &[Vec<u8>]) -> Result<()
     Ok(())
 }
 
+/// What stage 1 said before it gave up (its `vmbuild-boot:` console lines), with the
+/// console's last lines before them: a VM that cannot mount its root disk is a recipe
+/// whose kernel lacks a driver (exit 2), not a broken host. `None` when stage 1 did not
+/// complain. `shown` is where the user finds the console.
+pub(crate) fn stage1_failure(console: &Path, shown: &str) -> Option<TestError> {
+    let text = fs_err::read(console).ok()?;
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines.iter().position(|l| l.starts_with("vmbuild-boot: "))?;
+    let said = lines[at].trim_start_matches("vmbuild-boot: ");
+    let before: Vec<String> = lines[at.saturating_sub(8)..at]
+        .iter()
+        .map(|l| format!("    {l}"))
+        .collect();
+    Some(TestError::Unsupported(format!(
+        "the VM could not boot its root disk: {said}\n  the kernel's last console lines:\n{}\n  \
+         console: {shown}",
+        before.join("\n"),
+    )))
+}
+
 /// Refuses scratch disks the host cannot hold: `vms` VMs each with `disks`, all in `work`.
 /// The files are sparse, but a test may fill them.
 pub(crate) fn check_disk_space(

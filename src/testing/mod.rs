@@ -19,7 +19,7 @@ mod supervisor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::format::tap;
+use crate::format::{fio, tap};
 pub use results::{read_results, JUNIT_XML, RESULTS_JSON};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +74,9 @@ pub struct TestResult {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subtests: Vec<tap::Subtest>,
+    /// The jobs of a fio JSON report in the test's output: IOPS, bandwidth, latency.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fio: Vec<fio::FioJob>,
     /// The output was longer than vmbuild keeps (`runner::MAX_LOG`): the log holds its
     /// start and ends with a `[vmbuild: output truncated after N bytes]` line.
     #[serde(default)]

@@ -156,6 +156,7 @@ pub(crate) fn not_run(
             exit_code: None,
             reason: Some(reason.to_string()),
             subtests: vec![],
+            fio: vec![],
             truncated: false,
         };
         on_result(&result, false);

@@ -80,6 +80,7 @@ pub(crate) fn plan(
                 exit_code: None,
                 reason: Some(reason),
                 subtests: vec![],
+                fio: vec![],
                 truncated: false,
             });
             continue;

@@ -111,6 +111,7 @@ mod tests {
             exit_code: None,
             reason: None,
             subtests: vec![],
+            fio: vec![],
             truncated: false,
         };
         let mut tap = t("tap", Status::Pass);

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use super::agent;
 use super::capture::{CappedText, CappedWriter, MAX_LOG};
-use super::media::{remove_disks, scratch_disks, BootMedia};
+use super::media::{remove_disks, scratch_disks, stage1_failure, BootMedia};
 use super::protocol::{self, End, Message};
 use super::queue::{Planned, Shared};
 use super::runner::{Artifacts, RunOptions, TestError};
 use super::session::{is_kernel_crash, said, Event, Session};
 use super::{Status, TestResult};
-use crate::format::tap;
+use crate::format::{fio, tap};
 use crate::fsio::io_err;
 use crate::vm::Wiring;
 
@@ -238,6 +238,10 @@ impl VmRun<'_> {
         match outcome {
             VmEnd::Done => Ok(()),
             _ if !ready => {
+                let kept = self.keep_console(&console_path);
+                if let Some(refused) = stage1_failure(&console_path, &kept) {
+                    return Err(refused);
+                }
                 let what = match &outcome {
                     VmEnd::Deadline => {
                         format!("the guest did not boot within {:?}", spec.vm.boot_timeout)
@@ -246,8 +250,7 @@ impl VmRun<'_> {
                     _ => format!("{backend} exited before the guest agent started"),
                 };
                 Err(TestError::Infra(format!(
-                    "VM failed: {what}\n  console: {}{}",
-                    self.keep_console(&console_path),
+                    "VM failed: {what}\n  console: {kept}{}",
                     said(backend, &stderr_text)
                 )))
             }
@@ -321,8 +324,14 @@ impl VmRun<'_> {
         let path = self.opts.out.join(&log);
         let (output, truncated) = r.output.finish();
         fs_err::write(&path, &output).map_err(io_err("write", &path))?;
+        // A failure fio explains (a verify error): its words are the reason.
+        let reason = match reason {
+            None if status == Status::Fail => fio::complaint(&output),
+            reason => reason,
+        };
         let result = TestResult {
             subtests: tap::parse(&output),
+            fio: fio::parse(&output),
             name: r.test.name,
             status,
             duration: r.started.elapsed().as_secs_f64(),
