@@ -62,7 +62,10 @@ fn fio_verify_passes_on_a_debian_root_and_a_corrupted_block_fails_the_verify() {
             .find(|i| i["direction"] == direction)
             .unwrap_or_else(|| panic!("no {direction} figures: {job}"));
         assert!(figures["iops"].as_f64().unwrap() > 0.0, "{figures}");
-        assert!(figures["bandwidth_kib_s"].as_f64().unwrap() > 0.0, "{figures}");
+        assert!(
+            figures["bandwidth_kib_s"].as_f64().unwrap() > 0.0,
+            "{figures}"
+        );
         let p50 = figures["clat_p50_us"].as_f64().unwrap();
         let p99 = figures["clat_p99_us"].as_f64().unwrap();
         assert!(0.0 < p50 && p50 <= p99, "{figures}");
@@ -93,7 +96,7 @@ exec fio --output-format=json /tmp/check.fio
     );
     p.write(
         "recipes/fio-corrupt.toml",
-        "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"debian-fio-rootfs\"\n\
+        "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"debian-rootfs\"\n\
          bundles = [\"fio-corrupt-tests\"]\n[vm]\ndisks = [{ name = \"scratch\", size = \"64M\" }]\n",
     );
     let run = p.run(&["test", "-f", "--json", "fio-corrupt"]).expect(1);
@@ -114,7 +117,7 @@ fn two_vms_on_one_ext4_root_see_only_their_own_writes_and_the_image_is_unchanged
         return;
     }
     let p = TestProject::shared();
-    let rootfs = built(&p, "debian-fio-rootfs");
+    let rootfs = built(&p, "debian-rootfs");
     let image = rootfs.join("rootfs.ext4");
     let before = sha256(&image);
     // Each test writes a file named by its VM's boot and fails if it sees another boot's.
@@ -139,7 +142,7 @@ echo "own writes only"
     );
     p.write(
         "recipes/overlay.toml",
-        "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"debian-fio-rootfs\"\n\
+        "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"debian-rootfs\"\n\
          bundles = [\"overlay-tests\"]\n[vm]\nvms = 2\n",
     );
     let run = p.run(&["test", "-f", "--json", "overlay"]).expect(0);
@@ -151,7 +154,11 @@ echo "own writes only"
         boots.push(log.lines().next().unwrap().to_string());
     }
     assert_ne!(boots[0], boots[1], "the two tests ran in two VMs");
-    assert_eq!(sha256(&image), before, "the store's image was never written");
+    assert_eq!(
+        sha256(&image),
+        before,
+        "the store's image was never written"
+    );
     let verify = p.run(&["verify"]).expect(0);
     assert!(!verify.stdout.contains("mismatch"), "{}", verify.stdout);
 }
@@ -219,7 +226,11 @@ echo "fresh"
         .map(|t| t["status"].as_str().unwrap())
         .collect();
     statuses.sort();
-    assert_eq!(statuses, ["fail", "pass"], "the later test found the mark: {results}");
+    assert_eq!(
+        statuses,
+        ["fail", "pass"],
+        "the later test found the mark: {results}"
+    );
 }
 
 #[test]
@@ -239,7 +250,7 @@ fn an_ext4_root_the_kernel_cannot_mount_is_a_clear_recipe_error() {
     );
     p.write(
         "recipes/unmountable.toml",
-        "kind = \"test\"\nkernel = \"bare-kernel\"\nrootfs = \"debian-fio-rootfs\"\n\
+        "kind = \"test\"\nkernel = \"bare-kernel\"\nrootfs = \"debian-rootfs\"\n\
          bundles = [\"smoke-tests\"]\n",
     );
     let run = p.run(&["test", "unmountable"]).expect(2);
@@ -251,4 +262,48 @@ fn an_ext4_root_the_kernel_cannot_mount_is_a_clear_recipe_error() {
     );
     assert!(run.stderr.contains("last console lines"), "{}", run.stderr);
     assert!(p.entries("unmountable").is_empty(), "nothing stored");
+}
+
+#[test]
+fn a_debian_package_that_does_not_exist_is_named_before_mmdebstrap_runs() {
+    if !have_mmdebstrap() {
+        return;
+    }
+    let p = TestProject::new();
+    p.write(
+        "recipes/misspelt.toml",
+        "kind = \"rootfs\"\nbase = \"debian:bookworm\"\npackages = [\"fio\", \"no-such-package-vmb\"]\nformat = \"ext4\"\n",
+    );
+    let run = p.run(&["build", "misspelt"]).expect(2);
+    assert!(
+        run.stderr.contains("`no-such-package-vmb`") && !run.stderr.contains("`fio`"),
+        "{}",
+        run.stderr
+    );
+    // Named before the bootstrap starts, not after it.
+    assert!(
+        !run.stderr.contains("mmdebstrap bookworm"),
+        "{}",
+        run.stderr
+    );
+    assert!(p.entries("misspelt").is_empty());
+}
+
+#[test]
+fn stress_ng_verifies_its_work_in_a_debian_root() {
+    if !have_mmdebstrap() {
+        return;
+    }
+    let p = TestProject::shared();
+    let run = p.run(&["test", "-f", "--json", "stress"]).expect(0);
+    let entry = PathBuf::from(run.json_lines()[0]["path"].as_str().unwrap());
+    let log = std::fs::read_to_string(entry.join("tests/stress-verify.log")).unwrap();
+    assert!(log.contains("successful run completed"), "{log}");
+    for stressor in ["cpu", "vm", "hdd"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("metrc:") && l.split_whitespace().nth(3) == Some(stressor)),
+            "{stressor} ran: {log}"
+        );
+    }
 }

@@ -13,7 +13,7 @@ use std::process::Command;
 use serde_json::{json, Map, Value};
 
 use super::{copy_tree, io_err, BuildContext, BuildError};
-use crate::fetch::apt;
+use crate::fetch::{apt, FetchError};
 use crate::format::cpio::CpioWriter;
 use crate::format::rootfs as layout;
 use crate::process;
@@ -132,6 +132,18 @@ fn debian_base(
     ctx: &BuildContext,
     root: &Path,
 ) -> Result<(), BuildError> {
+    // A misspelt package fails mmdebstrap only after minutes of work: ask apt first,
+    // when the host's package lists are the release's own.
+    if apt::host_release().as_deref() == Some(release) {
+        let unknown = apt::unknown_packages(packages)?;
+        if !unknown.is_empty() {
+            return Err(FetchError::UnknownPackages {
+                release: release.to_string(),
+                packages: unknown,
+            }
+            .into());
+        }
+    }
     (ctx.progress)(&format!("mmdebstrap {release}"));
     let mut cmd = Command::new("mmdebstrap");
     cmd.args([

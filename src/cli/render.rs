@@ -130,6 +130,19 @@ impl Renderer {
                 sub.name
             ));
         }
+        for job in &result.fio {
+            for io in &job.io {
+                text.push_str(&format!(
+                    "\n  fio {} {}: {:.0} IOPS, {:.1} MiB/s, clat p50 {} p99 {}",
+                    job.name,
+                    io.direction,
+                    io.iops,
+                    io.bandwidth_kib_s / 1024.0,
+                    micros(io.clat_p50_us),
+                    micros(io.clat_p99_us)
+                ));
+            }
+        }
         let to_stdout = self
             .tests_on_stdout
             .load(std::sync::atomic::Ordering::Relaxed);
@@ -197,5 +210,14 @@ impl Reporter for Renderer {
                 }
             }
         }
+    }
+}
+
+/// A latency for a test line: `218 us`, `4.8 ms`, or `-` when fio gave none.
+fn micros(us: Option<f64>) -> String {
+    match us {
+        Some(us) if us >= 1000.0 => format!("{:.1} ms", us / 1000.0),
+        Some(us) => format!("{us:.0} us"),
+        None => "-".into(),
     }
 }

@@ -61,7 +61,10 @@ impl Error {
                 ..
             } => 2,
             Error::Build {
-                source: BuildError::Fetch(FetchError::UnknownPackage { .. }),
+                source:
+                    BuildError::Fetch(
+                        FetchError::UnknownPackage { .. } | FetchError::UnknownPackages { .. },
+                    ),
                 ..
             } => 2,
             Error::Test {

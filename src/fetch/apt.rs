@@ -25,6 +25,39 @@ pub struct Pin {
     pub sha256: String,
 }
 
+/// The host's Debian codename (`bookworm`), from /etc/os-release: the release whose
+/// package lists the host's apt has.
+pub fn host_release() -> Option<String> {
+    let text = fs_err::read_to_string("/etc/os-release").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// The names among `packages` the host's apt knows nothing of: neither a package nor a
+/// name other packages provide. One `apt-cache policy` for all of them: it prints a
+/// `NAME:` section for each name it knows, and nothing for the others.
+pub fn unknown_packages(packages: &[String]) -> Result<Vec<String>, FetchError> {
+    if packages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut cmd = Command::new("apt-cache");
+    cmd.arg("policy").arg("--").args(packages);
+    let out = process::run(&mut cmd)?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let known: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with(char::is_whitespace))
+        .filter_map(|l| l.strip_suffix(':'))
+        .collect();
+    Ok(packages
+        .iter()
+        .filter(|p| !known.contains(&p.as_str()))
+        .cloned()
+        .collect())
+}
+
 /// The stanza fields of `apt-cache show --no-all-versions`.
 fn show(package: &str) -> Result<Vec<(String, String)>, FetchError> {
     let out = Command::new("apt-cache")

@@ -16,6 +16,11 @@ use crate::process::ProcessError;
 pub enum FetchError {
     #[error("find Debian package `{package}`: apt knows no such package\n  help: check the name with `apt-cache search {package}`, or run `apt-get update`")]
     UnknownPackage { package: String },
+    #[error("Debian {release} has no package {}: apt knows none by {}\n  help: check the names with `apt-cache search NAME`, or run `apt-get update`", packages.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", "), if packages.len() == 1 { "that name" } else { "those names" })]
+    UnknownPackages {
+        release: String,
+        packages: Vec<String>,
+    },
     #[error("verify {what}: sha256 mismatch\n  expected: {expected}\n  actual:   {actual}")]
     HashMismatch {
         what: String,

@@ -71,9 +71,8 @@ fn io(stats: &Value, direction: &str) -> Option<FioIo> {
     if number(stats.get("total_ios")).unwrap_or(0.0) == 0.0 {
         return None;
     }
-    let percentile = |p: &str| {
-        number(stats.get("clat_ns")?.get("percentile")?.get(p)).map(|ns| ns / 1000.0)
-    };
+    let percentile =
+        |p: &str| number(stats.get("clat_ns")?.get("percentile")?.get(p)).map(|ns| ns / 1000.0);
     Some(FioIo {
         direction: direction.to_string(),
         iops: number(stats.get("iops")).unwrap_or(0.0),
@@ -81,19 +80,6 @@ fn io(stats: &Value, direction: &str) -> Option<FioIo> {
         clat_p50_us: percentile("50.000000"),
         clat_p99_us: percentile("99.000000"),
     })
-}
-
-/// fio's own complaint in `output`, for a failed test's reason: its `fio:` lines and the
-/// lines of a verify failure (`crc32c: verify failed at file ...`, `verify: bad magic
-/// header ...`), at most three, joined.
-pub(crate) fn complaint(output: &str) -> Option<String> {
-    let lines: Vec<&str> = output
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("fio: ") || l.contains("verify failed") || l.starts_with("verify: "))
-        .take(3)
-        .collect();
-    (!lines.is_empty()).then(|| lines.join("; "))
 }
 
 #[cfg(test)]
@@ -136,14 +122,5 @@ mod tests {
         assert!(parse("").is_empty());
         assert!(parse("{ broken").is_empty());
         assert!(parse("{\"jobs\": []}").is_empty());
-    }
-
-    #[test]
-    fn the_complaint_is_fios_own_lines() {
-        let output = "x\ncrc32c: verify failed at file /dev/vdb offset 8192, length 4096\n       Expected CRC: 1\nfio: pid=9, err=84/file:io_u.c:2166, func=io_u_queued_complete, error=Invalid or incomplete multibyte or wide character\n";
-        let said = complaint(output).expect("fio complained");
-        assert!(said.starts_with("crc32c: verify failed at file /dev/vdb"), "{said}");
-        assert!(said.contains("err=84"), "{said}");
-        assert_eq!(complaint("all good\n"), None);
     }
 }

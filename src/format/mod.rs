@@ -4,6 +4,7 @@
 //! `hashing`, so `builders` and `testing` share it without importing each other.
 
 pub(crate) mod bundle;
+pub(crate) mod complaint;
 pub(crate) mod cpio;
 pub mod fio;
 pub(crate) mod junit;

@@ -20,6 +20,7 @@ use super::queue::{Planned, Shared};
 use super::runner::{Artifacts, RunOptions, TestError};
 use super::session::{is_kernel_crash, said, Event, Session};
 use super::{Status, TestResult};
+use crate::format::complaint::complaint;
 use crate::format::{fio, tap};
 use crate::fsio::io_err;
 use crate::vm::Wiring;
@@ -324,9 +325,9 @@ impl VmRun<'_> {
         let path = self.opts.out.join(&log);
         let (output, truncated) = r.output.finish();
         fs_err::write(&path, &output).map_err(io_err("write", &path))?;
-        // A failure fio explains (a verify error): its words are the reason.
+        // A failure the workload explains (fio's verify error): its words are the reason.
         let reason = match reason {
-            None if status == Status::Fail => fio::complaint(&output),
+            None if status == Status::Fail => complaint(&output),
             reason => reason,
         };
         let result = TestResult {
