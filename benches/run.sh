@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vmbuild benchmarks: each compares vmbuild with the plain tool doing the same work, in one
 # hyperfine run, and prints the figures. Run from the repository root after `.ci/install-deps`:
-#   benches/run.sh [cached|keying|cpio|boot|run|kernel-tree|kernel-incremental|kernel-loop|all]
+#   benches/run.sh [cached|keying|cpio|boot|run|kernel-tree|kernel-incremental|kernel-loop|debian-root|disk-boot|all]
 # Needs: hyperfine, a release build (built here), network access to the Debian mirror.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -208,6 +208,50 @@ bench_kernel_loop() {
         "$vmbuild -C $project test loop >/dev/null 2>&1"
 }
 
+bench_debian_root() {
+    section "Debian root with fio and stress-ng: vmbuild build -f vs plain mmdebstrap of the same packages"
+    project="$work/debian-project"
+    rm -rf "$project" && mkdir -p "$project/recipes" && cp vmbuild.lock "$project/"
+    cp recipes/debian-rootfs.toml "$project/recipes/"
+    sed 's/^format = "ext4"/format = "tar"/' recipes/debian-rootfs.toml >"$project/recipes/debian-rootfs-tar.toml"
+    measure debian-root --runs 3 \
+        "mmdebstrap --variant=essential --mode=root --format=tar --quiet --include=fio,stress-ng bookworm $work/plain-debian.tar" \
+        "$vmbuild -C $project build -f debian-rootfs-tar >/dev/null 2>&1" \
+        "$vmbuild -C $project build -f debian-rootfs >/dev/null 2>&1"
+    section "cached rebuild of the Debian root vs /bin/true"
+    measure debian-root-cached -N --warmup 10 --runs 100 "/bin/true" "$vmbuild -C $project build debian-rootfs"
+}
+
+bench_disk_boot() {
+    section "Debian ext4 root booted to the agent (vmbuild run -- true) vs bare qemu booting the same kernel, modules and image to a shell that powers off"
+    kernel=$("$vmbuild" build debian-kernel)
+    rootfs=$("$vmbuild" build debian-rootfs)
+    release=$(ls "$kernel/modules")
+    stage="$work/bare-disk-boot"
+    rm -rf "$stage" && mkdir -p "$stage/bin" "$stage/modules"
+    cp "$rootfs/boot/busybox" "$stage/bin/busybox"
+    for m in virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk \
+        crc16 mbcache jbd2 crc32c_generic ext4; do
+        find "$kernel/modules/$release" -name "$m.ko" -exec cp {} "$stage/modules/" \;
+        echo "$m" >>"$stage/modules/order"
+    done
+    cat >"$stage/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t devtmpfs dev /dev; mount -t sysfs sys /sys
+for m in $(cat /modules/order); do insmod /modules/$m.ko; done
+mount -t ext4 /dev/vda /newroot
+exec switch_root /newroot /bin/sh -c 'mount -t proc proc /proc; echo hi; echo b >/proc/sysrq-trigger'
+INIT
+    chmod +x "$stage/init"
+    mkdir -p "$stage/proc" "$stage/dev" "$stage/sys" "$stage/newroot"
+    (cd "$stage" && find . | cpio -o -H newc --quiet | gzip) >"$work/bare-disk-boot.img"
+    bare="qemu-system-x86_64 -machine q35 -accel tcg -m 512 -smp 1 -nodefaults -display none -no-reboot -nic none -kernel $kernel/bzImage -initrd $work/bare-disk-boot.img -append 'console=ttyS0 rdinit=/init panic=-1' -serial stdio -serial null -drive file=$rootfs/rootfs.ext4,format=raw,if=none,id=d0,snapshot=on -device virtio-blk-pci,drive=d0"
+    measure disk-boot --warmup 1 --runs 5 \
+        "$bare >/dev/null" \
+        "$vmbuild run --kernel debian-kernel --rootfs debian-rootfs -- true >/dev/null 2>&1"
+}
+
 case "$which" in
     cached) bench_cached ;;
     keying) bench_keying ;;
@@ -217,6 +261,8 @@ case "$which" in
     kernel-tree) bench_kernel_tree ;;
     kernel-incremental) bench_kernel_incremental ;;
     kernel-loop) bench_kernel_loop ;;
-    all) bench_cached; bench_keying; bench_cpio; bench_boot; bench_run; bench_kernel_tree; bench_kernel_incremental; bench_kernel_loop ;;
+    debian-root) bench_debian_root ;;
+    disk-boot) bench_disk_boot ;;
+    all) bench_cached; bench_keying; bench_cpio; bench_boot; bench_run; bench_kernel_tree; bench_kernel_incremental; bench_kernel_loop; bench_debian_root; bench_disk_boot ;;
     *) echo "unknown benchmark: $which" >&2; exit 2 ;;
 esac
