@@ -262,6 +262,50 @@ fn an_ext4_root_the_kernel_cannot_mount_is_a_clear_recipe_error() {
     );
     assert!(run.stderr.contains("last console lines"), "{}", run.stderr);
     assert!(p.entries("unmountable").is_empty(), "nothing stored");
+
+    // A kernel whose config lacks the drivers is refused before anything boots, naming
+    // the options and the fragments that set them.
+    p.write(
+        "recipes/tiny-on-disk.toml",
+        "kind = \"test\"\nkernel = \"tiny-kernel\"\nrootfs = \"debian-rootfs\"\n\
+         bundles = [\"smoke-tests\"]\n",
+    );
+    let run = p.run(&["test", "tiny-on-disk"]).expect(2);
+    for needed in [
+        "CONFIG_VIRTIO_BLK (in modules/kconfig/virtio.config)",
+        "CONFIG_EXT4_FS (in modules/kconfig/ext4.config)",
+    ] {
+        assert!(run.stderr.contains(needed), "{needed}: {}", run.stderr);
+    }
+    assert!(p.entries("tiny-on-disk").is_empty(), "nothing stored");
+}
+
+#[test]
+fn vmbuild_run_boots_an_ext4_root_too() {
+    if !have_mmdebstrap() {
+        return;
+    }
+    let p = TestProject::shared();
+    let run = p
+        .run(&[
+            "run",
+            "--kernel",
+            "debian-kernel",
+            "--rootfs",
+            "debian-rootfs",
+            "--",
+            "sh",
+            "-c",
+            "cat /etc/debian_version; fio --version; exit 7",
+        ])
+        .expect(7);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("12."),
+        "a Debian 12 root: {}",
+        run.stdout
+    );
+    assert!(lines[1].starts_with("fio-"), "{}", run.stdout);
 }
 
 #[test]
