@@ -6,9 +6,12 @@
 # reports start, output and exit status. The kernel console (ttyS0) stays separate.
 # The line protocol is documented in docs/guest-protocol.md. POSIX sh, and tools that
 # both busybox and Debian's essential set have; what a Debian root lacks (awk, reboot)
-# comes from the static busybox in /vmbuild/bin, last in PATH, when vmbuild put it there.
+# comes from the static busybox in /vmbuild/bin, when vmbuild put it there.
 
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/vmbuild/bin
+# The tests' PATH: the root's own tools first, busybox's where the root has none.
+test_path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/vmbuild/bin
+# The agent's: static busybox first (dynamic binaries start slowly under TCG).
+export PATH="/vmbuild/bin:$test_path"
 export HOME=/root
 for dir in /proc /sys /dev /tmp /run /root; do [ -d "$dir" ] || mkdir -p "$dir"; done
 mount -t proc proc /proc 2>/dev/null
@@ -28,7 +31,7 @@ power_off() {
 # Kernel modules vmbuild packed for the VM's disks (a cpio root on a modular kernel).
 if [ -r /vmbuild/boot/modules.load ]; then
     while read -r module; do
-        insmod "/vmbuild/boot/modules/$module.ko" 2>/dev/null
+        insmod "/vmbuild/boot/modules/$module.ko" || echo "vmbuild: insmod $module failed" >/dev/console
     done </vmbuild/boot/modules.load
 fi
 
@@ -37,8 +40,10 @@ fi
 mkdir -p /dev/disk/by-id
 for serial_file in /sys/block/*/serial; do
     [ -r "$serial_file" ] || continue
-    serial=$(cat "$serial_file")
-    [ -n "$serial" ] || continue
+    # sysfs ends the serial without a newline: read fails but fills $serial.
+    serial=
+    IFS= read -r serial <"$serial_file"
+    case "$serial" in "" | *[!a-z0-9_-]*) continue ;; esac
     dev=${serial_file%/serial}
     dev=${dev##*/}
     ln -sf "../../$dev" "/dev/disk/by-id/virtio-$serial"
@@ -62,6 +67,7 @@ done
 
 if [ "$mode" = shell ]; then
     echo "vmbuild shell: the test's VM. 'exit' powers it off."
+    export PATH="$test_path"
     if command -v cttyhack >/dev/null 2>&1; then setsid cttyhack sh -l; else sh -l; fi
     power_off
 fi
@@ -78,7 +84,7 @@ run_test() {
     rm -f "$marker"
     say "VMBUILD BEGIN $name"
     # setsid: the test leads its own process group, so a timeout kills all of it.
-    (cd "${path%/*}" && exec setsid "$path") >"$log" 2>&1 </dev/null &
+    (cd "${path%/*}" && export PATH="$test_path" && exec setsid "$path") >"$log" 2>&1 </dev/null &
     pid=$!
     (sleep "$limit"; : >"$marker"; kill -9 -"$pid" 2>/dev/null; kill -9 "$pid" 2>/dev/null) &
     watchdog=$!
@@ -157,6 +163,7 @@ run_exec() {
             {
                 (
                     cd /
+                    export PATH="$test_path"
                     command -v "$1" >/dev/null 2>&1 || {
                         printf '%s: command not found\n' "$1" >&2
                         exit 127

@@ -13,7 +13,7 @@ $bb --install -s /vmbuild/bin
 export PATH=/vmbuild/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t devtmpfs devtmpfs /dev
 
 fail() {
     echo "vmbuild-boot: $*"
@@ -34,16 +34,20 @@ fi
 root=
 tries=0
 while [ -z "$root" ]; do
-    for serial in /sys/block/*/serial; do
-        [ "$(cat "$serial" 2>/dev/null)" = vmbuild-root ] || continue
-        dev=${serial%/serial}
+    for serial_file in /sys/block/*/serial; do
+        # sysfs ends the serial without a newline: read fails but fills $serial.
+        serial=
+        IFS= read -r serial <"$serial_file" 2>/dev/null
+        [ "$serial" = vmbuild-root ] || continue
+        dev=${serial_file%/serial}
         root=/dev/${dev##*/}
     done
     [ -n "$root" ] && break
     tries=$((tries + 1))
-    [ "$tries" -le 100 ] || fail "no root disk appeared: the kernel needs virtio-pci and virtio-blk (CONFIG_VIRTIO_PCI, CONFIG_VIRTIO_BLK: modules/kconfig/virtio.config)"
-    sleep 0.1
+    [ "$tries" -le 200 ] || fail "no root disk appeared: the kernel needs virtio-pci and virtio-blk (CONFIG_VIRTIO_PCI, CONFIG_VIRTIO_BLK: modules/kconfig/virtio.config)"
+    sleep 0.05
 done
+[ -b "$root" ] || fail "no device node $root: the kernel needs CONFIG_DEVTMPFS"
 grep -qw ext4 /proc/filesystems || fail "the kernel cannot mount ext4 (CONFIG_EXT4_FS: modules/kconfig/ext4.config)"
 mount -t ext4 "$root" /newroot || fail "cannot mount the root disk $root as ext4"
 

@@ -31,3 +31,31 @@ pub(crate) fn cmdline(init: &str, recipe_cmdline: &str) -> String {
         format!("{line} {recipe_cmdline}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both scripts parse under the host's POSIX sh (dash on Debian) and busybox's ash:
+    /// a syntax error would kill PID 1 and panic the guest's kernel.
+    #[test]
+    fn the_guest_scripts_parse_and_name_the_root_disk_as_the_backends_do() {
+        for shell in ["sh", "busybox"] {
+            for (name, script) in [("agent", AGENT), ("boot", BOOT)] {
+                let mut cmd = std::process::Command::new(shell);
+                if shell == "busybox" {
+                    cmd.arg("sh");
+                }
+                let Ok(out) = cmd.args(["-n", "-c", script]).output() else {
+                    continue; // busybox missing on this host: sh still checked
+                };
+                assert!(
+                    out.status.success(),
+                    "{shell}: {name}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        assert!(BOOT.contains(&format!("= {}", vm::ROOT_DISK_SERIAL)));
+    }
+}
