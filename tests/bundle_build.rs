@@ -1,6 +1,7 @@
 //! Bundles that compile (`[build]`): the command's output folder is the bundle; it sees
 //! only its declared inputs, in an empty working folder with a clean environment; a rerun
 //! is a cache hit until an input changes; a failing command exits 3 with its log's tail.
+//! The shipped kselftest-tests bundle builds the kernel selftests and their runner.
 
 mod common;
 
@@ -237,4 +238,47 @@ fn a_build_reads_the_entries_and_packages_it_names_and_only_built_kinds() {
         run.stderr
     );
     assert!(run.stderr.contains("uses-cc.toml:4:12"), "{}", run.stderr);
+}
+
+#[test]
+fn the_kselftest_bundle_holds_the_selftests_their_runner_and_a_test_that_runs_it() {
+    for tool in ["gcc", "make", "rsync", "apt-get"] {
+        if common::which(tool).is_none() {
+            return common::skip(&format!("{tool} is not installed (.ci/install-deps)"));
+        }
+    }
+    // The shared store: linux-source-6.1 is downloaded once for this and the kernel tests.
+    let p = TestProject::shared();
+    let built = build_json(&p, "kselftest-tests");
+    let entry = entry_of(&built);
+    let tests = std::fs::read_to_string(entry.join("tests.json")).unwrap();
+    assert!(tests.contains("\"name\": \"kselftest\""), "{tests}");
+    assert!(tests.contains("\"timeout_ms\": 300000"), "{tests}");
+
+    let unpacked = unpack_bundle(&entry);
+    let bundle = unpacked.path().join("vmbuild/bundles/kselftest-tests");
+    for file in [
+        "kselftest",
+        "selftests/run_kselftest.sh",
+        "selftests/kselftest/runner.sh",
+        "selftests/size/get_size",
+        "selftests/breakpoints/breakpoint_test",
+        "selftests/timers/nanosleep",
+    ] {
+        assert!(
+            bundle.join(file).is_file(),
+            "{file} missing from the bundle"
+        );
+    }
+    // The runner knows the listed selftests (and only those: the list is trimmed).
+    let list = Command::new("sh")
+        .arg("run_kselftest.sh")
+        .arg("--list")
+        .current_dir(bundle.join("selftests"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&list.stdout),
+        "size:get_size\nbreakpoints:breakpoint_test\ntimers:nanosleep\n"
+    );
 }
