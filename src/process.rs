@@ -21,21 +21,49 @@ pub enum ProcessError {
         command: String,
         source: std::io::Error,
     },
-    #[error("`{command}` failed ({status}){}", tail_block(.stderr))]
+    #[error("`{command}` failed ({status}){}", tail_block("stderr", .stderr.lines()))]
     Failed {
         command: String,
         status: String,
         stderr: String,
     },
+    /// A build step whose output went to a log that is kept.
+    #[error("{0}")]
+    Logged(Box<LoggedFailure>),
 }
 
-fn tail_block(stderr: &str) -> String {
-    let lines: Vec<&str> = stderr.lines().collect();
-    let tail = &lines[lines.len().saturating_sub(15)..];
+/// A failed build step: its command, how it ended, the tail of `tail_of` (`stderr`, or
+/// `output` for both streams) and where the whole log is.
+#[derive(Debug)]
+pub struct LoggedFailure {
+    pub command: String,
+    pub status: String,
+    pub tail_of: &'static str,
+    pub tail: Vec<String>,
+    pub log: PathBuf,
+}
+
+impl std::fmt::Display for LoggedFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tail = tail_block(self.tail_of, self.tail.iter().map(String::as_str));
+        write!(
+            f,
+            "`{}` failed ({}){tail}\n  (full log: {})",
+            self.command,
+            self.status,
+            self.log.display()
+        )
+    }
+}
+
+/// The last lines of a failed command's output, indented under what they are.
+fn tail_block<'a>(label: &str, lines: impl Iterator<Item = &'a str>) -> String {
+    let lines: Vec<&str> = lines.collect();
+    let tail = &lines[lines.len().saturating_sub(20)..];
     if tail.is_empty() {
         String::new()
     } else {
-        format!("\n  stderr:\n    {}", tail.join("\n    "))
+        format!("\n  {label}:\n    {}", tail.join("\n    "))
     }
 }
 

@@ -169,13 +169,7 @@ fn a_content_change_with_an_old_mtime_is_rebuilt_explained_and_booted() {
         "-ff left the build folder as it was"
     );
     // The failed build's message names a log that is still there.
-    let log = broken
-        .stderr
-        .split("(full log: ")
-        .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("no log named: {}", broken.stderr));
+    let log = common::named_log(&broken.stderr);
     assert!(log.is_file(), "{} is gone", log.display());
     assert!(std::fs::read_to_string(&log)
         .unwrap()

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use super::{copy_tree, io_err, BuildContext, BuildError};
-use crate::fetch::{apt, http};
+use super::{copy_tree, io_err, unpack_deb, BuildContext, BuildError};
+use crate::fetch::http;
 use crate::recipe::{Fetch, KernelSpec};
 
 pub fn build(
@@ -30,11 +30,8 @@ fn prebuilt(
     match fetch {
         Fetch::Deb { package, .. } => {
             let pin = ctx.lock.pin(package, true)?;
-            (ctx.progress)(&format!("fetching {} {}", pin.package, pin.version));
-            let deb = apt::download(&pin, &ctx.store.downloads())?;
             let unpacked = ctx.work.join("deb");
-            (ctx.progress)(&format!("unpacking {}", pin.package));
-            apt::extract(&deb, &unpacked)?;
+            unpack_deb(&pin, &unpacked, ctx)?;
             let release = install_debian_image(&unpacked, out)?;
             details.insert("release".into(), json!(release));
             details.insert(

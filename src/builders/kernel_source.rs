@@ -8,23 +8,21 @@
 //! Sources: a Debian `linux-source-*` package or a URL tarball, each unpacked once into
 //! its own store entry (`src-<package>`), or a local tree used in place.
 
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{json, Map, Value};
 
+use super::buildlog::{BuildLog, Tail, BUILD_LOG};
 use super::kbuild::BuildFolder;
-use super::{copy_tree, io_err, BuildContext, BuildError};
-use crate::fetch::{apt, http};
+use super::{copy_tree, io_err, unpack_deb, BuildContext, BuildError};
+use crate::fetch::http;
 use crate::format::kconfig::read_config;
 use crate::graph::tree_digest;
 use crate::hashing::{self, Listing};
 use crate::process;
 use crate::recipe::{ConfigBase, Fetch, KernelSpec};
 use crate::store::Manifest;
-
-pub const BUILD_LOG: &str = "build.log";
 
 /// Host tools the kernel build needs, with the Debian package of each.
 const BUILD_TOOLS: [(&str, &str); 7] = [
@@ -157,8 +155,9 @@ pub fn build(
     ]))
 }
 
-/// The kernel's make, out of tree, with its output appended to the build's log: each
-/// line becomes the progress line; a failure carries the log's tail and its path.
+/// The kernel's make, out of tree, with its output appended to the build's log (each
+/// line becomes the progress line; a failure carries the tail of its stderr and the log's
+/// path).
 ///
 /// Make runs in a clean environment (PATH, HOME, TMPDIR and a C locale): a variable
 /// such as ARCH, CC, LLVM, KCFLAGS or MAKEFLAGS in vmbuild's own environment would change
@@ -168,12 +167,7 @@ struct Make<'a> {
     tree: &'a Path,
     build_dir: &'a Path,
     make_flags: &'a [String],
-    log: fs_err::File,
-    log_path: &'a Path,
-    progress: &'a (dyn Fn(&str) + Sync),
-    /// The last command run, and the tail of its stderr, for a failure's message.
-    last_command: String,
-    tail: Vec<String>,
+    log: BuildLog<'a>,
 }
 
 impl<'a> Make<'a> {
@@ -183,19 +177,11 @@ impl<'a> Make<'a> {
         make_flags: &'a [String],
         ctx: &'a BuildContext,
     ) -> Result<Make<'a>, BuildError> {
-        if let Some(dir) = ctx.log.parent() {
-            fs_err::create_dir_all(dir).map_err(io_err("create", dir))?;
-        }
-        let log = fs_err::File::create(ctx.log).map_err(io_err("create", ctx.log))?;
         Ok(Make {
             tree,
             build_dir,
             make_flags,
-            log,
-            log_path: ctx.log,
-            progress: ctx.progress,
-            last_command: String::new(),
-            tail: Vec::new(),
+            log: BuildLog::create(ctx, Tail::Stderr)?,
         })
     }
 
@@ -217,8 +203,8 @@ impl<'a> Make<'a> {
 
     /// `make ARGS`; a non-zero exit is an error.
     fn run(&mut self, args: &[&str]) -> Result<(), BuildError> {
-        let status = self.status(args)?;
-        self.check(status)
+        let mut cmd = self.command(args);
+        self.log.run(&mut cmd)
     }
 
     /// `make ARGS` in the build folder, which learns that make returned (and, for the
@@ -229,111 +215,26 @@ impl<'a> Make<'a> {
         args: &[&str],
         compile: bool,
     ) -> Result<(), BuildError> {
-        let status = self.status(args)?;
+        let mut cmd = self.command(args);
+        let status = self.log.status(&mut cmd)?;
         // Make returned with a status: what it left is whole (Kbuild removes what a
         // failed command half-made). Killed by a signal, it may not be: left unfinished.
         if status.code().is_some() {
             folder.returned(compile && status.success())?;
         }
-        self.check(status)
-    }
-
-    /// `make ARGS`, returning how it ended.
-    fn status(&mut self, args: &[&str]) -> Result<std::process::ExitStatus, BuildError> {
-        let mut cmd = self.command(args);
-        self.spawn_logged(&mut cmd)
+        self.log.check(status)
     }
 
     /// Another command of the build (merge_config.sh), logged the same way.
     fn run_logged(&mut self, cmd: &mut Command) -> Result<(), BuildError> {
         clean_env(cmd);
-        let status = self.spawn_logged(cmd)?;
-        self.check(status)
-    }
-
-    fn check(&mut self, status: std::process::ExitStatus) -> Result<(), BuildError> {
-        if status.success() {
-            return Ok(());
-        }
-        let _ = self.log.flush();
-        Err(process::ProcessError::Failed {
-            command: self.last_command.clone(),
-            status: status.to_string(),
-            stderr: format!(
-                "{}\n(full log: {})",
-                self.tail.join("\n"),
-                self.log_path.display()
-            ),
-        }
-        .into())
-    }
-    /// Runs `cmd` in its own process group with stdout and stderr appended to the log.
-    /// If logging fails midway the group is ended (the guard's drop), never left running.
-    fn spawn_logged(&mut self, cmd: &mut Command) -> Result<std::process::ExitStatus, BuildError> {
-        let command = process::describe(cmd);
-        let log_path = self.log_path;
-        writeln!(self.log, "$ {command}").map_err(io_err("write", log_path))?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut guard = process::GroupGuard::spawn(cmd, std::time::Duration::from_secs(5))?;
-        let stderr = guard.child().stderr.take().expect("piped");
-        let err_log = self.log.try_clone().map_err(io_err("write", log_path))?;
-        let stderr_thread = std::thread::spawn(move || {
-            let mut err_log = err_log;
-            let mut tail = std::collections::VecDeque::new();
-            for line in lossy_lines(stderr) {
-                let _ = writeln!(err_log, "{line}");
-                tail.push_back(line);
-                if tail.len() > 40 {
-                    tail.pop_front();
-                }
-            }
-            Vec::from(tail)
-        });
-        let stdout = guard.child().stdout.take().expect("piped");
-        for line in lossy_lines(stdout) {
-            writeln!(self.log, "{line}").map_err(io_err("write", log_path))?;
-            // Kbuild's step lines ("  CC      kernel/fork.o") make a good progress line.
-            let step = line.trim();
-            if !step.is_empty() && !step.starts_with('#') {
-                (self.progress)(step);
-            }
-        }
-        let status = guard
-            .child()
-            .wait()
-            .map_err(io_err("wait for", Path::new(&command)))?;
-        self.tail = stderr_thread.join().unwrap_or_default();
-        self.last_command = command;
-        Ok(status)
+        self.log.run(cmd)
     }
 
     /// Moves the log of a successful build to `to` (in the entry).
-    fn finish_log(mut self, to: &Path) -> Result<(), BuildError> {
-        self.log.flush().map_err(io_err("write", self.log_path))?;
-        fs_err::rename(self.log_path, to).map_err(io_err("move the build log to", to))?;
-        Ok(())
+    fn finish_log(self, to: &Path) -> Result<(), BuildError> {
+        self.log.finish(to)
     }
-}
-
-/// The lines of a child's output as text, to its end: a line that is not UTF-8 (a
-/// warning quoting a Latin-1 source line) is converted, never a reason to stop reading
-/// (which would close the pipe and kill the writer with SIGPIPE).
-fn lossy_lines(reader: impl std::io::Read) -> impl Iterator<Item = String> {
-    let mut reader = std::io::BufReader::new(reader);
-    std::iter::from_fn(move || {
-        let mut line = Vec::new();
-        match reader.read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => None,
-            Ok(_) => {
-                while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                    line.pop();
-                }
-                Some(String::from_utf8_lossy(&line).into_owned())
-            }
-        }
-    })
 }
 
 /// Leaves a kernel build command only the environment it needs.
@@ -489,10 +390,8 @@ fn source_tree(source: &Fetch, ctx: &BuildContext) -> Result<(PathBuf, String), 
             let pin = ctx.lock.pin(package, false)?;
             let name = format!("src-{}", pin.package);
             let tree = unpacked_source(ctx, &pin.sha256, &name, |work| {
-                (ctx.progress)(&format!("fetching {} {}", pin.package, pin.version));
-                let deb = apt::download(&pin, &ctx.store.downloads())?;
                 let unpacked = work.join("deb");
-                apt::extract(&deb, &unpacked)?;
+                unpack_deb(&pin, &unpacked, ctx)?;
                 let src = unpacked.join("usr/src");
                 let tarball = fs_err::read_dir(&src)
                     .map_err(io_err("read", &src))?

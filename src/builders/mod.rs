@@ -2,7 +2,9 @@
 //! staging folder. One file per kind; `build` dispatches. Builders never touch published
 //! entries except to read them.
 
+mod buildlog;
 pub mod bundle;
+mod bundle_build;
 mod kbuild;
 pub mod kernel;
 pub mod kernel_source;
@@ -11,6 +13,7 @@ pub mod rootfs;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::fetch::apt::{self, Pin};
 use crate::fetch::lock::Lock;
 use crate::fetch::FetchError;
 pub use crate::fsio::io_err;
@@ -78,12 +81,22 @@ pub fn build(
     match &recipe.spec {
         Spec::Kernel(spec) => kernel::build(spec, ctx, out),
         Spec::Rootfs(spec) => rootfs::build(spec, ctx, out),
-        Spec::Bundle(spec) => bundle::build(&recipe.name, spec, out),
+        Spec::Bundle(spec) => bundle::build(&recipe.name, spec, ctx, out),
         Spec::Test(_) => Err(BuildError::Invalid(format!(
             "`{}` is a test: run it with `vmbuild test`",
             recipe.name
         ))),
     }
+}
+
+/// A pinned Debian package, downloaded once into the store's downloads (verified against
+/// its pin) and unpacked without installing it into `dest`.
+pub(crate) fn unpack_deb(pin: &Pin, dest: &Path, ctx: &BuildContext) -> Result<(), BuildError> {
+    (ctx.progress)(&format!("fetching {} {}", pin.package, pin.version));
+    let deb = apt::download(pin, &ctx.store.downloads())?;
+    (ctx.progress)(&format!("unpacking {}", pin.package));
+    apt::extract(&deb, dest)?;
+    Ok(())
 }
 
 /// Copies a file or a folder tree, keeping permissions and symlinks.

@@ -148,6 +148,34 @@ mod tests {
         );
     }
 
+    /// The kernel selftests' runner (`run_kselftest.sh`) prints a KTAP document per
+    /// collection, with each selftest's own output commented out (`# `) under it.
+    #[test]
+    fn the_kselftest_runner_gives_one_subtest_per_selftest() {
+        let out = "TAP version 13\n1..1\n# selftests: size: get_size\n# TAP version 13\n\
+                   # ok 1 get runtime memory use\n# 1..1\nok 1 selftests: size: get_size\n\
+                   TAP version 13\n1..2\n# selftests: breakpoints: breakpoint_test\n\
+                   ok 1 selftests: breakpoints: breakpoint_test\n\
+                   not ok 2 selftests: breakpoints: step_after_suspend_test # exit=1\n\
+                   TAP version 13\n1..1\nok 1 selftests: timers: rtcpie # SKIP\n";
+        let got: Vec<_> = parse(out).into_iter().map(|s| (s.name, s.status)).collect();
+        assert_eq!(
+            got,
+            [
+                ("selftests: size: get_size".to_string(), Status::Pass),
+                (
+                    "selftests: breakpoints: breakpoint_test".to_string(),
+                    Status::Pass
+                ),
+                (
+                    "selftests: breakpoints: step_after_suspend_test".to_string(),
+                    Status::Fail
+                ),
+                ("selftests: timers: rtcpie".to_string(), Status::Skip),
+            ]
+        );
+    }
+
     use proptest::prelude::*;
 
     /// One test line to write: `ok`/`not ok`, maybe its number, maybe ` - `, maybe a name,

@@ -15,6 +15,8 @@
 //! |                            | mke2fs for ext4, mmdebstrap, qemu for                        |
 //! |                            | tests: a different tool can make a different output          |
 //! | name (bundles, tests)      | a bundle's name is its guest folder; results name the recipe |
+//! | bundles' `[build]`         | the command, each input's name and content, the Debian pins, |
+//! |                            | the read recipes' keys (deps), gcc and make: what it can see |
 //! | tests: agent, VM settings  | the guest agent script, machine, memory, cpus, disks, net,   |
 //! |                            | cmdline, timeout and backend change what a test observes     |
 //!
@@ -30,7 +32,9 @@ use crate::fetch::lock::Lock;
 use crate::fetch::FetchError;
 use crate::hashing::{self, TreeEntry};
 use crate::process::ProcessError;
-use crate::recipe::{ConfigBase, Fetch, KernelSpec, Recipe, RootfsBase, RootfsFormat, Spec};
+use crate::recipe::{
+    BundleBuild, BundleSpec, ConfigBase, Fetch, KernelSpec, Recipe, RootfsBase, RootfsFormat, Spec,
+};
 use crate::tools::Tools;
 
 /// Bump when any builder's output changes for identical inputs.
@@ -80,6 +84,12 @@ pub(crate) fn tree_digest(inputs: &Value) -> Option<&str> {
     inputs
         .pointer("/recipe/source/tree")
         .and_then(Value::as_str)
+}
+
+/// The keyed content of a `[build]` bundle's input `name` (as `hash_path` gives it), in
+/// its key inputs (as `to_value` gives them).
+pub(crate) fn build_input_content<'a>(inputs: &'a Value, name: &str) -> Option<&'a Value> {
+    inputs.pointer("/recipe/build/inputs")?.get(name)
 }
 
 /// The compiler and linker a kernel's make flags select: `CC=`/`LD=` name them,
@@ -137,7 +147,8 @@ fn hash_error(path: &Path, source: std::io::Error) -> KeyError {
     }
 }
 
-fn hash_path(path: &Path) -> Result<Value, KeyError> {
+/// A local file's or folder's content as keys hold it.
+pub(crate) fn hash_path(path: &Path) -> Result<Value, KeyError> {
     let err = |source| hash_error(path, source);
     if path.is_dir() {
         let tree = hashing::hash_tree(path, |_| true).map_err(err)?;
@@ -249,7 +260,16 @@ pub fn compute_key(
             inputs
         }
         // The bundle's name is its folder in the guest (`/vmbuild/bundles/<name>`).
-        Spec::Bundle(b) => json!({ "name": recipe.name, "tests": hash_path(&b.tests_dir)? }),
+        Spec::Bundle(BundleSpec::Folder(tests)) => {
+            json!({ "name": recipe.name, "tests": hash_path(tests)? })
+        }
+        Spec::Bundle(BundleSpec::Build(build)) => {
+            // Which tools a command runs cannot be known: the compiler and make, which
+            // most builds use, are keyed always, as for kernels.
+            tool("gcc", &["--version"])?;
+            tool("make", &["--version"])?;
+            json!({ "name": recipe.name, "build": build_inputs(build, ctx)? })
+        }
         Spec::Test(t) => {
             tool(crate::vm::qemu::QEMU, &["--version"])?;
             json!({
@@ -286,9 +306,33 @@ pub fn compute_key(
     })
 }
 
+/// What a `[build]` command sees: its argv, each input's content by the name it has in
+/// the working folder, and each Debian package's pin by name (maps, so that `explain`
+/// names the one that changed). The recipes it reads are in `deps` by their keys; their
+/// names (the variables it gets) here.
+fn build_inputs(build: &BundleBuild, ctx: &KeyContext) -> Result<Value, KeyError> {
+    let inputs = build
+        .inputs
+        .iter()
+        .map(|i| Ok((i.name.clone(), hash_path(&i.path)?)))
+        .collect::<Result<BTreeMap<_, _>, KeyError>>()?;
+    let debs = build
+        .debs
+        .iter()
+        .map(|d| Ok((d.clone(), ctx.lock.pin(d, false)?)))
+        .collect::<Result<BTreeMap<_, _>, KeyError>>()?;
+    Ok(json!({
+        "command": build.command,
+        "inputs": inputs,
+        "debs": debs,
+        "recipes": build.recipes.iter().map(|r| &r.name).collect::<Vec<_>>(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::kernel_toolchain;
+    use super::*;
+    use crate::recipe::{Project, RecipeRef};
 
     #[test]
     fn the_toolchain_is_the_one_the_make_flags_pick() {
@@ -306,5 +350,77 @@ mod tests {
             )
         );
         assert_eq!(pick(&["CC=ccache gcc"]).0, "ccache");
+    }
+
+    #[test]
+    fn a_build_bundle_is_keyed_by_what_its_command_sees_and_nothing_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let write = |rel: &str, text: &str| {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        let recipe = |command: &str| {
+            format!("kind = \"bundle\"\n[build]\ncommand = {command}\ninputs = [\"build.sh\", \"../src\"]\n")
+        };
+        write("recipes/b.toml", &recipe("[\"sh\", \"build.sh\"]"));
+        write("recipes/build.sh", "cc -o $VMBUILD_OUT/t t.c\n");
+        write("src/t.c", "int main(void) { return 0; }\n");
+        let project = Project {
+            root: root.to_path_buf(),
+        };
+        let tools = Tools::new(&root.join("cache"));
+        let lock = Lock::open(root, false).unwrap();
+        let ctx = KeyContext {
+            tools: &tools,
+            lock: &lock,
+            stat_cache_dir: root.join("cache/statcache"),
+            trees_dir: root.join("cache/trees"),
+        };
+        let key_with = |deps: &[(&str, &str)]| {
+            let at = RecipeRef {
+                name: "b".into(),
+                file: root.join("recipes/b.toml"),
+                location: None,
+            };
+            let recipe = Recipe::load(&project, &at).unwrap();
+            let deps = deps
+                .iter()
+                .map(|(n, k)| (n.to_string(), k.to_string()))
+                .collect();
+            compute_key(&recipe, deps, &ctx).unwrap()
+        };
+        let key = || key_with(&[]).key();
+        let first = key_with(&[]);
+        assert!(first.tools.contains_key("gcc") && first.tools.contains_key("make"));
+        let k0 = first.key();
+
+        // Files beside the recipe and the inputs are not the command's business.
+        write("recipes/secret", "not an input");
+        write("notes.txt", "nor this");
+        assert_eq!(key(), k0);
+
+        // Each input's content, exec bit and the files of an input folder are.
+        write("recipes/build.sh", "cc -O2 -o $VMBUILD_OUT/t t.c\n");
+        let k1 = key();
+        assert_ne!(k1, k0);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            root.join("recipes/build.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let k2 = key();
+        assert_ne!(k2, k1);
+        write("src/t.h", "#define X 1\n");
+        let k3 = key();
+        assert_ne!(k3, k2);
+
+        // So are the command and the keys of the recipes it reads.
+        write("recipes/b.toml", &recipe("[\"sh\", \"-e\", \"build.sh\"]"));
+        let k4 = key();
+        assert_ne!(k4, k3);
+        assert_ne!(key_with(&[("k", &"a".repeat(64))]).key(), k4);
     }
 }

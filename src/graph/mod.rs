@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 pub(crate) use explain::explain_change;
-pub(crate) use key::tree_digest;
+pub(crate) use key::{build_input_content, hash_path, tree_digest};
 pub use key::{compute_key, KeyContext, KeyError, KeyInputs, KEY_SCHEMA};
 
 use crate::recipe::{Diagnostic, Project, Recipe, RecipeError, RecipeRef};
@@ -112,17 +112,17 @@ impl Loader<'_> {
         self.marks.insert(at.file.clone(), Mark::Visiting);
         self.stack.push(at.name.clone());
         let recipe = Recipe::load(self.project, at)?;
-        let wanted: Vec<(&'static str, &'static str, RecipeRef)> = recipe
+        let wanted: Vec<(&'static str, &'static [&'static str], RecipeRef)> = recipe
             .dependencies()
             .into_iter()
-            .map(|d| (d.field, d.kind, d.recipe.clone()))
+            .map(|d| (d.field, d.kinds, d.recipe.clone()))
             .collect();
         let mut deps = Vec::with_capacity(wanted.len());
-        for (field, kind, reference) in &wanted {
+        for (field, kinds, reference) in &wanted {
             let index = self.visit(reference)?;
             let found = self.nodes[index].recipe.kind();
-            if found != *kind {
-                return Err(wrong_kind(field, kind, found, reference));
+            if !kinds.contains(&found) {
+                return Err(wrong_kind(field, kinds, found, reference));
             }
             deps.push(index);
         }
@@ -136,7 +136,12 @@ impl Loader<'_> {
 
 /// `bundles = ["smoke"]` naming a test recipe, a kernel naming a rootfs, ...: said at the
 /// reference, before anything is built or booted.
-fn wrong_kind(field: &str, wanted: &str, found: &str, at: &RecipeRef) -> RecipeError {
+fn wrong_kind(field: &str, wanted: &[&str], found: &str, at: &RecipeRef) -> RecipeError {
+    let wanted = match wanted.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
     let message = format!(
         "`{field}` needs a {wanted} recipe, but `{}` is a {found} recipe",
         at.name

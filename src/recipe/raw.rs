@@ -68,7 +68,21 @@ pub struct Bundle {
     /// Read through `Kind`; declared so `deny_unknown_fields` accepts it.
     #[allow(dead_code)]
     pub kind: Text,
-    pub tests: Text,
+    pub tests: Option<Text>,
+    pub build: Option<Spanned<BundleBuild>>,
+}
+
+/// A bundle's `[build]` table: the bundle is what its command writes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleBuild {
+    pub command: Spanned<Vec<Text>>,
+    #[serde(default)]
+    pub inputs: Vec<Text>,
+    #[serde(default)]
+    pub recipes: Vec<Text>,
+    #[serde(default)]
+    pub debs: Vec<Text>,
 }
 
 #[derive(Deserialize)]

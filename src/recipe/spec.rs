@@ -99,8 +99,49 @@ pub struct RootfsSpec {
 }
 
 #[derive(Debug, Clone)]
-pub struct BundleSpec {
-    pub tests_dir: PathBuf,
+pub enum BundleSpec {
+    /// `tests = "folder"`: the folder's executable files are the tests.
+    Folder(PathBuf),
+    /// `[build]`: the folder a command writes.
+    Build(BundleBuild),
+}
+
+/// A bundle's `[build]` table, validated.
+#[derive(Debug, Clone)]
+pub struct BundleBuild {
+    /// The program and its arguments, run without a shell.
+    pub command: Vec<String>,
+    /// Local files and folders copied into the working folder, each under its `name`.
+    pub inputs: Vec<BuildInput>,
+    /// Recipes whose entries the command reads (`VMBUILD_INPUT_<NAME>`).
+    pub recipes: Vec<RecipeRef>,
+    /// Debian packages unpacked for the command (`VMBUILD_DEB_<NAME>`), pinned by
+    /// `vmbuild.lock`.
+    pub debs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildInput {
+    /// Its name in the working folder: the file name the recipe wrote.
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// The environment variable that gives a `[build]` command the path of a recipe's entry
+/// (`prefix` `VMBUILD_INPUT_`) or of an unpacked Debian package (`VMBUILD_DEB_`): the name
+/// uppercased, every character but letters and digits as `_`.
+pub fn build_env_var(prefix: &str, name: &str) -> String {
+    let tail: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{prefix}{tail}")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,34 +235,42 @@ impl Recipe {
     /// The recipes this one needs built first, in a stable order, each with the field
     /// that names it and the kind that field requires.
     pub fn dependencies(&self) -> Vec<Dependency<'_>> {
-        let dep = |field, kind, recipe| Dependency {
+        let dep = |field, kinds, recipe| Dependency {
             field,
-            kind,
+            kinds,
             recipe,
         };
         match &self.spec {
-            Spec::Kernel(_) | Spec::Bundle(_) => vec![],
+            Spec::Kernel(_) | Spec::Bundle(BundleSpec::Folder(_)) => vec![],
+            Spec::Bundle(BundleSpec::Build(b)) => b
+                .recipes
+                .iter()
+                .map(|r| dep("recipes", BUILT_KINDS, r))
+                .collect(),
             Spec::Rootfs(r) => r
                 .kernel_modules
                 .iter()
-                .map(|k| dep("kernel_modules", "kernel", k))
+                .map(|k| dep("kernel_modules", &["kernel"], k))
                 .collect(),
             Spec::Test(t) => {
                 let mut deps = vec![
-                    dep("kernel", "kernel", &t.kernel),
-                    dep("rootfs", "rootfs", &t.rootfs),
+                    dep("kernel", &["kernel"], &t.kernel),
+                    dep("rootfs", &["rootfs"], &t.rootfs),
                 ];
-                deps.extend(t.bundles.iter().map(|b| dep("bundles", "bundle", b)));
-                deps.extend(t.after.iter().map(|a| dep("after", "test", a)));
+                deps.extend(t.bundles.iter().map(|b| dep("bundles", &["bundle"], b)));
+                deps.extend(t.after.iter().map(|a| dep("after", &["test"], a)));
                 deps
             }
         }
     }
 }
 
-/// One reference from a recipe to another, with the kind the referring field requires.
+/// The kinds whose entries a `[build]` command may read: everything but test results.
+const BUILT_KINDS: &[&str] = &["kernel", "rootfs", "bundle"];
+
+/// One reference from a recipe to another, with the kinds the referring field accepts.
 pub struct Dependency<'a> {
     pub field: &'static str,
-    pub kind: &'static str,
+    pub kinds: &'static [&'static str],
     pub recipe: &'a RecipeRef,
 }

@@ -11,6 +11,8 @@ use super::spec::*;
 use super::units;
 use super::{did_you_mean, grammar, raw, Diagnostic, Location, Project, RecipeError, Result};
 
+mod bundle;
+
 impl Recipe {
     /// Reads and validates the recipe a reference points at.
     pub fn load(project: &Project, at: &RecipeRef) -> Result<Recipe> {
@@ -439,15 +441,6 @@ impl Document<'_> {
         Ok(())
     }
 
-    fn bundle(&self) -> Result<BundleSpec> {
-        let raw: raw::Bundle = self.deserialize()?;
-        let tests_dir = self.local_path(&raw.tests)?;
-        if !tests_dir.is_dir() {
-            return Err(self.error(&raw.tests, "`tests` must be a folder of test scripts"));
-        }
-        Ok(BundleSpec { tests_dir })
-    }
-
     fn test(&self) -> Result<TestSpec> {
         let raw: raw::Test = self.deserialize()?;
         let timeout = match &raw.timeout {
@@ -624,7 +617,7 @@ mod tests {
     }
 
     /// A project with every kind of recipe to reference, for the fuzzer below.
-    fn fuzz_project() -> (tempfile::TempDir, Project) {
+    pub(super) fn fuzz_project() -> (tempfile::TempDir, Project) {
         let dir = tempfile::tempdir().expect("temp dir");
         let write = |rel: &str, text: &str| {
             let path = dir.path().join(rel);
@@ -703,7 +696,7 @@ mod tests {
     }
 
     /// Pieces of recipes, good and bad, for the fuzzer to assemble.
-    const FRAGMENTS: [&str; 26] = [
+    const FRAGMENTS: [&str; 29] = [
         "kind = \"kernel\"\n",
         "kind = \"rootfs\"\n",
         "kind = \"bundle\"\n",
@@ -730,6 +723,9 @@ mod tests {
         "\u{feff}[[x]]\n",
         "[vm]\nnet = \"user\"\nbackend = \"bhyve\"\n",
         "net = \"\"\n",
+        "[build]\ncommand = []\n",
+        "[build]\ncommand = [\"sh\", \"\\u0000\"]\ninputs = [\"..\", \"/\", \".\"]\n",
+        "[build]\ncommand = [\"x\"]\nrecipes = [\"t\", \"b\", \"k\"]\ndebs = [\"a.b\", \"a-b\"]\n",
     ];
 
     proptest::proptest! {

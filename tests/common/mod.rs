@@ -185,6 +185,16 @@ pub fn boots(log: &Path) -> usize {
         .count()
 }
 
+/// The kept log a failed build's message names (`(full log: PATH)`).
+pub fn named_log(stderr: &str) -> PathBuf {
+    stderr
+        .split("(full log: ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no log named: {stderr}"))
+}
+
 /// Runs git in `dir` (as a test user), asserting success.
 pub fn git(dir: &Path, args: &[&str]) {
     let ok = Command::new("git")
