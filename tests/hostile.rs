@@ -447,6 +447,34 @@ const CASES: &[Case] = &[
         needle: "a second disk named",
     },
     Case {
+        name: "disk names that give the guest one variable",
+        setup: |p| {
+            test_recipe(
+                p,
+                "t",
+                "disks = [{ name = \"data-1\", size = \"1M\" }, { name = \"data_1\", size = \"1M\" }]",
+                "",
+            )
+        },
+        args: &["test", "t"],
+        code: 2,
+        needle: "would both be VMBUILD_DISK_DATA_1",
+    },
+    Case {
+        name: "disk named like vmbuild's own root disk",
+        setup: |p| {
+            test_recipe(
+                p,
+                "t",
+                "disks = [{ name = \"vmbuild-root\", size = \"1M\" }]",
+                "",
+            )
+        },
+        args: &["test", "t"],
+        code: 2,
+        needle: "names starting with `vmbuild` are vmbuild's own",
+    },
+    Case {
         name: "machine with options",
         setup: |p| test_recipe(p, "t", "machine = \"q35,accel=kvm\"", ""),
         args: &["test", "t"],

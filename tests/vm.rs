@@ -4,23 +4,7 @@
 
 mod common;
 
-use common::{boots, counting_qemu, TestProject};
-
-fn junit_counts(path: &std::path::Path) -> Option<String> {
-    let script = "import sys, junitparser\n\
-        x = junitparser.JUnitXml.fromfile(sys.argv[1])\n\
-        print(x.tests, x.failures, x.errors, x.skipped)\n";
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(path)
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!("junitparser: {}", String::from_utf8_lossy(&out.stderr));
-        return None;
-    }
-    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
+use common::{boots, counting_qemu, junit_counts, TestProject};
 
 #[test]
 fn smoke_runs_in_a_real_vm_and_a_cached_rerun_boots_nothing() {

@@ -121,12 +121,14 @@ fn two_vms_on_one_ext4_root_see_only_their_own_writes_and_the_image_is_unchanged
     let image = rootfs.join("rootfs.ext4");
     let before = sha256(&image);
     // Each test writes a file named by its VM's boot and fails if it sees another boot's.
+    // The scratch disk gives each test a VM of its own, two at a time.
     let script = r#"#!/bin/sh
+# vmbuild: disks=1
 boot=$(cat /proc/sys/kernel/random/boot_id)
 echo "boot $boot"
 echo "$0" >"/written-by-$boot"
 sync
-sleep 6
+sleep 1
 for f in /written-by-*; do
     [ "$f" = "/written-by-$boot" ] || { echo "sees another VM's write: $f"; exit 1; }
 done
@@ -143,7 +145,7 @@ echo "own writes only"
     p.write(
         "recipes/overlay.toml",
         "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"debian-rootfs\"\n\
-         bundles = [\"overlay-tests\"]\n[vm]\nvms = 2\n",
+         bundles = [\"overlay-tests\"]\n[vm]\nvms = 2\ndisks = [{ name = \"scratch\", size = \"4M\" }]\n",
     );
     let run = p.run(&["test", "-f", "--json", "overlay"]).expect(0);
     let entry = PathBuf::from(run.json_lines()[0]["path"].as_str().unwrap());
@@ -201,10 +203,12 @@ echo "fresh"
     }
     // Each test had a boot of its own, and no disk outlived its VM.
     assert!(entry.join("console.vm0.boot1.log").is_file());
+    // Only this recipe's work folders: other tests share the store and run at once.
     let tmp = p.cache.join("tmp");
     let leftover: Vec<_> = walkdir::WalkDir::new(&tmp)
         .into_iter()
         .flatten()
+        .filter(|e| e.path().to_string_lossy().contains("-disks."))
         .filter(|e| e.file_name().to_string_lossy().starts_with("disk-"))
         .collect();
     assert!(leftover.is_empty(), "{leftover:?}");
@@ -350,4 +354,45 @@ fn stress_ng_verifies_its_work_in_a_debian_root() {
             "{stressor} ran: {log}"
         );
     }
+}
+
+#[test]
+fn kernel_selftests_run_by_their_own_runner_are_subtests_in_results_and_junit() {
+    if !have_mmdebstrap() {
+        return;
+    }
+    let p = TestProject::shared();
+    let junit = p.path("kselftest.xml");
+    let run = p
+        .run(&[
+            "test",
+            "-f",
+            "--json",
+            "kselftest",
+            "--junit",
+            junit.to_str().unwrap(),
+        ])
+        .expect(0);
+    let results = results_of(&run.json_lines()[0]);
+    let subtests: Vec<(&str, &str)> = results["tests"][0]["subtests"]
+        .as_array()
+        .expect("KTAP subtests")
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        subtests,
+        [
+            ("selftests: size: get_size", "pass"),
+            ("selftests: breakpoints: breakpoint_test", "pass"),
+            ("selftests: timers: nanosleep", "pass"),
+        ],
+        "{results}"
+    );
+    // One test case for the runner and one per selftest, as a JUnit consumer reads them.
+    assert_eq!(
+        common::junit_counts(&junit).as_deref(),
+        Some("4 0 0 0"),
+        "junitparser reads the file"
+    );
 }

@@ -20,6 +20,18 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /tmp 2>/dev/null
 mount -t tmpfs tmpfs /run 2>/dev/null
 
+# The links udev or systemd would make in /dev, which scripts write to.
+for fd in stdin:0 stdout:1 stderr:2; do
+    [ -e "/dev/${fd%:*}" ] || ln -s "/proc/self/fd/${fd#*:}" "/dev/${fd%:*}"
+done
+[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
+
+# A cpio root that brought vmbuild's busybox (a Debian root) gets its applets linked;
+# stage 1 has done that already for a disk root.
+if [ -x /vmbuild/bin/busybox ] && [ ! -e /vmbuild/bin/awk ]; then
+    /vmbuild/bin/busybox --install -s /vmbuild/bin
+fi
+
 # Power off: busybox's reboot when vmbuild brought one (a Debian root's own reboot may
 # want an init system), else the root's. qemu runs with -no-reboot, so it exits.
 power_off() {

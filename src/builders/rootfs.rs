@@ -2,9 +2,9 @@
 //! mmdebstrap, or nothing), then `[files]` and kernel modules laid over it, packed as a
 //! gzip cpio initramfs, an ext4 image (`mke2fs -d`, no root or loop devices needed), a tar,
 //! or left as a folder. Owners are root:root and timestamps fixed, so the same inputs give
-//! the same bytes. An ext4 image carries Debian's static busybox beside it
-//! (`format::rootfs::BOOT_BUSYBOX`): the test phase boots the image through a small
-//! initramfs that runs it.
+//! the same bytes. An ext4 image and a Debian root carry Debian's static busybox beside
+//! them (`format::rootfs::BOOT_BUSYBOX`): the test phase boots a disk image through a
+//! small initramfs that runs it, and the guest agent falls back on its applets.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -63,15 +63,15 @@ pub fn build(
     match spec.format {
         RootfsFormat::Cpio => write_cpio(&root, &out.join(layout::CPIO))?,
         RootfsFormat::Tar => write_tar(&root, &out.join(layout::TAR))?,
-        RootfsFormat::Ext4 => {
-            write_ext4(&root, spec.size, &out.join(layout::EXT4))?;
-            let (busybox, version) = fetch_busybox(ctx, "boot-busybox")?;
-            copy_tree(&busybox, &out.join(layout::BOOT_BUSYBOX))?;
-            details.insert("boot_busybox".into(), json!(version));
-        }
+        RootfsFormat::Ext4 => write_ext4(&root, spec.size, &out.join(layout::EXT4))?,
         RootfsFormat::Dir => {
             fs_err::rename(&root, out.join(layout::DIR)).map_err(io_err("move", &root))?
         }
+    }
+    if spec.carries_busybox() {
+        let (busybox, version) = fetch_busybox(ctx, "boot-busybox")?;
+        copy_tree(&busybox, &out.join(layout::BOOT_BUSYBOX))?;
+        details.insert("boot_busybox".into(), json!(version));
     }
     Ok(details)
 }

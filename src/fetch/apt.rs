@@ -38,12 +38,18 @@ pub fn host_release() -> Option<String> {
 /// The names among `packages` the host's apt knows nothing of: neither a package nor a
 /// name other packages provide. One `apt-cache policy` for all of them: it prints a
 /// `NAME:` section for each name it knows, and nothing for the others.
+/// Empty when the host has no package lists to ask (`base-files`, in every release, is
+/// unknown too): then nothing can be said before mmdebstrap fetches its own.
 pub fn unknown_packages(packages: &[String]) -> Result<Vec<String>, FetchError> {
+    const EVERY_RELEASE_HAS: &str = "base-files";
     if packages.is_empty() {
         return Ok(Vec::new());
     }
     let mut cmd = Command::new("apt-cache");
-    cmd.arg("policy").arg("--").args(packages);
+    cmd.arg("policy")
+        .arg("--")
+        .args(packages)
+        .arg(EVERY_RELEASE_HAS);
     let out = process::run(&mut cmd)?;
     let text = String::from_utf8_lossy(&out.stdout);
     let known: Vec<&str> = text
@@ -51,6 +57,9 @@ pub fn unknown_packages(packages: &[String]) -> Result<Vec<String>, FetchError> 
         .filter(|l| !l.starts_with(char::is_whitespace))
         .filter_map(|l| l.strip_suffix(':'))
         .collect();
+    if !known.contains(&EVERY_RELEASE_HAS) {
+        return Ok(Vec::new());
+    }
     Ok(packages
         .iter()
         .filter(|p| !known.contains(&p.as_str()))

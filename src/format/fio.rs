@@ -30,17 +30,17 @@ pub struct FioIo {
 
 /// The jobs of the first fio JSON report in `output`; empty when there is none.
 pub(crate) fn parse(output: &str) -> Vec<FioJob> {
-    let mut from = 0;
-    while let Some(at) = output[from..].find('{') {
-        let start = from + at;
+    // The report's first key is `"fio version"`: only the braces before its first
+    // mention can open it, nearest first, so a huge or cut-off document costs one parse.
+    let Some(mention) = output.find("\"fio version\"") else {
+        return Vec::new();
+    };
+    for (start, _) in output[..mention].rmatch_indices('{').take(8) {
         let mut stream = serde_json::Deserializer::from_str(&output[start..]).into_iter::<Value>();
         if let Some(Ok(report)) = stream.next() {
             if report.get("fio version").is_some() {
                 return jobs(&report);
             }
-            from = start + stream.byte_offset().max(1);
-        } else {
-            from = start + 1;
         }
     }
     Vec::new()
@@ -122,5 +122,8 @@ mod tests {
         assert!(parse("").is_empty());
         assert!(parse("{ broken").is_empty());
         assert!(parse("{\"jobs\": []}").is_empty());
+        // A report cut off by the log cap: no figures, and no time spent on each brace.
+        let cut = format!("{}{REPORT}", "{".repeat(100_000));
+        assert!(parse(&cut[..cut.len() - 10]).is_empty());
     }
 }

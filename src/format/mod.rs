@@ -7,6 +7,7 @@ pub(crate) mod bundle;
 pub(crate) mod complaint;
 pub(crate) mod cpio;
 pub mod fio;
+pub mod guest;
 pub(crate) mod junit;
 pub(crate) mod kconfig;
 pub(crate) mod modinfo;

@@ -233,9 +233,10 @@ pub fn compute_key(
                 }
                 RootfsBase::Empty => json!("none"),
             };
-            // An ext4 image carries the static busybox its boot initramfs runs.
-            let boot_busybox = if r.format == RootfsFormat::Ext4 {
+            if r.format == RootfsFormat::Ext4 {
                 tool("mke2fs", &["-V"])?;
+            }
+            let boot_busybox = if r.carries_busybox() {
                 Some(ctx.lock.pin("busybox-static", false)?)
             } else {
                 None
@@ -280,9 +281,8 @@ pub fn compute_key(
                 "bundles": t.bundles.iter().map(|b| &b.name).collect::<Vec<_>>(),
                 "after": t.after.iter().map(|b| &b.name).collect::<Vec<_>>(),
                 "timeout_ms": t.timeout.as_millis() as u64,
-                "agent_sha256": hashing::sha256_hex(crate::testing::agent::AGENT.as_bytes()),
-                // Stage 1 of a VM whose root is a disk image.
-                "boot_sha256": hashing::sha256_hex(crate::testing::agent::BOOT.as_bytes()),
+                // The agent, stage 1 and the kernel modules vmbuild adds to the guest.
+                "guest_sha256": crate::format::guest::fingerprint(),
                 "vm": {
                     "backend": format!("{:?}", t.vm.backend).to_lowercase(),
                     "machine": t.vm.machine,

@@ -98,6 +98,15 @@ pub struct RootfsSpec {
     pub modules: Vec<String>,
 }
 
+impl RootfsSpec {
+    /// Whether the entry carries Debian's static busybox beside the image: a disk image
+    /// boots through a stage 1 that runs it, and the guest agent needs its awk and reboot
+    /// on a Debian root (the essential set has neither).
+    pub fn carries_busybox(&self) -> bool {
+        self.format == RootfsFormat::Ext4 || matches!(self.base, RootfsBase::Debian(_))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum BundleSpec {
     /// `tests = "folder"`: the folder's executable files are the tests.

@@ -505,6 +505,21 @@ impl Document<'_> {
         let mut disks = Vec::new();
         for d in &vm.disks {
             grammar::disk_name(d.name.get_ref()).map_err(|e| self.error(&d.name, e))?;
+            // The guest names each disk in VMBUILD_DISK_<NAME>, with `-` read as `_`.
+            let as_variable = |n: &str| n.replace('-', "_");
+            if let Some(twin) = disks.iter().find(|k: &&DiskSpec| {
+                k.name != *d.name.get_ref() && as_variable(&k.name) == as_variable(d.name.get_ref())
+            }) {
+                return Err(self.error(
+                    &d.name,
+                    format!(
+                        "disks `{}` and `{}` would both be VMBUILD_DISK_{} in the guest: rename one",
+                        twin.name,
+                        d.name.get_ref(),
+                        as_variable(d.name.get_ref()).to_uppercase()
+                    ),
+                ));
+            }
             if disks.iter().any(|k: &DiskSpec| k.name == *d.name.get_ref()) {
                 return Err(self.error(
                     &d.name,

@@ -61,8 +61,7 @@ enum End {
 /// Boots the VM, runs `argv` in it, and ends the VM as soon as the command exits.
 pub fn exec(e: Exec) -> Result<Outcome, TestError> {
     let backend = vm::backend(&e.vm.backend, e.accel).map_err(TestError::Infra)?;
-    media::check_disk_space(&e.vm.disks, 1, e.work)?;
-    let media = media::prepare(e.artifacts, !e.vm.disks.is_empty(), e.work)?;
+    let media = media::prepare(e.artifacts, e.vm, 1, e.work)?;
     let socket = e.work.join("agent.sock");
     let launch = media.launch(
         e.artifacts,

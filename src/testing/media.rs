@@ -10,10 +10,12 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::agent::{AGENT, AGENT_PATH, BOOT, BOOT_PATH, BUSYBOX_PATH};
 use super::runner::{Artifacts, TestError};
 use crate::format::bundle::BUNDLE_CPIO;
 use crate::format::cpio::CpioWriter;
+use crate::format::guest::{
+    AGENT, AGENT_PATH, BOOT, BOOT_PATH, BUSYBOX_PATH, DISK_MODULES, EXT4_ROOT_MODULES,
+};
 use crate::format::kconfig::read_config;
 use crate::format::{modinfo, rootfs as layout};
 use crate::fsio::io_err;
@@ -21,12 +23,6 @@ use crate::recipe::units::approx_size;
 use crate::recipe::{DiskSpec, Network, VmSpec};
 use crate::store::Entry;
 use crate::vm::{Disk, Launch, Net, Wiring};
-
-/// The modules (and what they depend on) a VM needs for virtio disks, and for an ext4
-/// root. crc32c: ext4 checksums its metadata with it and asks the crypto API for it at
-/// mount time, when no modprobe could load it.
-const DISK_MODULES: [&str; 2] = ["virtio_pci", "virtio_blk"];
-const EXT4_ROOT_MODULES: [&str; 4] = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
 
 /// The kernel options behind those modules, and the fragment that sets them.
 const DISK_OPTIONS: [(&str, &str); 2] = [
@@ -72,14 +68,23 @@ impl BootMedia {
     }
 }
 
-/// Writes the initramfs for `artifacts` into `work` (`initrd.img`); `disks` says whether
-/// the VM gets scratch disks, whose drivers a modular kernel must load first.
+/// Checks that the host can hold the scratch disks of `vms` VMs with `vm`'s settings, and
+/// writes the initramfs for `artifacts` into `work` (`initrd.img`); with scratch disks, a
+/// modular kernel's disk drivers go along.
 pub(crate) fn prepare(
     artifacts: &Artifacts,
-    disks: bool,
+    vm: &VmSpec,
+    vms: usize,
     work: &Path,
 ) -> Result<BootMedia, TestError> {
+    check_disk_space(&vm.disks, vms, work)?;
+    let disks = !vm.disks.is_empty();
     let rootfs = &artifacts.rootfs.path;
+    let busybox_file = rootfs.join(layout::BOOT_BUSYBOX);
+    let busybox = match busybox_file.is_file() {
+        true => Some(fs_err::read(&busybox_file).map_err(io_err("read", &busybox_file))?),
+        false => None,
+    };
     let bundles = artifacts
         .bundles
         .iter()
@@ -94,7 +99,11 @@ pub(crate) fn prepare(
         } else {
             Vec::new()
         };
-        write_initrd(&initrd, &parts, &[modules, agent_layer(None)?])?;
+        write_initrd(
+            &initrd,
+            &parts,
+            &[modules, agent_layer(busybox.as_deref(), false)?],
+        )?;
         return Ok(BootMedia {
             initrd,
             root_disk: None,
@@ -112,11 +121,21 @@ pub(crate) fn prepare(
     let mut options = DISK_OPTIONS.to_vec();
     options.push(EXT4_OPTION);
     check_options(artifacts, &options, "an ext4 root disk")?;
-    let busybox = rootfs.join(layout::BOOT_BUSYBOX);
-    let busybox = fs_err::read(&busybox).map_err(io_err("read", &busybox))?;
+    let Some(busybox) = busybox else {
+        return Err(TestError::Unsupported(format!(
+            "rootfs `{}` has no {} beside its image: rebuild it (`vmbuild build -f {}`)",
+            artifacts.rootfs.manifest.name,
+            layout::BOOT_BUSYBOX,
+            artifacts.rootfs.manifest.name
+        )));
+    };
     let modules = modules_layer(artifacts.kernel, &EXT4_ROOT_MODULES)?;
     let parts: Vec<PathBuf> = bundles.collect();
-    write_initrd(&initrd, &parts, &[modules, agent_layer(Some(&busybox))?])?;
+    write_initrd(
+        &initrd,
+        &parts,
+        &[modules, agent_layer(Some(&busybox), true)?],
+    )?;
     Ok(BootMedia {
         initrd,
         root_disk: Some(image),
@@ -167,30 +186,38 @@ fn modules_layer(kernel: &Entry, wanted: &[&str]) -> Result<Vec<u8>, TestError> 
     if release.is_empty() || !tree.is_dir() {
         return Ok(Vec::new());
     }
-    let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for entry in walkdir::WalkDir::new(&tree).into_iter().flatten() {
+    let mut files: BTreeMap<String, ModuleFile> = BTreeMap::new();
+    // Sorted, so that a name found twice always resolves to the same file (the first).
+    for entry in walkdir::WalkDir::new(&tree)
+        .sort_by_file_name()
+        .into_iter()
+        .flatten()
+    {
         let path = entry.path();
         if let Some(name) = modinfo::module_name(path) {
-            files.insert(name, path.to_path_buf());
-        } else if modinfo::is_compressed_module(path)
-            && wanted.iter().any(|w| {
-                path.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.replace('-', "_").starts_with(&format!("{w}.ko")))
-            })
-        {
-            return Err(TestError::Unsupported(format!(
-                "kernel `{}` has compressed modules ({}); vmbuild loads uncompressed .ko \
-                 files only: build it with CONFIG_MODULE_COMPRESS_NONE=y",
-                kernel.manifest.name,
-                path.display()
-            )));
+            files
+                .entry(name)
+                .or_insert(ModuleFile::Plain(path.to_path_buf()));
+        } else if modinfo::is_compressed_module(path) {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let name = name[..name.find(".ko").unwrap_or(name.len())].replace('-', "_");
+            files
+                .entry(name)
+                .or_insert(ModuleFile::Compressed(path.to_path_buf()));
         }
     }
     let mut order: Vec<String> = Vec::new();
     let mut bytes: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for name in wanted {
-        add_with_deps(name, &files, &mut bytes, &mut order, 0)?;
+        add_with_deps(name, &files, &mut bytes, &mut order, 0).map_err(|compressed| {
+            TestError::Unsupported(format!(
+                "kernel `{}` has compressed modules ({}); vmbuild loads uncompressed .ko \
+                 files only (a kernel built with CONFIG_MODULE_COMPRESS_NONE=y, or with \
+                 the drivers built in: modules/kconfig/virtio.config and ext4.config)",
+                kernel.manifest.name,
+                compressed.display()
+            ))
+        })?;
     }
     if order.is_empty() {
         return Ok(Vec::new());
@@ -214,22 +241,33 @@ fn modules_layer(kernel: &Entry, wanted: &[&str]) -> Result<Vec<u8>, TestError> 
     Ok(cpio.finish().map_err(io_err("pack", &tree))?)
 }
 
+/// A module file of the kernel entry.
+enum ModuleFile {
+    Plain(PathBuf),
+    /// `.ko.xz` and the like: busybox's insmod cannot load it.
+    Compressed(PathBuf),
+}
+
 /// Appends `name` to `order` after what it depends on (depth-first; modules.dep graphs
-/// have no cycles, and a depth past 32 says this one does).
+/// have no cycles, and a depth past 32 says this one does). A name with no file is built
+/// in, or not in this kernel; `Err` names a compressed module that is needed.
 fn add_with_deps(
     name: &str,
-    files: &BTreeMap<String, PathBuf>,
+    files: &BTreeMap<String, ModuleFile>,
     bytes: &mut BTreeMap<String, Vec<u8>>,
     order: &mut Vec<String>,
     depth: usize,
-) -> Result<(), TestError> {
+) -> Result<(), PathBuf> {
     if order.iter().any(|n| n == name) || depth > 32 {
         return Ok(());
     }
-    let Some(path) = files.get(name) else {
-        return Ok(()); // built in, or not in this kernel
+    let path = match files.get(name) {
+        None => return Ok(()),
+        Some(ModuleFile::Compressed(path)) => return Err(path.clone()),
+        Some(ModuleFile::Plain(path)) => path,
     };
-    let data = fs_err::read(path).map_err(io_err("read", path))?;
+    // An unreadable module is left for insmod to complain about in the guest.
+    let data = fs_err::read(path).unwrap_or_default();
     for dep in modinfo::depends(&data) {
         add_with_deps(&dep, files, bytes, order, depth + 1)?;
     }
@@ -240,9 +278,9 @@ fn add_with_deps(
     Ok(())
 }
 
-/// The agent's own archive: the agent, `/dev/console`, and for a disk root stage 1 and
-/// the busybox it runs.
-fn agent_layer(busybox: Option<&[u8]>) -> Result<Vec<u8>, TestError> {
+/// The agent's own archive: the agent, `/dev/console`, the root's static busybox when
+/// it has one, and for a disk root (`stage1`) stage 1.
+fn agent_layer(busybox: Option<&[u8]>, stage1: bool) -> Result<Vec<u8>, TestError> {
     let mut cpio = CpioWriter::new(Vec::new());
     let write = |cpio: &mut CpioWriter<Vec<u8>>| -> std::io::Result<()> {
         cpio.dir("/vmbuild", 0o755)?;
@@ -250,6 +288,8 @@ fn agent_layer(busybox: Option<&[u8]>) -> Result<Vec<u8>, TestError> {
         if let Some(busybox) = busybox {
             cpio.dir("/vmbuild/bin", 0o755)?;
             cpio.file(BUSYBOX_PATH, 0o755, busybox)?;
+        }
+        if stage1 {
             cpio.dir("/vmbuild/boot", 0o755)?;
             cpio.file(BOOT_PATH, 0o755, BOOT.as_bytes())?;
         }
@@ -282,8 +322,11 @@ pub(crate) fn stage1_failure(console: &Path, shown: &str) -> Option<TestError> {
     let text = fs_err::read(console).ok()?;
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
-    let at = lines.iter().position(|l| l.starts_with("vmbuild-boot: "))?;
-    let said = lines[at].trim_start_matches("vmbuild-boot: ");
+    // Anywhere in a line: the kernel's printk may share it.
+    const MARK: &str = "vmbuild-boot: ";
+    let at = lines.iter().position(|l| l.contains(MARK))?;
+    let line = lines[at];
+    let said = line[line.find(MARK).unwrap_or(0) + MARK.len()..].trim_end_matches('\r');
     let before: Vec<String> = lines[at.saturating_sub(8)..at]
         .iter()
         .map(|l| format!("    {l}"))
@@ -297,11 +340,7 @@ pub(crate) fn stage1_failure(console: &Path, shown: &str) -> Option<TestError> {
 
 /// Refuses scratch disks the host cannot hold: `vms` VMs each with `disks`, all in `work`.
 /// The files are sparse, but a test may fill them.
-pub(crate) fn check_disk_space(
-    disks: &[DiskSpec],
-    vms: usize,
-    work: &Path,
-) -> Result<(), TestError> {
+fn check_disk_space(disks: &[DiskSpec], vms: usize, work: &Path) -> Result<(), TestError> {
     let per_vm: u64 = disks.iter().map(|d| d.size).sum();
     let needed = per_vm.saturating_mul(vms as u64);
     if needed == 0 {
@@ -333,15 +372,30 @@ pub(crate) fn scratch_disks(
     for disk in disks {
         let path = work.join(format!("disk-{prefix}-{}.img", disk.name));
         let _ = fs_err::remove_file(&path);
-        let file = fs_err::File::create(&path).map_err(io_err("create", &path))?;
-        file.set_len(disk.size).map_err(|e| {
-            TestError::Unsupported(format!(
-                "scratch disk `{}` of {} bytes cannot be created in {}: {e}",
+        let file = match fs_err::File::create(&path) {
+            Ok(file) => file,
+            Err(e) => {
+                remove_disks(&made);
+                return Err(io_err("create", &path)(e).into());
+            }
+        };
+        if let Err(e) = file.set_len(disk.size) {
+            remove_disks(&made);
+            let _ = fs_err::remove_file(&path);
+            let message = format!(
+                "scratch disk `{}` of {} cannot be created in {}: {e}",
                 disk.name,
-                disk.size,
+                approx_size(disk.size),
                 work.display()
-            ))
-        })?;
+            );
+            // Larger than a file may be there: the recipe asks too much. Anything else
+            // is the host's trouble.
+            return Err(if e.raw_os_error() == Some(libc::EFBIG) {
+                TestError::Unsupported(message)
+            } else {
+                TestError::Infra(message)
+            });
+        }
         made.push(Disk {
             path,
             serial: disk.name.clone(),
@@ -354,5 +408,127 @@ pub(crate) fn scratch_disks(
 pub(crate) fn remove_disks(disks: &[Disk]) {
     for disk in disks {
         let _ = fs_err::remove_file(&disk.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(modules: &[(&str, &str)]) -> (tempfile::TempDir, BTreeMap<String, ModuleFile>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = BTreeMap::new();
+        for (name, depends) in modules {
+            let path = dir.path().join(name);
+            fs_err::write(&path, format!("\x7fELF\0depends={depends}\0")).unwrap();
+            let (key, entry) = match modinfo::module_name(&path) {
+                Some(module) => (module, ModuleFile::Plain(path.clone())),
+                None => (
+                    name.trim_end_matches(".ko.xz").to_string(),
+                    ModuleFile::Compressed(path.clone()),
+                ),
+            };
+            files.insert(key, entry);
+        }
+        (dir, files)
+    }
+
+    fn load_order(
+        files: &BTreeMap<String, ModuleFile>,
+        wanted: &[&str],
+    ) -> Result<Vec<String>, PathBuf> {
+        let (mut bytes, mut order) = (BTreeMap::new(), Vec::new());
+        for name in wanted {
+            add_with_deps(name, files, &mut bytes, &mut order, 0)?;
+        }
+        Ok(order)
+    }
+
+    #[test]
+    fn modules_load_after_what_they_depend_on_each_once() {
+        let (_dir, files) = tree(&[
+            ("virtio.ko", ""),
+            ("virtio_ring.ko", ""),
+            ("virtio_pci.ko", "virtio_ring,virtio"),
+            ("virtio_blk.ko", "virtio,virtio_ring"),
+            ("ext4.ko", "jbd2,crc16"),
+            ("jbd2.ko", ""),
+            ("loop-a.ko", "loop_b"),
+            ("loop-b.ko", "loop_a"),
+        ]);
+        // crc16 has no file: built in.
+        let order = load_order(&files, &["virtio_pci", "virtio_blk", "ext4"]).unwrap();
+        assert_eq!(
+            order,
+            [
+                "virtio_ring",
+                "virtio",
+                "virtio_pci",
+                "virtio_blk",
+                "jbd2",
+                "ext4"
+            ]
+        );
+        // A cycle ends instead of recursing forever, each module still once.
+        assert_eq!(
+            load_order(&files, &["loop_a"]).unwrap(),
+            ["loop_b", "loop_a"]
+        );
+    }
+
+    #[test]
+    fn a_needed_compressed_module_is_refused_even_as_a_dependency() {
+        let (_dir, files) = tree(&[("ext4.ko", "jbd2"), ("jbd2.ko.xz", "")]);
+        let refused = load_order(&files, &["ext4"]).unwrap_err();
+        assert!(refused.ends_with("jbd2.ko.xz"), "{refused:?}");
+    }
+
+    #[test]
+    fn stage_1_complaints_are_found_even_inside_a_kernel_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let console = dir.path().join("console.log");
+        fs_err::write(
+            &console,
+            "[ 1.0] virtio_blk\n[ 2.0] rtc: vmbuild-boot: cannot mount the root disk /dev/vda as ext4\r\n",
+        )
+        .unwrap();
+        let refused = stage1_failure(&console, "kept.log").expect("stage 1 complained");
+        let text = refused.to_string();
+        assert!(
+            text.contains(
+                "could not boot its root disk: cannot mount the root disk /dev/vda as ext4\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("[ 1.0] virtio_blk") && text.contains("console: kept.log"),
+            "{text}"
+        );
+        assert!(matches!(refused, TestError::Unsupported(_)));
+        fs_err::write(&console, "[ 1.0] all fine\n").unwrap();
+        assert!(stage1_failure(&console, "kept.log").is_none());
+    }
+
+    #[test]
+    fn disks_the_host_cannot_hold_are_refused_and_made_disks_are_sparse_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let huge = [DiskSpec {
+            name: "scratch".into(),
+            size: 1 << 60,
+        }];
+        let refused = check_disk_space(&huge, 2, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("per VM, 2 VMs"), "{refused}");
+        let small = [DiskSpec {
+            name: "scratch".into(),
+            size: 1 << 20,
+        }];
+        check_disk_space(&small, 1, dir.path()).unwrap();
+        let made = scratch_disks(&small, dir.path(), "vm0").unwrap();
+        assert_eq!(made[0].serial, "scratch");
+        assert_eq!(fs_err::metadata(&made[0].path).unwrap().len(), 1 << 20);
+        remove_disks(&made);
+        assert!(!made[0].path.exists());
     }
 }

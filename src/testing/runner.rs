@@ -106,8 +106,7 @@ pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestE
         let vms = (opts.spec.vm.vms as usize)
             .min(shared.queue.lock().map(|q| q.len()).unwrap_or(1))
             .max(1);
-        media::check_disk_space(&opts.spec.vm.disks, vms, opts.work)?;
-        let media = media::prepare(artifacts, !opts.spec.vm.disks.is_empty(), opts.work)?;
+        let media = media::prepare(artifacts, &opts.spec.vm, vms, opts.work)?;
         let socket_dir = tempfile::Builder::new()
             .prefix("vmbuild-")
             .tempdir()

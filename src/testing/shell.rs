@@ -42,8 +42,7 @@ pub fn shell(
     console: &(dyn Fn(&[u8]) + Sync),
 ) -> Result<ShellEnd, TestError> {
     let backend = vm::backend(&spec.backend, accel).map_err(TestError::Infra)?;
-    media::check_disk_space(&spec.disks, 1, work)?;
-    let media = media::prepare(artifacts, !spec.disks.is_empty(), work)?;
+    let media = media::prepare(artifacts, spec, 1, work)?;
     let launch = media.launch(
         artifacts,
         spec,

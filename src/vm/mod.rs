@@ -47,8 +47,7 @@ pub struct Disk {
     pub serial: String,
 }
 
-/// The serial of a VM's root disk; scratch disk names may not start with `vmbuild`.
-pub const ROOT_DISK_SERIAL: &str = "vmbuild-root";
+pub use crate::format::guest::ROOT_DISK_SERIAL;
 
 /// Everything a backend needs to start one VM.
 #[derive(Debug, Clone)]

@@ -241,3 +241,20 @@ pub fn wait_or_kill(
     let _ = child.wait();
     None
 }
+
+/// `tests failures errors skipped` of a JUnit file, as junitparser (a real consumer) reads it.
+pub fn junit_counts(path: &std::path::Path) -> Option<String> {
+    let script = "import sys, junitparser\n\
+        x = junitparser.JUnitXml.fromfile(sys.argv[1])\n\
+        print(x.tests, x.failures, x.errors, x.skipped)\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("junitparser: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
