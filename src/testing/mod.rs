@@ -7,6 +7,7 @@
 pub mod agent;
 mod capture;
 pub(crate) mod exec;
+mod kernel_modules;
 mod media;
 pub(crate) mod phase;
 pub mod protocol;
