@@ -396,3 +396,21 @@ fn kernel_selftests_run_by_their_own_runner_are_subtests_in_results_and_junit() 
         "junitparser reads the file"
     );
 }
+
+#[test]
+fn scratch_disks_the_host_cannot_hold_are_refused_before_booting() {
+    let p = TestProject::shared();
+    p.write(
+        "recipes/huge-disks.toml",
+        "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"busybox-rootfs\"\n\
+         bundles = [\"smoke-tests\"]\n[vm]\nvms = 2\ndisks = [{ name = \"huge\", size = \"64T\" }]\n",
+    );
+    let run = p.run(&["test", "huge-disks"]).expect(2);
+    assert!(
+        run.stderr
+            .contains("the scratch disks need 128 TiB (64 TiB per VM, 2 VMs)"),
+        "{}",
+        run.stderr
+    );
+    assert!(p.entries("huge-disks").is_empty());
+}
