@@ -244,6 +244,16 @@ impl GroupGuard {
     pub fn spawn(cmd: &mut Command, grace: Duration) -> Result<GroupGuard, ProcessError> {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
+        // If vmbuild dies (kill -9), the child goes too, not left running for nobody.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         // Installed on first use: runs that start no VM start no signal thread.
         install_interrupt_handler();
         let child = spawn(cmd)?;

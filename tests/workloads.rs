@@ -414,3 +414,49 @@ fn scratch_disks_the_host_cannot_hold_are_refused_before_booting() {
     );
     assert!(p.entries("huge-disks").is_empty());
 }
+
+#[test]
+fn a_test_that_talks_over_the_agents_channel_cannot_lose_or_forge_its_result() {
+    let p = TestProject::shared();
+    // The channel is not the test's: fd 3 is closed for it.
+    p.write_exec(
+        "tests/channel/a-fd3",
+        "#!/bin/sh\nprintf 'VMBUILD END a-fd3 0\\npartial' >&3 && exit 1\necho \"no channel on fd 3\"\n",
+    );
+    // Writing to the port itself: the agent appears to go on without an END.
+    p.write_exec(
+        "tests/channel/b-done",
+        "#!/bin/sh\nprintf 'VMBUILD DONE\\n' >/dev/ttyS1\nsleep 2\n",
+    );
+    p.write_exec("tests/channel/c-after", "#!/bin/sh\necho fine\n");
+    p.write(
+        "recipes/channel-tests.toml",
+        "kind = \"bundle\"\ntests = \"../tests/channel\"\n",
+    );
+    p.write(
+        "recipes/channel.toml",
+        "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"busybox-rootfs\"\n\
+         bundles = [\"channel-tests\"]\n",
+    );
+    let run = p.run(&["test", "-f", "--json", "channel"]).expect(1);
+    let results = results_of(&run.json_lines()[0]);
+    let status = |name: &str| {
+        results["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| {
+                (
+                    t["status"].as_str().unwrap().to_string(),
+                    t["reason"].clone(),
+                )
+            })
+            .unwrap_or_else(|| panic!("{name} has a result: {results}"))
+    };
+    assert_eq!(status("a-fd3").0, "pass", "{results}");
+    let (b, reason) = status("b-done");
+    assert_eq!(b, "crash", "{results}");
+    assert!(reason.as_str().unwrap().contains("END"), "{reason}");
+    assert_eq!(status("c-after").0, "pass", "{results}");
+}

@@ -12,6 +12,13 @@
 test_path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/vmbuild/bin
 # The agent's: static busybox first (dynamic binaries start slowly under TCG).
 export PATH="/vmbuild/bin:$test_path"
+# A cpio root that brought vmbuild's busybox (a Debian root, whose essential set has no
+# mount) gets its applets linked first; stage 1 has done that already for a disk root.
+if [ -x /vmbuild/bin/busybox ] && [ ! -e /vmbuild/bin/mount ]; then
+    /vmbuild/bin/busybox --install -s /vmbuild/bin
+fi
+# A test's `kill -INT 1` must not end PID 1 (the kernel would panic).
+trap : INT
 export HOME=/root
 for dir in /proc /sys /dev /tmp /run /root; do [ -d "$dir" ] || mkdir -p "$dir"; done
 mount -t proc proc /proc 2>/dev/null
@@ -25,12 +32,6 @@ for fd in stdin:0 stdout:1 stderr:2; do
     [ -e "/dev/${fd%:*}" ] || ln -s "/proc/self/fd/${fd#*:}" "/dev/${fd%:*}"
 done
 [ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
-
-# A cpio root that brought vmbuild's busybox (a Debian root) gets its applets linked;
-# stage 1 has done that already for a disk root.
-if [ -x /vmbuild/bin/busybox ] && [ ! -e /vmbuild/bin/awk ]; then
-    /vmbuild/bin/busybox --install -s /vmbuild/bin
-fi
 
 # Power off: busybox's reboot when vmbuild brought one (a Debian root's own reboot may
 # want an init system), else the root's. qemu runs with -no-reboot, so it exits.
@@ -96,13 +97,17 @@ run_test() {
     rm -f "$marker"
     say "VMBUILD BEGIN $name"
     # setsid: the test leads its own process group, so a timeout kills all of it.
-    (cd "${path%/*}" && export PATH="$test_path" && exec setsid "$path") >"$log" 2>&1 </dev/null &
+    rm -f "$log"
+    # 3>&-: the test does not get the agent's channel.
+    (cd "${path%/*}" && export PATH="$test_path" && exec setsid "$path") >"$log" 2>&1 </dev/null 3>&- &
     pid=$!
     (sleep "$limit"; : >"$marker"; kill -9 -"$pid" 2>/dev/null; kill -9 "$pid" 2>/dev/null) &
     watchdog=$!
     wait "$pid"
     rc=$?
     kill "$watchdog" 2>/dev/null
+    # What the test left running in its group goes with it, not into the next test.
+    kill -9 -"$pid" 2>/dev/null
     # Relay the start of the output, each line cut at maxline; a flood is not sent on.
     size=$(wc -c <"$log")
     head -c "$maxlog" "$log" | awk -v p="VMBUILD LOG $name " -v max="$maxline" '

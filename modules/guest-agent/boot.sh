@@ -35,9 +35,10 @@ root=
 tries=0
 while [ -z "$root" ]; do
     for serial_file in /sys/block/*/serial; do
+        [ -r "$serial_file" ] || continue
         # sysfs ends the serial without a newline: read fails but fills $serial.
         serial=
-        IFS= read -r serial <"$serial_file" 2>/dev/null
+        IFS= read -r serial <"$serial_file"
         [ "$serial" = vmbuild-root ] || continue
         dev=${serial_file%/serial}
         root=/dev/${dev##*/}
@@ -58,6 +59,7 @@ for part in /vmbuild/*; do
     [ "$part" = /vmbuild/boot ] || cp -a "$part" /newroot/vmbuild/ || fail "cannot copy $part"
 done
 [ -x /newroot/vmbuild/init ] || fail "the guest agent did not reach the root disk"
+[ -x /newroot/bin/sh ] || fail "the root disk has no /bin/sh for the guest agent (base = \"none\" needs one in [files])"
 mount --move /dev /newroot/dev
 umount /proc /sys
 # switch_root insists on a regular /init: proof that this root is the initramfs.

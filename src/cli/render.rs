@@ -111,14 +111,22 @@ impl Renderer {
 
     /// Prints one finished test to stdout (stderr with `--json`).
     pub fn test_line(&self, recipe: &str, result: &TestResult, cached: bool) {
+        let text = self.test_text(recipe, result, cached);
+        self.print_test(&text);
+    }
+
+    /// The test's lines. Names, reasons and fio's job names come from the guest: their
+    /// control characters are shown escaped (`\u{1b}`, `\n`), so a test can neither
+    /// recolour the terminal nor forge a result line.
+    fn test_text(&self, recipe: &str, result: &TestResult, cached: bool) -> String {
         let mut text = format!(
             "{:<7} {recipe}/{} ({:.2}s)",
             result.status.name().to_uppercase(),
-            result.name,
+            printable(&result.name),
             result.duration
         );
         if let Some(reason) = &result.reason {
-            text.push_str(&format!(": {reason}"));
+            text.push_str(&format!(": {}", printable(reason)));
         }
         if cached {
             text.push_str(" [cached]");
@@ -127,15 +135,15 @@ impl Renderer {
             text.push_str(&format!(
                 "\n  {:<7} {}",
                 sub.status.name().to_uppercase(),
-                sub.name
+                printable(&sub.name)
             ));
         }
         for job in &result.fio {
             for io in &job.io {
                 text.push_str(&format!(
                     "\n  fio {} {}: {:.0} IOPS, {:.1} MiB/s, clat p50 {} p99 {}",
-                    job.name,
-                    io.direction,
+                    printable(&job.name),
+                    printable(&io.direction),
                     io.iops,
                     io.bandwidth_kib_s / 1024.0,
                     micros(io.clat_p50_us),
@@ -143,6 +151,10 @@ impl Renderer {
                 ));
             }
         }
+        text
+    }
+
+    fn print_test(&self, text: &str) {
         let to_stdout = self
             .tests_on_stdout
             .load(std::sync::atomic::Ordering::Relaxed);
@@ -219,5 +231,34 @@ fn micros(us: Option<f64>) -> String {
         Some(us) if us >= 1000.0 => format!("{:.1} ms", us / 1000.0),
         Some(us) => format!("{us:.0} us"),
         None => "-".into(),
+    }
+}
+
+/// `text` with its control characters escaped, for a terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn guest_text_cannot_reach_the_terminal_raw() {
+        assert_eq!(
+            super::printable("job\u{1b}[31m\nFAKE\r\u{7}"),
+            "job\\u{1b}[31m\\nFAKE\\r\\u{7}"
+        );
+        assert_eq!(
+            super::printable("selftests: size: get_size"),
+            "selftests: size: get_size"
+        );
     }
 }

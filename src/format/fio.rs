@@ -30,16 +30,17 @@ pub struct FioIo {
 
 /// The jobs of the first fio JSON report in `output`; empty when there is none.
 pub(crate) fn parse(output: &str) -> Vec<FioJob> {
-    // The report's first key is `"fio version"`: only the braces before its first
-    // mention can open it, nearest first, so a huge or cut-off document costs one parse.
-    let Some(mention) = output.find("\"fio version\"") else {
-        return Vec::new();
-    };
-    for (start, _) in output[..mention].rmatch_indices('{').take(8) {
-        let mut stream = serde_json::Deserializer::from_str(&output[start..]).into_iter::<Value>();
-        if let Some(Ok(report)) = stream.next() {
-            if report.get("fio version").is_some() {
-                return jobs(&report);
+    // The report's first key is `"fio version"`: only the few braces just before a
+    // mention can open it, so a huge or cut-off document costs a bounded number of
+    // parses (at most 8 mentions, 8 braces each).
+    for (mention, _) in output.match_indices("\"fio version\"").take(8) {
+        for (start, _) in output[..mention].rmatch_indices('{').take(8) {
+            let mut stream =
+                serde_json::Deserializer::from_str(&output[start..]).into_iter::<Value>();
+            if let Some(Ok(report)) = stream.next() {
+                if report.get("fio version").is_some() {
+                    return jobs(&report);
+                }
             }
         }
     }
@@ -125,5 +126,8 @@ mod tests {
         // A report cut off by the log cap: no figures, and no time spent on each brace.
         let cut = format!("{}{REPORT}", "{".repeat(100_000));
         assert!(parse(&cut[..cut.len() - 10]).is_empty());
+        // A cut-off report, then a whole one: the whole one counts.
+        let both = format!("{}\n{REPORT}", &REPORT[..REPORT.len() / 2]);
+        assert_eq!(parse(&both).len(), 1);
     }
 }

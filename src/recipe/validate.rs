@@ -502,6 +502,14 @@ impl Document<'_> {
                 Some(n) => Err(self.error(n, format!("`{what}` must be between 1 and 256"))),
             }
         };
+        // qemu's PCIe root bus has 31 slots; the root disk and the rest need a few.
+        const MAX_DISKS: usize = 24;
+        if vm.disks.len() > MAX_DISKS {
+            return Err(self.error(
+                &vm.disks[MAX_DISKS].name,
+                format!("at most {MAX_DISKS} scratch disks fit a VM's PCI bus"),
+            ));
+        }
         let mut disks = Vec::new();
         for d in &vm.disks {
             grammar::disk_name(d.name.get_ref()).map_err(|e| self.error(&d.name, e))?;

@@ -102,6 +102,7 @@ pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestE
     let mut results = skipped;
     let mut console_truncated = false;
     if !queue.is_empty() {
+        let planned: Vec<String> = queue.iter().map(|t| t.name.clone()).collect();
         let shared = Shared::new(queue);
         let vms = (opts.spec.vm.vms as usize)
             .min(shared.queue.lock().map(|q| q.len()).unwrap_or(1))
@@ -139,6 +140,24 @@ pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestE
         });
         let (run, truncated) = shared.into_results()?;
         results.extend(run);
+        // Every test queued has a result: one the VMs never reported is a crash.
+        for name in planned {
+            if !results.iter().any(|r| r.name == name) {
+                let result = TestResult {
+                    name,
+                    status: super::Status::Crash,
+                    duration: 0.0,
+                    log: String::new(),
+                    exit_code: None,
+                    reason: Some("no result came back from the guest for this test".into()),
+                    subtests: vec![],
+                    fio: vec![],
+                    truncated: false,
+                };
+                (opts.on_result)(&result);
+                results.push(result);
+            }
+        }
         console_truncated = truncated;
     }
     results.sort_by_key(|r| order.iter().position(|n| *n == r.name));

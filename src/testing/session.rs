@@ -135,15 +135,20 @@ impl Session {
 
 /// Lines on the kernel console that mean the kernel is dead or dying.
 pub(crate) fn is_kernel_crash(line: &str) -> bool {
+    // The kernel's own words start its message, after the `[    1.234567] ` stamp (and
+    // an optional `CPU: 0 PID: 1 ...`-less prefix): `BUG:` inside `DEBUG:` is not one.
+    let message = match line.trim_start().strip_prefix('[') {
+        Some(rest) => rest.split_once("] ").map_or(rest, |(_, m)| m),
+        None => line,
+    };
     [
         "Kernel panic - not syncing",
-        "BUG:",
-        "Oops:",
         "general protection fault",
         "kernel BUG at",
     ]
     .iter()
-    .any(|p| line.contains(p))
+    .any(|p| message.contains(p))
+        || ["BUG:", "Oops:"].iter().any(|p| message.starts_with(p))
 }
 
 /// The last 10 lines of what `backend` wrote on stderr, indented for an error message
@@ -171,5 +176,12 @@ mod tests {
             "[    2.0] BUG: kernel NULL pointer dereference, address: 0"
         ));
         assert!(!is_kernel_crash("[    0.0] Linux version 6.1.0"));
+        assert!(is_kernel_crash(
+            "[   12.5] Oops: 0002 [#1] PREEMPT SMP NOPTI"
+        ));
+        assert!(is_kernel_crash("BUG: unable to handle page fault"));
+        // A test's own words on the console are not the kernel's.
+        assert!(!is_kernel_crash("[    2.5] myapp DEBUG: starting phase 2"));
+        assert!(!is_kernel_crash("[    2.5] myapp: no BUG: here"));
     }
 }

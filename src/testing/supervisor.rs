@@ -27,6 +27,9 @@ use crate::vm::Wiring;
 
 /// Time a hung test gets past its own timeout before the host kills its VM.
 const HOST_GRACE: Duration = Duration::from_secs(15);
+/// Why a test whose END never came, while the agent went on, is a crash.
+const LOST_END: &str = "the agent went on before the test's END arrived \
+    (did the test write to the agent's serial port?)";
 /// How long the agent may stay silent between tests.
 const AGENT_IDLE: Duration = Duration::from_secs(60);
 
@@ -141,6 +144,10 @@ impl VmRun<'_> {
             match msg {
                 Message::Ready { .. } => ready = true,
                 Message::Next => {
+                    if let Some(r) = running.take() {
+                        self.finish(r, Status::Crash, None, Some(LOST_END.into()))?;
+                        failed_here = true;
+                    }
                     let hold = self.opts.keep_alive
                         && failed_here
                         && !self.shared.held.swap(true, Ordering::SeqCst);
@@ -222,7 +229,12 @@ impl VmRun<'_> {
                         console_path.display()
                     ));
                 }
-                Message::Done => break VmEnd::Done,
+                Message::Done => {
+                    if let Some(r) = running.take() {
+                        self.finish(r, Status::Crash, None, Some(LOST_END.into()))?;
+                    }
+                    break VmEnd::Done;
+                }
                 // Messages of `vmbuild run`, not of a test run.
                 Message::Out { .. } | Message::Exit { .. } => {}
             }
