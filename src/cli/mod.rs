@@ -122,6 +122,11 @@ pub fn main() -> i32 {
     };
     reporter.finish();
     match outcome {
+        // Whatever came back after Ctrl-C was cut short by it.
+        Ok(_) if crate::process::interrupted() => {
+            eprintln!("vmbuild: interrupted");
+            130
+        }
         Ok(code) => code,
         // A VM that died because the user pressed Ctrl-C is not a failure to report.
         Err(_) if crate::process::interrupted() => {

@@ -333,6 +333,11 @@ impl VmRun<'_> {
         exit_code: Option<i32>,
         reason: Option<String>,
     ) -> Result<(), TestError> {
+        // Ctrl-C stopped the VMs: what their tests did since says nothing, and the run
+        // publishes nothing.
+        if crate::process::interrupted() {
+            return Err(TestError::Infra("interrupted".into()));
+        }
         let log = format!("tests/{}.log", r.test.name);
         let path = self.opts.out.join(&log);
         let (output, truncated) = r.output.finish();
