@@ -44,6 +44,44 @@ impl Tools {
 
     /// The first line of `tool --version` (or of `tool <args>`), e.g. "QEMU emulator version 7.2.22".
     pub fn version(&self, tool: &str, args: &[&str]) -> Result<String, ProcessError> {
+        let key = format!("{tool} {}", args.join(" "));
+        self.remembered(tool, &key, |path| {
+            let mut command = Command::new(path);
+            command.args(args);
+            let output = process::run(&mut command)?;
+            first_line(&output.stdout)
+                // Some tools (mke2fs -V) print their version on stderr.
+                .or_else(|| first_line(&output.stderr))
+                .ok_or_else(|| ProcessError::NoVersion {
+                    command: process::describe(&command),
+                })
+        })
+    }
+
+    /// The version of `tool` (`tool --version`) and the sha256 of its binary: what a
+    /// state it saved must be restored by (a rebuilt binary of the same version may lay
+    /// out its devices' state differently).
+    pub fn identity(&self, tool: &str) -> Result<String, ProcessError> {
+        let version = self.version(tool, &["--version"])?;
+        let digest = self.remembered(tool, &format!("{tool} sha256"), |path| {
+            crate::hashing::sha256_file(path)
+                .map(|(digest, _)| digest)
+                .map_err(|source| ProcessError::Spawn {
+                    command: format!("hash {}", path.display()),
+                    source,
+                })
+        })?;
+        Ok(format!("{version} sha256:{digest}"))
+    }
+
+    /// What `compute` says of `tool`'s binary, remembered under `key` until the binary
+    /// changes (its path, size, mtime or inode).
+    fn remembered(
+        &self,
+        tool: &str,
+        key: &str,
+        compute: impl FnOnce(&Path) -> Result<String, ProcessError>,
+    ) -> Result<String, ProcessError> {
         let missing = || ProcessError::Missing {
             command: tool.to_string(),
             tool: tool.to_string(),
@@ -58,29 +96,20 @@ impl Tools {
             meta.mtime_nsec() + meta.mtime() * 1_000_000_000,
             meta.ino()
         );
-        let key = format!("{tool} {}", args.join(" "));
         {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(hit) = cache
                 .tools
-                .get(&key)
+                .get(key)
                 .filter(|c| c.stamp == stamp && !c.version.is_empty())
             {
                 return Ok(hit.version.clone());
             }
         }
-        let mut command = Command::new(&path);
-        command.args(args);
-        let output = process::run(&mut command)?;
-        let version = first_line(&output.stdout)
-            // Some tools (mke2fs -V) print their version on stderr.
-            .or_else(|| first_line(&output.stderr))
-            .ok_or_else(|| ProcessError::NoVersion {
-                command: process::describe(&command),
-            })?;
+        let version = compute(&path)?;
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.tools.insert(
-            key,
+            key.to_string(),
             CachedVersion {
                 stamp,
                 version: version.clone(),

@@ -197,6 +197,17 @@ run_exec() {
 }
 
 say "VMBUILD READY $(uname -r)"
+# The host answers WAKE. The VM may be saved while it waits here and many VMs restored
+# from that state: each gets host randomness for its random pool (a kernel with a VM
+# generation ID reseeds at once on restore too) and the time, which the state froze.
+while IFS=' ' read -r cmd seed now <&3; do
+    [ "$cmd" = WAKE ] && break
+done
+printf '%s\n' "$seed" >/dev/urandom
+case "$now" in
+    "" | *[!0-9]*) ;;
+    *) date -u -s "@$now" >/dev/null 2>&1 ;;
+esac
 while :; do
     say "VMBUILD NEXT"
     IFS=' ' read -r cmd name limit path <&3 || break

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{open_engine, render::Renderer, ForceArg, Global};
-use crate::engine::Error;
+use crate::engine::{Error, TestOptions};
 use crate::testing::{results::junit_xml, Summary};
 
 #[derive(Args)]
@@ -25,6 +25,10 @@ pub struct TestArgs {
     /// print how to attach to it and how to end it
     #[arg(long)]
     keep_alive: bool,
+    /// Boot every VM in full this run, instead of starting it from the environment's
+    /// snapshot (the default `[vm] start = "snapshot"`); the snapshot is left as it is
+    #[arg(long)]
+    cold: bool,
 }
 
 pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, Error> {
@@ -33,7 +37,14 @@ pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, 
     }
     let engine = open_engine(global, reporter, false)?;
     let plan = engine.plan(&args.recipes)?;
-    let tested = engine.test(&plan, args.force.level(), args.keep_alive)?;
+    let tested = engine.test(
+        &plan,
+        &TestOptions {
+            force: args.force.level(),
+            keep_alive: args.keep_alive,
+            cold: args.cold,
+        },
+    )?;
     let mut total = Summary::default();
     for t in &tested {
         let s = t.results.summary();

@@ -7,6 +7,7 @@ mod error;
 mod test;
 
 pub use error::Error;
+pub use test::TestOptions;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -13,11 +13,21 @@ use crate::testing::runner::Artifacts;
 use crate::testing::TestResult;
 use crate::vm;
 
+/// How `vmbuild test` runs.
+pub struct TestOptions {
+    /// Which entries to redo although cached (`-f`, `-ff`).
+    pub force: Force,
+    /// Keep the VM of the first failed test running for the user (`--keep-alive`).
+    pub keep_alive: bool,
+    /// Boot every VM in full, not from the environment's snapshot (`--cold`).
+    pub cold: bool,
+}
+
 impl Engine<'_> {
     /// `vmbuild test`: builds what the tests need, then runs each test recipe (those named
     /// and those they come `after`), reusing all-pass results from the store.
-    /// With `keep_alive`, the VM of the first failed test is kept running for the user.
-    pub fn test(&self, plan: &Plan, force: Force, keep_alive: bool) -> Result<Vec<Tested>> {
+    pub fn test(&self, plan: &Plan, options: &TestOptions) -> Result<Vec<Tested>> {
+        let force = options.force;
         for &root in &plan.graph.roots {
             let recipe = &plan.graph.nodes[root].recipe;
             if !matches!(recipe.spec, Spec::Test(_)) {
@@ -147,7 +157,8 @@ impl Engine<'_> {
                 artifacts: &arts,
                 accel,
                 force: self.forced(plan, i, force),
-                keep_alive,
+                keep_alive: options.keep_alive,
+                cold: options.cold,
             };
             let hooks = Hooks {
                 waiting: &|| self.reporter.event(Event::Waiting { name }),

@@ -33,7 +33,8 @@ use crate::fetch::FetchError;
 use crate::hashing::{self, TreeEntry};
 use crate::process::ProcessError;
 use crate::recipe::{
-    BundleBuild, BundleSpec, ConfigBase, Fetch, KernelSpec, Recipe, RootfsBase, RootfsFormat, Spec,
+    BundleBuild, BundleSpec, ConfigBase, Fetch, Isolation, KernelSpec, Recipe, RootfsBase,
+    RootfsFormat, Spec, VmSpec,
 };
 use crate::tools::Tools;
 
@@ -273,7 +274,7 @@ pub fn compute_key(
         }
         Spec::Test(t) => {
             tool(crate::vm::qemu::QEMU, &["--version"])?;
-            json!({
+            let mut inputs = json!({
                 // Results name their recipe (results.json, junit.xml).
                 "name": recipe.name,
                 "kernel": t.kernel.name,
@@ -293,7 +294,12 @@ pub fn compute_key(
                     "cmdline": t.vm.cmdline,
                     "net": t.vm.net.name(),
                 },
-            })
+            });
+            // Only when asked for, so keys of recipes that do not ask stay as they were.
+            if t.vm.isolation != Isolation::Vm {
+                inputs["vm"]["isolation"] = json!(t.vm.isolation.name());
+            }
+            inputs
         }
     };
     Ok(KeyInputs {
@@ -304,6 +310,57 @@ pub fn compute_key(
         deps,
         tools,
     })
+}
+
+/// What a booted test environment (a VM snapshot: `testing::warm`) is made of.
+pub struct Environment<'a> {
+    pub vm: &'a VmSpec,
+    pub kernel: &'a str,
+    pub rootfs: &'a str,
+    /// Each bundle's name (its folder in the guest) and key.
+    pub bundles: Vec<(&'a str, &'a str)>,
+    /// The program that runs the VM and its identity (`Tools::identity`): another build
+    /// of it may lay out its saved state differently.
+    pub hypervisor: (&'a str, String),
+    /// `kvm` or `tcg`: the CPU the state was saved on.
+    pub accel: &'a str,
+}
+
+/// The key of a booted environment: everything the guest's state depends on (kernel,
+/// rootfs, bundles and the agent, which its initramfs holds; machine, memory, cpus, disks,
+/// net and kernel command line; the hypervisor and the accelerator). Not the timeout, the
+/// number of VMs or the isolation: they change what runs in the VM, not the VM.
+pub fn environment_key(env: &Environment) -> KeyInputs {
+    let vm = env.vm;
+    let mut deps = BTreeMap::new();
+    deps.insert("kernel".to_string(), env.kernel.to_string());
+    deps.insert("rootfs".to_string(), env.rootfs.to_string());
+    for (name, key) in &env.bundles {
+        deps.insert(format!("bundle:{name}"), key.to_string());
+    }
+    let mut tools = BTreeMap::new();
+    tools.insert(env.hypervisor.0.to_string(), env.hypervisor.1.clone());
+    KeyInputs {
+        schema: KEY_SCHEMA,
+        kind: "environment",
+        arch: ARCH,
+        recipe: json!({
+            "bundles": env.bundles.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+            "guest_sha256": crate::format::guest::fingerprint(),
+            "accel": env.accel,
+            "vm": {
+                "backend": format!("{:?}", vm.backend).to_lowercase(),
+                "machine": vm.machine,
+                "memory_mb": vm.memory_mb,
+                "cpus": vm.cpus,
+                "disks": vm.disks.iter().map(|d| json!({"name": d.name, "size": d.size})).collect::<Vec<_>>(),
+                "cmdline": vm.cmdline,
+                "net": vm.net.name(),
+            },
+        }),
+        deps,
+        tools,
+    }
 }
 
 /// What a `[build]` command sees: its argv, each input's content by the name it has in

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 
 pub(crate) use explain::explain_change;
 pub(crate) use key::{build_input_content, hash_path, tree_digest};
-pub use key::{compute_key, KeyContext, KeyError, KeyInputs, KEY_SCHEMA};
+pub use key::{
+    compute_key, environment_key, Environment, KeyContext, KeyError, KeyInputs, KEY_SCHEMA,
+};
 
 use crate::recipe::{Diagnostic, Project, Recipe, RecipeError, RecipeRef};
 

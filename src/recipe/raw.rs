@@ -106,6 +106,8 @@ pub struct Vm {
     pub cmdline: Option<Text>,
     pub boot_timeout: Option<Text>,
     pub net: Option<Text>,
+    pub start: Option<Text>,
+    pub isolation: Option<Text>,
 }
 
 #[derive(Deserialize)]

@@ -178,6 +178,35 @@ impl Network {
     }
 }
 
+/// How a test VM starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// From the booted environment's snapshot in the store (made on first use): the
+    /// default.
+    Snapshot,
+    /// A full boot, every time.
+    Boot,
+}
+
+/// What tests share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// The tests of one VM run one after another in it: the default.
+    Vm,
+    /// Every test gets a VM of its own, started from the snapshot: no test sees what
+    /// another left.
+    Test,
+}
+
+impl Isolation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isolation::Vm => "vm",
+            Isolation::Test => "test",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
     pub name: String,
@@ -198,6 +227,8 @@ pub struct VmSpec {
     pub cmdline: String,
     pub boot_timeout: Duration,
     pub net: Network,
+    pub start: StartMode,
+    pub isolation: Isolation,
 }
 
 /// A test recipe's `[vm]` defaults, also the VM of `vmbuild run --kernel K --rootfs R`.
@@ -214,6 +245,8 @@ impl Default for VmSpec {
             cmdline: String::new(),
             boot_timeout: Duration::from_secs(120),
             net: Network::None,
+            start: StartMode::Snapshot,
+            isolation: Isolation::Vm,
         }
     }
 }

@@ -476,6 +476,33 @@ impl Document<'_> {
                 );
             }
         };
+        let start = match vm.start.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("snapshot") => StartMode::Snapshot,
+            Some("boot") => StartMode::Boot,
+            Some(other) => {
+                let s = vm.start.as_ref().expect("set");
+                return Err(Diagnostic::new(self.at(s), format!("unknown start `{other}`"))
+                    .with_help(
+                        "expected `snapshot` (restore the booted environment from the store) \
+                         or `boot` (boot every VM in full)",
+                    )
+                    .into());
+            }
+        };
+        let isolation = match vm.isolation.as_ref().map(|i| i.get_ref().as_str()) {
+            None | Some("vm") => Isolation::Vm,
+            Some("test") => Isolation::Test,
+            Some(other) => {
+                let i = vm.isolation.as_ref().expect("set");
+                return Err(
+                    Diagnostic::new(self.at(i), format!("unknown isolation `{other}`"))
+                        .with_help(
+                            "expected `vm` (tests share their VM) or `test` (a fresh VM per test)",
+                        )
+                        .into(),
+                );
+            }
+        };
         if let (Network::User, BackendKind::Bhyve, Some(n)) = (net, &backend, &vm.net) {
             // bhyve's slirp backend lets connections only into the guest on released
             // FreeBSD, and a tap or netgraph NIC needs host setup vmbuild does not do.
@@ -591,6 +618,8 @@ impl Document<'_> {
                     .unwrap_or_default(),
                 boot_timeout,
                 net,
+                start,
+                isolation,
             },
         })
     }

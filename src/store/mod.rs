@@ -98,6 +98,11 @@ impl Staging {
     pub fn out(&self) -> &Path {
         &self.dir
     }
+
+    /// The name the entry will have.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
 }
 
 fn is_key(s: &str) -> bool {

@@ -1,5 +1,5 @@
-//! The kernel command line of a VM the guest agent serves. The agent and stage 1
-//! themselves are in `format::guest`.
+//! The kernel command line of a VM the guest agent serves, and the agent's wake-up. The
+//! agent and stage 1 themselves are in `format::guest`.
 
 use super::capture::{MAX_LINE, MAX_LOG};
 use crate::vm;
@@ -18,4 +18,22 @@ pub(crate) fn cmdline(init: &str, recipe_cmdline: &str) -> String {
     } else {
         format!("{line} {recipe_cmdline}")
     }
+}
+
+/// What wakes the agent after READY: fresh host randomness and the host's time, so that
+/// VMs restored from one saved state neither share random state nor keep its clock.
+pub(crate) fn wake() -> String {
+    let mut seed = [0u8; 32];
+    // The clock and the process id, should the host's generator fail (it does not).
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        seed[..16].copy_from_slice(&nanos.to_le_bytes());
+        seed[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    super::protocol::wake(&seed, now)
 }

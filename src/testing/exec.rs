@@ -19,7 +19,7 @@ use super::runner::{Artifacts, TestError};
 use super::session::{is_kernel_crash, said, Event, Session};
 use crate::fsio::io_err;
 use crate::recipe::VmSpec;
-use crate::vm::{self, Accel, Wiring};
+use crate::vm::{self, Accel, RootLayer, Wiring};
 
 pub struct Exec<'a> {
     pub vm: &'a VmSpec,
@@ -72,6 +72,7 @@ pub fn exec(e: Exec) -> Result<Outcome, TestError> {
             socket: socket.clone(),
             shell: None,
         },
+        RootLayer::Throwaway,
     );
     let session = Session::start(backend.as_ref(), &launch, &socket, e.detail)?;
     // Written under a name of our own, then renamed: runs of one recipe at the same
@@ -121,7 +122,15 @@ pub fn exec(e: Exec) -> Result<Outcome, TestError> {
             Ok(Event::AgentLine { line, .. }) => line,
         };
         match protocol::parse(&line) {
-            Some(Message::Ready { .. }) => ready = true,
+            Some(Message::Ready { .. }) => {
+                ready = true;
+                let woke = agent
+                    .as_mut()
+                    .is_some_and(|s| s.write_all(agent::wake().as_bytes()).is_ok());
+                if !woke {
+                    break End::Exited;
+                }
+            }
             Some(Message::Next) => {
                 // One command per boot: a second NEXT (the agent could not read it) stops.
                 let reply = if std::mem::replace(&mut sent, true) {

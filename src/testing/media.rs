@@ -22,7 +22,7 @@ use crate::format::rootfs as layout;
 use crate::fsio::io_err;
 use crate::recipe::units::approx_size;
 use crate::recipe::{DiskSpec, Network, VmSpec};
-use crate::vm::{Disk, Launch, Net, Wiring};
+use crate::vm::{Disk, Launch, Net, RootDisk, RootLayer, Wiring};
 
 /// The kernel options behind those modules, and the fragment that sets them.
 const DISK_OPTIONS: [(&str, &str); 2] = [
@@ -41,7 +41,8 @@ pub(crate) struct BootMedia {
 }
 
 impl BootMedia {
-    /// One VM booting these media with `vm`'s settings, `cmdline` and scratch `disks`.
+    /// One VM booting these media with `vm`'s settings, `cmdline` and scratch `disks`,
+    /// its root disk (for a disk root) behind `layer`.
     pub(crate) fn launch(
         &self,
         artifacts: &Artifacts,
@@ -49,6 +50,7 @@ impl BootMedia {
         cmdline: String,
         disks: Vec<Disk>,
         wiring: Wiring,
+        layer: RootLayer,
     ) -> Launch {
         Launch {
             kernel: artifacts.kernel.path.join("bzImage"),
@@ -57,13 +59,18 @@ impl BootMedia {
             machine: vm.machine.clone(),
             memory_mb: vm.memory_mb,
             cpus: vm.cpus,
-            root_disk: self.root_disk.clone(),
+            root_disk: self.root_disk.as_ref().map(|image| RootDisk {
+                image: image.clone(),
+                layer,
+            }),
             disks,
             net: match vm.net {
                 Network::None => Net::None,
                 Network::User => Net::User,
             },
             wiring,
+            control: None,
+            incoming: None,
         }
     }
 }

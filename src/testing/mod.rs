@@ -17,6 +17,7 @@ pub mod runner;
 mod session;
 pub(crate) mod shell;
 mod supervisor;
+mod warm;
 
 use serde::{Deserialize, Serialize};
 

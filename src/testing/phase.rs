@@ -12,7 +12,10 @@ use super::results::{read_results, write_results};
 use super::runner::{self, Artifacts, RunOptions, TestError};
 use super::{RunResults, TestResult};
 use crate::fsio::io_err;
-use crate::recipe::TestSpec;
+use crate::graph::{environment_key, Environment};
+use crate::recipe::{StartMode, TestSpec};
+use crate::tools::Tools;
+use super::warm::Warm;
 use crate::store::{Entry, Manifest, Status, Store, StoreError};
 use crate::vm::Accel;
 
@@ -29,6 +32,8 @@ pub(crate) struct Job<'a> {
     pub force: bool,
     /// Keep the VM of the first failed test running for the user (`--keep-alive`).
     pub keep_alive: bool,
+    /// Boot every VM in full, whatever the recipe's `[vm] start` (`--cold`).
+    pub cold: bool,
 }
 
 /// How the phase tells its caller what happens (the engine turns these into events).
@@ -117,6 +122,36 @@ fn run_into(store: &Store, job: &Job, hooks: &Hooks, out: &Path) -> Result<RunRe
     // Durations from the last run order the queue slowest first.
     let previous = store.latest(job.name)?.and_then(|e| read_results(&e).ok());
     let backend = crate::vm::backend(&job.spec.vm.backend, job.accel).map_err(TestError::Infra)?;
+    let warm = match backend.snapshots() {
+        Some(snapshots) if job.spec.vm.start == StartMode::Snapshot && !job.cold => {
+            let program = backend.program();
+            let identity = Tools::new(store.root())
+                .identity(program)
+                .map_err(TestError::Process)?;
+            let environment = Environment {
+                vm: &job.spec.vm,
+                kernel: &job.artifacts.kernel.manifest.key,
+                rootfs: &job.artifacts.rootfs.manifest.key,
+                bundles: job
+                    .artifacts
+                    .bundles
+                    .iter()
+                    .map(|(name, entry)| (*name, entry.manifest.key.as_str()))
+                    .collect(),
+                hypervisor: (program, identity),
+                accel: job.accel.name(),
+            };
+            Some(Warm::open(
+                store,
+                snapshots,
+                &environment_key(&environment),
+                &format!("env-{}", job.name),
+                &|| (hooks.notice)("another vmbuild is making this environment's snapshot: waiting for it"),
+                hooks.notice,
+            )?)
+        }
+        _ => None,
+    };
     (hooks.booting)();
     let on_result = |result: &TestResult| (hooks.on_result)(result, false);
     let opts = RunOptions {
@@ -133,6 +168,7 @@ fn run_into(store: &Store, job: &Job, hooks: &Hooks, out: &Path) -> Result<RunRe
         detail: hooks.detail,
         notice: hooks.notice,
         keep_alive: job.keep_alive,
+        warm: warm.as_ref(),
     };
     runner::run(&opts, job.artifacts)
 }

@@ -6,7 +6,9 @@
 //! `VMBUILD TRUNCATED <test> <bytes>` (the test wrote `<bytes>`; the agent relayed less).
 //! For a command (`vmbuild run`): `VMBUILD OUT <1|2> <text>` (a line of its stdout or
 //! stderr), `VMBUILD PART <1|2> <text>` (output without a line end), `VMBUILD EXIT <code>`.
-//! Host to guest, in answer to NEXT: `RUN <test> <timeout-seconds> <path>`, `STOP`,
+//! Host to guest, once after READY (at once for a VM restored from a state saved while
+//! its agent waited there): `WAKE <seed> <unix-seconds>`, host randomness (hex) for the
+//! guest's random pool and the time to set its clock to. Then, in answer to NEXT: `RUN <test> <timeout-seconds> <path>`, `STOP`,
 //! `HOLD` (`--keep-alive` after a failure: start a shell on the third serial port), or
 //! `EXEC <argc>` followed by one line per argument, each byte as three octal digits.
 
@@ -152,6 +154,12 @@ pub(crate) fn exec_command(argv: &[OsString]) -> String {
 }
 
 pub const STOP: &str = "STOP\n";
+
+/// The answer to READY: `seed` for the guest's random pool, `now` (seconds since the
+/// epoch) for its clock.
+pub fn wake(seed: &[u8], now: u64) -> String {
+    format!("WAKE {} {now}\n", hex::encode(seed))
+}
 /// Keep the VM for the user after a failure (`--keep-alive`).
 pub const HOLD: &str = "HOLD\n";
 

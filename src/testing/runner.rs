@@ -9,6 +9,7 @@ use std::path::Path;
 use super::media;
 use super::queue::{self, bundle_tests, Offer, Plan, Shared};
 use super::supervisor::VmRun;
+use super::warm::Warm;
 use super::{RunResults, TestResult};
 use crate::format::kconfig::read_config;
 use crate::fsio::{io_err, IoError};
@@ -70,6 +71,9 @@ pub struct RunOptions<'a> {
     pub notice: &'a (dyn Fn(&str) + Sync),
     /// Keep the VM of the first failed test running for the user (`--keep-alive`).
     pub keep_alive: bool,
+    /// The environment's snapshot VMs start from (made by the first, if missing);
+    /// `None`: every VM boots in full.
+    pub(crate) warm: Option<&'a Warm<'a>>,
 }
 
 pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestError> {

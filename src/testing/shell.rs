@@ -18,7 +18,7 @@ use super::media::{self, scratch_disks};
 use super::runner::{Artifacts, TestError};
 use crate::fsio::io_err;
 use crate::recipe::VmSpec;
-use crate::vm::{self, Accel, Wiring};
+use crate::vm::{self, Accel, RootLayer, Wiring};
 
 /// How long a halted guest's VM gets to exit on SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -55,6 +55,7 @@ pub fn shell(
         .to_string(),
         scratch_disks(&spec.disks, work, "shell")?,
         Wiring::Interactive,
+        RootLayer::Throwaway,
     );
     let mut cmd = backend.command(&launch)?;
     cmd.stdout(Stdio::piped());

@@ -19,10 +19,12 @@ use super::protocol::{self, End, Message};
 use super::queue::{Planned, Shared};
 use super::runner::{Artifacts, RunOptions, TestError};
 use super::session::{is_kernel_crash, said, Event, Session};
+use super::warm::Start;
 use super::{Status, TestResult};
 use crate::format::complaint::complaint;
 use crate::format::{fio, tap};
 use crate::fsio::io_err;
+use crate::recipe::Isolation;
 use crate::vm::Wiring;
 
 /// Time a hung test gets past its own timeout before the host kills its VM.
@@ -61,29 +63,46 @@ impl VmRun<'_> {
         }
     }
 
-    /// Boots the VM, serves tests until it ends, then removes its scratch disks.
+    /// Starts the VM (restored from the environment's snapshot where there is one),
+    /// serves tests until it ends, then removes its scratch disks. A VM that could not
+    /// start from the snapshot starts again in full.
     pub(crate) fn run(&self) -> Result<(), TestError> {
-        let disks = scratch_disks(
-            &self.opts.spec.vm.disks,
-            self.opts.work,
-            &format!("vm{}", self.worker),
-        )?;
-        let result = self.serve(disks.clone());
-        remove_disks(&disks);
-        result
+        loop {
+            let disks = scratch_disks(
+                &self.opts.spec.vm.disks,
+                self.opts.work,
+                &format!("vm{}", self.worker),
+            )?;
+            let result = self.serve(disks.clone());
+            remove_disks(&disks);
+            match result? {
+                Served::Done => return Ok(()),
+                Served::NotRestored => continue,
+            }
+        }
     }
 
-    fn serve(&self, disks: Vec<crate::vm::Disk>) -> Result<(), TestError> {
+    fn serve(&self, disks: Vec<crate::vm::Disk>) -> Result<Served, TestError> {
         let spec = self.opts.spec;
-        // Fresh disks for each test: one test per boot.
-        let one_test = !disks.is_empty() && !spec.vm.share_disks;
-        let socket = self
-            .socket_dir
-            .join(format!("agent{}-{}.sock", self.worker, self.boot));
-        let shell_socket = self
-            .socket_dir
-            .join(format!("shell{}-{}.sock", self.worker, self.boot));
-        let launch = self.media.launch(
+        // Fresh disks for each test, or a fresh VM: one test per boot.
+        let one_test = (!disks.is_empty() && !spec.vm.share_disks)
+            || spec.vm.isolation == Isolation::Test;
+        let name = |what: &str, ext: &str| {
+            self.socket_dir
+                .join(format!("{what}{}-{}.{ext}", self.worker, self.boot))
+        };
+        let socket = name("agent", "sock");
+        let shell_socket = name("shell", "sock");
+        let control = name("control", "sock");
+        let start = match self.opts.warm {
+            Some(warm) => warm.start(
+                self.opts.work,
+                &format!("vm{}-{}", self.worker, self.boot),
+                self.media.root_disk.as_deref(),
+            )?,
+            None => Start::Cold,
+        };
+        let mut launch = self.media.launch(
             self.artifacts,
             &spec.vm,
             agent::cmdline(self.media.init, &spec.vm.cmdline),
@@ -92,7 +111,14 @@ impl VmRun<'_> {
                 socket: socket.clone(),
                 shell: self.opts.keep_alive.then(|| shell_socket.clone()),
             },
+            start.root_layer(),
         );
+        if !matches!(start, Start::Cold) {
+            launch.control = Some(control.clone());
+        }
+        if let Start::Restore(restore) = &start {
+            launch.incoming = Some(restore.state.clone());
+        }
         let console_path = self.opts.out.join(self.console_name());
         let console_file =
             fs_err::File::create(&console_path).map_err(io_err("create", &console_path))?;
@@ -102,6 +128,39 @@ impl VmRun<'_> {
         let boot_started = Instant::now();
         let mut agent: Option<UnixStream> = None;
         let mut ready = false;
+        // The agent waits for WAKE: after READY, or at once when restored.
+        let mut wake_due = false;
+        let mut saving = None;
+        match (start, self.opts.warm) {
+            (Start::Restore(restore), Some(warm)) => {
+                let started = warm
+                    .loaded(&restore, &control, spec.vm.boot_timeout)
+                    .and_then(|()| warm.snapshots().resume(&control));
+                if let Err(why) = started {
+                    let stderr = session.end(None, &mut console);
+                    // The backend's own last words say it best ("load of migration failed").
+                    let why = stderr
+                        .lines()
+                        .rev()
+                        .map(str::trim)
+                        .find(|l| !l.is_empty())
+                        .map_or(why, |said| format!("{}: {said}", self.opts.backend.name()));
+                    warm.restore_failed(&why, &|| {
+                        (self.opts.notice)("waiting for another vmbuild making this snapshot")
+                    });
+                    return Ok(Served::NotRestored);
+                }
+                (self.opts.detail)(&format!(
+                    "vm{}: started from the snapshot in {:.2} s",
+                    self.worker,
+                    boot_started.elapsed().as_secs_f64()
+                ));
+                ready = true;
+                wake_due = true;
+            }
+            (Start::Save(s), _) => saving = Some(s),
+            _ => {}
+        }
         let mut running: Option<Running> = None;
         let mut last_event = Instant::now();
         let mut failed_here = false;
@@ -131,7 +190,12 @@ impl VmRun<'_> {
                     continue;
                 }
                 Event::ConsoleClosed => break VmEnd::Exited,
-                Event::AgentConnected(stream) => {
+                Event::AgentConnected(mut stream) => {
+                    if std::mem::take(&mut wake_due)
+                        && stream.write_all(agent::wake().as_bytes()).is_err()
+                    {
+                        break VmEnd::Exited;
+                    }
                     agent = Some(stream);
                     continue;
                 }
@@ -142,7 +206,32 @@ impl VmRun<'_> {
                 },
             };
             match msg {
-                Message::Ready { .. } => ready = true,
+                Message::Ready { release } => {
+                    ready = true;
+                    if let (Some(saving), Some(warm)) = (saving.take(), self.opts.warm) {
+                        let saved = warm.save(saving, &control, &console_path, &release);
+                        if let Err(why) = &saved {
+                            warm.save_failed(why);
+                        }
+                        // Saved or not, the VM goes on (a failed save may have paused it).
+                        if let Err(why) = warm.snapshots().resume(&control) {
+                            break VmEnd::Unresumed(why);
+                        }
+                        if saved.is_ok() {
+                            (self.opts.detail)(&format!(
+                                "vm{}: booted in {:.2} s and saved",
+                                self.worker,
+                                boot_started.elapsed().as_secs_f64()
+                            ));
+                        }
+                    }
+                    let woke = agent
+                        .as_mut()
+                        .is_some_and(|s| s.write_all(agent::wake().as_bytes()).is_ok());
+                    if !woke {
+                        break VmEnd::Exited;
+                    }
+                }
                 Message::Next => {
                     if let Some(r) = running.take() {
                         self.finish(r, Status::Crash, None, Some(LOST_END.into()))?;
@@ -248,8 +337,13 @@ impl VmRun<'_> {
             self.shared.console_truncated.store(true, Ordering::Relaxed);
         }
 
-        match outcome {
+        let ended = match outcome {
             VmEnd::Done => Ok(()),
+            VmEnd::Unresumed(why) => Err(TestError::Infra(format!(
+                "{backend} did not resume the VM after saving it: {why}\n  console: {}{}",
+                self.keep_console(&console_path),
+                said(backend, &stderr_text)
+            ))),
             _ if !ready => {
                 let kept = self.keep_console(&console_path);
                 if let Some(refused) = stage1_failure(&console_path, &kept) {
@@ -304,7 +398,8 @@ impl VmRun<'_> {
                     said(backend, &stderr_text)
                 ))),
             },
-        }
+        };
+        ended.map(|()| Served::Done)
     }
 
     /// Copies the console of a VM that failed out of the staged entry (removed with the
@@ -366,7 +461,17 @@ impl VmRun<'_> {
     }
 }
 
+/// How a VM's service ended.
+enum Served {
+    /// It served tests (or failed in a way the results or an error tell).
+    Done,
+    /// It could not start from the snapshot: start another.
+    NotRestored,
+}
+
 enum VmEnd {
+    /// The backend could not run the VM again after saving it.
+    Unresumed(String),
     Done,
     Exited,
     Deadline,

@@ -47,6 +47,10 @@ impl Backend for Bhyve {
         "bhyve"
     }
 
+    fn program(&self) -> &'static str {
+        "bhyve"
+    }
+
     fn command(&self, launch: &Launch) -> Result<Command, Unsupported> {
         if launch.net != Net::None {
             return Err(Unsupported(
@@ -61,6 +65,13 @@ impl Backend for Bhyve {
                 "the bhyve backend cannot boot a root disk image without writing to it; \
                  use the qemu backend, or a cpio root"
                     .into(),
+            ));
+        }
+        if launch.control.is_some() || launch.incoming.is_some() {
+            // Never asked: `snapshots()` says this backend has none (docs/warm-starts.md
+            // says what bhyve's suspend and resume would need).
+            return Err(Unsupported(
+                "the bhyve backend cannot save or restore a running VM".into(),
             ));
         }
         let mut cmd = Command::new("bhyve");
@@ -116,6 +127,8 @@ mod tests {
                 socket: "/unused".into(),
                 shell: None,
             },
+            control: None,
+            incoming: None,
         };
         let b = Bhyve {
             vm_name: "vmbuild0".into(),
@@ -143,7 +156,10 @@ mod tests {
         assert!(refused.to_string().contains("qemu backend"), "{refused}");
 
         let disk_root = Launch {
-            root_disk: Some("/store/rootfs.ext4".into()),
+            root_disk: Some(crate::vm::RootDisk {
+                image: "/store/rootfs.ext4".into(),
+                layer: crate::vm::RootLayer::Throwaway,
+            }),
             ..launch
         };
         let refused = b.command(&disk_root).expect_err("no copy-on-write root");

@@ -6,6 +6,7 @@
 
 pub mod bhyve;
 pub mod qemu;
+mod qmp;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,6 +50,27 @@ pub struct Disk {
 
 pub use crate::format::guest::ROOT_DISK_SERIAL;
 
+/// A root disk image, only ever read, and what the VM's writes go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootDisk {
+    pub image: PathBuf,
+    pub layer: RootLayer,
+}
+
+/// What lies between a root disk image and the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootLayer {
+    /// A throwaway copy-on-write overlay of this VM's own: its writes are gone when it
+    /// ends, so many VMs share one image.
+    Throwaway,
+    /// The guest's writes go to this overlay file (made by `Snapshots::create_overlay`):
+    /// a VM whose state is saved keeps its disk's changes there.
+    Record(PathBuf),
+    /// The changes recorded before a saved state, read-only over the image, then a
+    /// throwaway overlay: the disk as the restored guest left it.
+    Replay(PathBuf),
+}
+
 /// Everything a backend needs to start one VM.
 #[derive(Debug, Clone)]
 pub struct Launch {
@@ -58,20 +80,47 @@ pub struct Launch {
     pub machine: String,
     pub memory_mb: u64,
     pub cpus: u32,
-    /// A root disk image, only ever read: the guest's writes go to a throwaway
-    /// copy-on-write overlay of this VM's own, so many VMs share one image. Its serial
-    /// is `ROOT_DISK_SERIAL`.
-    pub root_disk: Option<PathBuf>,
+    /// The root disk, whose serial is `ROOT_DISK_SERIAL`.
+    pub root_disk: Option<RootDisk>,
     /// Scratch disks, read-write, in the order the guest enumerates them.
     pub disks: Vec<Disk>,
     pub net: Net,
     pub wiring: Wiring,
+    /// A socket the backend listens on for `Snapshots` requests.
+    pub control: Option<PathBuf>,
+    /// A state `Snapshots::save` wrote: the VM starts from it, paused (see
+    /// `Snapshots::resume`), instead of booting. Everything else in the launch must be
+    /// as it was for the VM that saved it, paths of files and sockets aside.
+    pub incoming: Option<PathBuf>,
 }
 
 pub trait Backend: Sync {
     fn name(&self) -> &'static str;
+    /// The program that runs VMs: its identity is part of saved states' keys.
+    fn program(&self) -> &'static str;
     /// The command that boots `launch`, or why this backend cannot.
     fn command(&self, launch: &Launch) -> Result<Command, Unsupported>;
+    /// Saving and restoring a running VM, when this backend can.
+    fn snapshots(&self) -> Option<&dyn Snapshots> {
+        None
+    }
+}
+
+/// Saving a running VM's whole state to a file and starting VMs from it. Every call
+/// talks to the VM through the launch's `control` socket. Errors are one line, in the
+/// backend's words.
+pub trait Snapshots: Sync {
+    /// Makes `overlay` an empty copy-on-write layer over `image`, for
+    /// `RootLayer::Record`.
+    fn create_overlay(&self, image: &Path, overlay: &Path) -> Result<(), String>;
+    /// Pauses the VM and writes its state to `state`; it stays paused.
+    fn save(&self, control: &Path, state: &Path) -> Result<(), String>;
+    /// Waits until a VM started with `incoming` has loaded its state (it is then
+    /// paused); `Err` when the backend refused the state (another version, another CPU,
+    /// a damaged file).
+    fn wait_loaded(&self, control: &Path, within: std::time::Duration) -> Result<(), String>;
+    /// Runs a paused VM.
+    fn resume(&self, control: &Path) -> Result<(), String>;
 }
 
 /// The backend a test recipe asks for, on this host: the one place that picks a

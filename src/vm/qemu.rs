@@ -8,11 +8,36 @@
 //! own, deleted when qemu exits). Every other drive is a fresh scratch file. Each drive
 //! is a virtio-blk device with a serial the guest names it by.
 
+use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use super::{Accel, Backend, Launch, Net, Unsupported, Wiring, ROOT_DISK_SERIAL};
+use serde_json::{json, Value};
+
+use super::qmp::Qmp;
+use super::{
+    Accel, Backend, Launch, Net, RootLayer, Snapshots, Unsupported, Wiring, ROOT_DISK_SERIAL,
+};
 
 pub const QEMU: &str = "qemu-system-x86_64";
+const QEMU_IMG: &str = "qemu-img";
+/// How long a starting qemu may take to open its control socket.
+const CONTROL_WITHIN: Duration = Duration::from_secs(10);
+/// The longest a save may take (88 MB for a 512 MiB guest, in well under a second).
+const SAVE_WITHIN: Duration = Duration::from_secs(120);
+/// The migration speed limit while saving: none to speak of (qemu's default, 128 MiB/s,
+/// would make a save of a paused VM wait for nothing).
+const SAVE_BANDWIDTH: u64 = 1 << 40;
+
+/// `path` as a qemu option value: a comma would start another option, so it is doubled.
+fn option_path(path: &Path) -> String {
+    path.to_string_lossy().replace(',', ",,")
+}
+
+/// `path` as one word of a `sh -c` command (qemu's `exec:` migration runs one).
+fn shell_word(path: &Path) -> String {
+    format!("'{}'", path.to_string_lossy().replace('\'', "'\\''"))
+}
 
 pub struct Qemu {
     pub accel: Accel,
@@ -21,6 +46,14 @@ pub struct Qemu {
 impl Backend for Qemu {
     fn name(&self) -> &'static str {
         "qemu"
+    }
+
+    fn program(&self) -> &'static str {
+        QEMU
+    }
+
+    fn snapshots(&self) -> Option<&dyn Snapshots> {
+        Some(self)
     }
 
     fn command(&self, launch: &Launch) -> Result<Command, Unsupported> {
@@ -48,41 +81,128 @@ impl Backend for Qemu {
         .arg("-initrd")
         .arg(&launch.initrd)
         .args(["-append", &launch.cmdline]);
+        // Three serial ports whatever they carry: a saved state restores only into the
+        // same devices.
         match &launch.wiring {
             Wiring::Agent { socket, shell } => {
                 cmd.args(["-serial", "stdio", "-serial"])
-                    .arg(format!("unix:{}", socket.display()));
-                if let Some(shell) = shell {
-                    cmd.arg("-serial")
-                        .arg(format!("unix:{},server=on,wait=off", shell.display()));
-                }
+                    .arg(format!("unix:{}", socket.display()))
+                    .arg("-serial");
+                match shell {
+                    Some(shell) => cmd.arg(format!("unix:{},server=on,wait=off", shell.display())),
+                    None => cmd.arg("null"),
+                };
             }
             Wiring::Interactive => {
-                cmd.args(["-serial", "mon:stdio", "-serial", "null"]);
+                cmd.args(["-serial", "mon:stdio", "-serial", "null", "-serial", "null"]);
             }
         }
-        let root = launch
-            .root_disk
-            .iter()
-            .map(|path| (path, ROOT_DISK_SERIAL, true));
-        let scratch = launch
-            .disks
-            .iter()
-            .map(|d| (&d.path, d.serial.as_str(), false));
-        for (n, (path, serial, overlay)) in root.chain(scratch).enumerate() {
-            // A comma in a path would start another option: qemu escapes it as `,,`.
-            let file = path.to_string_lossy().replace(',', ",,");
-            let mode = if overlay {
-                "snapshot=on"
-            } else {
-                "cache=unsafe"
+        // A VM generation ID: a restored Linux guest sees it change and reseeds its
+        // random number generator at once. It lives in ACPI, which pc and q35 have.
+        if launch.machine.starts_with("pc") || launch.machine.starts_with("q35") {
+            cmd.args(["-device", "vmgenid,guid=auto"]);
+        }
+        if let Some(control) = &launch.control {
+            cmd.arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", option_path(control)));
+        }
+        if let Some(state) = &launch.incoming {
+            cmd.arg("-incoming")
+                .arg(format!("exec:cat {}", shell_word(state)));
+        }
+        if let Some(root) = &launch.root_disk {
+            let image = option_path(&root.image);
+            let drive = match &root.layer {
+                RootLayer::Throwaway => format!("file={image},format=raw,snapshot=on"),
+                RootLayer::Record(overlay) => format!(
+                    "driver=qcow2,file.filename={},backing.driver=raw,backing.file.filename={image}",
+                    option_path(overlay)
+                ),
+                // The recorded layer's own idea of its backing file is not asked: the
+                // store may have moved since.
+                RootLayer::Replay(layer) => format!(
+                    "driver=qcow2,file.filename={},backing.driver=raw,backing.file.filename={image},\
+                     snapshot=on",
+                    option_path(layer)
+                ),
             };
             cmd.arg("-drive")
-                .arg(format!("file={file},format=raw,if=none,id=disk{n},{mode}"))
+                .arg(format!("{drive},if=none,id=disk0"))
                 .arg("-device")
-                .arg(format!("virtio-blk-pci,drive=disk{n},serial={serial}"));
+                .arg(format!("virtio-blk-pci,drive=disk0,serial={ROOT_DISK_SERIAL}"));
+        }
+        let first = usize::from(launch.root_disk.is_some());
+        for (n, disk) in launch.disks.iter().enumerate() {
+            let n = n + first;
+            cmd.arg("-drive")
+                .arg(format!(
+                    "file={},format=raw,if=none,id=disk{n},cache=unsafe",
+                    option_path(&disk.path)
+                ))
+                .arg("-device")
+                .arg(format!("virtio-blk-pci,drive=disk{n},serial={}", disk.serial));
         }
         Ok(cmd)
+    }
+}
+
+impl Snapshots for Qemu {
+    fn create_overlay(&self, image: &Path, overlay: &Path) -> Result<(), String> {
+        let mut cmd = Command::new(QEMU_IMG);
+        cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(image)
+            .arg(overlay);
+        crate::process::run(&mut cmd)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn save(&self, control: &Path, state: &Path) -> Result<(), String> {
+        let mut qmp = Qmp::connect(control, CONTROL_WITHIN)?;
+        qmp.execute("stop", json!({}))?;
+        qmp.execute(
+            "migrate-set-parameters",
+            json!({ "max-bandwidth": SAVE_BANDWIDTH }),
+        )?;
+        qmp.execute(
+            "migrate",
+            json!({ "uri": format!("exec:cat > {}", shell_word(state)) }),
+        )?;
+        migration_done(&mut qmp, SAVE_WITHIN)
+    }
+
+    fn wait_loaded(&self, control: &Path, within: Duration) -> Result<(), String> {
+        let mut qmp = Qmp::connect(control, CONTROL_WITHIN)?;
+        migration_done(&mut qmp, within)
+    }
+
+    fn resume(&self, control: &Path) -> Result<(), String> {
+        Qmp::connect(control, CONTROL_WITHIN)?
+            .execute("cont", json!({}))
+            .map(drop)
+    }
+}
+
+/// Polls the migration under way (a save, or a VM loading its `-incoming` state) until it
+/// completes; its error when it fails.
+fn migration_done(qmp: &mut Qmp, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let info = qmp.execute("query-migrate", json!({}))?;
+        match info.get("status").and_then(Value::as_str) {
+            Some("completed") => return Ok(()),
+            Some("failed") | Some("cancelled") => {
+                let why = info
+                    .get("error-desc")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no reason given");
+                return Err(format!("the migration failed: {why}"));
+            }
+            _ if Instant::now() >= deadline => {
+                return Err(format!("the migration did not complete within {within:?}"))
+            }
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
     }
 }
 
@@ -101,7 +221,10 @@ mod tests {
             machine: "q35".into(),
             memory_mb: 512,
             cpus: 2,
-            root_disk: Some(PathBuf::from("/s/root,1.ext4")),
+            root_disk: Some(crate::vm::RootDisk {
+                image: PathBuf::from("/s/root,1.ext4"),
+                layer: crate::vm::RootLayer::Throwaway,
+            }),
             disks: vec![Disk {
                 path: PathBuf::from("/w/scratch.img"),
                 serial: "scratch".into(),
@@ -111,6 +234,8 @@ mod tests {
                 socket: "/tmp/a.sock".into(),
                 shell: None,
             },
+            control: None,
+            incoming: None,
         };
         let cmd = Qemu { accel: Accel::Tcg }
             .command(&launch)
@@ -130,7 +255,7 @@ mod tests {
         );
         assert!(
             line.contains(
-                "-drive file=/s/root,,1.ext4,format=raw,if=none,id=disk0,snapshot=on \
+                "-drive file=/s/root,,1.ext4,format=raw,snapshot=on,if=none,id=disk0 \
                  -device virtio-blk-pci,drive=disk0,serial=vmbuild-root \
                  -drive file=/w/scratch.img,format=raw,if=none,id=disk1,cache=unsafe \
                  -device virtio-blk-pci,drive=disk1,serial=scratch"
@@ -160,6 +285,8 @@ mod tests {
                 disks: vec![],
                 net: Net::None,
                 wiring,
+                control: None,
+                incoming: None,
             };
             let cmd = Qemu { accel: Accel::Kvm }
                 .command(&launch)
@@ -174,9 +301,16 @@ mod tests {
                 args.windows(2).any(|w| w[0] == "-nic" && w[1] == "none"),
                 "{line}"
             );
-            for opened in ["-netdev", "-fsdev", "-virtfs", "-drive", "-hda", "-device"] {
+            for opened in ["-netdev", "-fsdev", "-virtfs", "-drive", "-hda"] {
                 assert!(!args.iter().any(|a| a == opened), "{opened} in {line}");
             }
+            // One device: the VM generation ID (no data goes through it).
+            let devices: Vec<&str> = args
+                .windows(2)
+                .filter(|w| w[0] == "-device")
+                .map(|w| w[1].as_str())
+                .collect();
+            assert_eq!(devices, ["vmgenid,guid=auto"], "{line}");
             // The store's kernel reaches the guest only as qemu's own copy.
             assert!(line.contains("-kernel /store/k/bzImage"), "{line}");
         }
@@ -198,6 +332,8 @@ mod tests {
                 socket: "/tmp/a.sock".into(),
                 shell: None,
             },
+            control: None,
+            incoming: None,
         };
         let cmd = Qemu { accel: Accel::Tcg }
             .command(&launch)
