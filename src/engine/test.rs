@@ -2,9 +2,10 @@
 //! the artifacts the rest need, then each test recipe in `after` order, handed to
 //! `testing::phase`, which reuses or runs and publishes its results.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Engine, Error, Force, Plan, Result, Tested};
+use crate::graph::{environment_key, Environment};
 use crate::recipe::Spec;
 use crate::report::Event;
 use crate::store::Entry;
@@ -190,5 +191,44 @@ impl Engine<'_> {
             .iter()
             .filter_map(|r| outcomes.remove(r))
             .collect())
+    }
+
+    /// The keys of the booted environments (VM snapshots) the plan's test recipes start
+    /// from, under either accelerator: what `gc` keeps of environment entries.
+    pub fn environment_keys(&self, plan: &Plan) -> Result<BTreeSet<String>> {
+        let mut keys = BTreeSet::new();
+        for node in &plan.graph.nodes {
+            let Spec::Test(spec) = &node.recipe.spec else {
+                continue;
+            };
+            let key_of = |r: &crate::recipe::RecipeRef| {
+                plan.graph
+                    .index_of(&r.name)
+                    .map_or("", |idx| plan.keys[idx].as_str())
+            };
+            for accel in [vm::Accel::Kvm, vm::Accel::Tcg] {
+                let Ok(backend) = vm::backend(&spec.vm.backend, accel) else {
+                    continue;
+                };
+                let program = backend.program();
+                let Ok(identity) = self.tools.identity(program) else {
+                    continue;
+                };
+                let environment = Environment {
+                    vm: &spec.vm,
+                    kernel: key_of(&spec.kernel),
+                    rootfs: key_of(&spec.rootfs),
+                    bundles: spec
+                        .bundles
+                        .iter()
+                        .map(|b| (b.name.as_str(), key_of(b)))
+                        .collect(),
+                    hypervisor: (program, identity),
+                    accel: accel.name(),
+                };
+                keys.insert(environment_key(&environment).key());
+            }
+        }
+        Ok(keys)
     }
 }

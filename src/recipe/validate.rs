@@ -476,19 +476,20 @@ impl Document<'_> {
                 );
             }
         };
-        let start = match vm.start.as_ref().map(|s| s.get_ref().as_str()) {
-            None | Some("snapshot") => StartMode::Snapshot,
-            Some("boot") => StartMode::Boot,
-            Some(other) => {
-                let s = vm.start.as_ref().expect("set");
-                return Err(Diagnostic::new(self.at(s), format!("unknown start `{other}`"))
+        let start =
+            match vm.start.as_ref().map(|s| s.get_ref().as_str()) {
+                None | Some("snapshot") => StartMode::Snapshot,
+                Some("boot") => StartMode::Boot,
+                Some(other) => {
+                    let s = vm.start.as_ref().expect("set");
+                    return Err(Diagnostic::new(self.at(s), format!("unknown start `{other}`"))
                     .with_help(
                         "expected `snapshot` (restore the booted environment from the store) \
                          or `boot` (boot every VM in full)",
                     )
                     .into());
-            }
-        };
+                }
+            };
         let isolation = match vm.isolation.as_ref().map(|i| i.get_ref().as_str()) {
             None | Some("vm") => Isolation::Vm,
             Some("test") => Isolation::Test,

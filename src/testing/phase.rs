@@ -10,13 +10,13 @@ use std::time::Instant;
 
 use super::results::{read_results, write_results};
 use super::runner::{self, Artifacts, RunOptions, TestError};
+use super::warm::Warm;
 use super::{RunResults, TestResult};
 use crate::fsio::io_err;
 use crate::graph::{environment_key, Environment};
 use crate::recipe::{StartMode, TestSpec};
-use crate::tools::Tools;
-use super::warm::Warm;
 use crate::store::{Entry, Manifest, Status, Store, StoreError};
+use crate::tools::Tools;
 use crate::vm::Accel;
 
 /// One test recipe to run, with everything its entry needs.
@@ -146,7 +146,11 @@ fn run_into(store: &Store, job: &Job, hooks: &Hooks, out: &Path) -> Result<RunRe
                 snapshots,
                 &environment_key(&environment),
                 &format!("env-{}", job.name),
-                &|| (hooks.notice)("another vmbuild is making this environment's snapshot: waiting for it"),
+                &|| {
+                    (hooks.notice)(
+                        "another vmbuild is making this environment's snapshot: waiting for it",
+                    )
+                },
                 hooks.notice,
             )?)
         }

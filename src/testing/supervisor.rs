@@ -19,7 +19,7 @@ use super::protocol::{self, End, Message};
 use super::queue::{Planned, Shared};
 use super::runner::{Artifacts, RunOptions, TestError};
 use super::session::{is_kernel_crash, said, Event, Session};
-use super::warm::Start;
+use super::warm::{NotLoaded, Start};
 use super::{Status, TestResult};
 use crate::format::complaint::complaint;
 use crate::format::{fio, tap};
@@ -85,8 +85,8 @@ impl VmRun<'_> {
     fn serve(&self, disks: Vec<crate::vm::Disk>) -> Result<Served, TestError> {
         let spec = self.opts.spec;
         // Fresh disks for each test, or a fresh VM: one test per boot.
-        let one_test = (!disks.is_empty() && !spec.vm.share_disks)
-            || spec.vm.isolation == Isolation::Test;
+        let one_test =
+            (!disks.is_empty() && !spec.vm.share_disks) || spec.vm.isolation == Isolation::Test;
         let name = |what: &str, ext: &str| {
             self.socket_dir
                 .join(format!("{what}{}-{}.{ext}", self.worker, self.boot))
@@ -135,16 +135,24 @@ impl VmRun<'_> {
             (Start::Restore(restore), Some(warm)) => {
                 let started = warm
                     .loaded(&restore, &control, spec.vm.boot_timeout)
-                    .and_then(|()| warm.snapshots().resume(&control));
-                if let Err(why) = started {
+                    .and_then(|()| {
+                        warm.snapshots()
+                            .resume(&control)
+                            .map_err(NotLoaded::Refused)
+                    });
+                if let Err(not_loaded) = started {
                     let stderr = session.end(None, &mut console);
-                    // The backend's own last words say it best ("load of migration failed").
-                    let why = stderr
-                        .lines()
-                        .rev()
-                        .map(str::trim)
-                        .find(|l| !l.is_empty())
-                        .map_or(why, |said| format!("{}: {said}", self.opts.backend.name()));
+                    let why = match not_loaded {
+                        NotLoaded::Damaged(why) => why,
+                        // The backend's own last words say it best ("load of migration
+                        // failed: ...").
+                        NotLoaded::Refused(why) => stderr
+                            .lines()
+                            .rev()
+                            .map(str::trim)
+                            .find(|l| !l.is_empty())
+                            .map_or(why, |said| format!("{}: {said}", self.opts.backend.name())),
+                    };
                     warm.restore_failed(&why, &|| {
                         (self.opts.notice)("waiting for another vmbuild making this snapshot")
                     });

@@ -58,6 +58,14 @@ enum Slot {
     Off,
 }
 
+/// Why a VM could not start from the entry.
+pub(crate) enum NotLoaded {
+    /// The entry's files are not what its manifest says.
+    Damaged(String),
+    /// The backend would not load the state (its own words are on its stderr).
+    Refused(String),
+}
+
 /// How one VM comes up.
 pub(crate) enum Start<'w> {
     /// A full boot.
@@ -205,9 +213,7 @@ impl<'a> Warm<'a> {
                             let _ = fs_err::remove_file(&record);
                             if let Err(why) = self.snapshots.create_overlay(image, &record) {
                                 drop(slot);
-                                self.give_up(&format!(
-                                    "cannot make its root disk layer: {why}"
-                                ));
+                                self.give_up(&format!("cannot make its root disk layer: {why}"));
                                 return Ok(Start::Cold);
                             }
                             Some(record)
@@ -299,23 +305,34 @@ impl<'a> Warm<'a> {
     }
 
     /// Rehashes the entry while the VM loads its state (once per run: the first VM that
-    /// restores), then waits until the VM has loaded it. `Err` says why it cannot be
-    /// used.
-    pub(crate) fn loaded(&self, restore: &Restore, control: &Path, within: Duration) -> Result<(), String> {
-        let problems = std::thread::scope(|scope| {
+    /// restores), then waits until the VM has loaded it.
+    pub(crate) fn loaded(
+        &self,
+        restore: &Restore,
+        control: &Path,
+        within: Duration,
+    ) -> Result<(), NotLoaded> {
+        let (loaded, problems) = std::thread::scope(|scope| {
             let check = restore
                 .check
                 .as_ref()
                 .map(|entry| scope.spawn(|| self.store.verify(entry)));
             let loaded = self.snapshots.wait_loaded(control, within);
             let problems = check
-                .map(|c| c.join().unwrap_or_else(|_| vec!["its check panicked".into()]))
+                .map(|c| {
+                    c.join()
+                        .unwrap_or_else(|_| vec!["its check panicked".into()])
+                })
                 .unwrap_or_default();
-            loaded.map(|()| problems)
-        })?;
+            (loaded, problems)
+        });
+        // Damage explains a refusal; it is what to say.
         if let Some(first) = problems.first() {
-            return Err(format!("its files do not match its manifest: {first}"));
+            return Err(NotLoaded::Damaged(format!(
+                "its files do not match its manifest: {first}"
+            )));
         }
+        loaded.map_err(NotLoaded::Refused)?;
         if restore.check.is_some() {
             if let Slot::Ready { checked, .. } =
                 &mut *self.slot.lock().unwrap_or_else(|e| e.into_inner())

@@ -129,7 +129,9 @@ impl Backend for Qemu {
             cmd.arg("-drive")
                 .arg(format!("{drive},if=none,id=disk0"))
                 .arg("-device")
-                .arg(format!("virtio-blk-pci,drive=disk0,serial={ROOT_DISK_SERIAL}"));
+                .arg(format!(
+                    "virtio-blk-pci,drive=disk0,serial={ROOT_DISK_SERIAL}"
+                ));
         }
         let first = usize::from(launch.root_disk.is_some());
         for (n, disk) in launch.disks.iter().enumerate() {
@@ -140,7 +142,10 @@ impl Backend for Qemu {
                     option_path(&disk.path)
                 ))
                 .arg("-device")
-                .arg(format!("virtio-blk-pci,drive=disk{n},serial={}", disk.serial));
+                .arg(format!(
+                    "virtio-blk-pci,drive=disk{n},serial={}",
+                    disk.serial
+                ));
         }
         Ok(cmd)
     }

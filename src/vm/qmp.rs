@@ -41,7 +41,9 @@ impl Qmp {
         };
         let greeting = qmp.read()?;
         if greeting.get("QMP").is_none() {
-            return Err(format!("its control socket did not greet as QMP: {greeting}"));
+            return Err(format!(
+                "its control socket did not greet as QMP: {greeting}"
+            ));
         }
         qmp.execute("qmp_capabilities", json!({}))?;
         Ok(qmp)

@@ -185,6 +185,21 @@ pub fn boots(log: &Path) -> usize {
         .count()
 }
 
+/// Of the boots `counting_qemu` recorded, those that booted a kernel in full (not
+/// restored from a saved state with `-incoming`).
+pub fn cold_boots(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("-kernel") && !l.contains("-incoming"))
+        .count()
+}
+
+/// Of the boots `counting_qemu` recorded, the VMs started from a saved state.
+pub fn restores(log: &Path) -> usize {
+    boots(log) - cold_boots(log)
+}
+
 /// The kept log a failed build's message names (`(full log: PATH)`).
 pub fn named_log(stderr: &str) -> PathBuf {
     stderr
