@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vmbuild benchmarks: each compares vmbuild with the plain tool doing the same work, in one
 # hyperfine run, and prints the figures. Run from the repository root after `.ci/install-deps`:
-#   benches/run.sh [cached|keying|cpio|boot|run|kernel-tree|kernel-incremental|kernel-loop|debian-root|disk-boot|all]
+#   benches/run.sh [cached|keying|cpio|boot|run|kernel-tree|kernel-incremental|kernel-loop|debian-root|disk-boot|warm|all]
 # Needs: hyperfine, a release build (built here), network access to the Debian mirror.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -115,6 +115,35 @@ bench_run() {
     # Bare qemu: the same rootfs and bundle plus an /init that runs `true` and powers off.
     bare_qemu bare-run "$kernel" "true" "$rootfs" "$bundle"
     measure run --warmup 1 --runs "${RUNS:-5}" "$bare >/dev/null" "$vmbuild run smoke -- true 2>/dev/null"
+}
+
+bench_warm() {
+    section "warm starts: one test from the environment's snapshot vs --cold vs bare qemu"
+    project="$work/warm"
+    mkdir -p "$project/recipes" "$project/tests/one"
+    cp -r recipes modules tests vmbuild.lock "$project/"
+    printf '#!/bin/sh\necho hi\n' >"$project/tests/one/hi"
+    chmod +x "$project/tests/one/hi"
+    printf 'kind = "bundle"\ntests = "../tests/one"\n' >"$project/recipes/one-tests.toml"
+    printf 'kind = "test"\nkernel = "debian-kernel"\nrootfs = "busybox-rootfs"\nbundles = ["one-tests"]\n' >"$project/recipes/one.toml"
+    sed 's/^\[vm\]/[vm]\nisolation = "test"/' recipes/smoke.toml >"$project/recipes/smoke-isolated.toml"
+    "$vmbuild" -C "$project" test -f one smoke smoke-isolated >/dev/null 2>&1
+    kernel=$("$vmbuild" -C "$project" build debian-kernel)/bzImage
+    rootfs=$("$vmbuild" -C "$project" build busybox-rootfs)/rootfs.cpio.gz
+    bare_qemu bare-warm "$kernel" "echo hi" "$rootfs"
+    measure warm-one --warmup 1 --runs "${RUNS:-5}" \
+        "$vmbuild -C $project test -f --cold one >/dev/null 2>&1" \
+        "$vmbuild -C $project test -f one >/dev/null 2>&1" \
+        "$bare >/dev/null"
+    section "making the snapshot (boot, save, run the test) vs a cold run"
+    measure warm-make --warmup 1 --runs "${RUNS:-5}" \
+        --prepare "rm -rf $VMBUILD_CACHE_DIR/*-env-one" \
+        "$vmbuild -C $project test -f --cold one >/dev/null 2>&1" \
+        "$vmbuild -C $project test -f one >/dev/null 2>&1"
+    section "the smoke suite with isolation = \"test\" (a VM per test) vs sharing one VM, both from the snapshot"
+    measure warm-isolation --warmup 1 --runs "${RUNS:-5}" \
+        "$vmbuild -C $project test -f smoke >/dev/null 2>&1" \
+        "$vmbuild -C $project test -f smoke-isolated >/dev/null 2>&1"
 }
 
 bench_kernel_tree_setup() {
@@ -263,6 +292,7 @@ case "$which" in
     kernel-loop) bench_kernel_loop ;;
     debian-root) bench_debian_root ;;
     disk-boot) bench_disk_boot ;;
-    all) bench_cached; bench_keying; bench_cpio; bench_boot; bench_run; bench_kernel_tree; bench_kernel_incremental; bench_kernel_loop; bench_debian_root; bench_disk_boot ;;
+    warm) bench_warm ;;
+    all) bench_cached; bench_keying; bench_cpio; bench_boot; bench_run; bench_kernel_tree; bench_kernel_incremental; bench_kernel_loop; bench_debian_root; bench_disk_boot; bench_warm ;;
     *) echo "unknown benchmark: $which" >&2; exit 2 ;;
 esac

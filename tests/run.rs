@@ -234,8 +234,28 @@ fn run_refuses_what_it_cannot_boot() {
 /// types `command`, and returns how vmbuild ended (`None`: it had to be killed) and
 /// what it printed (the console, then its stderr).
 fn shell_session(p: &TestProject, recipe: &str, command: &str) -> (Option<i32>, String) {
-    let mut child = p
-        .command(&["shell", recipe])
+    shell_session_with_path(p, None, recipe, command)
+}
+
+/// `shell_session` with `dir` first on PATH (a qemu wrapper).
+fn shell_session_with_path(
+    p: &TestProject,
+    dir: Option<&std::path::Path>,
+    recipe: &str,
+    command: &str,
+) -> (Option<i32>, String) {
+    let mut cmd = p.command(&["shell", recipe]);
+    if let Some(dir) = dir {
+        cmd.env(
+            "PATH",
+            format!(
+                "{}:{}",
+                dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        );
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -303,4 +323,49 @@ fn shell_ends_when_the_guest_powers_off_or_halts() {
     let (code, console) = shell_session(&p, "smoke", "halt -f");
     assert_eq!(code, Some(0), "{console}");
     assert!(console.contains("reboot: System halted"), "{console}");
+}
+
+#[test]
+fn run_and_shell_start_from_the_environments_snapshot() {
+    let p = TestProject::shared();
+    // An environment of this test's own.
+    p.write(
+        "recipes/warm-run.toml",
+        "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"busybox-rootfs\"\nbundles = [\"smoke-tests\"]\n[vm]\ncmdline = \"vmbuild.suite=warm-run\"\n",
+    );
+    let (qemu_dir, log) = common::counting_qemu();
+    let first = p
+        .run_with_path(qemu_dir.path(), &["run", "warm-run", "--", "echo", "made"])
+        .expect(0);
+    assert_eq!(first.stdout, "made\n");
+    assert_eq!((common::cold_boots(&log), common::restores(&log)), (1, 0));
+    let second = p
+        .run_with_path(
+            qemu_dir.path(),
+            &["run", "warm-run", "--", "cat", "/proc/cmdline"],
+        )
+        .expect(0);
+    assert!(
+        second.stdout.contains("vmbuild.suite=warm-run"),
+        "{}",
+        second.stdout
+    );
+    assert_eq!((common::cold_boots(&log), common::restores(&log)), (1, 1));
+    // The shell lands in a VM started from the same snapshot, the console on the terminal.
+    let (code, console) = shell_session_with_path(
+        &p,
+        Some(qemu_dir.path()),
+        "warm-run",
+        "echo from-the-shell; exit",
+    );
+    assert_eq!(code, Some(0), "{console}");
+    assert!(console.contains("from-the-shell"), "{console}");
+    assert_eq!((common::cold_boots(&log), common::restores(&log)), (1, 2));
+    // --cold boots in full.
+    p.run_with_path(
+        qemu_dir.path(),
+        &["run", "--cold", "warm-run", "--", "true"],
+    )
+    .expect(0);
+    assert_eq!((common::cold_boots(&log), common::restores(&log)), (2, 2));
 }

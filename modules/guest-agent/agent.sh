@@ -65,7 +65,6 @@ for serial_file in /sys/block/*/serial; do
 done
 
 chan=/dev/ttyS1
-mode=agent
 # The most of a test's output relayed, and the longest line; the host keeps no more.
 maxlog=8388608
 maxline=65536
@@ -74,16 +73,8 @@ for arg in $(cat /proc/cmdline); do
         vmbuild.channel=*) chan="/dev/${arg#vmbuild.channel=}" ;;
         vmbuild.maxlog=*) maxlog="${arg#vmbuild.maxlog=}" ;;
         vmbuild.maxline=*) maxline="${arg#vmbuild.maxline=}" ;;
-        vmbuild.shell=1) mode=shell ;;
     esac
 done
-
-if [ "$mode" = shell ]; then
-    echo "vmbuild shell: the test's VM. 'exit' powers it off."
-    export PATH="$test_path"
-    if command -v cttyhack >/dev/null 2>&1; then setsid cttyhack sh -l; else sh -l; fi
-    power_off
-fi
 
 stty -F "$chan" raw -echo 2>/dev/null
 exec 3<>"$chan"
@@ -214,6 +205,17 @@ while :; do
     case "$cmd" in
         RUN) run_test "$name" "$limit" "$path" ;;
         EXEC) run_exec "$name" ;;
+        SHELL)
+            # `vmbuild shell`: a login shell on the console (the user's terminal), then
+            # power off.
+            echo "vmbuild shell: the test's VM. 'exit' powers it off." >/dev/console
+            (
+                export PATH="$test_path"
+                if command -v cttyhack >/dev/null 2>&1; then exec setsid cttyhack sh -l; fi
+                exec sh -l
+            ) </dev/console >/dev/console 2>&1 3>&-
+            break
+            ;;
         HOLD)
             # --keep-alive: a test failed; give the user a shell on the third serial port
             # and power off when it exits.

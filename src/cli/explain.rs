@@ -7,6 +7,7 @@ use super::{open_engine, render::Renderer, Global};
 use crate::engine::Error;
 use crate::graph::explain_change;
 use crate::store::Status;
+use crate::vm::detect_accel;
 
 #[derive(Args)]
 pub struct ExplainArgs {
@@ -57,6 +58,31 @@ pub fn run(global: &Global, reporter: &Renderer, args: ExplainArgs) -> Result<i3
                     }
                 }
                 None => println!("no earlier entry of `{name}` to compare with"),
+            }
+        }
+    }
+    if let Some(env) = engine.environment_inputs(&plan, root, detect_accel(engine.store.root()).0) {
+        let env_key = env.key();
+        match engine.store.lookup(&env_key, &format!("env-{name}"))? {
+            Some(entry) => println!(
+                "environment: {env_key}, its VMs start from the snapshot at {}",
+                entry.path.display()
+            ),
+            None => {
+                println!(
+                    "environment: {env_key}, no snapshot yet: the next run boots once and saves it"
+                );
+                if let Some(previous) = engine.store.latest(&format!("env-{name}"))? {
+                    println!(
+                        "  changed since the last snapshot ({}):",
+                        previous.manifest.key
+                    );
+                    let previous = engine.store.manifest(&previous)?;
+                    let now = env.to_value();
+                    for line in explain_change(&previous.inputs, &now, &engine.store.trees_dir()) {
+                        println!("    {line}");
+                    }
+                }
             }
         }
     }

@@ -41,7 +41,7 @@ pub fn run(global: &Global, reporter: &Renderer, args: GcArgs) -> Result<i32, Er
         .map(|plan| -> Result<BTreeSet<String>, Error> {
             let mut keep: BTreeSet<String> = plan.keys.iter().cloned().collect();
             // The booted environments the test recipes start from.
-            keep.extend(engine.environment_keys(plan)?);
+            keep.extend(engine.environment_keys(plan));
             // Unpacked kernel sources are kept while any kernel recipe still builds from them.
             for entry in engine.store.entries()? {
                 if entry.manifest.kind == "source" {

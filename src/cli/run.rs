@@ -49,6 +49,9 @@ pub struct RunArgs {
     /// Also show the kernel console on stderr as the guest boots and runs
     #[arg(long)]
     console: bool,
+    /// Boot the VM in full instead of starting it from the environment's snapshot
+    #[arg(long)]
+    cold: bool,
     /// The command to run in the guest, and its arguments, after `--`
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -109,6 +112,9 @@ pub fn run(global: &Global, reporter: &Renderer, args: RunArgs) -> Result<i32, E
         on_output: &mut on_output,
         on_console: &on_console,
         detail: &detail,
+        store: (!args.cold).then_some(&engine.store),
+        name: &env.name,
+        notice: &|line: &str| reporter.event(Event::Notice(line)),
     })
     .map_err(|source| Error::Boot {
         name: env.name.clone(),

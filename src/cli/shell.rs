@@ -8,13 +8,16 @@ use clap::Args;
 use super::boot::{self, BootEnv};
 use super::{open_engine, render::Renderer, Global};
 use crate::engine::Error;
-use crate::testing::shell;
+use crate::testing::shell::{self, Shell};
 
 #[derive(Args)]
 pub struct ShellArgs {
     /// A test recipe name or path
     #[arg(value_name = "RECIPE")]
     recipe: String,
+    /// Boot the VM in full instead of starting it from the environment's snapshot
+    #[arg(long)]
+    cold: bool,
 }
 
 pub fn run(global: &Global, reporter: &Renderer, args: ShellArgs) -> Result<i32, Error> {
@@ -34,7 +37,18 @@ pub fn run(global: &Global, reporter: &Renderer, args: ShellArgs) -> Result<i32,
         let _ = out.flush();
     };
     let terminal = Terminal::save();
-    let end = shell::shell(&env.vm, &env.artifacts(), accel, work.path(), &console);
+    let artifacts = env.artifacts();
+    let notice = |line: &str| eprintln!("vmbuild: {line}");
+    let end = shell::shell(&Shell {
+        vm: &env.vm,
+        artifacts: &artifacts,
+        accel,
+        work: work.path(),
+        console: &console,
+        store: (!args.cold).then_some(&engine.store),
+        name: &env.name,
+        notice: &notice,
+    });
     drop(terminal);
     let end = end.map_err(|source| Error::Boot {
         name: env.name.clone(),

@@ -193,42 +193,50 @@ impl Engine<'_> {
             .collect())
     }
 
-    /// The keys of the booted environments (VM snapshots) the plan's test recipes start
-    /// from, under either accelerator: what `gc` keeps of environment entries.
-    pub fn environment_keys(&self, plan: &Plan) -> Result<BTreeSet<String>> {
-        let mut keys = BTreeSet::new();
-        for node in &plan.graph.nodes {
-            let Spec::Test(spec) = &node.recipe.spec else {
-                continue;
-            };
-            let key_of = |r: &crate::recipe::RecipeRef| {
-                plan.graph
-                    .index_of(&r.name)
-                    .map_or("", |idx| plan.keys[idx].as_str())
-            };
-            for accel in [vm::Accel::Kvm, vm::Accel::Tcg] {
-                let Ok(backend) = vm::backend(&spec.vm.backend, accel) else {
-                    continue;
-                };
-                let program = backend.program();
-                let Ok(identity) = self.tools.identity(program) else {
-                    continue;
-                };
-                let environment = Environment {
-                    vm: &spec.vm,
-                    kernel: key_of(&spec.kernel),
-                    rootfs: key_of(&spec.rootfs),
-                    bundles: spec
-                        .bundles
-                        .iter()
-                        .map(|b| (b.name.as_str(), key_of(b)))
-                        .collect(),
-                    hypervisor: (program, identity),
-                    accel: accel.name(),
-                };
-                keys.insert(environment_key(&environment).key());
-            }
-        }
-        Ok(keys)
+    /// The key inputs of the booted environment (VM snapshot) test recipe `node` starts
+    /// from under `accel`; `None` for another kind, or a backend or qemu not here.
+    pub fn environment_inputs(
+        &self,
+        plan: &Plan,
+        node: usize,
+        accel: vm::Accel,
+    ) -> Option<crate::graph::KeyInputs> {
+        let Spec::Test(spec) = &plan.graph.nodes[node].recipe.spec else {
+            return None;
+        };
+        let key_of = |r: &crate::recipe::RecipeRef| {
+            plan.graph
+                .index_of(&r.name)
+                .map_or("", |idx| plan.keys[idx].as_str())
+        };
+        let backend = vm::backend(&spec.vm.backend, accel).ok()?;
+        backend.snapshots()?;
+        let program = backend.program();
+        let identity = self.tools.identity(program).ok()?;
+        Some(environment_key(&Environment {
+            vm: &spec.vm,
+            kernel: key_of(&spec.kernel),
+            rootfs: key_of(&spec.rootfs),
+            bundles: spec
+                .bundles
+                .iter()
+                .map(|b| (b.name.as_str(), key_of(b)))
+                .collect(),
+            hypervisor: (program, identity),
+            accel: accel.name(),
+        }))
+    }
+
+    /// The keys of the booted environments the plan's test recipes start from, under
+    /// either accelerator: what `gc` keeps of environment entries.
+    pub fn environment_keys(&self, plan: &Plan) -> BTreeSet<String> {
+        (0..plan.graph.nodes.len())
+            .flat_map(|node| {
+                [vm::Accel::Kvm, vm::Accel::Tcg]
+                    .map(|accel| self.environment_inputs(plan, node, accel))
+            })
+            .flatten()
+            .map(|inputs| inputs.key())
+            .collect()
     }
 }

@@ -389,6 +389,56 @@ fn build_inputs(build: &BundleBuild, ctx: &KeyContext) -> Result<Value, KeyError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_environment_is_keyed_by_what_the_saved_guest_depends_on_and_nothing_else() {
+        let vm = VmSpec::default();
+        let key = |vm: &VmSpec, identity: &str, accel: &str, bundle: &str| {
+            environment_key(&Environment {
+                vm,
+                kernel: "k1",
+                rootfs: "r1",
+                bundles: vec![("smoke-tests", bundle)],
+                hypervisor: ("qemu-system-x86_64", identity.to_string()),
+                accel,
+            })
+            .key()
+        };
+        let base = key(&vm, "QEMU 7.2 sha256:aa", "tcg", "b1");
+        assert_eq!(base, key(&vm, "QEMU 7.2 sha256:aa", "tcg", "b1"));
+        // Another qemu binary, accelerator or bundle is another saved guest.
+        assert_ne!(base, key(&vm, "QEMU 7.2 sha256:bb", "tcg", "b1"));
+        assert_ne!(base, key(&vm, "QEMU 7.2 sha256:aa", "kvm", "b1"));
+        assert_ne!(base, key(&vm, "QEMU 7.2 sha256:aa", "tcg", "b2"));
+        for changed in [
+            VmSpec {
+                memory_mb: 1024,
+                ..VmSpec::default()
+            },
+            VmSpec {
+                cmdline: "quiet".into(),
+                ..VmSpec::default()
+            },
+            VmSpec {
+                disks: vec![crate::recipe::DiskSpec {
+                    name: "scratch".into(),
+                    size: 1 << 30,
+                }],
+                ..VmSpec::default()
+            },
+        ] {
+            assert_ne!(base, key(&changed, "QEMU 7.2 sha256:aa", "tcg", "b1"));
+        }
+        // What runs in the VM is not the VM.
+        let same = VmSpec {
+            vms: 4,
+            isolation: Isolation::Test,
+            start: crate::recipe::StartMode::Boot,
+            boot_timeout: std::time::Duration::from_secs(5),
+            ..VmSpec::default()
+        };
+        assert_eq!(base, key(&same, "QEMU 7.2 sha256:aa", "tcg", "b1"));
+    }
     use crate::recipe::{Project, RecipeRef};
 
     #[test]

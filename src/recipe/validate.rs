@@ -748,6 +748,44 @@ mod tests {
         assert_eq!(vm_of(bhyve.expect("valid")).net, Network::None);
     }
 
+    #[test]
+    fn start_and_isolation_default_to_snapshot_and_vm_and_refuse_other_values() {
+        let default = vm_of(load_test_recipe(TEST_HEAD).expect("valid"));
+        assert_eq!(
+            (default.start, default.isolation),
+            (StartMode::Snapshot, Isolation::Vm)
+        );
+        let set = vm_of(
+            load_test_recipe(&format!(
+                "{TEST_HEAD}[vm]\nstart = \"boot\"\nisolation = \"test\"\n"
+            ))
+            .expect("valid"),
+        );
+        assert_eq!(
+            (set.start, set.isolation),
+            (StartMode::Boot, Isolation::Test)
+        );
+        for (line, said, help) in [
+            (
+                "start = \"resume\"",
+                "unknown start `resume`",
+                "expected `snapshot`",
+            ),
+            (
+                "isolation = \"vms\"",
+                "unknown isolation `vms`",
+                "expected `vm`",
+            ),
+        ] {
+            let err = load_test_recipe(&format!("{TEST_HEAD}[vm]\n{line}\n"))
+                .expect_err("refused")
+                .to_string();
+            assert!(err.starts_with(said), "{err}");
+            assert!(err.contains("t.toml:5:"), "{err}");
+            assert!(err.contains(help), "{err}");
+        }
+    }
+
     /// Pieces of recipes, good and bad, for the fuzzer to assemble.
     const FRAGMENTS: [&str; 29] = [
         "kind = \"kernel\"\n",

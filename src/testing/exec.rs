@@ -13,13 +13,15 @@ use std::time::Instant;
 
 use super::agent;
 use super::capture::{CappedWriter, MAX_LOG};
-use super::media::{self, scratch_disks};
+use super::media::{self, scratch_disks, BootMedia};
 use super::protocol::{self, Message, Stream};
 use super::runner::{Artifacts, TestError};
 use super::session::{is_kernel_crash, said, Event, Session};
+use super::warm::{Start, Warm};
 use crate::fsio::io_err;
 use crate::recipe::VmSpec;
-use crate::vm::{self, Accel, RootLayer, Wiring};
+use crate::store::Store;
+use crate::vm::{self, Accel, Backend, Wiring};
 
 pub struct Exec<'a> {
     pub vm: &'a VmSpec,
@@ -39,6 +41,12 @@ pub struct Exec<'a> {
     pub on_console: &'a dyn Fn(&str),
     /// Receives verbose details (the VM's command line).
     pub detail: &'a dyn Fn(&str),
+    /// The store holding the environment's snapshot the VM starts from (made now if
+    /// missing, as `env-<name>`); `None` boots in full.
+    pub store: Option<&'a Store>,
+    pub name: &'a str,
+    /// Receives what the user should know now (a snapshot being made or replaced).
+    pub notice: &'a (dyn Fn(&str) + Sync),
 }
 
 /// How the command ended.
@@ -51,6 +59,8 @@ pub enum Outcome {
 }
 
 enum End {
+    /// The backend could not run the VM again after saving it.
+    Unresumed(String),
     Exit(i32),
     OutputClosed,
     Exited,
@@ -58,12 +68,45 @@ enum End {
     KernelCrash(String),
 }
 
-/// Boots the VM, runs `argv` in it, and ends the VM as soon as the command exits.
-pub fn exec(e: Exec) -> Result<Outcome, TestError> {
+/// Boots the VM (or starts it from the environment's snapshot), runs `argv` in it, and
+/// ends the VM as soon as the command exits.
+pub fn exec(mut e: Exec) -> Result<Outcome, TestError> {
     let backend = vm::backend(&e.vm.backend, e.accel).map_err(TestError::Infra)?;
     let media = media::prepare(e.artifacts, e.vm, 1, e.work)?;
+    let warm = match e.store {
+        Some(store) => Warm::open_for(
+            store,
+            backend.as_ref(),
+            e.vm,
+            e.artifacts,
+            e.accel,
+            &format!("env-{}", e.name),
+            e.notice,
+        )?,
+        None => None,
+    };
+    loop {
+        if let Some(outcome) = exec_once(&mut e, backend.as_ref(), &media, warm.as_ref())? {
+            return Ok(outcome);
+        }
+    }
+}
+
+/// One VM for `exec`; `None` when it could not start from the snapshot (the next one
+/// boots in full).
+fn exec_once(
+    e: &mut Exec,
+    backend: &dyn Backend,
+    media: &BootMedia,
+    warm: Option<&Warm>,
+) -> Result<Option<Outcome>, TestError> {
     let socket = e.work.join("agent.sock");
-    let launch = media.launch(
+    let control = e.work.join("control.sock");
+    let start = match warm {
+        Some(warm) => warm.start(e.work, "run", media.root_disk.as_deref())?,
+        None => Start::Cold,
+    };
+    let mut launch = media.launch(
         e.artifacts,
         e.vm,
         agent::cmdline(media.init, &e.vm.cmdline),
@@ -72,9 +115,9 @@ pub fn exec(e: Exec) -> Result<Outcome, TestError> {
             socket: socket.clone(),
             shell: None,
         },
-        RootLayer::Throwaway,
     );
-    let session = Session::start(backend.as_ref(), &launch, &socket, e.detail)?;
+    start.configure(&mut launch, &control);
+    let session = Session::start(backend, &launch, &socket, e.detail)?;
     // Written under a name of our own, then renamed: runs of one recipe at the same
     // time each leave a whole console. (Console lines wait in the session's queue.)
     let partial = e
@@ -90,6 +133,27 @@ pub fn exec(e: Exec) -> Result<Outcome, TestError> {
     let mut agent: Option<UnixStream> = None;
     let mut ready = false;
     let mut sent = false;
+    // The agent waits for WAKE: after READY, or at once when restored.
+    let mut wake_due = false;
+    let mut saving = None;
+    match (start, warm) {
+        (Start::Restore(restore), Some(warm)) => {
+            if let Err(not_loaded) = warm.resume_restored(&restore, &control, e.vm.boot_timeout) {
+                let stderr = session.end(None, &mut console);
+                drop(console);
+                let _ = fs_err::remove_file(&partial);
+                let why = not_loaded.why(backend.name(), &stderr);
+                warm.restore_failed(&why, &|| {
+                    (e.notice)("waiting for another vmbuild making this snapshot")
+                });
+                return Ok(None);
+            }
+            ready = true;
+            wake_due = true;
+        }
+        (Start::Save(s), _) => saving = Some(s),
+        _ => {}
+    }
     let end = loop {
         // Once the agent is up there is no deadline: the command runs as long as it
         // does (Ctrl-C ends it).
@@ -114,7 +178,12 @@ pub fn exec(e: Exec) -> Result<Outcome, TestError> {
                 continue;
             }
             Ok(Event::ConsoleClosed) => break End::Exited,
-            Ok(Event::AgentConnected(stream)) => {
+            Ok(Event::AgentConnected(mut stream)) => {
+                if std::mem::take(&mut wake_due)
+                    && stream.write_all(agent::wake().as_bytes()).is_err()
+                {
+                    break End::Exited;
+                }
                 agent = Some(stream);
                 continue;
             }
@@ -122,8 +191,13 @@ pub fn exec(e: Exec) -> Result<Outcome, TestError> {
             Ok(Event::AgentLine { line, .. }) => line,
         };
         match protocol::parse(&line) {
-            Some(Message::Ready { .. }) => {
+            Some(Message::Ready { release }) => {
                 ready = true;
+                if let (Some(saving), Some(warm)) = (saving.take(), warm) {
+                    if let Err(why) = warm.save_and_resume(saving, &control, &partial, &release) {
+                        break End::Unresumed(why);
+                    }
+                }
                 let woke = agent
                     .as_mut()
                     .is_some_and(|s| s.write_all(agent::wake().as_bytes()).is_ok());
@@ -167,9 +241,16 @@ pub fn exec(e: Exec) -> Result<Outcome, TestError> {
     drop(console);
     fs_err::rename(&partial, e.console).map_err(io_err("rename", &partial))?;
     let shown = e.console.display();
-    match end {
-        End::Exit(code) => Ok(Outcome::Exited(code)),
-        End::OutputClosed => Ok(Outcome::OutputClosed),
+    let outcome = match end {
+        End::Exit(code) => Outcome::Exited(code),
+        End::OutputClosed => Outcome::OutputClosed,
+        End::Unresumed(why) => {
+            return Err(TestError::Infra(format!(
+                "{} did not resume the VM after saving it: {why}\n  console: {shown}{}",
+                backend.name(),
+                said(backend.name(), &stderr)
+            )))
+        }
         _ if !ready => {
             if let Some(refused) = media::stage1_failure(e.console, &shown.to_string()) {
                 return Err(refused);
@@ -179,17 +260,22 @@ pub fn exec(e: Exec) -> Result<Outcome, TestError> {
                 End::KernelCrash(line) => format!("the kernel crashed while booting: {line}"),
                 _ => format!("{} exited before the guest agent started", backend.name()),
             };
-            Err(TestError::Infra(format!(
+            return Err(TestError::Infra(format!(
                 "VM failed: {what}\n  console: {shown}{}",
+                said(backend.name(), &stderr)
+            )));
+        }
+        End::KernelCrash(line) => {
+            return Err(TestError::Infra(format!(
+                "the kernel crashed while the command ran: {line}\n  console: {shown}"
+            )))
+        }
+        _ => {
+            return Err(TestError::Infra(format!(
+                "the VM stopped before the command exited (did the guest power off?)\n  console: {shown}{}",
                 said(backend.name(), &stderr)
             )))
         }
-        End::KernelCrash(line) => Err(TestError::Infra(format!(
-            "the kernel crashed while the command ran: {line}\n  console: {shown}"
-        ))),
-        _ => Err(TestError::Infra(format!(
-            "the VM stopped before the command exited (did the guest power off?)\n  console: {shown}{}",
-            said(backend.name(), &stderr)
-        ))),
-    }
+    };
+    Ok(Some(outcome))
 }

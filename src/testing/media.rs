@@ -41,8 +41,8 @@ pub(crate) struct BootMedia {
 }
 
 impl BootMedia {
-    /// One VM booting these media with `vm`'s settings, `cmdline` and scratch `disks`,
-    /// its root disk (for a disk root) behind `layer`.
+    /// One VM booting these media with `vm`'s settings, `cmdline` and scratch `disks`
+    /// (its root disk behind a throwaway overlay: `warm::Start::configure` may change it).
     pub(crate) fn launch(
         &self,
         artifacts: &Artifacts,
@@ -50,7 +50,6 @@ impl BootMedia {
         cmdline: String,
         disks: Vec<Disk>,
         wiring: Wiring,
-        layer: RootLayer,
     ) -> Launch {
         Launch {
             kernel: artifacts.kernel.path.join("bzImage"),
@@ -61,7 +60,7 @@ impl BootMedia {
             cpus: vm.cpus,
             root_disk: self.root_disk.as_ref().map(|image| RootDisk {
                 image: image.clone(),
-                layer,
+                layer: RootLayer::Throwaway,
             }),
             disks,
             net: match vm.net {

@@ -13,10 +13,8 @@ use super::runner::{self, Artifacts, RunOptions, TestError};
 use super::warm::Warm;
 use super::{RunResults, TestResult};
 use crate::fsio::io_err;
-use crate::graph::{environment_key, Environment};
-use crate::recipe::{StartMode, TestSpec};
+use crate::recipe::TestSpec;
 use crate::store::{Entry, Manifest, Status, Store, StoreError};
-use crate::tools::Tools;
 use crate::vm::Accel;
 
 /// One test recipe to run, with everything its entry needs.
@@ -122,39 +120,17 @@ fn run_into(store: &Store, job: &Job, hooks: &Hooks, out: &Path) -> Result<RunRe
     // Durations from the last run order the queue slowest first.
     let previous = store.latest(job.name)?.and_then(|e| read_results(&e).ok());
     let backend = crate::vm::backend(&job.spec.vm.backend, job.accel).map_err(TestError::Infra)?;
-    let warm = match backend.snapshots() {
-        Some(snapshots) if job.spec.vm.start == StartMode::Snapshot && !job.cold => {
-            let program = backend.program();
-            let identity = Tools::new(store.root())
-                .identity(program)
-                .map_err(TestError::Process)?;
-            let environment = Environment {
-                vm: &job.spec.vm,
-                kernel: &job.artifacts.kernel.manifest.key,
-                rootfs: &job.artifacts.rootfs.manifest.key,
-                bundles: job
-                    .artifacts
-                    .bundles
-                    .iter()
-                    .map(|(name, entry)| (*name, entry.manifest.key.as_str()))
-                    .collect(),
-                hypervisor: (program, identity),
-                accel: job.accel.name(),
-            };
-            Some(Warm::open(
-                store,
-                snapshots,
-                &environment_key(&environment),
-                &format!("env-{}", job.name),
-                &|| {
-                    (hooks.notice)(
-                        "another vmbuild is making this environment's snapshot: waiting for it",
-                    )
-                },
-                hooks.notice,
-            )?)
-        }
-        _ => None,
+    let warm = match job.cold {
+        true => None,
+        false => Warm::open_for(
+            store,
+            backend.as_ref(),
+            &job.spec.vm,
+            job.artifacts,
+            job.accel,
+            &format!("env-{}", job.name),
+            hooks.notice,
+        )?,
     };
     (hooks.booting)();
     let on_result = |result: &TestResult| (hooks.on_result)(result, false);

@@ -9,7 +9,8 @@
 //! Host to guest, once after READY (at once for a VM restored from a state saved while
 //! its agent waited there): `WAKE <seed> <unix-seconds>`, host randomness (hex) for the
 //! guest's random pool and the time to set its clock to. Then, in answer to NEXT: `RUN <test> <timeout-seconds> <path>`, `STOP`,
-//! `HOLD` (`--keep-alive` after a failure: start a shell on the third serial port), or
+//! `HOLD` (`--keep-alive` after a failure: start a shell on the third serial port),
+//! `SHELL` (`vmbuild shell`: a login shell on the console, then power off), or
 //! `EXEC <argc>` followed by one line per argument, each byte as three octal digits.
 
 use std::ffi::OsString;
@@ -160,6 +161,8 @@ pub const STOP: &str = "STOP\n";
 pub fn wake(seed: &[u8], now: u64) -> String {
     format!("WAKE {} {now}\n", hex::encode(seed))
 }
+/// Give the user a login shell on the console (`vmbuild shell`), then power off.
+pub const SHELL: &str = "SHELL\n";
 /// Keep the VM for the user after a failure (`--keep-alive`).
 pub const HOLD: &str = "HOLD\n";
 

@@ -1,5 +1,6 @@
-//! `vmbuild shell`'s VM: a test's artifacts booted with the console on the user's
-//! terminal and the agent starting a shell instead of asking for tests.
+//! `vmbuild shell`'s VM: a test's artifacts started (from the environment's snapshot, as
+//! a test VM) with the console on the user's terminal, and the agent asked for a login
+//! shell there instead of tests.
 //!
 //! The console passes through vmbuild: the backend's stdout is a pipe vmbuild copies on
 //! as it comes, while its stdin stays the terminal (so the backend still sets the
@@ -8,17 +9,24 @@
 //! stops the guest's CPUs but leaves the VM process running forever; the kernel's last
 //! console line says so, and vmbuild then stops the VM.
 
-use std::io::Read;
+use std::io::{BufReader, Read, Write};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::media::{self, scratch_disks};
+use super::agent;
+use super::capture::{self, MAX_LINE};
+use super::media::{self, scratch_disks, BootMedia};
+use super::protocol::{self, Message};
 use super::runner::{Artifacts, TestError};
+use super::warm::{Start, Warm};
 use crate::fsio::io_err;
 use crate::recipe::VmSpec;
-use crate::vm::{self, Accel, RootLayer, Wiring};
+use crate::store::Store;
+use crate::vm::{self, Accel, Backend, Wiring};
 
 /// How long a halted guest's VM gets to exit on SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -32,54 +40,141 @@ pub struct ShellEnd {
     pub halted: bool,
 }
 
-/// Boots the VM with its console on the terminal, handing what it prints to `console`,
-/// and returns when the VM exits or the guest halts.
-pub fn shell(
-    spec: &VmSpec,
-    artifacts: &Artifacts,
-    accel: Accel,
-    work: &Path,
-    console: &(dyn Fn(&[u8]) + Sync),
-) -> Result<ShellEnd, TestError> {
-    let backend = vm::backend(&spec.backend, accel).map_err(TestError::Infra)?;
-    let media = media::prepare(artifacts, spec, 1, work)?;
-    let launch = media.launch(
-        artifacts,
-        spec,
-        format!(
-            "{} vmbuild.shell=1 {}",
-            vm::base_cmdline(media.init),
-            spec.cmdline
-        )
-        .trim()
-        .to_string(),
-        scratch_disks(&spec.disks, work, "shell")?,
-        Wiring::Interactive,
-        RootLayer::Throwaway,
+/// What `vmbuild shell` boots, and where it reports.
+pub struct Shell<'a> {
+    pub vm: &'a VmSpec,
+    pub artifacts: &'a Artifacts<'a>,
+    pub accel: Accel,
+    /// Scratch folder (initramfs, disks, sockets), removed by the caller.
+    pub work: &'a Path,
+    /// Receives what the guest prints on its console, as it comes.
+    pub console: &'a (dyn Fn(&[u8]) + Sync),
+    /// The store holding the environment's snapshot the VM starts from (made now if
+    /// missing, as `env-<name>`); `None` boots in full.
+    pub store: Option<&'a Store>,
+    pub name: &'a str,
+    /// Receives what the user should know now (a snapshot being made or replaced).
+    pub notice: &'a (dyn Fn(&str) + Sync),
+}
+
+/// Starts the VM (from the environment's snapshot where there is one) with its console on
+/// the terminal, asks the agent for a login shell there, and returns when the VM exits or
+/// the guest halts.
+pub fn shell(s: &Shell) -> Result<ShellEnd, TestError> {
+    let backend = vm::backend(&s.vm.backend, s.accel).map_err(TestError::Infra)?;
+    let media = media::prepare(s.artifacts, s.vm, 1, s.work)?;
+    let warm = match s.store {
+        Some(store) => Warm::open_for(
+            store,
+            backend.as_ref(),
+            s.vm,
+            s.artifacts,
+            s.accel,
+            &format!("env-{}", s.name),
+            s.notice,
+        )?,
+        None => None,
+    };
+    loop {
+        if let Some(end) = shell_once(s, backend.as_ref(), &media, warm.as_ref())? {
+            return Ok(end);
+        }
+    }
+}
+
+/// One VM for `shell`; `None` when it could not start from the snapshot (the next one
+/// boots in full).
+fn shell_once(
+    s: &Shell,
+    backend: &dyn Backend,
+    media: &BootMedia,
+    warm: Option<&Warm>,
+) -> Result<Option<ShellEnd>, TestError> {
+    let socket = s.work.join("agent.sock");
+    let control = s.work.join("control.sock");
+    let console_log = s.work.join("console.log");
+    let _ = fs_err::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).map_err(io_err("listen on", &socket))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(io_err("listen on", &socket))?;
+    let start = match warm {
+        Some(warm) => warm.start(s.work, "shell", media.root_disk.as_deref())?,
+        None => Start::Cold,
+    };
+    let mut launch = media.launch(
+        s.artifacts,
+        s.vm,
+        agent::cmdline(media.init, &s.vm.cmdline),
+        scratch_disks(&s.vm.disks, s.work, "shell")?,
+        Wiring::Interactive {
+            agent: socket.clone(),
+        },
     );
+    start.configure(&mut launch, &control);
     let mut cmd = backend.command(&launch)?;
     cmd.stdout(Stdio::piped());
     // Not in a process group of its own: the VM reads the terminal, so it must stay in
     // the terminal's foreground group.
     let mut child = crate::process::spawn(&mut cmd)?;
+    let mut saving = None;
+    match (start, warm) {
+        (Start::Restore(restore), Some(warm)) => {
+            if let Err(not_loaded) = warm.resume_restored(&restore, &control, s.vm.boot_timeout) {
+                crate::process::stop(&mut child, STOP_GRACE);
+                // qemu said why on the terminal already.
+                warm.restore_failed(&not_loaded.why(backend.name(), ""), &|| {
+                    (s.notice)("waiting for another vmbuild making this snapshot")
+                });
+                return Ok(None);
+            }
+        }
+        (Start::Save(saving_it), _) => saving = Some(saving_it),
+        _ => {}
+    }
+    let restored = launch.incoming.is_some();
     let mut stdout = child.stdout.take().expect("piped");
+    let log = fs_err::File::create(&console_log).map_err(io_err("create", &console_log))?;
     let (halted_tx, halted_rx) = mpsc::channel::<()>();
+    let vm_ended = AtomicBool::new(false);
     std::thread::scope(|scope| {
+        let halted_on_console = halted_tx.clone();
         scope.spawn(move || {
+            let mut log = log;
             let mut watch = HaltWatch::default();
             let mut buf = [0u8; 4096];
             loop {
                 match stdout.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
-                        console(&buf[..n]);
+                        (s.console)(&buf[..n]);
+                        let _ = log.write_all(&buf[..n]);
                         if watch.feed(&buf[..n]) {
-                            let _ = halted_tx.send(());
+                            let _ = halted_on_console.send(());
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(_) => break,
                 }
+            }
+        });
+        let vm_ended = &vm_ended;
+        let console_log = &console_log;
+        let control = &control;
+        scope.spawn(move || {
+            // The agent asks for work; its answer is a shell. A VM that cannot be run
+            // again after its save ends the session like a halt.
+            let asked = serve_agent(&listener, vm_ended, restored, |release| {
+                match (saving.take(), warm) {
+                    (Some(saving), Some(warm)) => {
+                        warm.save_and_resume(saving, control, console_log, release)
+                    }
+                    _ => Ok(()),
+                }
+            });
+            if let Err(why) = asked {
+                (s.notice)(&format!("the VM's agent cannot be served: {why}"));
+                let _ = halted_tx.send(());
             }
         });
         // Either the guest says it halted, or the reader ends because the VM exited.
@@ -94,8 +189,58 @@ pub fn shell(
                     .map_err(io_err("wait for", Path::new(backend.name())))?,
             )
         };
-        Ok(ShellEnd { status, halted })
+        vm_ended.store(true, Ordering::SeqCst);
+        Ok(Some(ShellEnd { status, halted }))
     })
+}
+
+/// The host side of the agent for a shell: waits for the VM to connect (until
+/// `vm_ended`), wakes the agent (at once when `restored`, else after READY, when
+/// `on_ready` runs first), and answers its first NEXT with SHELL and any other with STOP.
+fn serve_agent(
+    listener: &UnixListener,
+    vm_ended: &AtomicBool,
+    restored: bool,
+    mut on_ready: impl FnMut(&str) -> Result<(), String>,
+) -> Result<(), String> {
+    let stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if vm_ended.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut send = |line: &str| writer.write_all(line.as_bytes()).map_err(|e| e.to_string());
+    if restored {
+        send(&agent::wake())?;
+    }
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    let mut asked = false;
+    while let Ok(Some(_)) = capture::read_line(&mut reader, &mut line, MAX_LINE) {
+        match protocol::parse(&line) {
+            Some(Message::Ready { release }) => {
+                on_ready(&release)?;
+                send(&agent::wake())?;
+            }
+            Some(Message::Next) => {
+                send(if std::mem::replace(&mut asked, true) {
+                    protocol::STOP
+                } else {
+                    protocol::SHELL
+                })?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Watches console output for the kernel's last words before it stops the CPUs.

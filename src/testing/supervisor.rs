@@ -19,7 +19,7 @@ use super::protocol::{self, End, Message};
 use super::queue::{Planned, Shared};
 use super::runner::{Artifacts, RunOptions, TestError};
 use super::session::{is_kernel_crash, said, Event, Session};
-use super::warm::{NotLoaded, Start};
+use super::warm::Start;
 use super::{Status, TestResult};
 use crate::format::complaint::complaint;
 use crate::format::{fio, tap};
@@ -111,14 +111,8 @@ impl VmRun<'_> {
                 socket: socket.clone(),
                 shell: self.opts.keep_alive.then(|| shell_socket.clone()),
             },
-            start.root_layer(),
         );
-        if !matches!(start, Start::Cold) {
-            launch.control = Some(control.clone());
-        }
-        if let Start::Restore(restore) = &start {
-            launch.incoming = Some(restore.state.clone());
-        }
+        start.configure(&mut launch, &control);
         let console_path = self.opts.out.join(self.console_name());
         let console_file =
             fs_err::File::create(&console_path).map_err(io_err("create", &console_path))?;
@@ -133,26 +127,11 @@ impl VmRun<'_> {
         let mut saving = None;
         match (start, self.opts.warm) {
             (Start::Restore(restore), Some(warm)) => {
-                let started = warm
-                    .loaded(&restore, &control, spec.vm.boot_timeout)
-                    .and_then(|()| {
-                        warm.snapshots()
-                            .resume(&control)
-                            .map_err(NotLoaded::Refused)
-                    });
-                if let Err(not_loaded) = started {
+                if let Err(not_loaded) =
+                    warm.resume_restored(&restore, &control, spec.vm.boot_timeout)
+                {
                     let stderr = session.end(None, &mut console);
-                    let why = match not_loaded {
-                        NotLoaded::Damaged(why) => why,
-                        // The backend's own last words say it best ("load of migration
-                        // failed: ...").
-                        NotLoaded::Refused(why) => stderr
-                            .lines()
-                            .rev()
-                            .map(str::trim)
-                            .find(|l| !l.is_empty())
-                            .map_or(why, |said| format!("{}: {said}", self.opts.backend.name())),
-                    };
+                    let why = not_loaded.why(self.opts.backend.name(), &stderr);
                     warm.restore_failed(&why, &|| {
                         (self.opts.notice)("waiting for another vmbuild making this snapshot")
                     });
@@ -217,21 +196,16 @@ impl VmRun<'_> {
                 Message::Ready { release } => {
                     ready = true;
                     if let (Some(saving), Some(warm)) = (saving.take(), self.opts.warm) {
-                        let saved = warm.save(saving, &control, &console_path, &release);
-                        if let Err(why) = &saved {
-                            warm.save_failed(why);
-                        }
-                        // Saved or not, the VM goes on (a failed save may have paused it).
-                        if let Err(why) = warm.snapshots().resume(&control) {
+                        if let Err(why) =
+                            warm.save_and_resume(saving, &control, &console_path, &release)
+                        {
                             break VmEnd::Unresumed(why);
                         }
-                        if saved.is_ok() {
-                            (self.opts.detail)(&format!(
-                                "vm{}: booted in {:.2} s and saved",
-                                self.worker,
-                                boot_started.elapsed().as_secs_f64()
-                            ));
-                        }
+                        (self.opts.detail)(&format!(
+                            "vm{}: booted in {:.2} s",
+                            self.worker,
+                            boot_started.elapsed().as_secs_f64()
+                        ));
                     }
                     let woke = agent
                         .as_mut()

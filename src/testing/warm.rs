@@ -16,11 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::graph::KeyInputs;
+use crate::graph::{environment_key, Environment, KeyInputs};
+use crate::recipe::{StartMode, VmSpec};
 use crate::store::{Entry, KeyLock, Manifest, Staging, Store};
-use crate::vm::{RootLayer, Snapshots};
+use crate::tools::Tools;
+use crate::vm::{Accel, Backend, Launch, RootLayer, Snapshots};
 
-use super::runner::TestError;
+use super::runner::{Artifacts, TestError};
 
 /// The backend's saved state, in the entry.
 pub(crate) const STATE: &str = "state";
@@ -66,6 +68,22 @@ pub(crate) enum NotLoaded {
     Refused(String),
 }
 
+impl NotLoaded {
+    /// In one line: the mismatch, or the last words on `backend`'s `stderr` ("load of
+    /// migration failed: ...") where it said any.
+    pub(crate) fn why(self, backend: &str, stderr: &str) -> String {
+        match self {
+            NotLoaded::Damaged(why) => why,
+            NotLoaded::Refused(why) => stderr
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map_or(why, |said| format!("{backend}: {said}")),
+        }
+    }
+}
+
 /// How one VM comes up.
 pub(crate) enum Start<'w> {
     /// A full boot.
@@ -105,8 +123,21 @@ pub(crate) struct Restore {
 }
 
 impl Start<'_> {
+    /// Sets `launch` up to start this way, with `control` as its control socket.
+    pub(crate) fn configure(&self, launch: &mut Launch, control: &Path) {
+        if let Some(root) = launch.root_disk.as_mut() {
+            root.layer = self.root_layer();
+        }
+        if !matches!(self, Start::Cold) {
+            launch.control = Some(control.to_path_buf());
+        }
+        if let Start::Restore(restore) = self {
+            launch.incoming = Some(restore.state.clone());
+        }
+    }
+
     /// What lies between the root image and a VM that starts this way.
-    pub(crate) fn root_layer(&self) -> RootLayer {
+    fn root_layer(&self) -> RootLayer {
         match self {
             Start::Save(Saving {
                 record: Some(path), ..
@@ -120,10 +151,57 @@ impl Start<'_> {
 }
 
 impl<'a> Warm<'a> {
+    /// The entry VMs with `vm`'s settings booting `artifacts` start from, named `name`
+    /// if this run makes it; `None` when they boot in full (`[vm] start = "boot"`, or a
+    /// backend without snapshots).
+    pub(crate) fn open_for(
+        store: &'a Store,
+        backend: &'a dyn Backend,
+        vm: &VmSpec,
+        artifacts: &Artifacts,
+        accel: Accel,
+        name: &str,
+        notice: &'a (dyn Fn(&str) + Sync),
+    ) -> Result<Option<Warm<'a>>, TestError> {
+        let Some(snapshots) = backend.snapshots() else {
+            return Ok(None);
+        };
+        if vm.start != StartMode::Snapshot {
+            return Ok(None);
+        }
+        let program = backend.program();
+        let identity = Tools::new(store.root())
+            .identity(program)
+            .map_err(TestError::Process)?;
+        let environment = Environment {
+            vm,
+            kernel: &artifacts.kernel.manifest.key,
+            rootfs: &artifacts.rootfs.manifest.key,
+            bundles: artifacts
+                .bundles
+                .iter()
+                .map(|(name, entry)| (*name, entry.manifest.key.as_str()))
+                .collect(),
+            hypervisor: (program, identity),
+            accel: accel.name(),
+        };
+        let waiting =
+            || notice("another vmbuild is making this environment's snapshot: waiting for it");
+        Warm::open(
+            store,
+            snapshots,
+            &environment_key(&environment),
+            name,
+            &waiting,
+            notice,
+        )
+        .map(Some)
+    }
+
     /// The entry of the environment `inputs` describe (named `name` if this run makes
     /// it). When it is missing, the key's lock is taken now (`waiting` says so if
     /// another vmbuild holds it: that one is making it, and it is reused).
-    pub(crate) fn open(
+    fn open(
         store: &'a Store,
         snapshots: &'a dyn Snapshots,
         inputs: &KeyInputs,
@@ -162,10 +240,6 @@ impl<'a> Warm<'a> {
             changed: Condvar::new(),
             replaced: AtomicBool::new(false),
         })
-    }
-
-    pub(crate) fn snapshots(&self) -> &dyn Snapshots {
-        self.snapshots
     }
 
     /// How the next VM starts; waits while another VM of this run makes the entry.
@@ -237,9 +311,38 @@ impl<'a> Warm<'a> {
         }
     }
 
+    /// The VM `saving` booted is ready (its agent said READY): saves it into the entry
+    /// (a failure is said, and VMs boot in full from then on) and runs it again. `Err`:
+    /// the backend could not run it again. `console` is its console so far.
+    pub(crate) fn save_and_resume(
+        &self,
+        saving: Saving,
+        control: &Path,
+        console: &Path,
+        release: &str,
+    ) -> Result<(), String> {
+        if let Err(why) = self.save(saving, control, console, release) {
+            self.save_failed(&why);
+        }
+        // Saved or not, the VM goes on (a failed save may have paused it).
+        self.snapshots.resume(control)
+    }
+
+    /// A VM started from the entry: waits until it has loaded the state (checking the
+    /// entry's files meanwhile, once per run) and runs it.
+    pub(crate) fn resume_restored(
+        &self,
+        restore: &Restore,
+        control: &Path,
+        within: Duration,
+    ) -> Result<(), NotLoaded> {
+        self.loaded(restore, control, within)?;
+        self.snapshots.resume(control).map_err(NotLoaded::Refused)
+    }
+
     /// Saves the VM behind `control`, which `saving` booted and whose agent is ready,
     /// and publishes the entry; the VM is left paused. `console` is its console so far.
-    pub(crate) fn save(
+    fn save(
         &self,
         mut saving: Saving,
         control: &Path,
@@ -289,7 +392,7 @@ impl<'a> Warm<'a> {
     }
 
     /// The VM that was making the entry could not: VMs boot in full from now on.
-    pub(crate) fn save_failed(&self, why: &str) {
+    fn save_failed(&self, why: &str) {
         self.give_up(&format!("cannot save the booted environment: {why}"));
     }
 
@@ -306,12 +409,7 @@ impl<'a> Warm<'a> {
 
     /// Rehashes the entry while the VM loads its state (once per run: the first VM that
     /// restores), then waits until the VM has loaded it.
-    pub(crate) fn loaded(
-        &self,
-        restore: &Restore,
-        control: &Path,
-        within: Duration,
-    ) -> Result<(), NotLoaded> {
+    fn loaded(&self, restore: &Restore, control: &Path, within: Duration) -> Result<(), NotLoaded> {
         let (loaded, problems) = std::thread::scope(|scope| {
             let check = restore
                 .check

@@ -83,12 +83,9 @@ impl Backend for Bhyve {
         ])
         .args(["-H", "-A", "-P", "-s", "0:0,hostbridge", "-s", "1:0,lpc"]);
         match &launch.wiring {
-            Wiring::Agent { .. } => {
+            Wiring::Agent { .. } | Wiring::Interactive { .. } => {
                 cmd.args(["-l", "com1,stdio", "-l"])
                     .arg(format!("com2,{}", self.agent_device.display()));
-            }
-            Wiring::Interactive => {
-                cmd.args(["-l", "com1,stdio"]);
             }
         }
         for (slot, disk) in launch.disks.iter().enumerate() {

@@ -22,8 +22,9 @@ pub enum Wiring {
         socket: PathBuf,
         shell: Option<PathBuf>,
     },
-    /// Console on the user's terminal (`vmbuild shell`).
-    Interactive,
+    /// Console on the user's terminal (`vmbuild shell`), the guest agent's channel on a
+    /// unix socket vmbuild listens on.
+    Interactive { agent: PathBuf },
 }
 
 /// The guest's network.

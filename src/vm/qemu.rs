@@ -93,8 +93,10 @@ impl Backend for Qemu {
                     None => cmd.arg("null"),
                 };
             }
-            Wiring::Interactive => {
-                cmd.args(["-serial", "mon:stdio", "-serial", "null", "-serial", "null"]);
+            Wiring::Interactive { agent } => {
+                cmd.args(["-serial", "mon:stdio", "-serial"])
+                    .arg(format!("unix:{}", agent.display()))
+                    .args(["-serial", "null"]);
             }
         }
         // A VM generation ID: a restored Linux guest sees it change and reseeds its
@@ -277,7 +279,9 @@ mod tests {
                 socket: "/tmp/a.sock".into(),
                 shell: Some("/tmp/s.sock".into()),
             },
-            Wiring::Interactive,
+            Wiring::Interactive {
+                agent: "/tmp/a.sock".into(),
+            },
         ] {
             let launch = Launch {
                 kernel: "/store/k/bzImage".into(),
@@ -357,5 +361,103 @@ mod tests {
         ] {
             assert!(!line.contains(opened), "{opened} in {line}");
         }
+    }
+
+    fn launch_with_root(layer: RootLayer) -> Launch {
+        Launch {
+            kernel: "/s/bzImage".into(),
+            initrd: "/w/initrd".into(),
+            cmdline: "console=ttyS0".into(),
+            machine: "q35".into(),
+            memory_mb: 512,
+            cpus: 1,
+            root_disk: Some(crate::vm::RootDisk {
+                image: "/s/root,1.ext4".into(),
+                layer,
+            }),
+            disks: vec![],
+            net: Net::None,
+            wiring: Wiring::Agent {
+                socket: "/tmp/a.sock".into(),
+                shell: None,
+            },
+            control: None,
+            incoming: None,
+        }
+    }
+
+    fn line_of(launch: &Launch) -> String {
+        let cmd = Qemu { accel: Accel::Tcg }
+            .command(launch)
+            .expect("qemu boots any launch");
+        crate::process::describe(&cmd)
+    }
+
+    #[test]
+    fn a_saved_vm_records_its_root_writes_and_a_restored_one_replays_them_under_a_throwaway_overlay(
+    ) {
+        let record = line_of(&launch_with_root(RootLayer::Record(
+            "/w/rec,1.qcow2".into(),
+        )));
+        assert!(
+            record.contains(
+                "-drive driver=qcow2,file.filename=/w/rec,,1.qcow2,backing.driver=raw,\
+                 backing.file.filename=/s/root,,1.ext4,if=none,id=disk0"
+            ),
+            "{record}"
+        );
+        assert!(!record.contains("snapshot=on"), "{record}");
+        let replay = line_of(&launch_with_root(RootLayer::Replay("/e/root.qcow2".into())));
+        assert!(
+            replay.contains(
+                "-drive driver=qcow2,file.filename=/e/root.qcow2,backing.driver=raw,\
+                 backing.file.filename=/s/root,,1.ext4,snapshot=on,if=none,id=disk0"
+            ),
+            "{replay}"
+        );
+    }
+
+    #[test]
+    fn a_restored_vm_has_the_saved_vms_devices_its_control_socket_and_its_state_quoted() {
+        let mut launch = launch_with_root(RootLayer::Throwaway);
+        let cold = line_of(&launch);
+        launch.control = Some("/tmp/c,1.sock".into());
+        launch.incoming = Some("/store/it's here/state".into());
+        let restored = line_of(&launch);
+        // Three serial ports and the generation ID, with or without a saved state.
+        for line in [&cold, &restored] {
+            assert_eq!(line.matches("-serial ").count(), 3, "{line}");
+            assert!(line.contains("-device vmgenid,guid=auto"), "{line}");
+        }
+        assert!(
+            restored.contains("-qmp unix:/tmp/c,,1.sock,server=on,wait=off"),
+            "{restored}"
+        );
+        let args: Vec<String> = Qemu { accel: Accel::Tcg }
+            .command(&launch)
+            .unwrap()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let incoming = args
+            .windows(2)
+            .find(|w| w[0] == "-incoming")
+            .map(|w| w[1].clone())
+            .expect("-incoming");
+        assert_eq!(incoming, r"exec:cat '/store/it'\''s here/state'");
+        // What sh makes of it is the path, byte for byte.
+        let word = incoming.strip_prefix("exec:cat ").unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {word}"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "/store/it's here/state"
+        );
+        // Without ACPI there is no generation ID to give.
+        launch.machine = "microvm".into();
+        assert!(!line_of(&launch).contains("vmgenid"));
     }
 }

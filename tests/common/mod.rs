@@ -143,13 +143,15 @@ impl TestProject {
 
     /// Published entries of `name` in this project's store.
     pub fn entries(&self, name: &str) -> Vec<PathBuf> {
-        let suffix = format!("-{name}");
         std::fs::read_dir(&self.cache)
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.path())
                     .filter(|p| {
-                        p.file_name().unwrap().to_string_lossy().ends_with(&suffix)
+                        // `<64 hex digits of key>-<name>`
+                        let file = p.file_name().unwrap().to_string_lossy().into_owned();
+                        file.get(65..) == Some(name)
+                            && file.as_bytes().get(64) == Some(&b'-')
                             && p.join("manifest.json").exists()
                     })
                     .collect()
