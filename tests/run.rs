@@ -339,16 +339,25 @@ fn run_and_shell_start_from_the_environments_snapshot() {
         .expect(0);
     assert_eq!(first.stdout, "made\n");
     assert_eq!((common::cold_boots(&log), common::restores(&log)), (1, 0));
+    // Restored, with the host's time (not the snapshot's, a few seconds old).
+    std::thread::sleep(Duration::from_secs(3));
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let second = p
-        .run_with_path(
-            qemu_dir.path(),
-            &["run", "warm-run", "--", "cat", "/proc/cmdline"],
-        )
+        .run_with_path(qemu_dir.path(), &["run", "warm-run", "--", "date", "+%s"])
         .expect(0);
+    let clock: u64 = second.stdout.trim().parse().unwrap();
     assert!(
-        second.stdout.contains("vmbuild.suite=warm-run"),
-        "{}",
-        second.stdout
+        clock + 1 >= before && clock <= before + 30,
+        "guest {clock}, host {before}"
+    );
+    // The console of a restored VM starts with the boot that made the snapshot.
+    let console = std::fs::read_to_string(p.cache.join("logs/run-warm-run.console.log")).unwrap();
+    assert!(
+        console.contains("Linux version") && console.contains("started from the snapshot"),
+        "{console}"
     );
     assert_eq!((common::cold_boots(&log), common::restores(&log)), (1, 1));
     // The shell lands in a VM started from the same snapshot, the console on the terminal.

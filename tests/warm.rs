@@ -144,6 +144,19 @@ fn one_snapshot_serves_two_recipes_with_one_environment_and_another_qemu_is_anot
     assert_eq!((cold_boots(&log), restores(&log)), (2, 0));
     assert_eq!(env_entries(&p, "made-once", &old), vec![env.clone()]);
 
+    // start = "boot" boots in full too.
+    recipe(
+        &p,
+        "made-once-boot",
+        "made-once",
+        "busybox-rootfs",
+        "start = \"boot\"",
+    );
+    std::fs::remove_file(&log).unwrap();
+    p.run_with_path(qemu_dir.path(), &["test", "-f", "made-once-boot"])
+        .expect(0);
+    assert_eq!((cold_boots(&log), restores(&log)), (1, 0));
+
     // Another qemu binary (this wrapper is another file) is another environment.
     let (other_qemu, other_log) = counting_qemu();
     p.run_with_path(other_qemu.path(), &["test", "-f", "made-once"])
@@ -283,6 +296,32 @@ fn a_corrupt_snapshot_is_found_by_verify_and_a_run_boots_cold_and_replaces_it() 
         "{}",
         verify.stdout
     );
+
+    // A state cut short is found by its size, before any VM starts, and said.
+    let state = env[0].join("state");
+    let len = std::fs::metadata(&state).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let run = p
+        .run_with_path(qemu_dir.path(), &["test", "-f", "corrupt"])
+        .expect(0);
+    assert!(
+        run.stderr.contains("is damaged (state: size") && run.stderr.contains("rebuilding"),
+        "{}",
+        run.stderr
+    );
+    // Replaced by a whole one.
+    assert!(std::fs::metadata(&state).unwrap().len() > len / 2);
+    let verify = p.run(&["verify"]);
+    assert!(
+        !verify.stdout.contains(&env[0].display().to_string()),
+        "{}",
+        verify.stdout
+    );
 }
 
 #[test]
@@ -363,4 +402,25 @@ fn a_guest_that_crashes_after_restore_is_reported_as_a_crash() {
     assert_eq!(status_of(&results, "panic"), "crash", "{results}");
     let reason = results["tests"][0]["reason"].as_str().unwrap_or("");
     assert!(reason.contains("kernel crashed"), "{results}");
+}
+
+#[test]
+fn vms_that_need_a_snapshot_being_made_wait_for_it_and_start_from_it() {
+    let p = TestProject::shared();
+    let ok = "#!/bin/sh\necho ok\n";
+    bundle(&p, "made-for-two", &[("a", ok), ("b", ok), ("c", ok)]);
+    recipe(
+        &p,
+        "made-for-two",
+        "made-for-two",
+        "busybox-rootfs",
+        "vms = 2\nisolation = \"test\"",
+    );
+    let (qemu_dir, log) = counting_qemu();
+    let run = p
+        .run_with_path(qemu_dir.path(), &["test", "-f", "made-for-two"])
+        .expect(0);
+    assert!(run.stdout.contains("3 passed"), "{}", run.stdout);
+    // One VM boots and saves; the other waits for the snapshot instead of booting too.
+    assert_eq!((cold_boots(&log), restores(&log)), (1, 2), "{}", run.stderr);
 }

@@ -6,7 +6,9 @@ use clap::Args;
 use super::{open_engine, render::Renderer, Global};
 use crate::engine::Error;
 use crate::graph::explain_change;
+use crate::recipe::{Spec, StartMode};
 use crate::store::Status;
+use crate::testing::warm::entry_name;
 use crate::vm::detect_accel;
 
 #[derive(Args)]
@@ -61,9 +63,14 @@ pub fn run(global: &Global, reporter: &Renderer, args: ExplainArgs) -> Result<i3
             }
         }
     }
+    if let Spec::Test(spec) = &plan.graph.nodes[root].recipe.spec {
+        if spec.vm.start == StartMode::Boot {
+            println!("environment: its VMs boot in full (start = \"boot\")");
+        }
+    }
     if let Some(env) = engine.environment_inputs(&plan, root, detect_accel(engine.store.root()).0) {
         let env_key = env.key();
-        match engine.store.lookup(&env_key, &format!("env-{name}"))? {
+        match engine.store.lookup(&env_key, &entry_name(name))? {
             Some(entry) => println!(
                 "environment: {env_key}, its VMs start from the snapshot at {}",
                 entry.path.display()
@@ -72,7 +79,7 @@ pub fn run(global: &Global, reporter: &Renderer, args: ExplainArgs) -> Result<i3
                 println!(
                     "environment: {env_key}, no snapshot yet: the next run boots once and saves it"
                 );
-                if let Some(previous) = engine.store.latest(&format!("env-{name}"))? {
+                if let Some(previous) = engine.store.latest(&entry_name(name))? {
                     println!(
                         "  changed since the last snapshot ({}):",
                         previous.manifest.key

@@ -5,12 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Engine, Error, Force, Plan, Result, Tested};
-use crate::graph::{environment_key, Environment};
 use crate::recipe::Spec;
 use crate::report::Event;
 use crate::store::Entry;
 use crate::testing::phase::{self, Hooks, Job};
 use crate::testing::runner::Artifacts;
+use crate::testing::warm;
 use crate::testing::TestResult;
 use crate::vm;
 
@@ -194,7 +194,8 @@ impl Engine<'_> {
     }
 
     /// The key inputs of the booted environment (VM snapshot) test recipe `node` starts
-    /// from under `accel`; `None` for another kind, or a backend or qemu not here.
+    /// from under `accel`; `None` for another kind, a recipe whose VMs boot in full, or
+    /// a backend or qemu not here.
     pub fn environment_inputs(
         &self,
         plan: &Plan,
@@ -210,21 +211,22 @@ impl Engine<'_> {
                 .map_or("", |idx| plan.keys[idx].as_str())
         };
         let backend = vm::backend(&spec.vm.backend, accel).ok()?;
-        backend.snapshots()?;
-        let program = backend.program();
-        let identity = self.tools.identity(program).ok()?;
-        Some(environment_key(&Environment {
-            vm: &spec.vm,
-            kernel: key_of(&spec.kernel),
-            rootfs: key_of(&spec.rootfs),
-            bundles: spec
-                .bundles
-                .iter()
-                .map(|b| (b.name.as_str(), key_of(b)))
-                .collect(),
-            hypervisor: (program, identity),
-            accel: accel.name(),
-        }))
+        let bundles = spec
+            .bundles
+            .iter()
+            .map(|b| (b.name.as_str(), key_of(b)))
+            .collect();
+        warm::environment_inputs(
+            &spec.vm,
+            key_of(&spec.kernel),
+            key_of(&spec.rootfs),
+            bundles,
+            backend.as_ref(),
+            accel,
+            &self.tools,
+        )
+        .ok()
+        .flatten()
     }
 
     /// The keys of the booted environments the plan's test recipes start from, under

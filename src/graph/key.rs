@@ -34,7 +34,7 @@ use crate::hashing::{self, TreeEntry};
 use crate::process::ProcessError;
 use crate::recipe::{
     BundleBuild, BundleSpec, ConfigBase, Fetch, Isolation, KernelSpec, Recipe, RootfsBase,
-    RootfsFormat, Spec, VmSpec,
+    RootfsFormat, Spec,
 };
 use crate::tools::Tools;
 
@@ -312,57 +312,6 @@ pub fn compute_key(
     })
 }
 
-/// What a booted test environment (a VM snapshot: `testing::warm`) is made of.
-pub struct Environment<'a> {
-    pub vm: &'a VmSpec,
-    pub kernel: &'a str,
-    pub rootfs: &'a str,
-    /// Each bundle's name (its folder in the guest) and key.
-    pub bundles: Vec<(&'a str, &'a str)>,
-    /// The program that runs the VM and its identity (`Tools::identity`): another build
-    /// of it may lay out its saved state differently.
-    pub hypervisor: (&'a str, String),
-    /// `kvm` or `tcg`: the CPU the state was saved on.
-    pub accel: &'a str,
-}
-
-/// The key of a booted environment: everything the guest's state depends on (kernel,
-/// rootfs, bundles and the agent, which its initramfs holds; machine, memory, cpus, disks,
-/// net and kernel command line; the hypervisor and the accelerator). Not the timeout, the
-/// number of VMs or the isolation: they change what runs in the VM, not the VM.
-pub fn environment_key(env: &Environment) -> KeyInputs {
-    let vm = env.vm;
-    let mut deps = BTreeMap::new();
-    deps.insert("kernel".to_string(), env.kernel.to_string());
-    deps.insert("rootfs".to_string(), env.rootfs.to_string());
-    for (name, key) in &env.bundles {
-        deps.insert(format!("bundle:{name}"), key.to_string());
-    }
-    let mut tools = BTreeMap::new();
-    tools.insert(env.hypervisor.0.to_string(), env.hypervisor.1.clone());
-    KeyInputs {
-        schema: KEY_SCHEMA,
-        kind: "environment",
-        arch: ARCH,
-        recipe: json!({
-            "bundles": env.bundles.iter().map(|(name, _)| name).collect::<Vec<_>>(),
-            "guest_sha256": crate::format::guest::fingerprint(),
-            "accel": env.accel,
-            "vm": {
-                "backend": format!("{:?}", vm.backend).to_lowercase(),
-                "machine": vm.machine,
-                "memory_mb": vm.memory_mb,
-                "cpus": vm.cpus,
-                "disks": vm.disks.iter().map(|d| json!({"name": d.name, "size": d.size})).collect::<Vec<_>>(),
-                "cmdline": vm.cmdline,
-                "net": vm.net.name(),
-            },
-        }),
-        deps,
-        tools,
-    }
-}
-
 /// What a `[build]` command sees: its argv, each input's content by the name it has in
 /// the working folder, and each Debian package's pin by name (maps, so that `explain`
 /// names the one that changed). The recipes it reads are in `deps` by their keys; their
@@ -390,55 +339,6 @@ fn build_inputs(build: &BundleBuild, ctx: &KeyContext) -> Result<Value, KeyError
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_environment_is_keyed_by_what_the_saved_guest_depends_on_and_nothing_else() {
-        let vm = VmSpec::default();
-        let key = |vm: &VmSpec, identity: &str, accel: &str, bundle: &str| {
-            environment_key(&Environment {
-                vm,
-                kernel: "k1",
-                rootfs: "r1",
-                bundles: vec![("smoke-tests", bundle)],
-                hypervisor: ("qemu-system-x86_64", identity.to_string()),
-                accel,
-            })
-            .key()
-        };
-        let base = key(&vm, "QEMU 7.2 sha256:aa", "tcg", "b1");
-        assert_eq!(base, key(&vm, "QEMU 7.2 sha256:aa", "tcg", "b1"));
-        // Another qemu binary, accelerator or bundle is another saved guest.
-        assert_ne!(base, key(&vm, "QEMU 7.2 sha256:bb", "tcg", "b1"));
-        assert_ne!(base, key(&vm, "QEMU 7.2 sha256:aa", "kvm", "b1"));
-        assert_ne!(base, key(&vm, "QEMU 7.2 sha256:aa", "tcg", "b2"));
-        for changed in [
-            VmSpec {
-                memory_mb: 1024,
-                ..VmSpec::default()
-            },
-            VmSpec {
-                cmdline: "quiet".into(),
-                ..VmSpec::default()
-            },
-            VmSpec {
-                disks: vec![crate::recipe::DiskSpec {
-                    name: "scratch".into(),
-                    size: 1 << 30,
-                }],
-                ..VmSpec::default()
-            },
-        ] {
-            assert_ne!(base, key(&changed, "QEMU 7.2 sha256:aa", "tcg", "b1"));
-        }
-        // What runs in the VM is not the VM.
-        let same = VmSpec {
-            vms: 4,
-            isolation: Isolation::Test,
-            start: crate::recipe::StartMode::Boot,
-            boot_timeout: std::time::Duration::from_secs(5),
-            ..VmSpec::default()
-        };
-        assert_eq!(base, key(&same, "QEMU 7.2 sha256:aa", "tcg", "b1"));
-    }
     use crate::recipe::{Project, RecipeRef};
 
     #[test]

@@ -2,17 +2,17 @@
 //! checked for cycles (the cycle is printed), in topological order, with a cache key for
 //! every node computed bottom-up (a Merkle tree: each key covers its dependencies' keys).
 
+mod environment;
 mod explain;
 mod key;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
+pub(crate) use environment::{environment_key, Environment};
 pub(crate) use explain::explain_change;
 pub(crate) use key::{build_input_content, hash_path, tree_digest};
-pub use key::{
-    compute_key, environment_key, Environment, KeyContext, KeyError, KeyInputs, KEY_SCHEMA,
-};
+pub use key::{compute_key, KeyContext, KeyError, KeyInputs, KEY_SCHEMA};
 
 use crate::recipe::{Diagnostic, Project, Recipe, RecipeError, RecipeRef};
 

@@ -80,9 +80,9 @@ pub fn exec(mut e: Exec) -> Result<Outcome, TestError> {
             e.vm,
             e.artifacts,
             e.accel,
-            &format!("env-{}", e.name),
+            e.name,
             e.notice,
-        )?,
+        ),
         None => None,
     };
     loop {
@@ -103,7 +103,7 @@ fn exec_once(
     let socket = e.work.join("agent.sock");
     let control = e.work.join("control.sock");
     let start = match warm {
-        Some(warm) => warm.start(e.work, "run", media.root_disk.as_deref())?,
+        Some(warm) => warm.start(e.work, "run", media.root_disk.as_deref()),
         None => Start::Cold,
     };
     let mut launch = media.launch(
@@ -138,14 +138,13 @@ fn exec_once(
     let mut saving = None;
     match (start, warm) {
         (Start::Restore(restore), Some(warm)) => {
+            restore.write_boot_console(&mut console);
             if let Err(not_loaded) = warm.resume_restored(&restore, &control, e.vm.boot_timeout) {
                 let stderr = session.end(None, &mut console);
                 drop(console);
                 let _ = fs_err::remove_file(&partial);
                 let why = not_loaded.why(backend.name(), &stderr);
-                warm.restore_failed(&why, &|| {
-                    (e.notice)("waiting for another vmbuild making this snapshot")
-                });
+                warm.restore_failed(&restore, &why);
                 return Ok(None);
             }
             ready = true;

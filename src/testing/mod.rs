@@ -17,7 +17,7 @@ pub mod runner;
 mod session;
 pub(crate) mod shell;
 mod supervisor;
-mod warm;
+pub(crate) mod warm;
 
 use serde::{Deserialize, Serialize};
 

@@ -128,9 +128,9 @@ fn run_into(store: &Store, job: &Job, hooks: &Hooks, out: &Path) -> Result<RunRe
             &job.spec.vm,
             job.artifacts,
             job.accel,
-            &format!("env-{}", job.name),
+            job.name,
             hooks.notice,
-        )?,
+        ),
     };
     (hooks.booting)();
     let on_result = |result: &TestResult| (hooks.on_result)(result, false);

@@ -191,6 +191,13 @@ impl Shared {
     pub(crate) fn next(&self) -> Option<Planned> {
         self.queue.lock().ok()?.pop_front()
     }
+
+    /// Puts back a test `next` gave a VM that never ran it: it comes next.
+    pub(crate) fn requeue(&self, test: Planned) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.push_front(test);
+        }
+    }
 }
 
 #[cfg(test)]

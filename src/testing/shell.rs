@@ -70,9 +70,9 @@ pub fn shell(s: &Shell) -> Result<ShellEnd, TestError> {
             s.vm,
             s.artifacts,
             s.accel,
-            &format!("env-{}", s.name),
+            s.name,
             s.notice,
-        )?,
+        ),
         None => None,
     };
     loop {
@@ -99,7 +99,7 @@ fn shell_once(
         .set_nonblocking(true)
         .map_err(io_err("listen on", &socket))?;
     let start = match warm {
-        Some(warm) => warm.start(s.work, "shell", media.root_disk.as_deref())?,
+        Some(warm) => warm.start(s.work, "shell", media.root_disk.as_deref()),
         None => Start::Cold,
     };
     let mut launch = media.launch(
@@ -123,9 +123,7 @@ fn shell_once(
             if let Err(not_loaded) = warm.resume_restored(&restore, &control, s.vm.boot_timeout) {
                 crate::process::stop(&mut child, STOP_GRACE);
                 // qemu said why on the terminal already.
-                warm.restore_failed(&not_loaded.why(backend.name(), ""), &|| {
-                    (s.notice)("waiting for another vmbuild making this snapshot")
-                });
+                warm.restore_failed(&restore, &not_loaded.why(backend.name(), ""));
                 return Ok(None);
             }
         }
@@ -137,6 +135,8 @@ fn shell_once(
     let log = fs_err::File::create(&console_log).map_err(io_err("create", &console_log))?;
     let (halted_tx, halted_rx) = mpsc::channel::<()>();
     let vm_ended = AtomicBool::new(false);
+    // Why the agent could not be served (the VM was not resumed after its save).
+    let failed = std::sync::Mutex::new(None::<String>);
     std::thread::scope(|scope| {
         let halted_on_console = halted_tx.clone();
         scope.spawn(move || {
@@ -159,6 +159,7 @@ fn shell_once(
             }
         });
         let vm_ended = &vm_ended;
+        let failed = &failed;
         let console_log = &console_log;
         let control = &control;
         scope.spawn(move || {
@@ -173,7 +174,7 @@ fn shell_once(
                 }
             });
             if let Err(why) = asked {
-                (s.notice)(&format!("the VM's agent cannot be served: {why}"));
+                *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
                 let _ = halted_tx.send(());
             }
         });
@@ -190,6 +191,11 @@ fn shell_once(
             )
         };
         vm_ended.store(true, Ordering::SeqCst);
+        if let Some(why) = failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(TestError::Infra(format!(
+                "the VM's guest agent could not be served: {why}"
+            )));
+        }
         Ok(Some(ShellEnd { status, halted }))
     })
 }

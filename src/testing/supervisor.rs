@@ -67,26 +67,45 @@ impl VmRun<'_> {
     /// serves tests until it ends, then removes its scratch disks. A VM that could not
     /// start from the snapshot starts again in full.
     pub(crate) fn run(&self) -> Result<(), TestError> {
+        let spec = self.opts.spec;
+        // Fresh disks for each test, or a fresh VM: one test per boot, taken from the
+        // queue before the VM starts (so that no VM starts for nothing).
+        let one_test = (!spec.vm.disks.is_empty() && !spec.vm.share_disks)
+            || spec.vm.isolation == Isolation::Test;
         loop {
+            let reserved = match one_test {
+                true => match self.shared.next() {
+                    Some(test) => Some(test),
+                    None => return Ok(()),
+                },
+                false => None,
+            };
             let disks = scratch_disks(
-                &self.opts.spec.vm.disks,
+                &spec.vm.disks,
                 self.opts.work,
                 &format!("vm{}", self.worker),
             )?;
-            let result = self.serve(disks.clone());
+            let result = self.serve(disks.clone(), one_test, reserved);
             remove_disks(&disks);
             match result? {
                 Served::Done => return Ok(()),
-                Served::NotRestored => continue,
+                Served::NotRestored(reserved) => {
+                    if let Some(test) = reserved {
+                        self.shared.requeue(test);
+                    }
+                }
             }
         }
     }
 
-    fn serve(&self, disks: Vec<crate::vm::Disk>) -> Result<Served, TestError> {
+    /// One VM: serves `reserved` only when `one_test`, else tests from the queue.
+    fn serve(
+        &self,
+        disks: Vec<crate::vm::Disk>,
+        one_test: bool,
+        mut reserved: Option<Planned>,
+    ) -> Result<Served, TestError> {
         let spec = self.opts.spec;
-        // Fresh disks for each test, or a fresh VM: one test per boot.
-        let one_test =
-            (!disks.is_empty() && !spec.vm.share_disks) || spec.vm.isolation == Isolation::Test;
         let name = |what: &str, ext: &str| {
             self.socket_dir
                 .join(format!("{what}{}-{}.{ext}", self.worker, self.boot))
@@ -99,7 +118,7 @@ impl VmRun<'_> {
                 self.opts.work,
                 &format!("vm{}-{}", self.worker, self.boot),
                 self.media.root_disk.as_deref(),
-            )?,
+            ),
             None => Start::Cold,
         };
         let mut launch = self.media.launch(
@@ -127,15 +146,14 @@ impl VmRun<'_> {
         let mut saving = None;
         match (start, self.opts.warm) {
             (Start::Restore(restore), Some(warm)) => {
+                restore.write_boot_console(&mut console);
                 if let Err(not_loaded) =
                     warm.resume_restored(&restore, &control, spec.vm.boot_timeout)
                 {
                     let stderr = session.end(None, &mut console);
                     let why = not_loaded.why(self.opts.backend.name(), &stderr);
-                    warm.restore_failed(&why, &|| {
-                        (self.opts.notice)("waiting for another vmbuild making this snapshot")
-                    });
-                    return Ok(Served::NotRestored);
+                    warm.restore_failed(&restore, &why);
+                    return Ok(Served::NotRestored(reserved));
                 }
                 (self.opts.detail)(&format!(
                     "vm{}: started from the snapshot in {:.2} s",
@@ -152,7 +170,6 @@ impl VmRun<'_> {
         let mut last_event = Instant::now();
         let mut failed_here = false;
         let mut holding = false;
-        let mut served = 0;
         let outcome = loop {
             let deadline = match &running {
                 // Held for the user: no deadline; they end it (or Ctrl-C does).
@@ -222,17 +239,16 @@ impl VmRun<'_> {
                     let hold = self.opts.keep_alive
                         && failed_here
                         && !self.shared.held.swap(true, Ordering::SeqCst);
-                    let next = if hold || (one_test && served > 0) {
-                        None
-                    } else {
-                        self.shared.next()
+                    let next = match (hold, one_test) {
+                        (true, _) => None,
+                        (false, true) => reserved.take(),
+                        (false, false) => self.shared.next(),
                     };
                     let reply = match next {
                         _ if hold => protocol::HOLD.to_string(),
                         Some(test) => {
                             let secs = test.timeout.as_secs_f64().ceil().max(1.0) as u64;
                             let line = protocol::run_command(&test.name, secs, &test.guest_path);
-                            served += 1;
                             running = Some(Running {
                                 test,
                                 started: Instant::now(),
@@ -447,8 +463,9 @@ impl VmRun<'_> {
 enum Served {
     /// It served tests (or failed in a way the results or an error tell).
     Done,
-    /// It could not start from the snapshot: start another.
-    NotRestored,
+    /// It could not start from the snapshot: start another (with this test, taken for
+    /// it).
+    NotRestored(Option<Planned>),
 }
 
 enum VmEnd {

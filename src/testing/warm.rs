@@ -9,27 +9,73 @@
 //! ready the VM is paused, saved, published, and resumed to serve tests like any other.
 //! VMs that want the entry meanwhile wait for it. A state the backend refuses, or one
 //! whose files do not match their manifest, is said in one line; that VM boots cold and
-//! its state replaces the entry.
+//! its state replaces the entry. Snapshots only ever save time: whatever goes wrong with
+//! them (a store that cannot stage, a save that fails), VMs boot in full.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::agent;
+use super::capture::CappedWriter;
+use super::runner::Artifacts;
 use crate::graph::{environment_key, Environment, KeyInputs};
 use crate::recipe::{StartMode, VmSpec};
 use crate::store::{Entry, KeyLock, Manifest, Staging, Store};
 use crate::tools::Tools;
-use crate::vm::{Accel, Backend, Launch, RootLayer, Snapshots};
-
-use super::runner::{Artifacts, TestError};
+use crate::vm::{self, Accel, Backend, Launch, RootLayer, Snapshots};
 
 /// The backend's saved state, in the entry.
 pub(crate) const STATE: &str = "state";
-/// The guest's root disk writes before the save, for a disk root (a qcow2 layer).
-pub(crate) const ROOT_LAYER: &str = "root.qcow2";
+/// The guest's root disk writes before the save, for a disk root (a copy-on-write layer
+/// in the backend's format).
+pub(crate) const ROOT_LAYER: &str = "root.layer";
 /// The console of the boot that made the entry.
 const BOOT_CONSOLE: &str = "console.log";
+/// The least time a VM gets to load a saved state (several VMs loading at once share the
+/// host's cores): a slow load is not a refusal.
+const LOAD_WITHIN: Duration = Duration::from_secs(60);
+const WAITING: &str = "another vmbuild is making this environment's snapshot: waiting for it";
+
+/// The entry name of the environment of `name` (a test recipe, or what `run` and `shell`
+/// boot).
+pub(crate) fn entry_name(name: &str) -> String {
+    format!("env-{name}")
+}
+
+/// The key inputs of the environment VMs with `vm`'s settings start from, booting the
+/// entries with these keys; `None` when they boot in full (`[vm] start = "boot"`, or a
+/// backend without snapshots). `Err`: the backend's identity is unknown.
+pub(crate) fn environment_inputs(
+    vm: &VmSpec,
+    kernel: &str,
+    rootfs: &str,
+    bundles: Vec<(&str, &str)>,
+    backend: &dyn Backend,
+    accel: Accel,
+    tools: &Tools,
+) -> Result<Option<KeyInputs>, String> {
+    if vm.start != StartMode::Snapshot || backend.snapshots().is_none() {
+        return Ok(None);
+    }
+    let program = backend.program();
+    let identity = tools.identity(program).map_err(|e| e.to_string())?;
+    Ok(Some(environment_key(&Environment {
+        vm,
+        // The whole line the guest boots with, host limits included (`rdinit=` follows
+        // from the rootfs, which is keyed).
+        cmdline: agent::cmdline("", &vm.cmdline),
+        kernel,
+        rootfs,
+        bundles,
+        hypervisor: (program, identity),
+        accel: accel.name(),
+        // Under KVM the guest runs on the host's CPU and sees its features.
+        host_cpu: (accel == Accel::Kvm).then(vm::host_cpu),
+    })))
+}
 
 /// One test run's view of its environment's entry, shared by its VMs.
 pub(crate) struct Warm<'a> {
@@ -46,8 +92,8 @@ pub(crate) struct Warm<'a> {
 }
 
 enum Slot {
-    /// VMs start from this entry. `checked`: one restore this run rehashed it.
-    Ready { entry: Entry, checked: bool },
+    /// VMs start from this entry.
+    Ready { entry: Entry, check: Check },
     /// There is none (or it is being replaced: the name it has): the next VM makes it,
     /// under this lock.
     Missing {
@@ -58,6 +104,93 @@ enum Slot {
     Making,
     /// VMs boot in full.
     Off,
+}
+
+/// Rehashing the entry, once per run, by the first VM that restores; the others wait
+/// for its answer.
+#[derive(PartialEq)]
+enum Check {
+    Due,
+    Running,
+    Done,
+}
+
+/// How one VM comes up.
+pub(crate) enum Start<'w> {
+    /// A full boot.
+    Cold,
+    /// A full boot, saved into the entry once the agent is ready.
+    Save(Saving<'w>),
+    /// From the entry's saved state.
+    Restore(Restore),
+}
+
+/// A VM that makes the entry. Dropped before its entry is published (the VM never got
+/// ready, or its save failed), VMs waiting for the entry boot in full.
+pub(crate) struct Saving<'w> {
+    warm: &'w Warm<'w>,
+    staging: Option<Staging>,
+    _lock: KeyLock,
+    started: Instant,
+    /// Where the VM records its root disk writes (in `work`), for a disk root.
+    record: Option<PathBuf>,
+    published: bool,
+}
+
+impl Drop for Saving<'_> {
+    fn drop(&mut self) {
+        if !self.published {
+            self.warm.turn_off();
+        }
+    }
+}
+
+/// A VM started from the entry.
+pub(crate) struct Restore {
+    entry: Entry,
+    state: PathBuf,
+    /// The root disk's recorded layer, for a disk root.
+    layer: Option<PathBuf>,
+    /// This VM rehashes the entry while it loads.
+    check: bool,
+}
+
+impl Restore {
+    /// Writes the console of the boot that made the entry to `console`, then a line
+    /// saying this VM started from it: a restored VM's console is its boot's too.
+    pub(crate) fn write_boot_console<W: Write>(&self, console: &mut CappedWriter<W>) {
+        let saved = fs_err::read(self.entry.path.join(BOOT_CONSOLE)).unwrap_or_default();
+        for line in String::from_utf8_lossy(&saved).lines() {
+            let _ = console.write_line(line);
+        }
+        let _ = console.write_line(&format!(
+            "vmbuild: this VM started from the snapshot {}",
+            self.entry.path.display()
+        ));
+    }
+}
+
+impl Start<'_> {
+    /// Sets `launch` up to start this way, with `control` as its control socket.
+    pub(crate) fn configure(&self, launch: &mut Launch, control: &Path) {
+        if let Some(root) = launch.root_disk.as_mut() {
+            root.layer = match self {
+                Start::Save(Saving {
+                    record: Some(path), ..
+                }) => RootLayer::Record(path.clone()),
+                Start::Restore(Restore {
+                    layer: Some(path), ..
+                }) => RootLayer::Replay(path.clone()),
+                _ => RootLayer::Throwaway,
+            };
+        }
+        if !matches!(self, Start::Cold) {
+            launch.control = Some(control.to_path_buf());
+        }
+        if let Start::Restore(restore) = self {
+            launch.incoming = Some(restore.state.clone());
+        }
+    }
 }
 
 /// Why a VM could not start from the entry.
@@ -84,76 +217,18 @@ impl NotLoaded {
     }
 }
 
-/// How one VM comes up.
-pub(crate) enum Start<'w> {
-    /// A full boot.
-    Cold,
-    /// A full boot, saved into the entry once the agent is ready.
-    Save(Saving<'w>),
-    /// From the entry's saved state.
-    Restore(Restore),
-}
-
-/// A VM that makes the entry. Dropped unsaved (the VM never got ready), VMs waiting for
-/// the entry boot in full.
-pub(crate) struct Saving<'w> {
-    warm: &'w Warm<'w>,
-    staging: Option<Staging>,
-    _lock: KeyLock,
-    started: Instant,
-    /// Where the VM records its root disk writes (in `work`), for a disk root.
-    pub record: Option<PathBuf>,
-}
-
-impl Drop for Saving<'_> {
-    fn drop(&mut self) {
-        if self.staging.is_some() {
-            self.warm.turn_off();
-        }
-    }
-}
-
-/// A VM started from the entry.
-pub(crate) struct Restore {
-    pub state: PathBuf,
-    /// The root disk's recorded layer, for a disk root.
-    pub layer: Option<PathBuf>,
-    /// The entry to rehash while the VM loads, once per run.
-    check: Option<Entry>,
-}
-
-impl Start<'_> {
-    /// Sets `launch` up to start this way, with `control` as its control socket.
-    pub(crate) fn configure(&self, launch: &mut Launch, control: &Path) {
-        if let Some(root) = launch.root_disk.as_mut() {
-            root.layer = self.root_layer();
-        }
-        if !matches!(self, Start::Cold) {
-            launch.control = Some(control.to_path_buf());
-        }
-        if let Start::Restore(restore) = self {
-            launch.incoming = Some(restore.state.clone());
-        }
-    }
-
-    /// What lies between the root image and a VM that starts this way.
-    fn root_layer(&self) -> RootLayer {
-        match self {
-            Start::Save(Saving {
-                record: Some(path), ..
-            }) => RootLayer::Record(path.clone()),
-            Start::Restore(Restore {
-                layer: Some(path), ..
-            }) => RootLayer::Replay(path.clone()),
-            _ => RootLayer::Throwaway,
-        }
-    }
+/// The same published entry (a replacement has the same path, not the same manifest).
+fn same_entry(a: &Entry, b: &Entry) -> bool {
+    a.path == b.path
+        && a.manifest.created == b.manifest.created
+        && a.manifest.build_seconds == b.manifest.build_seconds
 }
 
 impl<'a> Warm<'a> {
-    /// The entry VMs with `vm`'s settings booting `artifacts` start from, named `name`
-    /// if this run makes it; `None` when they boot in full (`[vm] start = "boot"`, or a
-    /// backend without snapshots).
+    /// The entry VMs with `vm`'s settings booting `artifacts` start from, named
+    /// `entry_name(name)` if this run makes it; `None` when they boot in full. When it
+    /// is missing, the key's lock is taken now (another vmbuild making it is waited for,
+    /// and said so). A store or backend that cannot do it is said, and VMs boot in full.
     pub(crate) fn open_for(
         store: &'a Store,
         backend: &'a dyn Backend,
@@ -162,65 +237,79 @@ impl<'a> Warm<'a> {
         accel: Accel,
         name: &str,
         notice: &'a (dyn Fn(&str) + Sync),
-    ) -> Result<Option<Warm<'a>>, TestError> {
-        let Some(snapshots) = backend.snapshots() else {
-            return Ok(None);
-        };
-        if vm.start != StartMode::Snapshot {
-            return Ok(None);
-        }
-        let program = backend.program();
-        let identity = Tools::new(store.root())
-            .identity(program)
-            .map_err(TestError::Process)?;
-        let environment = Environment {
+    ) -> Option<Warm<'a>> {
+        let snapshots = backend.snapshots()?;
+        let bundles = artifacts
+            .bundles
+            .iter()
+            .map(|(name, entry)| (*name, entry.manifest.key.as_str()))
+            .collect();
+        let inputs = environment_inputs(
             vm,
-            kernel: &artifacts.kernel.manifest.key,
-            rootfs: &artifacts.rootfs.manifest.key,
-            bundles: artifacts
-                .bundles
-                .iter()
-                .map(|(name, entry)| (*name, entry.manifest.key.as_str()))
-                .collect(),
-            hypervisor: (program, identity),
-            accel: accel.name(),
+            &artifacts.kernel.manifest.key,
+            &artifacts.rootfs.manifest.key,
+            bundles,
+            backend,
+            accel,
+            &Tools::new(store.root()),
+        );
+        let config = crate::format::kconfig::read_config(&artifacts.kernel.path.join("config"));
+        if let Ok(config) = config {
+            if inputs.as_ref().is_ok_and(Option::is_some)
+                && !matches!(
+                    config.get("CONFIG_VMGENID").map(String::as_str),
+                    Some("y" | "m")
+                )
+            {
+                notice(&format!(
+                    "kernel `{}` has no CONFIG_VMGENID (and ACPI): VMs started from one snapshot \
+                     share their random state until the kernel reseeds itself; add \
+                     CONFIG_ACPI=y and CONFIG_VMGENID=y, or set [vm] start = \"boot\"",
+                    artifacts.kernel.manifest.name
+                ));
+            }
+        }
+        let opened = match inputs {
+            Ok(None) => return None,
+            Ok(Some(inputs)) => Warm::open(store, snapshots, &inputs, name, notice),
+            Err(e) => Err(e),
         };
-        let waiting =
-            || notice("another vmbuild is making this environment's snapshot: waiting for it");
-        Warm::open(
-            store,
-            snapshots,
-            &environment_key(&environment),
-            name,
-            &waiting,
-            notice,
-        )
-        .map(Some)
+        // A damaged entry the lookups passed over (it is replaced): said once.
+        let mut damage = store.take_damage();
+        damage.dedup();
+        for line in damage {
+            notice(&line);
+        }
+        match opened {
+            Ok(warm) => Some(warm),
+            Err(why) => {
+                notice(&format!("cannot use snapshots ({why}); VMs boot in full"));
+                None
+            }
+        }
     }
 
-    /// The entry of the environment `inputs` describe (named `name` if this run makes
-    /// it). When it is missing, the key's lock is taken now (`waiting` says so if
-    /// another vmbuild holds it: that one is making it, and it is reused).
     fn open(
         store: &'a Store,
         snapshots: &'a dyn Snapshots,
         inputs: &KeyInputs,
         name: &str,
-        waiting: &dyn Fn(),
         notice: &'a (dyn Fn(&str) + Sync),
-    ) -> Result<Warm<'a>, TestError> {
+    ) -> Result<Warm<'a>, String> {
         let key = inputs.key();
-        let slot = match store.lookup(&key, name)? {
+        let name = entry_name(name);
+        let err = |e: crate::store::StoreError| e.to_string();
+        let slot = match store.lookup(&key, &name).map_err(err)? {
             Some(entry) => Slot::Ready {
                 entry,
-                checked: false,
+                check: Check::Due,
             },
             None => {
-                let lock = store.lock(&key, waiting)?;
-                match store.lookup(&key, name)? {
+                let lock = store.lock(&key, || notice(WAITING)).map_err(err)?;
+                match store.lookup(&key, &name).map_err(err)? {
                     Some(entry) => Slot::Ready {
                         entry,
-                        checked: false,
+                        check: Check::Due,
                     },
                     None => Slot::Missing {
                         lock,
@@ -233,7 +322,7 @@ impl<'a> Warm<'a> {
             store,
             snapshots,
             key,
-            name: name.to_string(),
+            name,
             inputs: inputs.to_value(),
             notice,
             slot: Mutex::new(slot),
@@ -242,73 +331,94 @@ impl<'a> Warm<'a> {
         })
     }
 
-    /// How the next VM starts; waits while another VM of this run makes the entry.
-    /// `work` holds the VM's own files; `disk_root`: the VM boots a root disk image.
+    fn slot(&self) -> MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How the next VM starts; waits while another VM of this run makes the entry or
+    /// checks it. `work` holds the VM's own files; `disk_root`: the image it boots as
+    /// its root disk.
     pub(crate) fn start(
         &'a self,
         work: &Path,
         vm_name: &str,
         disk_root: Option<&Path>,
-    ) -> Result<Start<'a>, TestError> {
-        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+    ) -> Start<'a> {
+        let mut slot = self.slot();
         loop {
             match &mut *slot {
-                Slot::Ready { entry, checked } => {
-                    let layer = entry.path.join(ROOT_LAYER);
-                    return Ok(Start::Restore(Restore {
+                Slot::Ready { check, .. } if *check == Check::Running => {}
+                Slot::Ready { entry, check } => {
+                    let first = *check == Check::Due;
+                    if first {
+                        *check = Check::Running;
+                    }
+                    return Start::Restore(Restore {
                         state: entry.path.join(STATE),
-                        layer: disk_root.map(|_| layer),
-                        check: (!*checked).then(|| entry.clone()),
-                    }));
+                        layer: disk_root.map(|_| entry.path.join(ROOT_LAYER)),
+                        entry: entry.clone(),
+                        check: first,
+                    });
                 }
-                Slot::Making => {
-                    slot = self.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
-                }
-                Slot::Off => return Ok(Start::Cold),
+                Slot::Making => {}
+                Slot::Off => return Start::Cold,
                 Slot::Missing { .. } => {
                     let Slot::Missing { lock, replacing } =
                         std::mem::replace(&mut *slot, Slot::Making)
                     else {
                         unreachable!("matched above")
                     };
-                    let name = replacing.as_deref().unwrap_or(&self.name);
-                    let staging = match self.store.stage(&self.key, name, &lock) {
-                        Ok(staging) => staging,
-                        Err(e) => {
-                            *slot = Slot::Off;
-                            self.changed.notify_all();
-                            return Err(e.into());
-                        }
-                    };
-                    let record = match disk_root {
-                        None => None,
-                        Some(image) => {
-                            let record = work.join(format!("root-{vm_name}.qcow2"));
-                            let _ = fs_err::remove_file(&record);
-                            if let Err(why) = self.snapshots.create_overlay(image, &record) {
-                                drop(slot);
-                                self.give_up(&format!("cannot make its root disk layer: {why}"));
-                                return Ok(Start::Cold);
-                            }
-                            Some(record)
-                        }
-                    };
-                    (self.notice)(if replacing.is_some() {
-                        "booting cold to replace the environment's snapshot"
-                    } else {
-                        "no snapshot of this environment yet: booting it once and saving it; \
-                         later VMs start from it"
-                    });
-                    return Ok(Start::Save(Saving {
-                        warm: self,
-                        staging: Some(staging),
-                        _lock: lock,
-                        started: Instant::now(),
-                        record,
-                    }));
+                    drop(slot);
+                    return self.saving(lock, replacing, work, vm_name, disk_root);
                 }
             }
+            slot = self.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// The VM that makes the entry (the slot says `Making`).
+    fn saving(
+        &'a self,
+        lock: KeyLock,
+        replacing: Option<String>,
+        work: &Path,
+        vm_name: &str,
+        disk_root: Option<&Path>,
+    ) -> Start<'a> {
+        let name = replacing.as_deref().unwrap_or(&self.name);
+        let staging = match self.store.stage(&self.key, name, &lock) {
+            Ok(staging) => staging,
+            Err(e) => {
+                self.give_up(&format!("cannot stage the environment's snapshot: {e}"));
+                return Start::Cold;
+            }
+        };
+        let record = match disk_root {
+            None => None,
+            Some(image) => {
+                let record = work.join(format!("root-{vm_name}.layer"));
+                let _ = fs_err::remove_file(&record);
+                if let Err(why) = self.snapshots.create_overlay(image, &record) {
+                    self.give_up(&format!("cannot make its root disk layer: {why}"));
+                    return Start::Cold;
+                }
+                Some(record)
+            }
+        };
+        (self.notice)(if replacing.is_some() {
+            "booting cold to replace the environment's snapshot"
+        } else {
+            "no snapshot of this environment yet: booting it once and saving it; \
+             later VMs start from it"
+        });
+        Start::Save(Saving {
+            warm: self,
+            staging: Some(staging),
+            _lock: lock,
+            started: Instant::now(),
+            record,
+            published: false,
+        })
     }
 
     /// The VM `saving` booted is ready (its agent said READY): saves it into the entry
@@ -316,39 +426,35 @@ impl<'a> Warm<'a> {
     /// the backend could not run it again. `console` is its console so far.
     pub(crate) fn save_and_resume(
         &self,
-        saving: Saving,
-        control: &Path,
-        console: &Path,
-        release: &str,
-    ) -> Result<(), String> {
-        if let Err(why) = self.save(saving, control, console, release) {
-            self.save_failed(&why);
-        }
-        // Saved or not, the VM goes on (a failed save may have paused it).
-        self.snapshots.resume(control)
-    }
-
-    /// A VM started from the entry: waits until it has loaded the state (checking the
-    /// entry's files meanwhile, once per run) and runs it.
-    pub(crate) fn resume_restored(
-        &self,
-        restore: &Restore,
-        control: &Path,
-        within: Duration,
-    ) -> Result<(), NotLoaded> {
-        self.loaded(restore, control, within)?;
-        self.snapshots.resume(control).map_err(NotLoaded::Refused)
-    }
-
-    /// Saves the VM behind `control`, which `saving` booted and whose agent is ready,
-    /// and publishes the entry; the VM is left paused. `console` is its console so far.
-    fn save(
-        &self,
         mut saving: Saving,
         control: &Path,
         console: &Path,
         release: &str,
     ) -> Result<(), String> {
+        match self.save(&mut saving, control, console, release) {
+            Ok(entry) => {
+                *self.slot() = Slot::Ready {
+                    entry,
+                    check: Check::Done,
+                };
+                saving.published = true;
+                self.changed.notify_all();
+            }
+            Err(why) => self.give_up(&format!("cannot save the booted environment: {why}")),
+        }
+        // Saved or not, the VM goes on (a failed save may have paused it).
+        self.snapshots.resume(control)
+    }
+
+    /// Saves the VM behind `control` into `saving`'s staging folder and publishes it;
+    /// the VM is left paused.
+    fn save(
+        &self,
+        saving: &mut Saving,
+        control: &Path,
+        console: &Path,
+        release: &str,
+    ) -> Result<Entry, String> {
         let boot_seconds = saving.started.elapsed().as_secs_f64();
         let staging = saving.staging.take().expect("saved once");
         let out = staging.out().to_path_buf();
@@ -378,22 +484,9 @@ impl<'a> Warm<'a> {
         ] {
             manifest.head.details.insert(field.into(), value);
         }
-        let entry = self
-            .store
+        self.store
             .publish(staging, manifest)
-            .map_err(|e| e.to_string())?;
-        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        *slot = Slot::Ready {
-            entry,
-            checked: true,
-        };
-        self.changed.notify_all();
-        Ok(())
-    }
-
-    /// The VM that was making the entry could not: VMs boot in full from now on.
-    fn save_failed(&self, why: &str) {
-        self.give_up(&format!("cannot save the booted environment: {why}"));
+            .map_err(|e| e.to_string())
     }
 
     fn give_up(&self, why: &str) {
@@ -402,20 +495,23 @@ impl<'a> Warm<'a> {
     }
 
     fn turn_off(&self) {
-        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        *slot = Slot::Off;
+        *self.slot() = Slot::Off;
         self.changed.notify_all();
     }
 
-    /// Rehashes the entry while the VM loads its state (once per run: the first VM that
-    /// restores), then waits until the VM has loaded it.
-    fn loaded(&self, restore: &Restore, control: &Path, within: Duration) -> Result<(), NotLoaded> {
+    /// A VM started from the entry: waits until it has loaded the state (rehashing the
+    /// entry meanwhile, if it is the run's first) and runs it.
+    pub(crate) fn resume_restored(
+        &self,
+        restore: &Restore,
+        control: &Path,
+        within: Duration,
+    ) -> Result<(), NotLoaded> {
         let (loaded, problems) = std::thread::scope(|scope| {
             let check = restore
                 .check
-                .as_ref()
-                .map(|entry| scope.spawn(|| self.store.verify(entry)));
-            let loaded = self.snapshots.wait_loaded(control, within);
+                .then(|| scope.spawn(|| self.store.verify(&restore.entry)));
+            let loaded = self.snapshots.wait_loaded(control, within.max(LOAD_WITHIN));
             let problems = check
                 .map(|c| {
                     c.join()
@@ -430,26 +526,29 @@ impl<'a> Warm<'a> {
                 "its files do not match its manifest: {first}"
             )));
         }
-        loaded.map_err(NotLoaded::Refused)?;
-        if restore.check.is_some() {
-            if let Slot::Ready { checked, .. } =
-                &mut *self.slot.lock().unwrap_or_else(|e| e.into_inner())
-            {
-                *checked = true;
+        if restore.check {
+            if let Slot::Ready { entry, check } = &mut *self.slot() {
+                if same_entry(entry, &restore.entry) {
+                    *check = Check::Done;
+                }
             }
+            self.changed.notify_all();
         }
-        Ok(())
+        loaded.map_err(NotLoaded::Refused)?;
+        self.snapshots.resume(control).map_err(NotLoaded::Refused)
     }
 
-    /// A VM could not start from the entry (`why`): said once; the next VM boots cold and
-    /// replaces the entry, unless this run replaced it already (then VMs boot in full).
-    pub(crate) fn restore_failed(&self, why: &str, waiting: &dyn Fn()) {
-        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        // Not ready: another VM has dealt with it.
-        let Slot::Ready { entry, .. } = &*slot else {
-            return;
-        };
-        let name = entry.manifest.name.clone();
+    /// The VM `restore` started could not start from its entry (`why`): said once; the
+    /// next VM boots cold and replaces the entry, unless this run replaced it already
+    /// (then VMs boot in full). Another vmbuild may replace it first: then that one's is
+    /// used.
+    pub(crate) fn restore_failed(&self, restore: &Restore, why: &str) {
+        let mut slot = self.slot();
+        match &*slot {
+            Slot::Ready { entry, .. } if same_entry(entry, &restore.entry) => {}
+            // Another VM of this run has dealt with this entry already.
+            _ => return,
+        }
         if self.replaced.swap(true, Ordering::SeqCst) {
             (self.notice)(&format!(
                 "the snapshot of this environment cannot be used ({why}), even made anew; \
@@ -464,15 +563,22 @@ impl<'a> Warm<'a> {
         ));
         *slot = Slot::Making;
         drop(slot);
-        let lock = self.store.lock(&self.key, waiting);
-        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-        *slot = match lock {
-            Ok(lock) => Slot::Missing {
-                lock,
-                replacing: Some(name),
-            },
+        let name = restore.entry.manifest.name.clone();
+        let next = match self.store.lock(&self.key, || (self.notice)(WAITING)) {
             Err(_) => Slot::Off,
+            Ok(lock) => match self.store.lookup(&self.key, &name) {
+                // Replaced by another vmbuild while we waited.
+                Ok(Some(entry)) if !same_entry(&entry, &restore.entry) => Slot::Ready {
+                    entry,
+                    check: Check::Due,
+                },
+                _ => Slot::Missing {
+                    lock,
+                    replacing: Some(name),
+                },
+            },
         };
+        *self.slot() = next;
         self.changed.notify_all();
     }
 }

@@ -90,8 +90,9 @@ pub struct Launch {
     /// A socket the backend listens on for `Snapshots` requests.
     pub control: Option<PathBuf>,
     /// A state `Snapshots::save` wrote: the VM starts from it, paused (see
-    /// `Snapshots::resume`), instead of booting. Everything else in the launch must be
-    /// as it was for the VM that saved it, paths of files and sockets aside.
+    /// `Snapshots::resume`), instead of booting. The guest's devices must be those of
+    /// the VM that saved it (what backs them may differ: sockets, scratch files, the
+    /// root disk's layers).
     pub incoming: Option<PathBuf>,
 }
 
@@ -151,6 +152,25 @@ impl Accel {
             Accel::Tcg => "tcg",
         }
     }
+}
+
+/// The host CPU's identity, for states saved under KVM (where the guest sees the host's
+/// CPU and its features): a hash of the first CPU's vendor, family, model, stepping,
+/// microcode and flags in `/proc/cpuinfo`.
+pub fn host_cpu() -> String {
+    let info = fs_err::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let first = info.split("\n\n").next().unwrap_or_default();
+    let fields: Vec<&str> = first
+        .lines()
+        .filter(|l| {
+            let name = l.split(':').next().unwrap_or_default().trim();
+            matches!(
+                name,
+                "vendor_id" | "cpu family" | "model" | "stepping" | "microcode" | "flags"
+            )
+        })
+        .collect();
+    crate::hashing::sha256_hex(fields.join("\n").as_bytes())
 }
 
 /// The kernel command line every test VM gets before the recipe's own additions:

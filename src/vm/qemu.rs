@@ -1,13 +1,20 @@
 //! The qemu backend (x86_64): direct kernel boot with `-kernel`/`-initrd`, no default
 //! devices, `-no-reboot` so the guest's `reboot -f` (or a panic with `panic=-1`) ends
-//! qemu. Serial port 0 is the kernel console, port 1 the guest agent's channel.
+//! qemu. Three serial ports whatever they carry (a saved state restores only into the
+//! same devices): the kernel console, the guest agent's channel, and the `--keep-alive`
+//! shell (`null` otherwise). A VM generation ID on pc and q35 machines, so that a Linux
+//! guest restored from a saved state reseeds its random generator.
 //! The guest gets no network (`-nic none`) unless the recipe opts in (`net = "user"`: one
 //! virtio-net NIC on qemu's user-mode NAT), and nothing of the store but what qemu reads
-//! itself: `-kernel`, `-initrd` and a root disk image opened with `snapshot=on` (qemu
-//! opens the image read-only and sends the guest's writes to a temporary overlay of its
-//! own, deleted when qemu exits). Every other drive is a fresh scratch file. Each drive
-//! is a virtio-blk device with a serial the guest names it by.
+//! itself: `-kernel`, `-initrd`, a root disk image (and a saved state's layer over it)
+//! opened read-only with a temporary overlay of qemu's own for the guest's writes
+//! (`snapshot=on`, deleted when qemu exits), and a saved state (`-incoming`). Every other
+//! drive is a fresh scratch file or the layer a VM being saved records its root disk's
+//! writes in. Each drive is a virtio-blk device with a serial the guest names it by.
+//! Saving and restoring (`Snapshots`) go through QMP on the launch's control socket.
 
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -34,9 +41,25 @@ fn option_path(path: &Path) -> String {
     path.to_string_lossy().replace(',', ",,")
 }
 
-/// `path` as one word of a `sh -c` command (qemu's `exec:` migration runs one).
-fn shell_word(path: &Path) -> String {
-    format!("'{}'", path.to_string_lossy().replace('\'', "'\\''"))
+/// `path` as one word of a `sh -c` command (qemu's `exec:` migration runs one), byte for
+/// byte: in single quotes, each `'` as `'\''`.
+fn shell_word(path: &Path) -> OsString {
+    let mut word = vec![b'\''];
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b'\'' => word.extend_from_slice(b"'\\''"),
+            b => word.push(b),
+        }
+    }
+    word.push(b'\'');
+    OsString::from_vec(word)
+}
+
+/// `prefix` then `word`.
+fn joined(prefix: &str, word: OsString) -> OsString {
+    let mut joined = OsString::from(prefix);
+    joined.push(word);
+    joined
 }
 
 pub struct Qemu {
@@ -86,16 +109,18 @@ impl Backend for Qemu {
         match &launch.wiring {
             Wiring::Agent { socket, shell } => {
                 cmd.args(["-serial", "stdio", "-serial"])
-                    .arg(format!("unix:{}", socket.display()))
+                    .arg(format!("unix:{}", option_path(socket)))
                     .arg("-serial");
                 match shell {
-                    Some(shell) => cmd.arg(format!("unix:{},server=on,wait=off", shell.display())),
+                    Some(shell) => {
+                        cmd.arg(format!("unix:{},server=on,wait=off", option_path(shell)))
+                    }
                     None => cmd.arg("null"),
                 };
             }
             Wiring::Interactive { agent } => {
                 cmd.args(["-serial", "mon:stdio", "-serial"])
-                    .arg(format!("unix:{}", agent.display()))
+                    .arg(format!("unix:{}", option_path(agent)))
                     .args(["-serial", "null"]);
             }
         }
@@ -110,7 +135,7 @@ impl Backend for Qemu {
         }
         if let Some(state) = &launch.incoming {
             cmd.arg("-incoming")
-                .arg(format!("exec:cat {}", shell_word(state)));
+                .arg(joined("exec:cat ", shell_word(state)));
         }
         if let Some(root) = &launch.root_disk {
             let image = option_path(&root.image);
@@ -171,11 +196,18 @@ impl Snapshots for Qemu {
             "migrate-set-parameters",
             json!({ "max-bandwidth": SAVE_BANDWIDTH }),
         )?;
-        qmp.execute(
-            "migrate",
-            json!({ "uri": format!("exec:cat > {}", shell_word(state)) }),
-        )?;
-        migration_done(&mut qmp, SAVE_WITHIN)
+        // QMP speaks JSON strings: a path that is not UTF-8 cannot be sent.
+        let uri = joined("exec:cat > ", shell_word(state));
+        let uri = uri
+            .to_str()
+            .ok_or_else(|| format!("{} is not UTF-8", state.display()))?;
+        qmp.execute("migrate", json!({ "uri": uri }))?;
+        let done = migration_done(&mut qmp, SAVE_WITHIN);
+        if done.is_err() {
+            // Not left running: it would pause the VM again when it completes.
+            let _ = qmp.execute("migrate_cancel", json!({}));
+        }
+        done
     }
 
     fn wait_loaded(&self, control: &Path, within: Duration) -> Result<(), String> {
