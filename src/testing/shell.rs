@@ -10,7 +10,7 @@
 //! console line says so, and vmbuild then stops the VM.
 
 use std::io::{BufReader, Read, Write};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,9 +95,6 @@ fn shell_once(
     let console_log = s.work.join("console.log");
     let _ = fs_err::remove_file(&socket);
     let listener = UnixListener::bind(&socket).map_err(io_err("listen on", &socket))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(io_err("listen on", &socket))?;
     let start = match warm {
         Some(warm) => warm.start(s.work, "shell", media.root_disk.as_deref()),
         None => Start::Cold,
@@ -191,6 +188,8 @@ fn shell_once(
             )
         };
         vm_ended.store(true, Ordering::SeqCst);
+        // Wakes the agent's thread if the VM never connected; harmless if it did.
+        let _ = UnixStream::connect(&socket);
         if let Some(why) = failed.lock().unwrap_or_else(|e| e.into_inner()).take() {
             return Err(TestError::Infra(format!(
                 "the VM's guest agent could not be served: {why}"
@@ -209,19 +208,11 @@ fn serve_agent(
     restored: bool,
     mut on_ready: impl FnMut(&str) -> Result<(), String>,
 ) -> Result<(), String> {
-    let stream = loop {
-        match listener.accept() {
-            Ok((stream, _)) => break stream,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if vm_ended.load(Ordering::SeqCst) {
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    };
-    stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+    // A VM that ended before it connected: `shell_once` connects to wake this.
+    let (stream, _) = listener.accept().map_err(|e| e.to_string())?;
+    if vm_ended.load(Ordering::SeqCst) {
+        return Ok(());
+    }
     let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
     let mut send = |line: &str| writer.write_all(line.as_bytes()).map_err(|e| e.to_string());
     if restored {

@@ -223,7 +223,8 @@ impl Snapshots for Qemu {
 }
 
 /// Polls the migration under way (a save, or a VM loading its `-incoming` state) until it
-/// completes; its error when it fails.
+/// completes; its error when it fails. Polled: qemu sends MIGRATION events only with the
+/// `events` capability, which a VM loading `-incoming` cannot have set before it starts.
 fn migration_done(qmp: &mut Qmp, within: Duration) -> Result<(), String> {
     let deadline = Instant::now() + within;
     loop {
@@ -491,5 +492,64 @@ mod tests {
         // Without ACPI there is no generation ID to give.
         launch.machine = "microvm".into();
         assert!(!line_of(&launch).contains("vmgenid"));
+    }
+
+    #[test]
+    fn the_saved_vm_and_every_restored_one_have_the_same_devices() {
+        // What a device is, without what backs it: the drive's file and layers, the
+        // serial port's chardev, the state to load.
+        let devices = |launch: &Launch| -> Vec<String> {
+            let cmd = Qemu { accel: Accel::Tcg }.command(launch).unwrap();
+            let args: Vec<String> = cmd
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let mut kept = Vec::new();
+            let mut i = 0;
+            while i < args.len() {
+                match args[i].as_str() {
+                    "-incoming" | "-qmp" | "-initrd" => i += 1,
+                    "-serial" => kept.push("-serial".to_string()),
+                    "-drive" => {
+                        let tail = args[i + 1].rsplit(',').take(2).collect::<Vec<_>>();
+                        kept.push(format!("-drive {tail:?}"));
+                    }
+                    other => kept.push(other.to_string()),
+                }
+                i += if matches!(args[i].as_str(), "-serial" | "-drive") {
+                    2
+                } else {
+                    1
+                };
+            }
+            kept
+        };
+        let mut saved = launch_with_root(RootLayer::Record("/w/rec.qcow2".into()));
+        saved.control = Some("/tmp/c0.sock".into());
+        saved.disks = vec![crate::vm::Disk {
+            path: "/w/disk-vm0-scratch.img".into(),
+            serial: "scratch".into(),
+        }];
+        let mut restored = saved.clone();
+        restored.root_disk.as_mut().unwrap().layer = RootLayer::Replay("/e/root.layer".into());
+        restored.control = Some("/tmp/c1.sock".into());
+        restored.incoming = Some("/e/state".into());
+        restored.initrd = "/w2/initrd".into();
+        restored.disks[0].path = "/w/disk-vm1-scratch.img".into();
+        restored.wiring = Wiring::Agent {
+            socket: "/tmp/a1.sock".into(),
+            shell: Some("/tmp/s1.sock".into()),
+        };
+        assert_eq!(devices(&saved), devices(&restored));
+        // The shell's VM too: the console goes to the terminal, the devices stay.
+        let mut shell = restored.clone();
+        shell.wiring = Wiring::Interactive {
+            agent: "/tmp/a2.sock".into(),
+        };
+        assert_eq!(devices(&saved), devices(&shell));
+        // ...and a VM with more memory does not pass for one.
+        let mut bigger = restored.clone();
+        bigger.memory_mb = 1024;
+        assert_ne!(devices(&saved), devices(&bigger));
     }
 }
