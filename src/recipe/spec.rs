@@ -231,6 +231,14 @@ pub struct VmSpec {
     pub isolation: Isolation,
 }
 
+impl VmSpec {
+    /// Each test gets a VM of its own: asked for (`isolation = "test"`), or needed for
+    /// fresh scratch disks (disks not shared).
+    pub fn vm_per_test(&self) -> bool {
+        self.isolation == Isolation::Test || (!self.disks.is_empty() && !self.share_disks)
+    }
+}
+
 /// A test recipe's `[vm]` defaults, also the VM of `vmbuild run --kernel K --rootfs R`.
 impl Default for VmSpec {
     fn default() -> VmSpec {

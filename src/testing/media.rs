@@ -236,6 +236,11 @@ pub(crate) fn stage1_failure(console: &Path, shown: &str) -> Option<TestError> {
     )))
 }
 
+/// Whether the host holds the scratch disks of `vms` VMs with `disks` in `work`.
+pub(crate) fn disks_fit(disks: &[DiskSpec], vms: usize, work: &Path) -> bool {
+    check_disk_space(disks, vms, work).is_ok()
+}
+
 /// Refuses scratch disks the host cannot hold: `vms` VMs each with `disks`, all in `work`.
 /// The files are sparse, but a test may fill them.
 fn check_disk_space(disks: &[DiskSpec], vms: usize, work: &Path) -> Result<(), TestError> {

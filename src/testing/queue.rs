@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use super::runner::{Artifacts, TestError};
@@ -148,17 +148,49 @@ pub(crate) struct Shared {
     pub held: AtomicBool,
     /// A VM's console was longer than vmbuild keeps.
     pub console_truncated: AtomicBool,
+    /// How many VMs run a test now, at most `run_limit`.
+    running: Mutex<usize>,
+    run_limit: usize,
+    run_freed: Condvar,
+}
+
+/// Leave for a VM to run a test (`Shared::run_permit`), given back when dropped.
+pub(crate) struct RunPermit<'a>(&'a Shared);
+
+impl Drop for RunPermit<'_> {
+    fn drop(&mut self) {
+        let mut running = self.0.running.lock().unwrap_or_else(|e| e.into_inner());
+        *running -= 1;
+        self.0.run_freed.notify_one();
+    }
 }
 
 impl Shared {
-    pub(crate) fn new(queue: Vec<Planned>) -> Shared {
+    /// The run of `queue`, with at most `run_limit` VMs running a test at once.
+    pub(crate) fn new(queue: Vec<Planned>, run_limit: usize) -> Shared {
         Shared {
             queue: Mutex::new(queue.into()),
             results: Mutex::new(Vec::new()),
             infra: Mutex::new(None),
             held: AtomicBool::new(false),
             console_truncated: AtomicBool::new(false),
+            running: Mutex::new(0),
+            run_limit: run_limit.max(1),
+            run_freed: Condvar::new(),
         }
+    }
+
+    /// Waits until fewer than `run_limit` VMs run a test, and counts this one.
+    pub(crate) fn run_permit(&self) -> RunPermit<'_> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        while *running >= self.run_limit {
+            running = self
+                .run_freed
+                .wait(running)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        *running += 1;
+        RunPermit(self)
     }
 
     /// The results of the run (and whether a console was cut), or its first

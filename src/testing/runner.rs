@@ -107,10 +107,20 @@ pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestE
     let mut console_truncated = false;
     if !queue.is_empty() {
         let planned: Vec<String> = queue.iter().map(|t| t.name.clone()).collect();
-        let shared = Shared::new(queue);
-        let vms = (opts.spec.vm.vms as usize)
-            .min(shared.queue.lock().map(|q| q.len()).unwrap_or(1))
-            .max(1);
+        let tests = queue.len();
+        let running = (opts.spec.vm.vms as usize).min(tests).max(1);
+        let shared = Shared::new(queue, running);
+        // A VM per test, started from the snapshot: each VM that runs a test has the next
+        // one starting beside it (the restore overlaps the test), so twice as many VMs
+        // live at once as run tests, where the host holds their scratch disks.
+        let spares = (running * 2).min(tests);
+        let vms = match opts.warm.is_some()
+            && opts.spec.vm.vm_per_test()
+            && media::disks_fit(&opts.spec.vm.disks, spares, opts.work)
+        {
+            true => spares,
+            false => running,
+        };
         let media = media::prepare(artifacts, &opts.spec.vm, vms, opts.work)?;
         let socket_dir = tempfile::Builder::new()
             .prefix("vmbuild-")

@@ -24,7 +24,6 @@ use super::{Status, TestResult};
 use crate::format::complaint::complaint;
 use crate::format::{fio, tap};
 use crate::fsio::io_err;
-use crate::recipe::Isolation;
 use crate::vm::Wiring;
 
 /// Time a hung test gets past its own timeout before the host kills its VM.
@@ -70,8 +69,7 @@ impl VmRun<'_> {
         let spec = self.opts.spec;
         // Fresh disks for each test, or a fresh VM: one test per boot, taken from the
         // queue before the VM starts (so that no VM starts for nothing).
-        let one_test = (!spec.vm.disks.is_empty() && !spec.vm.share_disks)
-            || spec.vm.isolation == Isolation::Test;
+        let one_test = spec.vm.vm_per_test();
         loop {
             let reserved = match one_test {
                 true => match self.shared.next() {
@@ -167,6 +165,7 @@ impl VmRun<'_> {
             _ => {}
         }
         let mut running: Option<Running> = None;
+        let mut permit = None;
         let mut last_event = Instant::now();
         let mut failed_here = false;
         let mut holding = false;
@@ -247,6 +246,9 @@ impl VmRun<'_> {
                     let reply = match next {
                         _ if hold => protocol::HOLD.to_string(),
                         Some(test) => {
+                            // Only so many VMs run a test at once (`vms`); the others,
+                            // started ahead, wait here.
+                            permit = Some(self.shared.run_permit());
                             let secs = test.timeout.as_secs_f64().ceil().max(1.0) as u64;
                             let line = protocol::run_command(&test.name, secs, &test.guest_path);
                             running = Some(Running {
@@ -301,6 +303,12 @@ impl VmRun<'_> {
                         };
                         failed_here |= status.is_failure();
                         self.finish(r, status, exit_code, reason)?;
+                        permit = None;
+                        // A VM of one test has nothing left to do (nothing in it is kept):
+                        // it goes now, unless --keep-alive may want it.
+                        if one_test && !(self.opts.keep_alive && failed_here) {
+                            break VmEnd::Finished;
+                        }
                     }
                 }
                 Message::Held { port } => {
@@ -329,6 +337,7 @@ impl VmRun<'_> {
 
         // Whatever happened, the VM goes now; a finished guest is already on its way out.
         let backend = session.backend;
+        drop(permit);
         let exit_within = matches!(outcome, VmEnd::Done).then_some(Duration::from_secs(10));
         let stderr_text = session.end(exit_within, &mut console);
         if console.truncated() {
@@ -336,7 +345,7 @@ impl VmRun<'_> {
         }
 
         let ended = match outcome {
-            VmEnd::Done => Ok(()),
+            VmEnd::Done | VmEnd::Finished => Ok(()),
             VmEnd::Unresumed(why) => Err(TestError::Infra(format!(
                 "{backend} did not resume the VM after saving it: {why}\n  console: {}{}",
                 self.keep_console(&console_path),
@@ -471,7 +480,10 @@ enum Served {
 enum VmEnd {
     /// The backend could not run the VM again after saving it.
     Unresumed(String),
+    /// The agent is done: the VM is on its way out.
     Done,
+    /// The VM ran its one test: it is stopped.
+    Finished,
     Exited,
     Deadline,
     KernelCrash(String),

@@ -217,6 +217,58 @@ impl NotLoaded {
     }
 }
 
+/// What a stat says of every file of `entry` (name, size, mtime, ctime, inode): any write
+/// to one, or its replacement, changes it (ctime cannot be set back).
+fn stamps(entry: &Entry) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut files: Vec<String> = fs_err::read_dir(&entry.path)
+        .ok()?
+        .flatten()
+        .map(|f| {
+            let meta = f.metadata().ok()?;
+            Some(format!(
+                "{} {} {}.{} {}.{} {}",
+                f.file_name().to_string_lossy(),
+                meta.len(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+                meta.ctime(),
+                meta.ctime_nsec(),
+                meta.ino()
+            ))
+        })
+        .collect::<Option<_>>()?;
+    files.sort();
+    Some(files.join("\n"))
+}
+
+/// Where a passed rehash of the entry under `key` is remembered, with the stamps its
+/// files had: a later run whose stamps agree need not rehash 88 MB.
+fn checked_file(store: &Store, key: &str) -> PathBuf {
+    store
+        .statcache_dir()
+        .join(format!("environment-{key}.checked"))
+}
+
+/// Whether `entry` was rehashed and its files have not changed since.
+fn checked_before(store: &Store, entry: &Entry) -> bool {
+    let remembered = fs_err::read_to_string(checked_file(store, &entry.manifest.key)).ok();
+    remembered.is_some() && remembered == stamps(entry)
+}
+
+/// Remembers that `entry` passed a rehash (best effort: a miss costs a rehash).
+fn remember_checked(store: &Store, entry: &Entry) {
+    let Some(stamps) = stamps(entry) else {
+        return;
+    };
+    let file = checked_file(store, &entry.manifest.key);
+    let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
+    let _ = fs_err::create_dir_all(store.statcache_dir());
+    if fs_err::write(&tmp, stamps).is_ok() {
+        let _ = fs_err::rename(&tmp, &file);
+    }
+}
+
 /// The same published entry (a replacement has the same path, not the same manifest).
 fn same_entry(a: &Entry, b: &Entry) -> bool {
     a.path == b.path
@@ -299,18 +351,19 @@ impl<'a> Warm<'a> {
         let key = inputs.key();
         let name = entry_name(name);
         let err = |e: crate::store::StoreError| e.to_string();
-        let slot = match store.lookup(&key, &name).map_err(err)? {
-            Some(entry) => Slot::Ready {
-                entry,
-                check: Check::Due,
+        let ready = |entry: Entry| Slot::Ready {
+            check: match checked_before(store, &entry) {
+                true => Check::Done,
+                false => Check::Due,
             },
+            entry,
+        };
+        let slot = match store.lookup(&key, &name).map_err(err)? {
+            Some(entry) => ready(entry),
             None => {
                 let lock = store.lock(&key, || notice(WAITING)).map_err(err)?;
                 match store.lookup(&key, &name).map_err(err)? {
-                    Some(entry) => Slot::Ready {
-                        entry,
-                        check: Check::Due,
-                    },
+                    Some(entry) => ready(entry),
                     None => Slot::Missing {
                         lock,
                         replacing: None,
@@ -433,6 +486,8 @@ impl<'a> Warm<'a> {
     ) -> Result<(), String> {
         match self.save(&mut saving, control, console, release) {
             Ok(entry) => {
+                // Its files are the ones just hashed into its manifest.
+                remember_checked(self.store, &entry);
                 *self.slot() = Slot::Ready {
                     entry,
                     check: Check::Done,
@@ -527,6 +582,7 @@ impl<'a> Warm<'a> {
             )));
         }
         if restore.check {
+            remember_checked(self.store, &restore.entry);
             if let Slot::Ready { entry, check } = &mut *self.slot() {
                 if same_entry(entry, &restore.entry) {
                     *check = Check::Done;
