@@ -73,18 +73,15 @@ enum End {
 pub fn exec(mut e: Exec) -> Result<Outcome, TestError> {
     let backend = vm::backend(&e.vm.backend, e.accel).map_err(TestError::Infra)?;
     let media = media::prepare(e.artifacts, e.vm, 1, e.work)?;
-    let warm = match e.store {
-        Some(store) => Warm::open_for(
-            store,
-            backend.as_ref(),
-            e.vm,
-            e.artifacts,
-            e.accel,
-            e.name,
-            e.notice,
-        ),
-        None => None,
-    };
+    let warm = Warm::open_for(
+        e.store,
+        backend.as_ref(),
+        e.vm,
+        e.artifacts,
+        e.accel,
+        e.name,
+        e.notice,
+    );
     loop {
         if let Some(outcome) = exec_once(&mut e, backend.as_ref(), &media, warm.as_ref())? {
             return Ok(outcome);

@@ -120,18 +120,15 @@ fn run_into(store: &Store, job: &Job, hooks: &Hooks, out: &Path) -> Result<RunRe
     // Durations from the last run order the queue slowest first.
     let previous = store.latest(job.name)?.and_then(|e| read_results(&e).ok());
     let backend = crate::vm::backend(&job.spec.vm.backend, job.accel).map_err(TestError::Infra)?;
-    let warm = match job.cold {
-        true => None,
-        false => Warm::open_for(
-            store,
-            backend.as_ref(),
-            &job.spec.vm,
-            job.artifacts,
-            job.accel,
-            job.name,
-            hooks.notice,
-        ),
-    };
+    let warm = Warm::open_for(
+        (!job.cold).then_some(store),
+        backend.as_ref(),
+        &job.spec.vm,
+        job.artifacts,
+        job.accel,
+        job.name,
+        hooks.notice,
+    );
     (hooks.booting)();
     let on_result = |result: &TestResult| (hooks.on_result)(result, false);
     let opts = RunOptions {

@@ -63,18 +63,15 @@ pub struct Shell<'a> {
 pub fn shell(s: &Shell) -> Result<ShellEnd, TestError> {
     let backend = vm::backend(&s.vm.backend, s.accel).map_err(TestError::Infra)?;
     let media = media::prepare(s.artifacts, s.vm, 1, s.work)?;
-    let warm = match s.store {
-        Some(store) => Warm::open_for(
-            store,
-            backend.as_ref(),
-            s.vm,
-            s.artifacts,
-            s.accel,
-            s.name,
-            s.notice,
-        ),
-        None => None,
-    };
+    let warm = Warm::open_for(
+        s.store,
+        backend.as_ref(),
+        s.vm,
+        s.artifacts,
+        s.accel,
+        s.name,
+        s.notice,
+    );
     loop {
         if let Some(end) = shell_once(s, backend.as_ref(), &media, warm.as_ref())? {
             return Ok(end);

@@ -277,12 +277,13 @@ fn same_entry(a: &Entry, b: &Entry) -> bool {
 }
 
 impl<'a> Warm<'a> {
-    /// The entry VMs with `vm`'s settings booting `artifacts` start from, named
+    /// The entry in `store` (`None`: no store, VMs boot in full) VMs with `vm`'s
+    /// settings booting `artifacts` start from, named
     /// `entry_name(name)` if this run makes it; `None` when they boot in full. When it
     /// is missing, the key's lock is taken now (another vmbuild making it is waited for,
     /// and said so). A store or backend that cannot do it is said, and VMs boot in full.
     pub(crate) fn open_for(
-        store: &'a Store,
+        store: Option<&'a Store>,
         backend: &'a dyn Backend,
         vm: &VmSpec,
         artifacts: &Artifacts,
@@ -290,6 +291,7 @@ impl<'a> Warm<'a> {
         name: &str,
         notice: &'a (dyn Fn(&str) + Sync),
     ) -> Option<Warm<'a>> {
+        let store = store?;
         let snapshots = backend.snapshots()?;
         let bundles = artifacts
             .bundles
