@@ -28,8 +28,9 @@ use super::{
 
 pub const QEMU: &str = "qemu-system-x86_64";
 const QEMU_IMG: &str = "qemu-img";
-/// How long a starting qemu may take to open its control socket.
-const CONTROL_WITHIN: Duration = Duration::from_secs(10);
+/// How long a starting qemu may take to open its control socket (many TCG VMs starting
+/// at once on few cores are slow to).
+const CONTROL_WITHIN: Duration = Duration::from_secs(30);
 /// The longest a save may take (88 MB for a 512 MiB guest, in well under a second).
 const SAVE_WITHIN: Duration = Duration::from_secs(120);
 /// The migration speed limit while saving: none to speak of (qemu's default, 128 MiB/s,
