@@ -54,12 +54,7 @@ pub fn run(global: &Global, reporter: &Renderer, args: ResultsArgs) -> Result<i3
         for t in &results.tests {
             reporter.test_line(&name, t, false);
         }
-        let s = results.summary();
-        let mut line = format!("{} passed, {} failed", s.passed, s.failed);
-        if s.skipped > 0 {
-            line.push_str(&format!(", {} skipped", s.skipped));
-        }
-        println!("{line}");
+        println!("{}", results.summary().line());
         eprintln!("results in {}", entry.path.display());
         if stale {
             eprintln!("note: these results are for an older version of the inputs (`vmbuild explain {name}` shows what changed)");

@@ -48,10 +48,7 @@ pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, 
     let mut total = Summary::default();
     for t in &tested {
         let s = t.results.summary();
-        total.passed += s.passed;
-        total.failed += s.failed;
-        total.skipped += s.skipped;
-        total.not_run += s.not_run;
+        total.add(s);
         if args.json {
             let line = serde_json::json!({
                 "name": t.name,
@@ -89,14 +86,7 @@ pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, 
             }
         }
         let cached = tested.iter().all(|t| t.cached);
-        let mut line = format!("{} passed, {} failed", total.passed, total.failed);
-        if total.skipped > 0 {
-            line.push_str(&format!(", {} skipped", total.skipped));
-        }
-        if total.not_run > 0 {
-            line.push_str(&format!(", {} not run", total.not_run));
-        }
-        println!("{line}");
+        println!("{}", total.line());
         if cached {
             eprintln!("(all results cached; -f reruns)");
         }

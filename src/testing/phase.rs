@@ -161,17 +161,8 @@ pub(crate) fn not_run(
 ) -> Result<RunResults, TestError> {
     let mut tests = Vec::new();
     for test in runner::bundle_test_names(artifacts)? {
-        let result = TestResult {
-            name: test,
-            status: super::Status::NotRun,
-            duration: 0.0,
-            log: String::new(),
-            exit_code: None,
-            reason: Some(reason.to_string()),
-            subtests: vec![],
-            fio: vec![],
-            truncated: false,
-        };
+        let result =
+            TestResult::without_output(test, super::Status::NotRun, Some(reason.to_string()));
         on_result(&result, false);
         tests.push(result);
     }

@@ -72,17 +72,11 @@ pub(crate) fn plan(
     for (bundle, meta) in tests {
         plan.order.push(meta.name.clone());
         if let Some(reason) = skip_reason(&meta, offer.kernel_config, offer.disks) {
-            plan.skipped.push(TestResult {
-                name: meta.name.clone(),
-                status: Status::Skip,
-                duration: 0.0,
-                log: String::new(),
-                exit_code: None,
-                reason: Some(reason),
-                subtests: vec![],
-                fio: vec![],
-                truncated: false,
-            });
+            plan.skipped.push(TestResult::without_output(
+                meta.name.clone(),
+                Status::Skip,
+                Some(reason),
+            ));
             continue;
         }
         let timeout = meta

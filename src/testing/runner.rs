@@ -157,17 +157,11 @@ pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestE
         // Every test queued has a result: one the VMs never reported is a crash.
         for name in planned {
             if !results.iter().any(|r| r.name == name) {
-                let result = TestResult {
+                let result = TestResult::without_output(
                     name,
-                    status: super::Status::Crash,
-                    duration: 0.0,
-                    log: String::new(),
-                    exit_code: None,
-                    reason: Some("no result came back from the guest for this test".into()),
-                    subtests: vec![],
-                    fio: vec![],
-                    truncated: false,
-                };
+                    super::Status::Crash,
+                    Some("no result came back from the guest for this test".into()),
+                );
                 (opts.on_result)(&result);
                 results.push(result);
             }

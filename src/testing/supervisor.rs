@@ -459,6 +459,10 @@ impl VmRun<'_> {
             exit_code,
             reason,
             truncated,
+            key: None,
+            cached: false,
+            earlier: vec![],
+            vm_restarts: 0,
         };
         (self.opts.on_result)(&result);
         if let Ok(mut results) = self.shared.results.lock() {
