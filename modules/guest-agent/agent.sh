@@ -94,8 +94,14 @@ run_test() {
     pid=$!
     (sleep "$limit"; : >"$marker"; kill -9 -"$pid" 2>/dev/null; kill -9 "$pid" 2>/dev/null) &
     watchdog=$!
+    # The heartbeat: the host replaces a VM that goes silent while a test runs.
+    (while sleep 2; do say "VMBUILD ALIVE"; done) &
+    beat=$!
     wait "$pid"
     rc=$?
+    # Gone before anything else writes to the channel, so no line of it cuts into theirs.
+    kill "$beat" 2>/dev/null
+    wait "$beat" 2>/dev/null
     kill "$watchdog" 2>/dev/null
     # What the test left running in its group goes with it, not into the next test.
     kill -9 -"$pid" 2>/dev/null

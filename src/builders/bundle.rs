@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::buildlog::BUILD_LOG;
 use super::{bundle_build, io_err, BuildContext, BuildError};
-use crate::format::bundle::{discover, BUNDLE_CPIO, TESTS_JSON};
+use crate::format::bundle::{discover, shared_digest, BUNDLE_CPIO, SHARED_SHA256, TESTS_JSON};
 use crate::format::cpio::CpioWriter;
 use crate::recipe::{units, BundleSpec};
 
@@ -68,5 +68,13 @@ fn pack(
     };
     write(&mut cpio).map_err(io_err("write", &cpio_path))?;
     cpio.finish().map_err(io_err("write", &cpio_path))?;
-    Ok(Map::from_iter([("tests".to_string(), json!(tests.len()))]))
+    let tree = crate::hashing::hash_tree(tests_dir, |_| true)
+        .map_err(io_err("hash the bundle folder", tests_dir))?;
+    Ok(Map::from_iter([
+        ("tests".to_string(), json!(tests.len())),
+        (
+            SHARED_SHA256.to_string(),
+            json!(shared_digest(&tree, &tests)),
+        ),
+    ]))
 }

@@ -6,6 +6,8 @@ use clap::Args;
 
 use super::{open_engine, render::Renderer, ForceArg, Global};
 use crate::engine::{Error, TestOptions};
+use crate::testing::runner::Policy;
+use crate::testing::select::{Order, Selection, Shard};
 use crate::testing::{results::junit_xml, Summary};
 
 #[derive(Args)]
@@ -29,12 +31,63 @@ pub struct TestArgs {
     /// snapshot (the default `[vm] start = "snapshot"`); the snapshot is left as it is
     #[arg(long)]
     cold: bool,
+    /// Run a failed test again up to N times, each in a fresh VM; one that then passes is
+    /// `flaky` (counted as passed, listed apart)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    retries: u32,
+    /// Count a flaky test (failed, then passed when retried) as a failure
+    #[arg(long)]
+    flaky_fails: bool,
+    /// Replace a VM that dies or goes silent under a test and run the test again, at most
+    /// N times per test; then the test is a `crash`
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    max_vm_restarts: u32,
+    /// Run only the tests whose name matches GLOB (`*`, `?`, `[..]`, `{a,b}`; repeatable).
+    /// Such a run stores each test's result, not the recipe's
+    #[arg(long, value_name = "GLOB")]
+    filter: Vec<String>,
+    /// Leave out the tests whose name matches GLOB (repeatable)
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// Run each test N times (as NAME, NAME#2, ...); nothing of such a run is stored or
+    /// reused
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    iterate: u32,
+    /// The order VMs take tests in: slowest (by the last durations, new tests first),
+    /// name, or random (the seed is printed; --seed repeats it)
+    #[arg(long, value_name = "ORDER", default_value = "slowest", value_parser = Order::parse)]
+    order: Order,
+    /// The seed of --order random
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Run part K of N of the tests (deterministic, balanced by the last durations):
+    /// for a CI matrix; `vmbuild results --merge RECIPE` joins the parts
+    #[arg(long, value_name = "K/N", value_parser = Shard::parse)]
+    shard: Option<Shard>,
+    /// After the results, print the N slowest tests
+    #[arg(long, value_name = "N")]
+    print_slowest: Option<usize>,
 }
 
 pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, Error> {
     if args.json {
         reporter.tests_to_stderr();
     }
+    if args.iterate == 0 {
+        return Err(Error::Usage("--iterate takes 1 or more".into()));
+    }
+    let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
+    if args.order == Order::Random {
+        eprintln!("order: random, seed {seed} (--seed {seed} repeats it)");
+    }
+    let selection = Selection {
+        include: Selection::globs(&args.filter).map_err(Error::Usage)?,
+        exclude: Selection::globs(&args.exclude).map_err(Error::Usage)?,
+        shard: args.shard,
+        order: args.order,
+        seed,
+        iterate: args.iterate,
+    };
     let engine = open_engine(global, reporter, false)?;
     let plan = engine.plan(&args.recipes)?;
     let tested = engine.test(
@@ -43,6 +96,12 @@ pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, 
             force: args.force.level(),
             keep_alive: args.keep_alive,
             cold: args.cold,
+            policy: Policy {
+                selection,
+                retries: args.retries,
+                flaky_fails: args.flaky_fails,
+                max_vm_restarts: args.max_vm_restarts,
+            },
         },
     )?;
     let mut total = Summary::default();
@@ -68,8 +127,8 @@ pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, 
             tested
                 .iter()
                 .find(|t| t.name == recipe)
-                .and_then(|t| t.entry.as_ref())
-                .map(|e| crate::testing::results::read_log(&e.path, test))
+                .and_then(|t| t.folder.as_ref())
+                .map(|folder| crate::testing::results::read_log(folder, test))
                 .unwrap_or_default()
         };
         fs_err::write(path, junit_xml(&runs, &logs))
@@ -80,9 +139,14 @@ pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, 
             .iter()
             .filter(|t| !t.cached || t.results.summary().failed > 0)
         {
-            match &t.entry {
-                Some(entry) => eprintln!("{}: results in {}", t.name, entry.path.display()),
-                None => eprintln!("{}: not run, nothing stored", t.name),
+            match (&t.entry, &t.folder) {
+                (Some(entry), _) => eprintln!("{}: results in {}", t.name, entry.path.display()),
+                (None, Some(folder)) => eprintln!(
+                    "{}: results in {} (a selection of the tests: each test's result is stored, not the recipe's)",
+                    t.name,
+                    folder.display()
+                ),
+                (None, None) => eprintln!("{}: not run, nothing stored", t.name),
             }
         }
         let cached = tested.iter().all(|t| t.cached);

@@ -64,8 +64,12 @@ pub struct Built {
 pub struct Tested {
     pub name: String,
     pub results: RunResults,
-    /// The results entry; `None` when the tests did not run (an unmet `after`).
+    /// The results entry; `None` when the tests did not run (an unmet `after`) or only
+    /// some of them did (`--filter`, `--iterate`).
     pub entry: Option<Entry>,
+    /// Where the results' logs are (the entry, or a folder of the cache's logs); `None`
+    /// when the tests did not run.
+    pub folder: Option<std::path::PathBuf>,
     pub cached: bool,
 }
 

@@ -9,7 +9,7 @@ use crate::recipe::Spec;
 use crate::report::Event;
 use crate::store::Entry;
 use crate::testing::phase::{self, Hooks, Job};
-use crate::testing::runner::Artifacts;
+use crate::testing::runner::{Artifacts, Policy};
 use crate::testing::warm;
 use crate::testing::TestResult;
 use crate::vm;
@@ -22,6 +22,8 @@ pub struct TestOptions {
     pub keep_alive: bool,
     /// Boot every VM in full, not from the environment's snapshot (`--cold`).
     pub cold: bool,
+    /// Which tests run, in which order, and how failures are retried.
+    pub policy: Policy,
 }
 
 impl Engine<'_> {
@@ -50,7 +52,7 @@ impl Engine<'_> {
                 continue;
             }
             let name = &plan.graph.nodes[i].recipe.name;
-            if let Some(hit) = phase::lookup(&self.store, &plan.keys[i], name)? {
+            if let Some(hit) = phase::lookup(&self.store, &plan.keys[i], name, &options.policy)? {
                 for result in &hit.results.tests {
                     self.reporter.event(Event::TestFinished {
                         recipe: name,
@@ -63,7 +65,8 @@ impl Engine<'_> {
                     Tested {
                         name: name.clone(),
                         results: hit.results,
-                        entry: Some(hit.entry),
+                        folder: Some(hit.folder),
+                        entry: hit.entry,
                         cached: true,
                     },
                 );
@@ -144,6 +147,7 @@ impl Engine<'_> {
                         name: name.to_string(),
                         results,
                         entry: None,
+                        folder: None,
                         cached: false,
                     },
                 );
@@ -160,6 +164,7 @@ impl Engine<'_> {
                 force: self.forced(plan, i, force),
                 keep_alive: options.keep_alive,
                 cold: options.cold,
+                policy: &options.policy,
             };
             let hooks = Hooks {
                 waiting: &|| self.reporter.event(Event::Waiting { name }),
@@ -180,7 +185,8 @@ impl Engine<'_> {
                 Tested {
                     name: name.to_string(),
                     results: tested.results,
-                    entry: Some(tested.entry),
+                    entry: tested.entry,
+                    folder: Some(tested.folder),
                     cached: tested.cached,
                 },
             );

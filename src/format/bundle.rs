@@ -29,6 +29,28 @@ pub(crate) struct TestMeta {
     pub kconfig: Vec<String>,
     /// Scratch disks the test needs attached.
     pub disks: u32,
+    /// The script's sha256 (with the bundle's shared files, `SHARED_SHA256` in the
+    /// bundle's manifest, what a test's own result is keyed by); absent in bundles built
+    /// before vmbuild recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// The manifest detail holding the digest of a bundle's files other than its tests
+/// (libraries, data, subfolders): what every test of the bundle may read.
+pub(crate) const SHARED_SHA256: &str = "shared_sha256";
+
+/// The digest of `tree` (a bundle folder's listing) without the tests named: the files
+/// the tests share.
+pub(crate) fn shared_digest(
+    tree: &std::collections::BTreeMap<String, crate::hashing::TreeEntry>,
+    tests: &[TestMeta],
+) -> String {
+    let mut shared = tree.clone();
+    for test in tests {
+        shared.remove(&test.name);
+    }
+    crate::hashing::tree_digest(&shared)
 }
 
 /// Scratch disks one test may ask for.
@@ -70,10 +92,10 @@ pub(crate) fn discover(
         }
         let text = fs_err::read(&path).map_err(|e| e.to_string())?;
         let head = String::from_utf8_lossy(&text[..text.len().min(8192)]).into_owned();
-        tests.push(
-            parse_headers(&name, &head, parse_duration)
-                .map_err(|e| format!("{}: {e}", path.display()))?,
-        );
+        let mut meta = parse_headers(&name, &head, parse_duration)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        meta.sha256 = Some(crate::hashing::sha256_hex(&text));
+        tests.push(meta);
     }
     Ok(tests)
 }
@@ -88,6 +110,7 @@ pub(crate) fn parse_headers(
         timeout_ms: None,
         kconfig: Vec::new(),
         disks: 0,
+        sha256: None,
     };
     for (n, line) in head.lines().take(HEADER_LINES).enumerate() {
         let Some(rest) = line.trim().strip_prefix("# vmbuild:") else {

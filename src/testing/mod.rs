@@ -6,6 +6,7 @@
 
 pub mod agent;
 mod capture;
+mod cases;
 pub(crate) mod exec;
 mod kernel_modules;
 mod media;
@@ -14,6 +15,7 @@ pub mod protocol;
 mod queue;
 pub mod results;
 pub mod runner;
+pub mod select;
 mod session;
 pub(crate) mod shell;
 mod supervisor;

@@ -8,11 +8,14 @@
 use std::path::Path;
 use std::time::Instant;
 
+use super::cases::{entry_name, Cases};
 use super::results::{read_results, write_results};
-use super::runner::{self, Artifacts, RunOptions, TestError};
+use super::runner::{self, Artifacts, Policy, RunOptions, TestError};
+use super::select::Selection;
 use super::warm::Warm;
-use super::{RunResults, TestResult};
+use super::{RunResults, Status as TestStatus, TestResult};
 use crate::fsio::io_err;
+use crate::hashing::sha256_hex;
 use crate::recipe::TestSpec;
 use crate::store::{Entry, Manifest, Status, Store, StoreError};
 use crate::vm::Accel;
@@ -32,14 +35,16 @@ pub(crate) struct Job<'a> {
     pub keep_alive: bool,
     /// Boot every VM in full, whatever the recipe's `[vm] start` (`--cold`).
     pub cold: bool,
+    /// Which tests run and how failures are retried.
+    pub policy: &'a Policy,
 }
 
 /// How the phase tells its caller what happens (the engine turns these into events).
 pub(crate) struct Hooks<'a> {
     /// Another vmbuild holds this recipe's lock: we wait for it.
     pub waiting: &'a dyn Fn(),
-    /// VMs are about to boot.
-    pub booting: &'a dyn Fn(),
+    /// VMs are about to boot (not called when every result is reused).
+    pub booting: &'a (dyn Fn() + Sync),
     /// A test finished (or, `true`, was found in stored results).
     pub on_result: &'a (dyn Fn(&TestResult, bool) + Sync),
     /// Verbose details (qemu command lines).
@@ -51,45 +56,102 @@ pub(crate) struct Hooks<'a> {
 /// The results of one test recipe and the entry holding them.
 pub(crate) struct Tested {
     pub results: RunResults,
-    pub entry: Entry,
+    /// The results entry; `None` for a run of some of the tests (`--filter`,
+    /// `--iterate`), whose results stay in `folder`.
+    pub entry: Option<Entry>,
+    /// Where the results' logs are: the entry, or a folder in `<cache>/logs`.
+    pub folder: std::path::PathBuf,
     /// Reused from the store, nothing booted.
     pub cached: bool,
 }
 
-/// Passing results stored under `key`, if any: a hit needs no artifacts at all.
-pub(crate) fn lookup(store: &Store, key: &str, name: &str) -> Result<Option<Tested>, StoreError> {
-    let Some(entry) = store.lookup(key, name)? else {
+/// The entry a run of test recipe `name` (key `key`) publishes its results as, by key and
+/// name: the recipe's own; a shard's (`<name>.shard-K-of-N`, keyed by the recipe's key
+/// and the shard); none for a run of some tests or repeated ones (`--filter`,
+/// `--exclude`, `--iterate`), whose tests' results are stored one by one.
+pub(crate) fn results_entry(
+    key: &str,
+    name: &str,
+    selection: &Selection,
+) -> Option<(String, String)> {
+    if selection.is_partial() {
+        return None;
+    }
+    Some(match selection.shard {
+        None => (key.to_string(), name.to_string()),
+        Some(shard) => (
+            sha256_hex(format!("{key}\n{}", shard.label()).as_bytes()),
+            entry_name(name, &shard.label()),
+        ),
+    })
+}
+
+/// Passing results stored for `job`'s run, if any: a hit needs no artifacts at all.
+pub(crate) fn lookup(
+    store: &Store,
+    key: &str,
+    name: &str,
+    policy: &Policy,
+) -> Result<Option<Tested>, StoreError> {
+    let Some((key, name)) = results_entry(key, name, &policy.selection) else {
         return Ok(None);
     };
+    let Some(entry) = store.lookup(&key, &name)? else {
+        return Ok(None);
+    };
+    let results = read_results(&entry)?;
+    if policy.flaky_fails && results.tests.iter().any(|t| t.status == TestStatus::Flaky) {
+        return Ok(None);
+    }
     Ok(Some(Tested {
-        results: read_results(&entry)?,
-        entry,
+        results,
+        folder: entry.path.clone(),
+        entry: Some(entry),
         cached: true,
     }))
 }
 
 /// Reuses `job`'s passing results or runs its tests and publishes their results.
 pub(crate) fn run(store: &Store, job: &Job, hooks: &Hooks) -> Result<Tested, TestError> {
+    let Some((key, name)) = results_entry(job.key, job.name, &job.policy.selection) else {
+        // Some of the tests: their results stay in a folder of the cache's logs, replaced
+        // by the next such run.
+        let folder = store.kept_log(job.key, job.name, "selection");
+        let _ = fs_err::remove_dir_all(&folder);
+        fs_err::create_dir_all(&folder).map_err(io_err("create", &folder))?;
+        let results = run_into(store, job, hooks, &folder)?;
+        write_results(&folder, &results)?;
+        return Ok(Tested {
+            results,
+            entry: None,
+            folder,
+            cached: false,
+        });
+    };
     let mut fresh: Option<RunResults> = None;
-    let (entry, reused) =
-        store.get_or_build(job.key, job.name, job.force, hooks.waiting, |out| {
-            let started = Instant::now();
-            let results = run_into(store, job, hooks, out)?;
-            write_results(out, &results)?;
-            let mut manifest = Manifest::new(job.name, "test", job.key, job.inputs.clone());
-            manifest.head.status = if results.all_passed() {
-                Status::Ok
-            } else {
-                Status::Failed
-            };
-            manifest.head.build_seconds = started.elapsed().as_secs_f64();
-            manifest
-                .head
-                .details
-                .insert("accel".into(), serde_json::json!(job.accel.name()));
-            fresh = Some(results);
-            Ok::<_, TestError>(manifest)
-        })?;
+    // Under --flaky-fails a stored flaky result is not a hit: the results are assembled
+    // again (from the tests' own entries, running the flaky ones).
+    let force = job.force || job.policy.flaky_fails;
+    let (entry, reused) = store.get_or_build(&key, &name, force, hooks.waiting, |out| {
+        let started = Instant::now();
+        let results = run_into(store, job, hooks, out)?;
+        write_results(out, &results)?;
+        let mut manifest = Manifest::new(&name, "test", &key, job.inputs.clone());
+        manifest.head.status = if results.all_passed() {
+            Status::Ok
+        } else {
+            Status::Failed
+        };
+        manifest.head.build_seconds = started.elapsed().as_secs_f64();
+        let details = &mut manifest.head.details;
+        details.insert("accel".into(), serde_json::json!(job.accel.name()));
+        if let Some(shard) = job.policy.selection.shard {
+            details.insert(RECIPE_KEY.into(), serde_json::json!(job.key));
+            details.insert(SHARD.into(), serde_json::json!([shard.index, shard.count]));
+        }
+        fresh = Some(results);
+        Ok::<_, TestError>(manifest)
+    })?;
     let results = match fresh {
         Some(results) if !reused => results,
         _ => {
@@ -102,10 +164,15 @@ pub(crate) fn run(store: &Store, job: &Job, hooks: &Hooks) -> Result<Tested, Tes
     };
     Ok(Tested {
         results,
-        entry,
+        folder: entry.path.clone(),
+        entry: Some(entry),
         cached: reused,
     })
 }
+
+/// In a shard's manifest: the key of the recipe it is a part of, and `[K, N]`.
+pub(crate) const RECIPE_KEY: &str = "recipe_key";
+pub(crate) const SHARD: &str = "shard";
 
 /// Runs the tests with their logs and consoles going to `out` (the staged entry).
 fn run_into(store: &Store, job: &Job, hooks: &Hooks, out: &Path) -> Result<RunResults, TestError> {
@@ -129,8 +196,17 @@ fn run_into(store: &Store, job: &Job, hooks: &Hooks, out: &Path) -> Result<RunRe
         job.name,
         hooks.notice,
     );
-    (hooks.booting)();
-    let on_result = |result: &TestResult| (hooks.on_result)(result, false);
+    // Repeated runs (`--iterate`) are not the tests' results: none is stored or reused.
+    let cases = (job.policy.selection.iterate <= 1).then(|| {
+        Cases::new(
+            store,
+            job.name,
+            job.inputs,
+            job.artifacts,
+            job.policy.flaky_fails,
+        )
+    });
+    let on_result = |result: &TestResult| (hooks.on_result)(result, result.cached);
     let opts = RunOptions {
         recipe: job.name,
         key: job.key,
@@ -146,6 +222,10 @@ fn run_into(store: &Store, job: &Job, hooks: &Hooks, out: &Path) -> Result<RunRe
         notice: hooks.notice,
         keep_alive: job.keep_alive,
         warm: warm.as_ref(),
+        booting: hooks.booting,
+        policy: job.policy,
+        cases: cases.as_ref(),
+        force: job.force,
     };
     runner::run(&opts, job.artifacts)
 }

@@ -47,6 +47,8 @@ pub enum Message {
         end: End,
     },
     Done,
+    /// The agent's heartbeat while a test runs: the guest is alive.
+    Alive,
     /// The agent is holding the VM for the user (`--keep-alive`), with a shell on `port`.
     Held {
         port: String,
@@ -97,6 +99,7 @@ pub fn parse(line: &[u8]) -> Option<Message> {
         },
         "NEXT" => Message::Next,
         "DONE" => Message::Done,
+        "ALIVE" => Message::Alive,
         "HELD" => Message::Held {
             port: args.to_string(),
         },
@@ -285,6 +288,7 @@ mod tests {
         let line = match message {
             Message::Ready { release } => format!("VMBUILD READY {release}"),
             Message::Next => "VMBUILD NEXT".into(),
+            Message::Alive => "VMBUILD ALIVE".into(),
             Message::Begin { test } => format!("VMBUILD BEGIN {test}"),
             Message::Log { test, line } => format!("VMBUILD LOG {test} {line}"),
             Message::End {
@@ -342,6 +346,7 @@ mod tests {
         prop_oneof![
             text().prop_map(|release| Message::Ready { release }),
             Just(Message::Next),
+            Just(Message::Alive),
             TEST_NAME.prop_map(|test| Message::Begin { test }),
             (TEST_NAME, text()).prop_map(|(test, line)| Message::Log { test, line }),
             (TEST_NAME, any::<i32>()).prop_map(|(test, code)| Message::End {

@@ -2,22 +2,31 @@
 //! VM lacks what its header asks for), in which order (slowest first, from the last
 //! run's durations), and the state the VMs share while they pull tests from it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
+use super::cases::CaseKey;
 use super::runner::{Artifacts, TestError};
-use super::{RunResults, Status, TestResult};
+use super::select::{order, shard_of, Selection};
+use super::{Attempt, RunResults, Status, TestResult};
 use crate::format::bundle::{TestMeta, TESTS_JSON};
 use crate::fsio::io_err;
 
 /// One test waiting in the queue.
 #[derive(Clone)]
 pub(crate) struct Planned {
+    /// Its name in results (`<test>#<n>` for the nth run under `--iterate`).
     pub name: String,
     pub guest_path: String,
     pub timeout: Duration,
+    /// Its own result entry, when results are stored per test (not under `--iterate`).
+    pub case: Option<CaseKey>,
+    /// Its failed tries so far (`--retries`).
+    pub earlier: Vec<Attempt>,
+    /// VMs that died under it so far (`--max-vm-restarts`).
+    pub vm_restarts: u32,
 }
 
 /// The tests of a run: every name in report order, those skipped, those to run.
@@ -58,17 +67,39 @@ pub(crate) struct Offer<'a> {
     pub timeout: Duration,
 }
 
-/// Skips what the VM cannot run and queues the rest, slowest first by `previous`.
+/// The selected tests: skips what the VM cannot run and queues the rest, in the
+/// selection's order (slowest first by `previous`, by default). `case` gives a test's
+/// own result entry, when the run stores results per test.
 pub(crate) fn plan(
     tests: Vec<(&str, TestMeta)>,
     offer: &Offer,
     previous: Option<&RunResults>,
+    selection: &Selection,
+    case: &dyn Fn(&str, &TestMeta) -> Option<CaseKey>,
 ) -> Plan {
     let mut plan = Plan {
         order: Vec::new(),
         skipped: Vec::new(),
         queue: Vec::new(),
     };
+    let last: BTreeMap<String, f64> = previous
+        .map(|p| {
+            p.tests
+                .iter()
+                .map(|t| (t.name.clone(), t.duration))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut tests: Vec<(&str, TestMeta)> = tests
+        .into_iter()
+        .filter(|(_, meta)| selection.wants(&meta.name))
+        .collect();
+    if let Some(shard) = selection.shard {
+        let names: Vec<String> = tests.iter().map(|(_, m)| m.name.clone()).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mine: BTreeSet<&str> = shard_of(&refs, &last, shard).into_iter().collect();
+        tests.retain(|(_, meta)| mine.contains(meta.name.as_str()));
+    }
     for (bundle, meta) in tests {
         plan.order.push(meta.name.clone());
         if let Some(reason) = skip_reason(&meta, offer.kernel_config, offer.disks) {
@@ -83,27 +114,37 @@ pub(crate) fn plan(
             .timeout_ms
             .map(Duration::from_millis)
             .unwrap_or(offer.timeout);
-        plan.queue.push(Planned {
-            guest_path: format!("/vmbuild/bundles/{bundle}/{}", meta.name),
-            name: meta.name,
-            timeout,
-        });
+        let guest_path = format!("/vmbuild/bundles/{bundle}/{}", meta.name);
+        let runs = selection.iterate.max(1);
+        for run in 1..=runs {
+            let name = match run {
+                1 => meta.name.clone(),
+                n => format!("{}#{n}", meta.name),
+            };
+            if run > 1 {
+                plan.order.push(name.clone());
+            }
+            plan.queue.push(Planned {
+                name,
+                guest_path: guest_path.clone(),
+                timeout,
+                // Repeated runs are not the test's result: nothing of them is stored.
+                case: (runs == 1).then(|| case(bundle, &meta)).flatten(),
+                earlier: Vec::new(),
+                vm_restarts: 0,
+            });
+        }
     }
-    let last: BTreeMap<&str, f64> = previous
-        .map(|p| {
-            p.tests
-                .iter()
-                .map(|t| (t.name.as_str(), t.duration))
-                .collect()
-        })
-        .unwrap_or_default();
-    plan.queue.sort_by(|a, b| {
-        let (da, db) = (
-            last.get(a.name.as_str()).copied().unwrap_or(f64::MAX),
-            last.get(b.name.as_str()).copied().unwrap_or(f64::MAX),
-        );
-        db.total_cmp(&da)
-    });
+    let mut names: Vec<String> = plan.queue.iter().map(|t| t.name.clone()).collect();
+    // Every run of a test lasts as long as its first did.
+    let base = |name: &str| name.split('#').next().unwrap_or(name).to_string();
+    let durations: BTreeMap<String, f64> = names
+        .iter()
+        .filter_map(|n| last.get(&base(n)).map(|d| (n.clone(), *d)))
+        .collect();
+    order(&mut names, &durations, selection.order, selection.seed);
+    plan.queue
+        .sort_by_key(|t| names.iter().position(|n| *n == t.name));
     plan
 }
 
@@ -133,10 +174,15 @@ fn skip_reason(
     None
 }
 
-/// What the VMs of one run share: the queue, the results, the first infrastructure error.
+/// What the VMs of one round of a run share: the queue, the results, the first
+/// infrastructure error, the failed tests to retry next round.
 pub(crate) struct Shared {
     pub queue: Mutex<VecDeque<Planned>>,
     pub results: Mutex<Vec<TestResult>>,
+    /// Failed tests with tries left (`--retries`): each runs again, in a fresh VM.
+    pub retry: Mutex<Vec<Planned>>,
+    /// Each VM runs one test: for isolation, fresh scratch disks, or a retry.
+    pub one_test: bool,
     pub infra: Mutex<Option<TestError>>,
     /// Whether a VM has been kept alive already (`--keep-alive` holds only the first).
     pub held: AtomicBool,
@@ -146,6 +192,13 @@ pub(crate) struct Shared {
     running: Mutex<usize>,
     run_limit: usize,
     run_freed: Condvar,
+}
+
+/// What one round of VMs did.
+pub(crate) struct Round {
+    pub results: Vec<TestResult>,
+    pub retry: Vec<Planned>,
+    pub console_truncated: bool,
 }
 
 /// Leave for a VM to run a test (`Shared::run_permit`), given back when dropped.
@@ -160,11 +213,13 @@ impl Drop for RunPermit<'_> {
 }
 
 impl Shared {
-    /// The run of `queue`, with at most `run_limit` VMs running a test at once.
-    pub(crate) fn new(queue: Vec<Planned>, run_limit: usize) -> Shared {
+    /// The round of `queue`, with at most `run_limit` VMs running a test at once.
+    pub(crate) fn new(queue: Vec<Planned>, run_limit: usize, one_test: bool) -> Shared {
         Shared {
             queue: Mutex::new(queue.into()),
             results: Mutex::new(Vec::new()),
+            retry: Mutex::new(Vec::new()),
+            one_test,
             infra: Mutex::new(None),
             held: AtomicBool::new(false),
             console_truncated: AtomicBool::new(false),
@@ -187,16 +242,17 @@ impl Shared {
         RunPermit(self)
     }
 
-    /// The results of the run (and whether a console was cut), or its first
-    /// infrastructure error.
-    pub(crate) fn into_results(self) -> Result<(Vec<TestResult>, bool), TestError> {
+    /// The results of the round, the tests to retry, and whether a console was cut; or
+    /// its first infrastructure error.
+    pub(crate) fn into_results(self) -> Result<Round, TestError> {
         if let Some(e) = self.infra.into_inner().unwrap_or_else(|e| e.into_inner()) {
             return Err(e);
         }
-        Ok((
-            self.results.into_inner().unwrap_or_else(|e| e.into_inner()),
-            self.console_truncated.into_inner(),
-        ))
+        Ok(Round {
+            results: self.results.into_inner().unwrap_or_else(|e| e.into_inner()),
+            retry: self.retry.into_inner().unwrap_or_else(|e| e.into_inner()),
+            console_truncated: self.console_truncated.into_inner(),
+        })
     }
 
     pub(crate) fn finished(&self) -> bool {
@@ -237,6 +293,7 @@ mod tests {
             timeout_ms: None,
             kconfig: vec!["EXT4_FS".into()],
             disks: 0,
+            sha256: None,
         };
         let config: BTreeMap<String, String> =
             [("CONFIG_EXT4_FS".to_string(), "m".to_string())].into();

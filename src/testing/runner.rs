@@ -6,11 +6,14 @@
 
 use std::path::Path;
 
+use super::cases::Cases;
 use super::media;
-use super::queue::{self, bundle_tests, Offer, Plan, Shared};
+use super::queue::{self, bundle_tests, Offer, Plan, Planned, Round, Shared};
+use super::select::Selection;
 use super::supervisor::VmRun;
 use super::warm::Warm;
 use super::{RunResults, TestResult};
+use crate::format::bundle::TestMeta;
 use crate::format::kconfig::read_config;
 use crate::fsio::{io_err, IoError};
 use crate::process::ProcessError;
@@ -47,6 +50,19 @@ pub struct Artifacts<'a> {
     pub bundles: Vec<(&'a str, &'a Entry)>,
 }
 
+/// How a test run treats its tests: which run and how failures are retried.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    pub selection: Selection,
+    /// Tries a failed test gets again, each in a fresh VM (`--retries`).
+    pub retries: u32,
+    /// A test that passed only when retried is a failure (`--flaky-fails`).
+    pub flaky_fails: bool,
+    /// VMs a test may take down (dying or going silent under it) before it is a crash;
+    /// each time its VM is replaced and the test requeued (`--max-vm-restarts`).
+    pub max_vm_restarts: u32,
+}
+
 pub struct RunOptions<'a> {
     pub recipe: &'a str,
     pub key: &'a str,
@@ -74,6 +90,14 @@ pub struct RunOptions<'a> {
     /// The environment's snapshot VMs start from (made by the first, if missing);
     /// `None`: every VM boots in full.
     pub(crate) warm: Option<&'a Warm<'a>>,
+    /// Called once, before the first VM starts (not at all when every result is reused).
+    pub booting: &'a (dyn Fn() + Sync),
+    /// Which tests run and how failures are retried.
+    pub policy: &'a Policy,
+    /// Each test's own result entry (`None`: results are not stored per test).
+    pub(crate) cases: Option<&'a Cases<'a>>,
+    /// Run every test, even those with a stored passing result (`-f`).
+    pub force: bool,
 }
 
 pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestError> {
@@ -92,11 +116,18 @@ pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestE
         disks: opts.spec.vm.disks.len(),
         timeout: opts.spec.timeout,
     };
+    let case = |bundle: &str, meta: &TestMeta| opts.cases.map(|c| c.key(bundle, meta));
     let Plan {
         order,
         skipped,
         queue,
-    } = queue::plan(bundle_tests(artifacts)?, &offer, opts.previous);
+    } = queue::plan(
+        bundle_tests(artifacts)?,
+        &offer,
+        opts.previous,
+        &opts.policy.selection,
+        &case,
+    );
     for s in &skipped {
         (opts.on_result)(s);
     }
@@ -104,69 +135,47 @@ pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestE
     let tests_dir = opts.out.join("tests");
     fs_err::create_dir_all(&tests_dir).map_err(io_err("create", &tests_dir))?;
     let mut results = skipped;
-    let mut console_truncated = false;
-    if !queue.is_empty() {
-        let planned: Vec<String> = queue.iter().map(|t| t.name.clone()).collect();
-        let tests = queue.len();
-        let running = (opts.spec.vm.vms as usize).min(tests).max(1);
-        let shared = Shared::new(queue, running);
-        // A VM per test, started from the snapshot: each VM that runs a test has the next
-        // one starting beside it (the restore overlaps the test), so twice as many VMs
-        // live at once as run tests, where the host holds their scratch disks.
-        let spares = (running * 2).min(tests);
-        let vms = match opts.warm.is_some()
-            && opts.spec.vm.vm_per_test()
-            && media::disks_fit(&opts.spec.vm.disks, spares, opts.work)
-        {
-            true => spares,
-            false => running,
+    // Passing results of tests whose key is unchanged come from their own entries.
+    let mut queue_now = Vec::new();
+    for test in queue {
+        let reused = match (&test.case, opts.cases) {
+            (Some(key), Some(cases)) if !opts.force => cases.reuse(key, opts.out)?,
+            _ => None,
         };
-        let media = media::prepare(artifacts, &opts.spec.vm, vms, opts.work)?;
-        let socket_dir = tempfile::Builder::new()
-            .prefix("vmbuild-")
-            .tempdir()
-            .map_err(io_err("create a temp folder in", &std::env::temp_dir()))?;
-        std::thread::scope(|scope| {
-            for worker in 0..vms {
-                let shared = &shared;
-                let media = &media;
-                let socket_dir = socket_dir.path();
-                scope.spawn(move || {
-                    let mut boots = 0;
-                    while !shared.finished() {
-                        let vm = VmRun {
-                            opts,
-                            artifacts,
-                            worker,
-                            boot: boots,
-                            media,
-                            socket_dir,
-                            shared,
-                        };
-                        boots += 1;
-                        if let Err(e) = vm.run() {
-                            shared.fail(e);
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        let (run, truncated) = shared.into_results()?;
-        results.extend(run);
-        // Every test queued has a result: one the VMs never reported is a crash.
-        for name in planned {
-            if !results.iter().any(|r| r.name == name) {
-                let result = TestResult::without_output(
-                    name,
-                    super::Status::Crash,
-                    Some("no result came back from the guest for this test".into()),
-                );
+        match reused {
+            Some(result) => {
                 (opts.on_result)(&result);
                 results.push(result);
             }
+            None => queue_now.push(test),
         }
-        console_truncated = truncated;
+    }
+    let mut console_truncated = false;
+    let planned: Vec<String> = queue_now.iter().map(|t| t.name.clone()).collect();
+    let mut round = 0;
+    while !queue_now.is_empty() {
+        if round == 0 {
+            (opts.booting)();
+        }
+        // A retry runs in a fresh VM: one test per VM.
+        let one_test = round > 0 || opts.spec.vm.vm_per_test();
+        let done = run_round(opts, artifacts, queue_now, one_test)?;
+        results.extend(done.results);
+        console_truncated |= done.console_truncated;
+        queue_now = done.retry;
+        round += 1;
+    }
+    // Every test queued has a result: one the VMs never reported is a crash.
+    for name in planned {
+        if !results.iter().any(|r| r.name == name) {
+            let result = TestResult::without_output(
+                name,
+                super::Status::Crash,
+                Some("no result came back from the guest for this test".into()),
+            );
+            (opts.on_result)(&result);
+            results.push(result);
+        }
     }
     results.sort_by_key(|r| order.iter().position(|n| *n == r.name));
     Ok(RunResults {
@@ -177,6 +186,61 @@ pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestE
         tests: results,
         console_truncated,
     })
+}
+
+/// Boots VMs that pull `queue` until it is empty (a VM that died is replaced).
+fn run_round(
+    opts: &RunOptions,
+    artifacts: &Artifacts,
+    queue: Vec<Planned>,
+    one_test: bool,
+) -> Result<Round, TestError> {
+    let tests = queue.len();
+    let running = (opts.spec.vm.vms as usize).min(tests).max(1);
+    let shared = Shared::new(queue, running, one_test);
+    // A VM per test, started from the snapshot: each VM that runs a test has the next
+    // one starting beside it (the restore overlaps the test), so twice as many VMs
+    // live at once as run tests, where the host holds their scratch disks.
+    let spares = (running * 2).min(tests);
+    let vms = match opts.warm.is_some()
+        && one_test
+        && media::disks_fit(&opts.spec.vm.disks, spares, opts.work)
+    {
+        true => spares,
+        false => running,
+    };
+    let media = media::prepare(artifacts, &opts.spec.vm, vms, opts.work)?;
+    let socket_dir = tempfile::Builder::new()
+        .prefix("vmbuild-")
+        .tempdir()
+        .map_err(io_err("create a temp folder in", &std::env::temp_dir()))?;
+    std::thread::scope(|scope| {
+        for worker in 0..vms {
+            let shared = &shared;
+            let media = &media;
+            let socket_dir = socket_dir.path();
+            scope.spawn(move || {
+                let mut boots = 0;
+                while !shared.finished() {
+                    let vm = VmRun {
+                        opts,
+                        artifacts,
+                        worker,
+                        boot: boots,
+                        media,
+                        socket_dir,
+                        shared,
+                    };
+                    boots += 1;
+                    if let Err(e) = vm.run() {
+                        shared.fail(e);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    shared.into_results()
 }
 
 /// Every test of the run's bundles (for results of tests that do not run).

@@ -20,7 +20,7 @@ use super::queue::{Planned, Shared};
 use super::runner::{Artifacts, RunOptions, TestError};
 use super::session::{is_kernel_crash, said, Event, Session};
 use super::warm::Start;
-use super::{Status, TestResult};
+use super::{Attempt, Status, TestResult};
 use crate::format::complaint::complaint;
 use crate::format::{fio, tap};
 use crate::fsio::io_err;
@@ -33,6 +33,9 @@ const LOST_END: &str = "the agent went on before the test's END arrived \
     (did the test write to the agent's serial port?)";
 /// How long the agent may stay silent between tests.
 const AGENT_IDLE: Duration = Duration::from_secs(60);
+/// How long the agent may stay silent while a test runs (it says ALIVE every 2 s):
+/// then the VM is taken for dead, replaced, and the test requeued.
+const LIVENESS: Duration = Duration::from_secs(30);
 
 /// One boot of one VM, serving tests from the shared queue until the agent stops,
 /// the VM dies, or a deadline passes.
@@ -69,7 +72,7 @@ impl VmRun<'_> {
         let spec = self.opts.spec;
         // Fresh disks for each test, or a fresh VM: one test per boot, taken from the
         // queue before the VM starts (so that no VM starts for nothing).
-        let one_test = spec.vm.vm_per_test();
+        let one_test = self.shared.one_test;
         loop {
             let reserved = match one_test {
                 true => match self.shared.next() {
@@ -167,23 +170,35 @@ impl VmRun<'_> {
         let mut running: Option<Running> = None;
         let mut permit = None;
         let mut last_event = Instant::now();
+        // When the agent last said anything (its heartbeat, while a test runs).
+        let mut last_heard = Instant::now();
         let mut failed_here = false;
         let mut holding = false;
         let outcome = loop {
-            let deadline = match &running {
+            let (deadline, silent) = match &running {
                 // Held for the user: no deadline; they end it (or Ctrl-C does).
-                _ if holding => Instant::now() + Duration::from_secs(3600 * 24 * 365),
-                _ if !ready => boot_started + spec.vm.boot_timeout,
-                Some(r) => r.started + r.test.timeout + HOST_GRACE,
-                None => last_event + AGENT_IDLE,
+                _ if holding => (Instant::now() + Duration::from_secs(3600 * 24 * 365), false),
+                _ if !ready => (boot_started + spec.vm.boot_timeout, false),
+                Some(r) => {
+                    let (test_end, heard) = (
+                        r.started + r.test.timeout + HOST_GRACE,
+                        last_heard + LIVENESS,
+                    );
+                    (test_end.min(heard), heard < test_end)
+                }
+                None => (last_event + AGENT_IDLE, false),
             };
             let wait = deadline.saturating_duration_since(Instant::now());
             let event = match session.events.recv_timeout(wait) {
                 Ok(e) => e,
+                Err(RecvTimeoutError::Timeout) if silent => break VmEnd::Silent,
                 Err(RecvTimeoutError::Timeout) => break VmEnd::Deadline,
                 Err(RecvTimeoutError::Disconnected) => break VmEnd::Exited,
             };
             last_event = Instant::now();
+            if matches!(event, Event::AgentLine { .. }) {
+                last_heard = last_event;
+            }
             let (msg, dropped) = match event {
                 Event::Console(line) => {
                     let _ = console.write_line(&line);
@@ -271,6 +286,7 @@ impl VmRun<'_> {
                         r.started = Instant::now();
                     }
                 }
+                Message::Alive => {}
                 Message::Log { test, line } => {
                     if let Some(r) = running.as_mut().filter(|r| r.test.name == test) {
                         // A line longer than the host reads whole: its end was dropped.
@@ -392,13 +408,14 @@ impl VmRun<'_> {
                     self.keep_console(&console_path)
                 ))),
             },
-            VmEnd::Exited => match running {
-                Some(r) => self.finish(
-                    r,
-                    Status::Crash,
-                    None,
-                    Some("the VM exited while the test ran".into()),
-                ),
+            VmEnd::Exited | VmEnd::Silent => match running {
+                Some(r) => {
+                    let what = match outcome {
+                        VmEnd::Silent => format!("went silent for {LIVENESS:?}"),
+                        _ => "exited".to_string(),
+                    };
+                    self.replace_vm(r, &what)
+                }
                 None => Err(TestError::Infra(format!(
                     "{backend} exited unexpectedly between tests\n  console: {}{}",
                     self.keep_console(&console_path),
@@ -428,6 +445,33 @@ impl VmRun<'_> {
         }
     }
 
+    /// The VM died (or went silent) under test `r`: it is requeued for a new VM, or,
+    /// when it has taken down `--max-vm-restarts` VMs already, it is a crash.
+    fn replace_vm(&self, r: Running, what: &str) -> Result<(), TestError> {
+        if crate::process::interrupted() {
+            return Err(TestError::Infra("interrupted".into()));
+        }
+        if r.test.vm_restarts >= self.opts.policy.max_vm_restarts {
+            let reason = format!(
+                "the VM {what} while the test ran ({} VM(s) replaced under it before; \
+                 --max-vm-restarts {})",
+                r.test.vm_restarts, self.opts.policy.max_vm_restarts
+            );
+            return self.finish(r, Status::Crash, None, Some(reason));
+        }
+        let mut test = r.test;
+        test.vm_restarts += 1;
+        (self.opts.notice)(&format!(
+            "vm{}: the VM {what} while `{}` ran: a new VM runs it again ({} of at most {} restarts)",
+            self.worker,
+            test.name,
+            test.vm_restarts,
+            self.opts.policy.max_vm_restarts
+        ));
+        self.shared.requeue(test);
+        Ok(())
+    }
+
     fn finish(
         &self,
         r: Running,
@@ -440,31 +484,79 @@ impl VmRun<'_> {
         if crate::process::interrupted() {
             return Err(TestError::Infra("interrupted".into()));
         }
-        let log = format!("tests/{}.log", r.test.name);
+        let Running {
+            mut test,
+            started,
+            output,
+        } = r;
+        let log = format!("tests/{}.log", test.name);
         let path = self.opts.out.join(&log);
-        let (output, truncated) = r.output.finish();
+        let (output, truncated) = output.finish();
         fs_err::write(&path, &output).map_err(io_err("write", &path))?;
         // A failure the workload explains (fio's verify error): its words are the reason.
         let reason = match reason {
             None if status == Status::Fail => complaint(&output),
             reason => reason,
         };
-        let result = TestResult {
+        let duration = started.elapsed().as_secs_f64();
+        let tries = test.earlier.len() as u32 + 1;
+        // A failure with tries left runs again next round, in a fresh VM.
+        if status.is_failure() && tries <= self.opts.policy.retries {
+            let kept = format!("tests/{}.try{tries}.log", test.name);
+            let kept_path = self.opts.out.join(&kept);
+            fs_err::rename(&path, &kept_path).map_err(io_err("rename", &path))?;
+            (self.opts.notice)(&format!(
+                "{}: {} on try {tries}; it runs again in a fresh VM (retry {tries} of {})",
+                test.name,
+                status.name(),
+                self.opts.policy.retries
+            ));
+            test.earlier.push(Attempt {
+                status,
+                duration,
+                log: kept,
+                exit_code,
+                reason,
+            });
+            if let Ok(mut retry) = self.shared.retry.lock() {
+                retry.push(test);
+            }
+            return Ok(());
+        }
+        let mut result = TestResult {
             subtests: tap::parse(&output),
             fio: fio::parse(&output),
-            name: r.test.name,
+            name: test.name,
             status,
-            duration: r.started.elapsed().as_secs_f64(),
+            duration,
             log,
             exit_code,
             reason,
             truncated,
-            key: None,
+            key: test.case.as_ref().map(|c| c.key.clone()),
             cached: false,
-            earlier: vec![],
-            vm_restarts: 0,
+            earlier: test.earlier,
+            vm_restarts: test.vm_restarts,
         };
+        if status == Status::Pass && !result.earlier.is_empty() {
+            let failed = result.earlier.len();
+            (result.status, result.reason) = match self.opts.policy.flaky_fails {
+                true => (
+                    Status::Fail,
+                    Some(format!(
+                        "flaky: failed {failed} time(s), then passed (--flaky-fails)"
+                    )),
+                ),
+                false => (
+                    Status::Flaky,
+                    Some(format!("failed {failed} time(s) before it passed")),
+                ),
+            };
+        }
         (self.opts.on_result)(&result);
+        if let (Some(cases), Some(case)) = (self.opts.cases, &test.case) {
+            cases.publish(case, &result, self.opts.out)?;
+        }
         if let Ok(mut results) = self.shared.results.lock() {
             results.push(result);
         }
@@ -489,6 +581,8 @@ enum VmEnd {
     /// The VM ran its one test: it is stopped.
     Finished,
     Exited,
+    /// The agent's heartbeat stopped while a test ran.
+    Silent,
     Deadline,
     KernelCrash(String),
 }

@@ -1,0 +1,234 @@
+//! Each test's own result entry, so that a rerun repeats only the tests that failed or
+//! changed. A test's key is its recipe's key inputs with the bundles taken out and, in
+//! their place, what the test sees of them: its own script (and header) and the files
+//! every bundle shares (anything that is not one of its tests). So an edit to one script
+//! reruns that test alone; an edit to a shared file reruns the tests of the recipe. The
+//! entry, `<key>-<recipe>.<test>`, holds `result.json` and the test's logs; a passing (or
+//! flaky) one is reused by the next run with the same key.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::runner::{Artifacts, TestError};
+use super::{Status, TestResult};
+use crate::format::bundle::{TestMeta, SHARED_SHA256};
+use crate::fsio::io_err;
+use crate::hashing::sha256_hex;
+use crate::store::{Manifest, Status as EntryStatus, Store, StoreError};
+
+/// The test's result in its entry.
+const RESULT_JSON: &str = "result.json";
+/// Entry names are at most this long (`grammar::recipe_name`).
+const MAX_NAME: usize = 100;
+
+/// The result entries of one test recipe's tests.
+pub(crate) struct Cases<'a> {
+    store: &'a Store,
+    recipe: &'a str,
+    /// The recipe's key inputs without its bundles: what every test's key holds.
+    base: Value,
+    /// Each bundle's shared files (its digest; its key, for a bundle built before
+    /// vmbuild recorded the digest) and its key (for tests without their own digest).
+    bundles: BTreeMap<String, (Value, String)>,
+    /// A flaky result is not reused (`--flaky-fails`).
+    flaky_fails: bool,
+}
+
+/// A test's key and the name of its entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CaseKey {
+    pub key: String,
+    pub name: String,
+}
+
+impl<'a> Cases<'a> {
+    /// `inputs`: the recipe's key inputs (`KeyInputs::to_value`).
+    pub(crate) fn new(
+        store: &'a Store,
+        recipe: &'a str,
+        inputs: &Value,
+        artifacts: &Artifacts,
+        flaky_fails: bool,
+    ) -> Cases<'a> {
+        let mut base = inputs.clone();
+        base["kind"] = json!("test-case");
+        for (bundle, _) in &artifacts.bundles {
+            if let Some(deps) = base.get_mut("deps").and_then(Value::as_object_mut) {
+                deps.remove(*bundle);
+            }
+        }
+        if let Some(recipe) = base.get_mut("recipe").and_then(Value::as_object_mut) {
+            // What the test sees of the bundles is added per test; the order of the
+            // recipe's `after` does not change what a test does.
+            recipe.remove("bundles");
+            recipe.remove("after");
+        }
+        let bundles = artifacts
+            .bundles
+            .iter()
+            .map(|(name, entry)| {
+                let shared = entry
+                    .manifest
+                    .details
+                    .get(SHARED_SHA256)
+                    .cloned()
+                    .unwrap_or_else(|| json!({ "bundle": entry.manifest.key }));
+                (name.to_string(), (shared, entry.manifest.key.clone()))
+            })
+            .collect();
+        Cases {
+            store,
+            recipe,
+            base,
+            bundles,
+            flaky_fails,
+        }
+    }
+
+    /// The key of test `meta` of `bundle`.
+    pub(crate) fn key(&self, bundle: &str, meta: &TestMeta) -> CaseKey {
+        let mut inputs = self.base.clone();
+        let script = match &meta.sha256 {
+            Some(sha256) => json!(sha256),
+            // A bundle from before per-test digests: the whole bundle stands for it.
+            None => json!({ "bundle": self.bundles.get(bundle).map(|(_, key)| key) }),
+        };
+        let shared: BTreeMap<&str, &Value> = self
+            .bundles
+            .iter()
+            .map(|(name, (shared, _))| (name.as_str(), shared))
+            .collect();
+        inputs["recipe"]["test"] = json!({
+            "name": meta.name,
+            "bundle": bundle,
+            "script": script,
+            "timeout_ms": meta.timeout_ms,
+            "kconfig": meta.kconfig,
+            "disks": meta.disks,
+        });
+        inputs["recipe"]["shared"] = json!(shared);
+        let canonical = serde_json::to_vec(&inputs).expect("key inputs serialize");
+        CaseKey {
+            key: sha256_hex(&canonical),
+            name: entry_name(self.recipe, &meta.name),
+        }
+    }
+
+    /// The stored passing result under `case`, its log copied into `out` (the staged
+    /// results entry), marked as taken from the cache.
+    pub(crate) fn reuse(
+        &self,
+        case: &CaseKey,
+        out: &Path,
+    ) -> Result<Option<TestResult>, TestError> {
+        let Some(entry) = self.store.lookup(&case.key, &case.name)? else {
+            return Ok(None);
+        };
+        let path = entry.path.join(RESULT_JSON);
+        let bytes = fs_err::read(&path).map_err(io_err("read", &path))?;
+        let mut result: TestResult =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::BadManifest {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        let passed = match result.status {
+            Status::Pass => true,
+            Status::Flaky => !self.flaky_fails,
+            _ => false,
+        };
+        if !passed {
+            return Ok(None);
+        }
+        copy_logs(&result, &entry.path, out)?;
+        result.cached = true;
+        result.key = Some(case.key.clone());
+        Ok(Some(result))
+    }
+
+    /// Publishes `result` (whose logs are in `out`, the staged results entry) as the
+    /// test's entry: a passing one is reused by later runs, a failed one is kept to show.
+    pub(crate) fn publish(
+        &self,
+        case: &CaseKey,
+        result: &TestResult,
+        out: &Path,
+    ) -> Result<(), TestError> {
+        let lock = self.store.lock(&case.key, || {})?;
+        let staging = self.store.stage(&case.key, &case.name, &lock)?;
+        copy_logs(result, out, staging.out())?;
+        let path = staging.out().join(RESULT_JSON);
+        let mut stored = result.clone();
+        stored.cached = false;
+        stored.key = Some(case.key.clone());
+        let json = serde_json::to_vec_pretty(&stored).expect("results serialize");
+        fs_err::write(&path, json).map_err(io_err("write", &path))?;
+        let mut manifest = Manifest::new(
+            &case.name,
+            "test-case",
+            &case.key,
+            json!({ "recipe": self.recipe, "test": result.name }),
+        );
+        manifest.head.status = match result.status {
+            Status::Pass | Status::Flaky => EntryStatus::Ok,
+            _ => EntryStatus::Failed,
+        };
+        manifest.head.build_seconds = result.duration;
+        self.store.publish(staging, manifest)?;
+        Ok(())
+    }
+}
+
+/// `<recipe>.<part>` (a test, a shard), or when that is too long for an entry name, the
+/// recipe's start and a digest of the part.
+pub(crate) fn entry_name(recipe: &str, test: &str) -> String {
+    let name = format!("{recipe}.{test}");
+    if name.len() <= MAX_NAME {
+        return name;
+    }
+    let digest = sha256_hex(test.as_bytes());
+    format!(
+        "{}.{}",
+        &recipe[..recipe.len().min(MAX_NAME - 33)],
+        &digest[..32]
+    )
+}
+
+/// Copies a result's logs (its own and its earlier tries') from the entry `from` to
+/// the one staged at `to`.
+fn copy_logs(result: &TestResult, from: &Path, to: &Path) -> Result<(), TestError> {
+    let logs = std::iter::once(&result.log).chain(result.earlier.iter().map(|a| &a.log));
+    for log in logs.filter(|l| !l.is_empty()) {
+        // A log is `tests/<file>`: anything else in a stored result is not followed.
+        let plain = log
+            .strip_prefix("tests/")
+            .is_some_and(|file| !file.is_empty() && !file.contains('/') && file != "..");
+        if !plain {
+            return Err(TestError::Store(StoreError::BadManifest {
+                path: from.join(RESULT_JSON),
+                message: format!("the log `{log}` is not a file in tests/"),
+            }));
+        }
+        let (source, target) = (from.join(log), to.join(log));
+        if let Some(parent) = target.parent() {
+            fs_err::create_dir_all(parent).map_err(io_err("create", parent))?;
+        }
+        fs_err::copy(&source, &target).map_err(io_err("copy", &source))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_still_make_entry_names() {
+        assert_eq!(entry_name("smoke", "a-pass"), "smoke.a-pass");
+        let long = entry_name(&"r".repeat(90), &"t".repeat(90));
+        assert!(long.len() <= MAX_NAME, "{long}");
+        crate::recipe::grammar::recipe_name(&long).unwrap();
+        assert_ne!(long, entry_name(&"r".repeat(90), &"u".repeat(90)));
+    }
+}
