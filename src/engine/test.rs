@@ -199,6 +199,31 @@ impl Engine<'_> {
             .collect())
     }
 
+    /// The results of test recipe `node` joined from its shards' entries (`--shard`) for
+    /// the current inputs, with the folder holding each test's log.
+    pub fn merged_shards(
+        &self,
+        plan: &Plan,
+        node: usize,
+    ) -> Result<(
+        crate::testing::RunResults,
+        BTreeMap<String, std::path::PathBuf>,
+    )> {
+        let name = &plan.graph.nodes[node].recipe.name;
+        let shards = phase::shards(&self.store, &plan.keys[node])?;
+        let mut folders = BTreeMap::new();
+        let mut parts = Vec::new();
+        for (shard, results, entry) in shards {
+            for test in &results.tests {
+                folders.insert(test.name.clone(), entry.path.clone());
+            }
+            parts.push((shard, results));
+        }
+        let merged = crate::testing::merge::merge(parts)
+            .map_err(|why| Error::Usage(format!("`{name}`: {why}")))?;
+        Ok((merged, folders))
+    }
+
     /// The key inputs of the booted environment (VM snapshot) test recipe `node` starts
     /// from under `accel`; `None` for another kind, a recipe whose VMs boot in full, or
     /// a backend or qemu not here.

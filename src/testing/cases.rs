@@ -4,7 +4,7 @@
 //! every bundle shares (anything that is not one of its tests). So an edit to one script
 //! reruns that test alone; an edit to a shared file reruns the tests of the recipe. The
 //! entry, `<key>-<recipe>.<test>`, holds `result.json` and the test's logs; a passing (or
-//! flaky) one is reused by the next run with the same key.
+//! flaky, or skipped) one is reused by the next run with the same key.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -116,7 +116,7 @@ impl<'a> Cases<'a> {
         }
     }
 
-    /// The stored passing result under `case`, its log copied into `out` (the staged
+    /// The stored passing (or skipped) result under `case`, its log copied into `out` (the staged
     /// results entry), marked as taken from the cache.
     pub(crate) fn reuse(
         &self,
@@ -134,7 +134,7 @@ impl<'a> Cases<'a> {
                 message: e.to_string(),
             })?;
         let passed = match result.status {
-            Status::Pass => true,
+            Status::Pass | Status::Skip => true,
             Status::Flaky => !self.flaky_fails,
             _ => false,
         };
@@ -171,7 +171,7 @@ impl<'a> Cases<'a> {
             json!({ "recipe": self.recipe, "test": result.name }),
         );
         manifest.head.status = match result.status {
-            Status::Pass | Status::Flaky => EntryStatus::Ok,
+            Status::Pass | Status::Flaky | Status::Skip => EntryStatus::Ok,
             _ => EntryStatus::Failed,
         };
         manifest.head.build_seconds = result.duration;

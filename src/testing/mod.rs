@@ -10,6 +10,7 @@ mod cases;
 pub(crate) mod exec;
 mod kernel_modules;
 mod media;
+pub mod merge;
 pub(crate) mod phase;
 pub mod protocol;
 mod queue;

@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::cases::{entry_name, Cases};
 use super::results::{read_results, write_results};
 use super::runner::{self, Artifacts, Policy, RunOptions, TestError};
-use super::select::Selection;
+use super::select::{Selection, Shard};
 use super::warm::Warm;
 use super::{RunResults, Status as TestStatus, TestResult};
 use crate::fsio::io_err;
@@ -168,6 +168,30 @@ pub(crate) fn run(store: &Store, job: &Job, hooks: &Hooks) -> Result<Tested, Tes
         entry: Some(entry),
         cached: reused,
     })
+}
+
+/// The shards of the run of the recipe under `key` in the store, each with its results
+/// and its entry (any status: a failed shard is part of the report).
+pub(crate) fn shards(
+    store: &Store,
+    key: &str,
+) -> Result<Vec<(Shard, RunResults, Entry)>, StoreError> {
+    let mut found = Vec::new();
+    for entry in store.entries()? {
+        let details = &entry.manifest.details;
+        if entry.manifest.kind != "test" || details.get(RECIPE_KEY) != Some(&serde_json::json!(key))
+        {
+            continue;
+        }
+        let Some([index, count]) = details
+            .get(SHARD)
+            .and_then(|s| serde_json::from_value::<[u32; 2]>(s.clone()).ok())
+        else {
+            continue;
+        };
+        found.push((Shard { index, count }, read_results(&entry)?, entry));
+    }
+    Ok(found)
 }
 
 /// In a shard's manifest: the key of the recipe it is a part of, and `[K, N]`.

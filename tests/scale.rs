@@ -1,0 +1,408 @@
+//! Test suites at scale, real qemu (TCG here): per-test results reused across runs, VMs
+//! sharing a queue, a VM killed from outside replaced, retries and flaky tests, shards.
+//! qemu wrappers on PATH count VM starts (and, for the flaky test, vary the first boot)
+//! without trusting vmbuild's own account.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{boots, counting_qemu, junit_counts, which, TestProject};
+
+/// Writes the bundle `<suite>-tests` of `tests` (name, script) and the test recipe
+/// `<suite>` (Debian's kernel, the busybox root) with `vm` lines in its `[vm]`.
+fn suite(p: &TestProject, suite: &str, tests: &[(&str, &str)], vm: &str) {
+    for (name, script) in tests {
+        p.write_exec(&format!("tests/{suite}/{name}"), script);
+    }
+    p.write(
+        &format!("recipes/{suite}-tests.toml"),
+        &format!("kind = \"bundle\"\ntests = \"../tests/{suite}\"\n"),
+    );
+    p.write(
+        &format!("recipes/{suite}.toml"),
+        &format!(
+            "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"busybox-rootfs\"\n\
+             bundles = [\"{suite}-tests\"]\ntimeout = \"60s\"\n[vm]\n{vm}\n"
+        ),
+    );
+}
+
+/// The results of the (first) recipe of a `--json` run, as the store holds them.
+fn results_of(run: &common::Run) -> serde_json::Value {
+    let line = &run.json_lines()[0];
+    serde_json::json!({ "tests": line["tests"], "summary": line["summary"] })
+}
+
+fn test<'a>(results: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    results["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {results}"))
+}
+
+/// `name status` per test, sorted.
+fn statuses(results: &serde_json::Value) -> Vec<String> {
+    let mut all: Vec<String> = results["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {}",
+                t["name"].as_str().unwrap(),
+                t["status"].as_str().unwrap()
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+fn sleeper(seconds: &str) -> String {
+    format!("#!/bin/sh\necho sleeping {seconds}\nsleep {seconds}\n")
+}
+
+#[test]
+fn one_and_three_vms_give_the_same_results_and_a_changed_test_alone_runs_again() {
+    let p = TestProject::shared();
+    let tests: Vec<(String, String)> = vec![
+        ("s-a".into(), sleeper("2")),
+        ("s-b".into(), sleeper("1")),
+        ("s-c".into(), sleeper("0.5")),
+        ("s-d".into(), sleeper("0")),
+        ("s-e".into(), "#!/bin/sh\necho broken\nexit 3\n".into()),
+        ("s-f".into(), "#!/bin/sh\nexit 77\n".into()),
+    ];
+    let refs: Vec<(&str, &str)> = tests
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_str()))
+        .collect();
+    suite(
+        &p,
+        "scale-one",
+        &refs,
+        "vms = 1\ncmdline = \"vmbuild.suite=scale\"",
+    );
+    // The same tests in another recipe, on three VMs.
+    p.write(
+        "recipes/scale-three.toml",
+        "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"busybox-rootfs\"\n\
+         bundles = [\"scale-one-tests\"]\ntimeout = \"60s\"\n[vm]\nvms = 3\ncmdline = \"vmbuild.suite=scale\"\n",
+    );
+    let one = p.run(&["test", "-f", "--json", "scale-one"]).expect(1);
+    let three = p.run(&["test", "-f", "--json", "scale-three"]).expect(1);
+    let (one, three) = (results_of(&one), results_of(&three));
+    assert_eq!(statuses(&one), statuses(&three));
+    assert_eq!(
+        statuses(&one),
+        ["s-a pass", "s-b pass", "s-c pass", "s-d pass", "s-e fail", "s-f skip"]
+    );
+
+    // A rerun runs only the failed test; after one script changes, that one too.
+    p.write_exec("tests/scale-one/s-b", &sleeper("0.2"));
+    let (qemu_dir, log) = counting_qemu();
+    let rerun = p
+        .run_with_path(qemu_dir.path(), &["test", "--json", "scale-one"])
+        .expect(1);
+    let results = results_of(&rerun);
+    for name in ["s-a", "s-c", "s-d", "s-f"] {
+        assert_eq!(test(&results, name)["cached"], true, "{name}: {results}");
+    }
+    for name in ["s-b", "s-e"] {
+        assert!(
+            test(&results, name).get("cached").is_none(),
+            "{name}: {results}"
+        );
+    }
+    assert_eq!(results["summary"]["cached"], 4, "{results}");
+    assert_eq!(boots(&log), 1, "one VM runs the two tests");
+    let plain = p
+        .run_with_path(qemu_dir.path(), &["test", "scale-one"])
+        .expect(1);
+    assert!(
+        plain
+            .stdout
+            .contains("5 from the cache: 4 passed, 1 failed, 1 skipped"),
+        "{}",
+        plain.stdout
+    );
+    assert_eq!(boots(&log), 2, "only the failed test ran again");
+}
+
+/// A qemu wrapper that records each VM's pid (qemu keeps the wrapper's: exec).
+fn pid_recording_qemu() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let real = which("qemu-system-x86_64").expect("qemu-system-x86_64 is installed");
+    let pids = dir.path().join("pids");
+    let script = format!(
+        "#!/bin/sh\ncase \"$*\" in *-kernel*) echo $$ >> '{}' ;; esac\nexec '{}' \"$@\"\n",
+        pids.display(),
+        real.display()
+    );
+    let wrapper = dir.path().join("qemu-system-x86_64");
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, pids)
+}
+
+/// The console of a run of `recipe` being staged in `store`, once it holds `marker`.
+fn staged_console_with(store: &Path, recipe: &str, marker: &str) -> bool {
+    let Ok(tmp) = std::fs::read_dir(store.join("tmp")) else {
+        return false;
+    };
+    tmp.flatten().any(|dir| {
+        let name = dir.file_name().to_string_lossy().into_owned();
+        name.contains(&format!("-{recipe}.")) && {
+            let console = dir.path().join("console.log");
+            std::fs::read_to_string(console).is_ok_and(|c| c.contains(marker))
+        }
+    })
+}
+
+#[test]
+fn a_vm_killed_mid_test_is_replaced_and_its_test_passes_on_requeue() {
+    let p = TestProject::shared();
+    suite(
+        &p,
+        "scale-kill",
+        &[(
+            "long",
+            "#!/bin/sh\necho scale-kill-marker > /dev/console\nsleep 6\necho done\n",
+        )],
+        "cmdline = \"vmbuild.suite=scale-kill\"",
+    );
+    let (qemu_dir, pids) = pid_recording_qemu();
+    let path = format!(
+        "{}:{}",
+        qemu_dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let child = p
+        .command(&["test", "-f", "--json", "scale-kill"])
+        .env("PATH", path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !staged_console_with(&p.cache, "scale-kill", "scale-kill-marker") {
+        assert!(Instant::now() < deadline, "the test never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let first: i32 = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY: killing the qemu this test's wrapper started.
+    assert_eq!(unsafe { libc::kill(first, libc::SIGKILL) }, 0);
+    let run = common::Run::from(child.wait_with_output().unwrap()).expect(0);
+    let results = results_of(&run);
+    let long = test(&results, "long");
+    assert_eq!(long["status"], "pass", "{results}");
+    assert_eq!(long["vm_restarts"], 1, "{results}");
+    assert!(
+        run.stderr.contains("a new VM runs it again"),
+        "{}",
+        run.stderr
+    );
+    let started = std::fs::read_to_string(&pids).unwrap().lines().count();
+    assert_eq!(started, 2, "one VM replaced the killed one");
+}
+
+/// A qemu wrapper whose first VM's kernel command line carries `vmbuild_flaky=fail`.
+fn first_boot_failing_qemu() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let real = which("qemu-system-x86_64").expect("qemu-system-x86_64 is installed");
+    let count = dir.path().join("count");
+    let script = format!(
+        r#"#!/bin/bash
+case "$*" in *-kernel*) ;; *) exec '{real}' "$@" ;; esac
+n=$(cat '{count}' 2>/dev/null || echo 0)
+echo $((n + 1)) > '{count}'
+args=()
+prev=
+for a in "$@"; do
+    if [ "$prev" = -append ] && [ "$n" = 0 ]; then a="$a vmbuild_flaky=fail"; fi
+    args+=("$a")
+    prev=$a
+done
+exec '{real}' "${{args[@]}}"
+"#,
+        real = real.display(),
+        count = count.display()
+    );
+    let wrapper = dir.path().join("qemu-system-x86_64");
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[test]
+fn a_test_that_fails_once_then_passes_is_flaky_and_flaky_fails_makes_it_a_failure() {
+    let p = TestProject::shared();
+    suite(
+        &p,
+        "scale-flaky",
+        &[(
+            "wobbly",
+            "#!/bin/sh\nif grep -q vmbuild_flaky=fail /proc/cmdline; then echo first try fails; exit 1; fi\necho passes\n",
+        )],
+        // Each VM boots in full, so the wrapper's command line reaches the kernel.
+        "start = \"boot\"\ncmdline = \"vmbuild.suite=scale-flaky\"",
+    );
+    let qemu = first_boot_failing_qemu();
+    let run = p
+        .run_with_path(
+            qemu.path(),
+            &["test", "-f", "--json", "--retries", "2", "scale-flaky"],
+        )
+        .expect(0);
+    let results = results_of(&run);
+    let wobbly = test(&results, "wobbly");
+    assert_eq!(wobbly["status"], "flaky", "{results}");
+    assert_eq!(wobbly["earlier"][0]["status"], "fail", "{results}");
+    assert_eq!(results["summary"]["flaky"], 1, "{results}");
+    assert_eq!(results["summary"]["passed"], 1, "{results}");
+    let entry = PathBuf::from(run.json_lines()[0]["path"].as_str().unwrap());
+    let first = std::fs::read_to_string(entry.join("tests/wobbly.try1.log")).unwrap();
+    assert!(first.contains("first try fails"), "{first}");
+    let last = std::fs::read_to_string(entry.join("tests/wobbly.log")).unwrap();
+    assert!(last.contains("passes"), "{last}");
+
+    // Under --flaky-fails the same story is a failure.
+    let qemu = first_boot_failing_qemu();
+    let run = p
+        .run_with_path(
+            qemu.path(),
+            &[
+                "test",
+                "-f",
+                "--retries",
+                "1",
+                "--flaky-fails",
+                "scale-flaky",
+            ],
+        )
+        .expect(1);
+    assert!(
+        run.stdout.contains("FAIL    scale-flaky/wobbly"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("--flaky-fails"), "{}", run.stdout);
+}
+
+#[test]
+fn shards_cover_every_test_exactly_once_and_merge_into_one_junit_file() {
+    let p = TestProject::shared();
+    let names = ["h-1", "h-2", "h-3", "h-4", "h-5"];
+    let tests: Vec<(&str, String)> = names
+        .iter()
+        .map(|n| (*n, format!("#!/bin/sh\necho {n}\n")))
+        .collect();
+    let refs: Vec<(&str, &str)> = tests.iter().map(|(n, s)| (*n, s.as_str())).collect();
+    suite(
+        &p,
+        "scale-shard",
+        &refs,
+        "cmdline = \"vmbuild.suite=scale-shard\"",
+    );
+    let mut seen: Vec<String> = Vec::new();
+    for shard in ["1/3", "2/3", "3/3"] {
+        let run = p
+            .run(&["test", "-f", "--json", "--shard", shard, "scale-shard"])
+            .expect(0);
+        let results = results_of(&run);
+        seen.extend(statuses(&results));
+    }
+    seen.sort();
+    let expected: Vec<String> = names.iter().map(|n| format!("{n} pass")).collect();
+    assert_eq!(seen, expected, "every test in exactly one shard");
+
+    let junit = p.path("merged.xml");
+    let merged = p.run(&[
+        "results",
+        "--merge",
+        "scale-shard",
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    let merged = merged.expect(0);
+    assert!(
+        merged.stdout.contains("5 passed, 0 failed"),
+        "{}",
+        merged.stdout
+    );
+    if let Some(counts) = junit_counts(&junit) {
+        assert_eq!(counts, "5 0 0 0");
+    }
+}
+
+#[test]
+fn selection_runs_some_tests_in_a_reproducible_order() {
+    let p = TestProject::shared();
+    let names = ["o-a", "o-b", "o-c", "o-d", "x-skip"];
+    let tests: Vec<(&str, String)> = names
+        .iter()
+        .map(|n| (*n, format!("#!/bin/sh\necho {n}\n")))
+        .collect();
+    let refs: Vec<(&str, &str)> = tests.iter().map(|(n, s)| (*n, s.as_str())).collect();
+    suite(
+        &p,
+        "scale-select",
+        &refs,
+        "cmdline = \"vmbuild.suite=scale-select\"",
+    );
+    let order = |seed: &str| -> Vec<String> {
+        let run = p
+            .run(&[
+                "test",
+                "-f",
+                "--filter",
+                "o-*",
+                "--order",
+                "random",
+                "--seed",
+                seed,
+                "--iterate",
+                "2",
+                "scale-select",
+            ])
+            .expect(0);
+        assert!(
+            run.stderr.contains(&format!("seed {seed}")),
+            "{}",
+            run.stderr
+        );
+        run.stdout
+            .lines()
+            .filter(|l| l.starts_with("PASS"))
+            .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+            .collect()
+    };
+    let first = order("42");
+    assert_eq!(first.len(), 8, "{first:?}");
+    assert!(
+        first.iter().all(|t| t.starts_with("scale-select/o-")),
+        "{first:?}"
+    );
+    assert!(
+        first.contains(&"scale-select/o-a#2".to_string()),
+        "{first:?}"
+    );
+    // One VM takes them in the queue's order, so the same seed gives the same lines.
+    assert_eq!(order("42"), first);
+    let excluded = p
+        .run(&["test", "--exclude", "o-*", "scale-select"])
+        .expect(0);
+    assert!(excluded.stdout.contains("x-skip"), "{}", excluded.stdout);
+    assert!(!excluded.stdout.contains("o-a"), "{}", excluded.stdout);
+}
