@@ -12,6 +12,9 @@ use crate::graph::tree_digest;
 use crate::hashing::stat_cache_name;
 use crate::recipe::units;
 use crate::recipe::{Fetch, KernelSpec, Spec};
+use crate::store::Entry;
+use crate::testing::phase::RECIPE_KEY;
+use crate::testing::read_results;
 
 #[derive(Args)]
 pub struct GcArgs {
@@ -21,6 +24,16 @@ pub struct GcArgs {
     /// Keep unreachable entries; only apply --older-than
     #[arg(long)]
     keep_unreachable: bool,
+}
+
+/// A shard's results entry (`--shard`) of a recipe whose key is kept.
+fn is_shard_of(entry: &Entry, keep: &BTreeSet<String>) -> bool {
+    entry
+        .manifest
+        .details
+        .get(RECIPE_KEY)
+        .and_then(|k| k.as_str())
+        .is_some_and(|k| keep.contains(k))
 }
 
 pub fn run(global: &Global, reporter: &Renderer, args: GcArgs) -> Result<i32, Error> {
@@ -42,8 +55,23 @@ pub fn run(global: &Global, reporter: &Renderer, args: GcArgs) -> Result<i32, Er
             let mut keep: BTreeSet<String> = plan.keys.iter().cloned().collect();
             // The booted environments the test recipes start from.
             keep.extend(engine.environment_keys(plan));
+            let entries = engine.store.entries()?;
+            // The shards of the current test recipes, then the tests' own result entries
+            // that kept results name.
+            for entry in &entries {
+                if is_shard_of(entry, &keep) {
+                    keep.insert(entry.manifest.key.clone());
+                }
+            }
+            for entry in &entries {
+                if entry.manifest.kind == "test" && keep.contains(&entry.manifest.key) {
+                    if let Ok(results) = read_results(entry) {
+                        keep.extend(results.tests.into_iter().filter_map(|t| t.key));
+                    }
+                }
+            }
             // Unpacked kernel sources are kept while any kernel recipe still builds from them.
-            for entry in engine.store.entries()? {
+            for entry in entries {
                 if entry.manifest.kind == "source" {
                     keep.insert(entry.manifest.key);
                 }

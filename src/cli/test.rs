@@ -64,6 +64,9 @@ pub struct TestArgs {
     /// for a CI matrix; `vmbuild results --merge RECIPE` joins the parts
     #[arg(long, value_name = "K/N", value_parser = Shard::parse)]
     shard: Option<Shard>,
+    /// Start VMs even when their memory together exceeds what the host has available
+    #[arg(long)]
+    allow_overcommit: bool,
     /// After the results, print the N slowest tests
     #[arg(long, value_name = "N")]
     print_slowest: Option<usize>,
@@ -101,6 +104,7 @@ pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, 
                 retries: args.retries,
                 flaky_fails: args.flaky_fails,
                 max_vm_restarts: args.max_vm_restarts,
+                allow_overcommit: args.allow_overcommit,
             },
         },
     )?;

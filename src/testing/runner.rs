@@ -61,6 +61,9 @@ pub struct Policy {
     /// VMs a test may take down (dying or going silent under it) before it is a crash;
     /// each time its VM is replaced and the test requeued (`--max-vm-restarts`).
     pub max_vm_restarts: u32,
+    /// Start VMs whose memory together exceeds what the host has available
+    /// (`--allow-overcommit`).
+    pub allow_overcommit: bool,
 }
 
 pub struct RunOptions<'a> {
@@ -205,10 +208,12 @@ fn run_round(
     let vms = match opts.warm.is_some()
         && one_test
         && media::disks_fit(&opts.spec.vm.disks, spares, opts.work)
+        && memory_fits(spares, opts.spec.vm.memory_mb)
     {
         true => spares,
         false => running,
     };
+    check_memory(vms, opts.spec.vm.memory_mb, opts.policy.allow_overcommit)?;
     let media = media::prepare(artifacts, &opts.spec.vm, vms, opts.work)?;
     let socket_dir = tempfile::Builder::new()
         .prefix("vmbuild-")
@@ -241,6 +246,35 @@ fn run_round(
         }
     });
     shared.into_results()
+}
+
+/// Refuses `vms` VMs of `memory_mb` each when together they need more than the host has
+/// available (MemAvailable), unless allowed: an overcommitted host swaps or kills guests.
+fn check_memory(vms: usize, memory_mb: u64, allowed: bool) -> Result<(), TestError> {
+    let needed = vms as u64 * memory_mb;
+    match available_mb() {
+        Some(available) if !memory_fits(vms, memory_mb) && !allowed => {
+            Err(TestError::Infra(format!(
+            "{vms} VM(s) of {memory_mb} MiB need {needed} MiB, and this host has {available} MiB \
+             available: lower `[vm] vms` or `memory`, or pass --allow-overcommit"
+        )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether `vms` VMs of `memory_mb` each fit in the host's available memory (yes when
+/// it cannot be read).
+fn memory_fits(vms: usize, memory_mb: u64) -> bool {
+    available_mb().is_none_or(|available| vms as u64 * memory_mb <= available)
+}
+
+/// The host's available memory in MiB (`MemAvailable` in /proc/meminfo).
+fn available_mb() -> Option<u64> {
+    let text = fs_err::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
 
 /// Every test of the run's bundles (for results of tests that do not run).
