@@ -6,6 +6,7 @@
 
 pub mod agent;
 mod capture;
+pub(crate) mod compare;
 pub(crate) mod exec;
 mod kernel_modules;
 mod media;
