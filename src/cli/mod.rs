@@ -4,9 +4,12 @@
 
 mod boot;
 mod build;
+mod compare;
+mod durations;
 mod explain;
 mod gc;
 mod lock;
+mod record;
 mod render;
 mod results;
 mod run;
@@ -82,6 +85,21 @@ enum Command {
     Test(test::TestArgs),
     /// Show the last results of a test recipe without running anything
     Results(results::ResultsArgs),
+    /// Name the latest results of a test recipe, to compare later results with
+    ///
+    /// Copies the results `vmbuild results RECIPE` shows into
+    /// <cache>/records/LABEL.json, so `gc` removing their entry does not lose them.
+    /// Recording a label again replaces it.
+    Record(record::RecordArgs),
+    /// Compare two records: status changes, the largest duration changes; exit 1 when a
+    /// test regressed
+    ///
+    /// A and B are labels given to `vmbuild record` (A the earlier). Lists the tests
+    /// whose status changed (`pass -> fail`, `fail -> pass`, ...), were added or removed,
+    /// then the largest changes of duration (`--top`; tests under 0.05 s in both, or
+    /// that took as long, are left out), then a summary line. Exits 1 when a test went
+    /// from pass, flaky or skip to fail, timeout or crash; else 0.
+    Compare(compare::CompareArgs),
     /// Show a recipe's cache key inputs and, after a change, what changed
     Explain(explain::ExplainArgs),
     /// Rehash store entries against their manifests
@@ -113,6 +131,8 @@ pub fn main() -> i32 {
         Command::Build(args) => build::run(&cli.global, &reporter, args),
         Command::Test(args) => test::run(&cli.global, &reporter, args),
         Command::Results(args) => results::run(&cli.global, &reporter, args),
+        Command::Record(args) => record::run(&cli.global, &reporter, args),
+        Command::Compare(args) => compare::run(&cli.global, &reporter, args),
         Command::Explain(args) => explain::run(&cli.global, &reporter, args),
         Command::Verify(args) => verify::run(&cli.global, &reporter, args),
         Command::Gc(args) => gc::run(&cli.global, &reporter, args),

@@ -235,7 +235,7 @@ fn micros(us: Option<f64>) -> String {
 }
 
 /// `text` with its control characters escaped, for a terminal.
-fn printable(text: &str) -> String {
+pub(super) fn printable(text: &str) -> String {
     text.chars()
         .flat_map(|c| {
             let escaped: Vec<char> = if c.is_control() {

@@ -1,10 +1,16 @@
 //! `vmbuild results RECIPE`: the last results, cached or failed, without running anything.
 
+use std::io::IsTerminal;
+
 use clap::Args;
 
-use super::{open_engine, render::Renderer, Global};
-use crate::engine::Error;
-use crate::testing::read_results;
+use super::{durations, open_engine, render::Renderer, Global};
+use crate::engine::{Engine, Error};
+use crate::store::Entry;
+use crate::testing::{read_results, RunResults};
+
+/// The longest bar of the duration histogram, in characters.
+const HISTOGRAM_WIDTH: usize = 40;
 
 #[derive(Args)]
 pub struct ResultsArgs {
@@ -14,19 +20,28 @@ pub struct ResultsArgs {
     /// Print results.json instead of test lines
     #[arg(long)]
     json: bool,
+    /// After the test lines, a table of the N slowest tests
+    #[arg(long, value_name = "N", conflicts_with = "json")]
+    print_slowest: Option<usize>,
 }
 
-pub fn run(global: &Global, reporter: &Renderer, args: ResultsArgs) -> Result<i32, Error> {
-    let engine = open_engine(global, reporter, false)?;
-    let name = engine.project.locate(&args.recipe)?.name;
+/// The results `results` shows and `record` names.
+pub(super) struct Latest {
+    pub entry: Entry,
+    pub results: RunResults,
+    /// The entry is not for the recipe's current inputs (it is the most recent one).
+    pub stale: bool,
+}
+
+/// A test recipe's results: the entry for its current key when there is one, else its
+/// most recent entry.
+pub(super) fn latest_results(engine: &Engine, recipe: &str) -> Result<Latest, Error> {
+    let name = engine.project.locate(recipe)?.name;
     // Prefer the entry for the current key; else the most recent one.
-    let current = engine
-        .plan(std::slice::from_ref(&args.recipe))
-        .ok()
-        .and_then(|plan| {
-            let root = *plan.graph.roots.first()?;
-            engine.store.get(&plan.keys[root], &name).ok().flatten()
-        });
+    let current = engine.plan(&[recipe.to_string()]).ok().and_then(|plan| {
+        let root = *plan.graph.roots.first()?;
+        engine.store.get(&plan.keys[root], &name).ok().flatten()
+    });
     let (entry, stale) = match current {
         Some(e) => (e, false),
         None => match engine.store.latest(&name)? {
@@ -39,6 +54,21 @@ pub fn run(global: &Global, reporter: &Renderer, args: ResultsArgs) -> Result<i3
         },
     };
     let results = read_results(&entry)?;
+    Ok(Latest {
+        entry,
+        results,
+        stale,
+    })
+}
+
+pub fn run(global: &Global, reporter: &Renderer, args: ResultsArgs) -> Result<i32, Error> {
+    let engine = open_engine(global, reporter, false)?;
+    let Latest {
+        entry,
+        results,
+        stale,
+    } = latest_results(&engine, &args.recipe)?;
+    let name = &entry.manifest.name;
     if args.json {
         // results.json, plus where it lives and whether it is for the current inputs.
         let mut value = serde_json::to_value(&results).unwrap_or_default();
@@ -52,9 +82,15 @@ pub fn run(global: &Global, reporter: &Renderer, args: ResultsArgs) -> Result<i3
         );
     } else {
         for t in &results.tests {
-            reporter.test_line(&name, t, false);
+            reporter.test_line(name, t, false);
+        }
+        if let Some(n) = args.print_slowest {
+            print!("{}", durations::slowest(&[&results], n));
         }
         println!("{}", results.summary().line());
+        if results.tests.len() >= 2 && std::io::stderr().is_terminal() {
+            eprint!("{}", durations::histogram(&[&results], HISTOGRAM_WIDTH));
+        }
         eprintln!("results in {}", entry.path.display());
         if stale {
             eprintln!("note: these results are for an older version of the inputs (`vmbuild explain {name}` shows what changed)");

@@ -127,6 +127,8 @@ fn remove_tree(path: &Path) -> std::io::Result<()> {
 
 /// The folder of kept logs under the store root.
 const LOGS: &str = "logs";
+/// The folder of recorded results under the store root.
+const RECORDS: &str = "records";
 /// How many hex digits of the key name a kept log.
 const KEPT_LOG_KEY: usize = 16;
 
@@ -198,6 +200,12 @@ impl Store {
     /// removed; `gc` removes those of keys no recipe reaches.
     pub(crate) fn logs_dir(&self) -> PathBuf {
         self.root.join(LOGS)
+    }
+
+    /// Named copies of test results (`vmbuild record`), one `<label>.json` each; entries
+    /// they were taken from may be gone, `gc` leaves them alone.
+    pub(crate) fn records_dir(&self) -> PathBuf {
+        self.root.join(RECORDS)
     }
 
     /// Where a log of `key`'s build or test run is kept (`logs/<key16>-<name>.<suffix>`)

@@ -7,6 +7,7 @@
 pub mod agent;
 mod capture;
 mod cases;
+pub(crate) mod compare;
 pub(crate) mod exec;
 mod kernel_modules;
 mod media;
