@@ -1,16 +1,19 @@
 //! `vmbuild results RECIPE`: the last results, cached or failed, without running anything.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::path::PathBuf;
 
 use clap::Args;
 
 use super::{durations, open_engine, render::Renderer, Global};
 use crate::engine::{Engine, Error};
 use crate::store::Entry;
+use crate::testing::results::{junit_xml, read_log};
 use crate::testing::{read_results, RunResults};
 
 /// The longest bar of the duration histogram, in characters.
-const HISTOGRAM_WIDTH: usize = 40;
+pub(super) const HISTOGRAM_WIDTH: usize = 40;
 
 #[derive(Args)]
 pub struct ResultsArgs {
@@ -23,6 +26,13 @@ pub struct ResultsArgs {
     /// After the test lines, a table of the N slowest tests
     #[arg(long, value_name = "N", conflicts_with = "json")]
     print_slowest: Option<usize>,
+    /// Join the results of the recipe's shards (`vmbuild test --shard K/N`) for its current
+    /// inputs into one report; every part must be in the store
+    #[arg(long)]
+    merge: bool,
+    /// Also write the results as JUnit XML to FILE
+    #[arg(long, value_name = "FILE")]
+    junit: Option<std::path::PathBuf>,
 }
 
 /// The results `results` shows and `record` names.
@@ -61,19 +71,51 @@ pub(super) fn latest_results(engine: &Engine, recipe: &str) -> Result<Latest, Er
     })
 }
 
+/// `--merge`: the shards' results joined, with the folder of each test's log.
+fn merged(engine: &Engine, recipe: &str) -> Result<(RunResults, BTreeMap<String, PathBuf>), Error> {
+    let plan = engine.plan(&[recipe.to_string()])?;
+    let root = plan.graph.roots[0];
+    engine.merged_shards(&plan, root)
+}
+
 pub fn run(global: &Global, reporter: &Renderer, args: ResultsArgs) -> Result<i32, Error> {
     let engine = open_engine(global, reporter, false)?;
-    let Latest {
-        entry,
-        results,
-        stale,
-    } = latest_results(&engine, &args.recipe)?;
-    let name = &entry.manifest.name;
+    let (entry, results, stale, folders) = match args.merge {
+        true => {
+            let (results, folders) = merged(&engine, &args.recipe)?;
+            (None, results, false, folders)
+        }
+        false => {
+            let latest = latest_results(&engine, &args.recipe)?;
+            (
+                Some(latest.entry),
+                latest.results,
+                latest.stale,
+                BTreeMap::new(),
+            )
+        }
+    };
+    if let Some(path) = &args.junit {
+        let logs = |_: &str, test: &str| {
+            entry
+                .as_ref()
+                .map(|e| e.path.clone())
+                .or_else(|| folders.get(test).cloned())
+                .map(|folder| read_log(&folder, test))
+                .unwrap_or_default()
+        };
+        fs_err::write(path, junit_xml(&[&results], &logs))
+            .map_err(|e| Error::Usage(format!("write the JUnit report: {e}")))?;
+    }
+    let name = &results.recipe;
     if args.json {
         // results.json, plus where it lives and whether it is for the current inputs.
         let mut value = serde_json::to_value(&results).unwrap_or_default();
         if let Some(object) = value.as_object_mut() {
-            object.insert("path".into(), serde_json::json!(entry.path));
+            object.insert(
+                "path".into(),
+                serde_json::json!(entry.as_ref().map(|e| &e.path)),
+            );
             object.insert("current".into(), serde_json::json!(!stale));
         }
         println!(
@@ -91,7 +133,10 @@ pub fn run(global: &Global, reporter: &Renderer, args: ResultsArgs) -> Result<i3
         if results.tests.len() >= 2 && std::io::stderr().is_terminal() {
             eprint!("{}", durations::histogram(&[&results], HISTOGRAM_WIDTH));
         }
-        eprintln!("results in {}", entry.path.display());
+        match &entry {
+            Some(entry) => eprintln!("results in {}", entry.path.display()),
+            None => eprintln!("joined from the shards' entries"),
+        }
         if stale {
             eprintln!("note: these results are for an older version of the inputs (`vmbuild explain {name}` shows what changed)");
         }

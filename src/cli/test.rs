@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{open_engine, render::Renderer, ForceArg, Global};
+use std::io::IsTerminal;
+
+use super::results::HISTOGRAM_WIDTH;
+use super::{durations, open_engine, render::Renderer, ForceArg, Global};
 use crate::engine::{Error, TestOptions};
 use crate::testing::runner::Policy;
 use crate::testing::select::{Order, Selection, Shard};
@@ -68,7 +71,7 @@ pub struct TestArgs {
     #[arg(long)]
     allow_overcommit: bool,
     /// After the results, print the N slowest tests
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "json")]
     print_slowest: Option<usize>,
 }
 
@@ -154,6 +157,14 @@ pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, 
             }
         }
         let cached = tested.iter().all(|t| t.cached);
+        let runs: Vec<_> = tested.iter().map(|t| &t.results).collect();
+        if let Some(n) = args.print_slowest {
+            print!("{}", durations::slowest(&runs, n));
+        }
+        if runs.iter().map(|r| r.tests.len()).sum::<usize>() >= 2 && std::io::stderr().is_terminal()
+        {
+            eprint!("{}", durations::histogram(&runs, HISTOGRAM_WIDTH));
+        }
         println!("{}", total.line());
         if cached {
             eprintln!("(all results cached; -f reruns)");
