@@ -136,7 +136,8 @@ fn one_and_three_vms_give_the_same_results_and_a_changed_test_alone_runs_again()
     // Recorded before and after a fix, the runs compare with the fix as a status change.
     p.run(&["record", "before", "scale-one"]).expect(0);
     p.write_exec("tests/scale-one/s-e", "#!/bin/sh\necho fixed\n");
-    p.run_with_path(qemu_dir.path(), &["test", "scale-one"]).expect(0);
+    p.run_with_path(qemu_dir.path(), &["test", "scale-one"])
+        .expect(0);
     assert_eq!(boots(&log), 3, "only the fixed test ran");
     p.run(&["record", "after", "scale-one"]).expect(0);
     let compare = p.run(&["compare", "before", "after"]).expect(0);

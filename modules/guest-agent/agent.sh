@@ -99,9 +99,11 @@ run_test() {
     beat=$!
     wait "$pid"
     rc=$?
-    # Gone before anything else writes to the channel, so no line of it cuts into theirs.
+    # Gone before anything else writes to the channel; the line end closes what a kill
+    # in the middle of a write left of its line (the host ignores an empty line).
     kill "$beat" 2>/dev/null
     wait "$beat" 2>/dev/null
+    printf '\n' >&3
     kill "$watchdog" 2>/dev/null
     # What the test left running in its group goes with it, not into the next test.
     kill -9 -"$pid" 2>/dev/null

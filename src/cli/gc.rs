@@ -26,8 +26,9 @@ pub struct GcArgs {
     keep_unreachable: bool,
 }
 
-/// A shard's results entry (`--shard`) of a recipe whose key is kept.
-fn is_shard_of(entry: &Entry, keep: &BTreeSet<String>) -> bool {
+/// A shard's results entry (`--shard`) or a test's own result entry of a recipe whose key
+/// is kept.
+fn is_part_of_kept(entry: &Entry, keep: &BTreeSet<String>) -> bool {
     entry
         .manifest
         .details
@@ -56,10 +57,10 @@ pub fn run(global: &Global, reporter: &Renderer, args: GcArgs) -> Result<i32, Er
             // The booted environments the test recipes start from.
             keep.extend(engine.environment_keys(plan));
             let entries = engine.store.entries()?;
-            // The shards of the current test recipes, then the tests' own result entries
-            // that kept results name.
+            // The shards and the tests' own result entries of the current test recipes,
+            // and the tests' entries that kept results name (reused from older keys).
             for entry in &entries {
-                if is_shard_of(entry, &keep) {
+                if is_part_of_kept(entry, &keep) {
                     keep.insert(entry.manifest.key.clone());
                 }
             }

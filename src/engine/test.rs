@@ -213,11 +213,11 @@ impl Engine<'_> {
         let shards = phase::shards(&self.store, &plan.keys[node])?;
         let mut folders = BTreeMap::new();
         let mut parts = Vec::new();
-        for (shard, results, entry) in shards {
-            for test in &results.tests {
-                folders.insert(test.name.clone(), entry.path.clone());
+        for part in shards {
+            for test in &part.results.tests {
+                folders.insert(test.name.clone(), part.entry.path.clone());
             }
-            parts.push((shard, results));
+            parts.push((part.shard, part.results, part.all));
         }
         let merged = crate::testing::merge::merge(parts)
             .map_err(|why| Error::Usage(format!("`{name}`: {why}")))?;

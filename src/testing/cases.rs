@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use super::phase::RECIPE_KEY;
 use super::runner::{Artifacts, TestError};
 use super::{Status, TestResult};
 use crate::format::bundle::{TestMeta, SHARED_SHA256};
@@ -27,6 +28,8 @@ const MAX_NAME: usize = 100;
 pub(crate) struct Cases<'a> {
     store: &'a Store,
     recipe: &'a str,
+    /// The recipe's key, recorded in each test's entry (`gc` keeps those of kept keys).
+    recipe_key: &'a str,
     /// The recipe's key inputs without its bundles: what every test's key holds.
     base: Value,
     /// Each bundle's shared files (its digest; its key, for a bundle built before
@@ -48,15 +51,26 @@ impl<'a> Cases<'a> {
     pub(crate) fn new(
         store: &'a Store,
         recipe: &'a str,
+        recipe_key: &'a str,
         inputs: &Value,
         artifacts: &Artifacts,
         flaky_fails: bool,
     ) -> Cases<'a> {
         let mut base = inputs.clone();
         base["kind"] = json!("test-case");
-        for (bundle, _) in &artifacts.bundles {
-            if let Some(deps) = base.get_mut("deps").and_then(Value::as_object_mut) {
-                deps.remove(*bundle);
+        let after: Vec<String> = base
+            .pointer("/recipe/after")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(deps) = base.get_mut("deps").and_then(Value::as_object_mut) {
+            let bundles = artifacts.bundles.iter().map(|(name, _)| name.to_string());
+            for dep in bundles.chain(after) {
+                deps.remove(&dep);
             }
         }
         if let Some(recipe) = base.get_mut("recipe").and_then(Value::as_object_mut) {
@@ -81,6 +95,7 @@ impl<'a> Cases<'a> {
         Cases {
             store,
             recipe,
+            recipe_key,
             base,
             bundles,
             flaky_fails,
@@ -116,13 +131,28 @@ impl<'a> Cases<'a> {
         }
     }
 
-    /// The stored passing (or skipped) result under `case`, its log copied into `out` (the staged
-    /// results entry), marked as taken from the cache.
+    /// The stored passing (or skipped) result under `case`, its logs copied into `out`
+    /// (the staged results entry), marked as taken from the cache. One that cannot be
+    /// read is not reused (the test runs), and `notice` says why.
     pub(crate) fn reuse(
         &self,
         case: &CaseKey,
         out: &Path,
-    ) -> Result<Option<TestResult>, TestError> {
+        notice: &dyn Fn(&str),
+    ) -> Option<TestResult> {
+        match self.stored(case, out) {
+            Ok(found) => found,
+            Err(e) => {
+                notice(&format!(
+                    "{}: its stored result is not used: {e}",
+                    case.name
+                ));
+                None
+            }
+        }
+    }
+
+    fn stored(&self, case: &CaseKey, out: &Path) -> Result<Option<TestResult>, TestError> {
         let Some(entry) = self.store.lookup(&case.key, &case.name)? else {
             return Ok(None);
         };
@@ -170,6 +200,10 @@ impl<'a> Cases<'a> {
             &case.key,
             json!({ "recipe": self.recipe, "test": result.name }),
         );
+        manifest
+            .head
+            .details
+            .insert(RECIPE_KEY.into(), json!(self.recipe_key));
         manifest.head.status = match result.status {
             Status::Pass | Status::Flaky | Status::Skip => EntryStatus::Ok,
             _ => EntryStatus::Failed,

@@ -6,16 +6,18 @@ use std::collections::BTreeMap;
 use super::select::Shard;
 use super::RunResults;
 
-/// The recipe's results from its shards' (each with its shard), in test-name order; or
-/// what is missing or doubled.
-pub fn merge(shards: Vec<(Shard, RunResults)>) -> Result<RunResults, String> {
-    let Some(count) = shards.iter().map(|(s, _)| s.count).max() else {
+/// The recipe's results from its shards' (each with its shard and the names of all the
+/// recipe's tests), in test-name order; or what is missing or doubled.
+pub fn merge(shards: Vec<(Shard, RunResults, Vec<String>)>) -> Result<RunResults, String> {
+    let Some(count) = shards.iter().map(|(s, _, _)| s.count).max() else {
         return Err("no shard results for the current inputs".into());
     };
     let mut parts: BTreeMap<u32, RunResults> = BTreeMap::new();
-    for (shard, results) in shards {
+    let mut all: Vec<String> = Vec::new();
+    for (shard, results, names) in shards {
         if shard.count == count {
             parts.insert(shard.index, results);
+            all = names;
         }
     }
     let missing: Vec<String> = (1..=count)
@@ -49,6 +51,17 @@ pub fn merge(shards: Vec<(Shard, RunResults)>) -> Result<RunResults, String> {
         }
     }
     let mut merged = merged.expect("at least one shard");
+    let lost: Vec<&str> = all
+        .iter()
+        .filter(|name| !seen.contains_key(*name))
+        .map(String::as_str)
+        .collect();
+    if !lost.is_empty() {
+        return Err(format!(
+            "no shard ran {}: the shards were cut from different durations; rerun them from one cache",
+            lost.join(", ")
+        ));
+    }
     merged.tests.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(merged)
 }
@@ -76,27 +89,39 @@ mod tests {
         Shard { index, count: 3 }
     }
 
+    fn names(all: &[&str]) -> Vec<String> {
+        all.iter().map(|n| n.to_string()).collect()
+    }
+
     #[test]
     fn shards_join_and_gaps_or_doubles_are_named() {
+        let abc = || names(&["a", "b", "c"]);
         let all = merge(vec![
-            (shard(2), part(&["b"])),
-            (shard(1), part(&["c", "a"])),
-            (shard(3), part(&[])),
+            (shard(2), part(&["b"]), abc()),
+            (shard(1), part(&["c", "a"]), abc()),
+            (shard(3), part(&[]), abc()),
         ])
         .unwrap();
-        let names: Vec<&str> = all.tests.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["a", "b", "c"]);
-        let gap = merge(vec![(shard(1), part(&["a"]))]).unwrap_err();
+        let joined: Vec<&str> = all.tests.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(joined, ["a", "b", "c"]);
+        let gap = merge(vec![(shard(1), part(&["a"]), abc())]).unwrap_err();
         assert!(gap.contains("2/3, 3/3"), "{gap}");
         let double = merge(vec![
-            (shard(1), part(&["a"])),
-            (shard(2), part(&["a"])),
-            (shard(3), part(&[])),
+            (shard(1), part(&["a"]), abc()),
+            (shard(2), part(&["a"]), abc()),
+            (shard(3), part(&[]), abc()),
         ])
         .unwrap_err();
         assert!(
             double.contains("`a` is in shard 1/3 and shard 2/3"),
             "{double}"
         );
+        let lost = merge(vec![
+            (shard(1), part(&["a"]), abc()),
+            (shard(2), part(&["b"]), abc()),
+            (shard(3), part(&[]), abc()),
+        ])
+        .unwrap_err();
+        assert!(lost.contains("no shard ran c"), "{lost}");
     }
 }

@@ -66,24 +66,43 @@ pub(crate) struct Tested {
 }
 
 /// The entry a run of test recipe `name` (key `key`) publishes its results as, by key and
-/// name: the recipe's own; a shard's (`<name>.shard-K-of-N`, keyed by the recipe's key
-/// and the shard); none for a run of some tests or repeated ones (`--filter`,
-/// `--exclude`, `--iterate`), whose tests' results are stored one by one.
+/// name: the recipe's own; a shard's (`<name>.shard-K-of-N`, keyed by the recipe's key,
+/// the shard and the durations `previous` gives, which decide its tests); none for a run
+/// of some tests or repeated ones (`--filter`, `--exclude`, `--iterate`), whose tests'
+/// results are stored one by one.
 pub(crate) fn results_entry(
     key: &str,
     name: &str,
     selection: &Selection,
+    previous: Option<&RunResults>,
 ) -> Option<(String, String)> {
     if selection.is_partial() {
         return None;
     }
     Some(match selection.shard {
         None => (key.to_string(), name.to_string()),
-        Some(shard) => (
-            sha256_hex(format!("{key}\n{}", shard.label()).as_bytes()),
-            entry_name(name, &shard.label()),
-        ),
+        Some(shard) => {
+            let durations: Vec<(&str, f64)> = previous
+                .map(|p| {
+                    p.tests
+                        .iter()
+                        .map(|t| (t.name.as_str(), t.duration))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let cut = serde_json::to_string(&durations).expect("durations serialize");
+            (
+                sha256_hex(format!("{key}\n{}\n{cut}", shard.label()).as_bytes()),
+                entry_name(name, &shard.label()),
+            )
+        }
     })
+}
+
+/// The last results of test recipe `name`, whatever their key: their durations order the
+/// queue and cut the shards.
+pub(crate) fn previous(store: &Store, name: &str) -> Result<Option<RunResults>, StoreError> {
+    Ok(store.latest(name)?.and_then(|e| read_results(&e).ok()))
 }
 
 /// Passing results stored for `job`'s run, if any: a hit needs no artifacts at all.
@@ -93,7 +112,11 @@ pub(crate) fn lookup(
     name: &str,
     policy: &Policy,
 ) -> Result<Option<Tested>, StoreError> {
-    let Some((key, name)) = results_entry(key, name, &policy.selection) else {
+    let previous = match policy.selection.shard {
+        Some(_) => previous(store, name)?,
+        None => None,
+    };
+    let Some((key, name)) = results_entry(key, name, &policy.selection, previous.as_ref()) else {
         return Ok(None);
     };
     let Some(entry) = store.lookup(&key, &name)? else {
@@ -113,13 +136,18 @@ pub(crate) fn lookup(
 
 /// Reuses `job`'s passing results or runs its tests and publishes their results.
 pub(crate) fn run(store: &Store, job: &Job, hooks: &Hooks) -> Result<Tested, TestError> {
-    let Some((key, name)) = results_entry(job.key, job.name, &job.policy.selection) else {
-        // Some of the tests: their results stay in a folder of the cache's logs, replaced
-        // by the next such run.
+    let previous = previous(store, job.name)?;
+    let previous = previous.as_ref();
+    let Some((key, name)) = results_entry(job.key, job.name, &job.policy.selection, previous)
+    else {
+        // Some of the tests, under the recipe's lock (so that a run of all of them, or
+        // another of some, waits): their results stay in a folder of the cache's logs,
+        // replaced by the next such run.
+        let _lock = store.lock(job.key, hooks.waiting)?;
         let folder = store.kept_log(job.key, job.name, "selection");
         let _ = fs_err::remove_dir_all(&folder);
         fs_err::create_dir_all(&folder).map_err(io_err("create", &folder))?;
-        let results = run_into(store, job, hooks, &folder)?;
+        let results = run_into(store, job, hooks, &folder, job.key, previous)?;
         write_results(&folder, &results)?;
         return Ok(Tested {
             results,
@@ -134,7 +162,7 @@ pub(crate) fn run(store: &Store, job: &Job, hooks: &Hooks) -> Result<Tested, Tes
     let force = job.force || job.policy.flaky_fails;
     let (entry, reused) = store.get_or_build(&key, &name, force, hooks.waiting, |out| {
         let started = Instant::now();
-        let results = run_into(store, job, hooks, out)?;
+        let results = run_into(store, job, hooks, out, &key, previous)?;
         write_results(out, &results)?;
         let mut manifest = Manifest::new(&name, "test", &key, job.inputs.clone());
         manifest.head.status = if results.all_passed() {
@@ -148,6 +176,8 @@ pub(crate) fn run(store: &Store, job: &Job, hooks: &Hooks) -> Result<Tested, Tes
         if let Some(shard) = job.policy.selection.shard {
             details.insert(RECIPE_KEY.into(), serde_json::json!(job.key));
             details.insert(SHARD.into(), serde_json::json!([shard.index, shard.count]));
+            let all = runner::bundle_test_names(job.artifacts)?;
+            details.insert(SHARD_OF.into(), serde_json::json!(all));
         }
         fresh = Some(results);
         Ok::<_, TestError>(manifest)
@@ -170,12 +200,18 @@ pub(crate) fn run(store: &Store, job: &Job, hooks: &Hooks) -> Result<Tested, Tes
     })
 }
 
+/// One shard's results entry.
+pub(crate) struct ShardResults {
+    pub shard: Shard,
+    pub results: RunResults,
+    /// All the recipe's tests, which the shards together cover.
+    pub all: Vec<String>,
+    pub entry: Entry,
+}
+
 /// The shards of the run of the recipe under `key` in the store, each with its results
 /// and its entry (any status: a failed shard is part of the report).
-pub(crate) fn shards(
-    store: &Store,
-    key: &str,
-) -> Result<Vec<(Shard, RunResults, Entry)>, StoreError> {
+pub(crate) fn shards(store: &Store, key: &str) -> Result<Vec<ShardResults>, StoreError> {
     let mut found = Vec::new();
     for entry in store.entries()? {
         let details = &entry.manifest.details;
@@ -189,27 +225,45 @@ pub(crate) fn shards(
         else {
             continue;
         };
-        found.push((Shard { index, count }, read_results(&entry)?, entry));
+        let all = details
+            .get(SHARD_OF)
+            .and_then(|a| serde_json::from_value::<Vec<String>>(a.clone()).ok())
+            .unwrap_or_default();
+        found.push(ShardResults {
+            shard: Shard { index, count },
+            results: read_results(&entry)?,
+            all,
+            entry,
+        });
     }
     Ok(found)
 }
 
-/// In a shard's manifest: the key of the recipe it is a part of, and `[K, N]`.
+/// In a shard's manifest (and a test's own entry): the key of the recipe it is a part of;
+/// in a shard's, also `[K, N]` and the names of all the recipe's tests (which the parts
+/// together must cover).
 pub(crate) const RECIPE_KEY: &str = "recipe_key";
 pub(crate) const SHARD: &str = "shard";
+const SHARD_OF: &str = "shard_of";
 
-/// Runs the tests with their logs and consoles going to `out` (the staged entry).
-fn run_into(store: &Store, job: &Job, hooks: &Hooks, out: &Path) -> Result<RunResults, TestError> {
-    // Scratch space in the store's tmp (we hold the key's lock, so no other vmbuild
-    // removes it as stale); removed when dropped.
+/// Runs the tests with their logs and consoles going to `out` (the staged entry), in
+/// the order `previous` gives; we hold the lock of `locked`.
+fn run_into(
+    store: &Store,
+    job: &Job,
+    hooks: &Hooks,
+    out: &Path,
+    locked: &str,
+    previous: Option<&RunResults>,
+) -> Result<RunResults, TestError> {
+    // Scratch space in the store's tmp, named by the key we hold the lock of (so no other
+    // vmbuild removes it as stale); removed when dropped.
     let tmp = store.root().join("tmp");
     let work = tempfile::Builder::new()
-        .prefix(&format!("{}-{}.", job.key, job.name))
+        .prefix(&format!("{locked}-{}.", job.name))
         .suffix(".work")
         .tempdir_in(&tmp)
         .map_err(io_err("create a work folder in", &tmp))?;
-    // Durations from the last run order the queue slowest first.
-    let previous = store.latest(job.name)?.and_then(|e| read_results(&e).ok());
     let backend = crate::vm::backend(&job.spec.vm.backend, job.accel).map_err(TestError::Infra)?;
     let warm = Warm::open_for(
         (!job.cold).then_some(store),
@@ -225,6 +279,7 @@ fn run_into(store: &Store, job: &Job, hooks: &Hooks, out: &Path) -> Result<RunRe
         Cases::new(
             store,
             job.name,
+            job.key,
             job.inputs,
             job.artifacts,
             job.policy.flaky_fails,
@@ -240,7 +295,7 @@ fn run_into(store: &Store, job: &Job, hooks: &Hooks, out: &Path) -> Result<RunRe
         work: work.path(),
         out,
         logs: &store.logs_dir(),
-        previous: previous.as_ref(),
+        previous,
         on_result: &on_result,
         detail: hooks.detail,
         notice: hooks.notice,

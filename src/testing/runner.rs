@@ -131,6 +131,16 @@ pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestE
         &opts.policy.selection,
         &case,
     );
+    if order.is_empty() && !opts.policy.selection.include.is_empty() {
+        return Err(TestError::Unsupported(format!(
+            "no test of `{}` matches --filter{}",
+            opts.recipe,
+            match opts.policy.selection.exclude.is_empty() {
+                true => "",
+                false => " (less --exclude)",
+            }
+        )));
+    }
     for s in &skipped {
         (opts.on_result)(s);
     }
@@ -142,7 +152,7 @@ pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestE
     let mut queue_now = Vec::new();
     for test in queue {
         let reused = match (&test.case, opts.cases) {
-            (Some(key), Some(cases)) if !opts.force => cases.reuse(key, opts.out)?,
+            (Some(key), Some(cases)) if !opts.force => cases.reuse(key, opts.out, opts.notice),
             _ => None,
         };
         match reused {
@@ -162,7 +172,7 @@ pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestE
         }
         // A retry runs in a fresh VM: one test per VM.
         let one_test = round > 0 || opts.spec.vm.vm_per_test();
-        let done = run_round(opts, artifacts, queue_now, one_test)?;
+        let done = run_round(opts, artifacts, queue_now, one_test, round)?;
         results.extend(done.results);
         console_truncated |= done.console_truncated;
         queue_now = done.retry;
@@ -197,10 +207,16 @@ fn run_round(
     artifacts: &Artifacts,
     queue: Vec<Planned>,
     one_test: bool,
+    round: usize,
 ) -> Result<Round, TestError> {
     let tests = queue.len();
     let running = (opts.spec.vm.vms as usize).min(tests).max(1);
     let shared = Shared::new(queue, running, one_test);
+    // --keep-alive holds the first failed test's VM, which can only be in the first
+    // round (retries follow failures).
+    shared
+        .held
+        .store(round > 0, std::sync::atomic::Ordering::SeqCst);
     // A VM per test, started from the snapshot: each VM that runs a test has the next
     // one starting beside it (the restore overlaps the test), so twice as many VMs
     // live at once as run tests, where the host holds their scratch disks.
@@ -232,6 +248,7 @@ fn run_round(
                         artifacts,
                         worker,
                         boot: boots,
+                        round,
                         media,
                         socket_dir,
                         shared,

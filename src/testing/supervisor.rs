@@ -44,6 +44,8 @@ pub(crate) struct VmRun<'a> {
     pub artifacts: &'a Artifacts<'a>,
     pub worker: usize,
     pub boot: usize,
+    /// 0 for the run's queue, N for its Nth round of retries.
+    pub round: usize,
     pub media: &'a BootMedia,
     pub socket_dir: &'a Path,
     pub shared: &'a Shared,
@@ -57,12 +59,23 @@ struct Running {
 }
 
 impl VmRun<'_> {
-    fn console_name(&self) -> String {
-        if self.worker == 0 && self.boot == 0 {
-            "console.log".to_string()
-        } else {
-            format!("console.vm{}.boot{}.log", self.worker, self.boot)
+    /// `console.log` for the run's first VM; `console[.retry<R>].vm<W>.boot<B>[.cold<N>].log`
+    /// for the others: round R (of retries), worker W's Bth VM, and its Nth start in
+    /// full after a restore failed.
+    fn console_name(&self, cold_again: usize) -> String {
+        let first = self.worker == 0 && self.boot == 0 && self.round == 0 && cold_again == 0;
+        if first {
+            return "console.log".to_string();
         }
+        let mut name = "console".to_string();
+        if self.round > 0 {
+            name.push_str(&format!(".retry{}", self.round));
+        }
+        name.push_str(&format!(".vm{}.boot{}", self.worker, self.boot));
+        if cold_again > 0 {
+            name.push_str(&format!(".cold{cold_again}"));
+        }
+        name + ".log"
     }
 
     /// Starts the VM (restored from the environment's snapshot where there is one),
@@ -73,7 +86,7 @@ impl VmRun<'_> {
         // Fresh disks for each test, or a fresh VM: one test per boot, taken from the
         // queue before the VM starts (so that no VM starts for nothing).
         let one_test = self.shared.one_test;
-        loop {
+        for cold_again in 0.. {
             let reserved = match one_test {
                 true => match self.shared.next() {
                     Some(test) => Some(test),
@@ -86,7 +99,7 @@ impl VmRun<'_> {
                 self.opts.work,
                 &format!("vm{}", self.worker),
             )?;
-            let result = self.serve(disks.clone(), one_test, reserved);
+            let result = self.serve(disks.clone(), one_test, reserved, cold_again);
             remove_disks(&disks);
             match result? {
                 Served::Done => return Ok(()),
@@ -97,6 +110,7 @@ impl VmRun<'_> {
                 }
             }
         }
+        Ok(())
     }
 
     /// One VM: serves `reserved` only when `one_test`, else tests from the queue.
@@ -105,6 +119,7 @@ impl VmRun<'_> {
         disks: Vec<crate::vm::Disk>,
         one_test: bool,
         mut reserved: Option<Planned>,
+        cold_again: usize,
     ) -> Result<Served, TestError> {
         let spec = self.opts.spec;
         let name = |what: &str, ext: &str| {
@@ -133,7 +148,7 @@ impl VmRun<'_> {
             },
         );
         start.configure(&mut launch, &control);
-        let console_path = self.opts.out.join(self.console_name());
+        let console_path = self.opts.out.join(self.console_name(cold_again));
         let console_file =
             fs_err::File::create(&console_path).map_err(io_err("create", &console_path))?;
         let mut console = CappedWriter::new(console_file, MAX_LOG);
@@ -432,11 +447,11 @@ impl VmRun<'_> {
     fn keep_console(&self, console: &Path) -> String {
         let key = self.opts.key.get(..16).unwrap_or(self.opts.key);
         // Named as `Store::kept_log` names them, so `gc` knows whose it is.
-        let kept = self.opts.logs.join(format!(
-            "{key}-{}.{}",
-            self.opts.recipe,
-            self.console_name()
-        ));
+        let file = console.file_name().unwrap_or_default().to_string_lossy();
+        let kept = self
+            .opts
+            .logs
+            .join(format!("{key}-{}.{file}", self.opts.recipe));
         let copied =
             fs_err::create_dir_all(self.opts.logs).and_then(|()| fs_err::copy(console, &kept));
         match copied {
