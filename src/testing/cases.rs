@@ -256,6 +256,72 @@ fn copy_logs(result: &TestResult, from: &Path, to: &Path) -> Result<(), TestErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Entry;
+
+    fn bundle_entry(key: &str, shared: &str) -> Entry {
+        let mut manifest = Manifest::new("b", "bundle", key, json!({}));
+        manifest
+            .head
+            .details
+            .insert(SHARED_SHA256.into(), json!(shared));
+        Entry {
+            path: "/nowhere".into(),
+            manifest: manifest.head,
+        }
+    }
+
+    fn meta(name: &str, sha256: &str) -> TestMeta {
+        TestMeta {
+            name: name.into(),
+            timeout_ms: None,
+            kconfig: vec![],
+            disks: 0,
+            sha256: Some(sha256.into()),
+        }
+    }
+
+    /// The keys of tests `a` (script `a_sha`) and `b` (script "b1") of bundle `b`, in a
+    /// recipe whose inputs are `inputs`.
+    fn keys(inputs: &Value, bundle: &Entry, a_sha: &str) -> (String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (kernel, rootfs) = (bundle_entry("k", ""), bundle_entry("r", ""));
+        let artifacts = Artifacts {
+            kernel: &kernel,
+            rootfs: &rootfs,
+            bundles: vec![("b", bundle)],
+        };
+        let cases = Cases::new(&store, "suite", "rk", inputs, &artifacts, false);
+        (
+            cases.key("b", &meta("a", a_sha)).key,
+            cases.key("b", &meta("b", "b1")).key,
+        )
+    }
+
+    #[test]
+    fn a_test_is_keyed_by_its_script_the_shared_files_and_the_environment_not_its_neighbours() {
+        let inputs = |bundle_key: &str, after_key: &str, kernel: &str| {
+            json!({
+                "kind": "test",
+                "recipe": { "name": "suite", "bundles": ["b"], "after": ["first"] },
+                "deps": { "b": bundle_key, "first": after_key, "kernel": kernel },
+            })
+        };
+        let base = keys(&inputs("b1", "f1", "k1"), &bundle_entry("b1", "s1"), "a1");
+        // Test a's script changes (and with it the bundle's key): only a's key changes.
+        let edited = keys(&inputs("b2", "f1", "k1"), &bundle_entry("b2", "s1"), "a2");
+        assert_ne!(base.0, edited.0);
+        assert_eq!(base.1, edited.1);
+        // A shared file changes: every key.
+        let shared = keys(&inputs("b3", "f1", "k1"), &bundle_entry("b3", "s2"), "a1");
+        assert_ne!(base.0, shared.0);
+        assert_ne!(base.1, shared.1);
+        // The kernel changes: every key. An `after` recipe changes: none.
+        let kernel = keys(&inputs("b1", "f1", "k2"), &bundle_entry("b1", "s1"), "a1");
+        assert_ne!(base.1, kernel.1);
+        let after = keys(&inputs("b1", "f2", "k1"), &bundle_entry("b1", "s1"), "a1");
+        assert_eq!(base, after);
+    }
 
     #[test]
     fn long_names_still_make_entry_names() {
