@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vmbuild benchmarks: each compares vmbuild with the plain tool doing the same work, in one
 # hyperfine run, and prints the figures. Run from the repository root after `.ci/install-deps`:
-#   benches/run.sh [cached|keying|cpio|boot|run|kernel-tree|kernel-incremental|kernel-loop|debian-root|disk-boot|warm|all]
+#   benches/run.sh [cached|keying|cpio|boot|run|kernel-tree|kernel-incremental|kernel-loop|debian-root|disk-boot|warm|scale|all]
 # Needs: hyperfine, a release build (built here), network access to the Debian mirror.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -144,6 +144,84 @@ bench_warm() {
     measure warm-isolation --warmup 1 --runs "${RUNS:-5}" \
         "$vmbuild -C $project test -f smoke >/dev/null 2>&1" \
         "$vmbuild -C $project test -f smoke-isolated >/dev/null 2>&1"
+}
+
+# scale_suite PROJECT: 24 tests sleeping 1 to 20 s, their names in no order of their
+# durations, as the bundle scale-tests, with test recipes scale-1, scale-2 and scale-4 (that
+# many VMs) and scale-start (one trivial test: what one VM start costs).
+scale_suite() {
+    local project="$1"
+    mkdir -p "$project/tests/scale" "$project/tests/start"
+    cp -r recipes modules tests vmbuild.lock "$project/"
+    for i in $(seq 0 23); do
+        seconds=$((1 + (19 * i + 11) / 23))
+        name="t$(printf '%02d' $(( (i * 7) % 24 )))"
+        printf '#!/bin/sh\nsleep %s\n' "$seconds" >"$project/tests/scale/$name"
+        chmod +x "$project/tests/scale/$name"
+    done
+    printf '#!/bin/sh\ntrue\n' >"$project/tests/start/one"
+    chmod +x "$project/tests/start/one"
+    printf 'kind = "bundle"\ntests = "../tests/scale"\n' >"$project/recipes/scale-tests.toml"
+    printf 'kind = "bundle"\ntests = "../tests/start"\n' >"$project/recipes/start-tests.toml"
+    for n in 1 2 4; do
+        printf 'kind = "test"\nkernel = "debian-kernel"\nrootfs = "busybox-rootfs"\nbundles = ["scale-tests"]\n[vm]\nvms = %s\n' "$n" >"$project/recipes/scale-$n.toml"
+    done
+    printf 'kind = "test"\nkernel = "debian-kernel"\nrootfs = "busybox-rootfs"\nbundles = ["start-tests"]\n' >"$project/recipes/scale-start.toml"
+}
+
+# timed NAME COMMAND...: runs the command once, appends "NAME seconds" to $work/scale.times.
+timed() {
+    local name="$1"; shift
+    local start end
+    start=$(date +%s.%N)
+    "$@" >/dev/null 2>&1 || true
+    end=$(date +%s.%N)
+    echo "$name $(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }')" | tee -a "$work/scale.times"
+}
+
+bench_scale() {
+    section "a suite of 24 tests (1 to 20 s, 252 s in all) on 1, 2 and 4 VMs, against the lower bound"
+    project="$work/scale"
+    rm -rf "$project" "$work/scale.times"
+    scale_suite "$project"
+    # Artifacts, the snapshot, and what one VM start costs (from the snapshot).
+    "$vmbuild" -C "$project" test -f scale-start >/dev/null 2>&1
+    for i in 1 2 3; do timed start "$vmbuild" -C "$project" test -f scale-start; done
+    timed vms1 "$vmbuild" -C "$project" test -f scale-1
+    for n in 2 4; do
+        # By name first (this also records the durations slowest-first orders by).
+        timed "vms$n-name" "$vmbuild" -C "$project" test -f --order name "scale-$n"
+        timed "vms$n" "$vmbuild" -C "$project" test -f "scale-$n"
+    done
+    section "a rerun after one test (sleeping 5 s) changed: at most one VM start plus that test"
+    changed=$(grep -l 'sleep 5$' "$project"/tests/scale/* | head -1)
+    echo "# changed" >>"$changed"
+    timed rerun "$vmbuild" -C "$project" test scale-2
+    # The bundle changed, so its environment's snapshot is made anew: that start is a boot.
+    timed cold-start "$vmbuild" -C "$project" test -f --cold scale-start
+    python3 - "$work/scale.times" <<'PY'
+import sys
+times = {}
+for line in open(sys.argv[1]):
+    name, secs = line.split()
+    times.setdefault(name, []).append(float(secs))
+start = sorted(times["start"])[1]
+tests = [1 + (19 * i + 11) // 23 for i in range(24)]
+total, longest = sum(tests), max(tests)
+print(f"one VM start (from the snapshot, one trivial test): {start:.2f} s; tests: {total} s in all, longest {longest} s")
+print("| VMs | slowest first | by name | lower bound | slowest / bound | name / slowest |")
+print("|---|---|---|---|---|---|")
+for n in (1, 2, 4):
+    bound = max(longest + start, (total + n * start) / n)
+    slow = times[f"vms{n}" if n > 1 else "vms1"][0]
+    name = times.get(f"vms{n}-name", [None])[0]
+    name_cell = f"{name:.1f} s" if name else "(same: one VM)"
+    ratio = f"{name / slow:.2f}x" if name else ""
+    print(f"| {n} | {slow:.1f} s | {name_cell} | {bound:.1f} s | {slow / bound:.2f}x | {ratio} |")
+cold = times["cold-start"][0]
+rerun = times["rerun"][0]
+print(f"rerun after one 5 s test changed: {rerun:.1f} s; bound: one VM start ({cold:.1f} s: a boot, the snapshot is new) + 5 s = {cold + 5:.1f} s ({rerun / (cold + 5):.2f}x)")
+PY
 }
 
 bench_kernel_tree_setup() {
@@ -293,6 +371,7 @@ case "$which" in
     debian-root) bench_debian_root ;;
     disk-boot) bench_disk_boot ;;
     warm) bench_warm ;;
-    all) bench_cached; bench_keying; bench_cpio; bench_boot; bench_run; bench_kernel_tree; bench_kernel_incremental; bench_kernel_loop; bench_debian_root; bench_disk_boot; bench_warm ;;
+    scale) bench_scale ;;
+    all) bench_cached; bench_keying; bench_cpio; bench_boot; bench_run; bench_kernel_tree; bench_kernel_incremental; bench_kernel_loop; bench_debian_root; bench_disk_boot; bench_warm; bench_scale ;;
     *) echo "unknown benchmark: $which" >&2; exit 2 ;;
 esac

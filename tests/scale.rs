@@ -106,6 +106,24 @@ fn one_and_three_vms_give_the_same_results_and_a_changed_test_alone_runs_again()
     // A rerun runs only the failed test; after one script changes, that one too.
     p.write_exec("tests/scale-one/s-b", &sleeper("0.2"));
     let (qemu_dir, log) = counting_qemu();
+    let list = p
+        .run_with_path(qemu_dir.path(), &["test", "--list", "scale-one"])
+        .expect(0);
+    for line in [
+        "CACHED  scale-one/s-a",
+        "RUN     scale-one/s-b",
+        "CACHED  scale-one/s-c",
+        "RUN     scale-one/s-e",
+        "CACHED  scale-one/s-f",
+        "2 to run, 4 cached, 0 skipped",
+    ] {
+        assert!(
+            list.stdout.lines().any(|l| l == line),
+            "{line}: {}",
+            list.stdout
+        );
+    }
+    assert_eq!(boots(&log), 0, "--list starts no VM");
     let rerun = p
         .run_with_path(qemu_dir.path(), &["test", "--json", "scale-one"])
         .expect(1);
@@ -421,4 +439,89 @@ fn selection_runs_some_tests_in_a_reproducible_order() {
         .expect(0);
     assert!(excluded.stdout.contains("x-skip"), "{}", excluded.stdout);
     assert!(!excluded.stdout.contains("o-a"), "{}", excluded.stdout);
+}
+
+/// A qemu wrapper that logs `start <ns>` and `end <ns>` around each VM it runs.
+fn timing_qemu() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let real = which("qemu-system-x86_64").expect("qemu-system-x86_64 is installed");
+    let log = dir.path().join("vms.log");
+    let script = format!(
+        "#!/bin/sh\ncase \"$*\" in *-kernel*) ;; *) exec '{real}' \"$@\" ;; esac\n\
+         echo \"start $(date +%s%N) $*\" >> '{log}'\n'{real}' \"$@\"\nrc=$?\n\
+         echo \"end $(date +%s%N) $*\" >> '{log}'\nexit $rc\n",
+        real = real.display(),
+        log = log.display()
+    );
+    let wrapper = dir.path().join("qemu-system-x86_64");
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, log)
+}
+
+/// When the VM whose command line holds `marker` started and ended (ns).
+fn vm_span(log: &Path, marker: &str) -> (u128, u128) {
+    let text = std::fs::read_to_string(log).unwrap();
+    let at = |word: &str| -> u128 {
+        text.lines()
+            .find(|l| l.starts_with(word) && l.contains(marker))
+            .unwrap_or_else(|| panic!("no {word} of {marker} in {text}"))
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (at("start "), at("end "))
+}
+
+#[test]
+fn jobs_run_independent_recipes_side_by_side_and_after_still_waits() {
+    let p = TestProject::shared();
+    let sleepy = "#!/bin/sh\nsleep 3\n";
+    suite(
+        &p,
+        "scale-j1",
+        &[("one", sleepy)],
+        "cmdline = \"vmbuild.suite=scale-j1\"",
+    );
+    suite(
+        &p,
+        "scale-j2",
+        &[("two", sleepy)],
+        "cmdline = \"vmbuild.suite=scale-j2\"",
+    );
+    suite(
+        &p,
+        "scale-j3",
+        &[("three", sleepy)],
+        "cmdline = \"vmbuild.suite=scale-j3\"",
+    );
+    // scale-j3 comes after scale-j1.
+    let recipe = p.path("recipes/scale-j3.toml");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(
+        &recipe,
+        text.replace("[vm]", "after = [\"scale-j1\"]\n[vm]"),
+    )
+    .unwrap();
+    let (qemu_dir, log) = timing_qemu();
+    p.run_with_path(
+        qemu_dir.path(),
+        &["test", "-f", "-j", "2", "scale-j1", "scale-j2", "scale-j3"],
+    )
+    .expect(0);
+    let (one, two, three) = (
+        vm_span(&log, "vmbuild.suite=scale-j1"),
+        vm_span(&log, "vmbuild.suite=scale-j2"),
+        vm_span(&log, "vmbuild.suite=scale-j3"),
+    );
+    assert!(
+        two.0 < one.1 && one.0 < two.1,
+        "j1 and j2 ran side by side: {one:?} {two:?}"
+    );
+    assert!(
+        three.0 >= one.1,
+        "j3 started after j1 ended: {one:?} {three:?}"
+    );
 }

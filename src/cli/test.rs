@@ -6,10 +6,11 @@ use clap::Args;
 
 use std::io::IsTerminal;
 
+use super::render::printable;
 use super::results::HISTOGRAM_WIDTH;
 use super::{durations, open_engine, render::Renderer, ForceArg, Global};
 use crate::engine::{Error, TestOptions};
-use crate::testing::runner::Policy;
+use crate::testing::runner::{Listed, ListedTests, Policy};
 use crate::testing::select::{Order, Selection, Shard};
 use crate::testing::{results::junit_xml, Summary};
 
@@ -67,9 +68,17 @@ pub struct TestArgs {
     /// for a CI matrix; `vmbuild results --merge RECIPE` joins the parts
     #[arg(long, value_name = "K/N", value_parser = Shard::parse)]
     shard: Option<Shard>,
+    /// Run independent test recipes (neither `after` the other) at once while their VMs
+    /// (`[vm] vms` each) come to at most N; 1 runs one recipe at a time
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 1)]
+    jobs: usize,
     /// Start VMs even when their memory together exceeds what the host has available
     #[arg(long)]
     allow_overcommit: bool,
+    /// Print what a run would do with each test (run it, reuse its stored result, skip
+    /// it), building what the tests need but starting no VM
+    #[arg(long)]
+    list: bool,
     /// After the results, print the N slowest tests
     #[arg(long, value_name = "N", conflicts_with = "json")]
     print_slowest: Option<usize>,
@@ -96,21 +105,24 @@ pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, 
     };
     let engine = open_engine(global, reporter, false)?;
     let plan = engine.plan(&args.recipes)?;
-    let tested = engine.test(
-        &plan,
-        &TestOptions {
-            force: args.force.level(),
-            keep_alive: args.keep_alive,
-            cold: args.cold,
-            policy: Policy {
-                selection,
-                retries: args.retries,
-                flaky_fails: args.flaky_fails,
-                max_vm_restarts: args.max_vm_restarts,
-                allow_overcommit: args.allow_overcommit,
-            },
+    let options = TestOptions {
+        force: args.force.level(),
+        keep_alive: args.keep_alive,
+        cold: args.cold,
+        vm_budget: args.jobs,
+        policy: Policy {
+            selection,
+            retries: args.retries,
+            flaky_fails: args.flaky_fails,
+            max_vm_restarts: args.max_vm_restarts,
+            allow_overcommit: args.allow_overcommit,
         },
-    )?;
+    };
+    if args.list {
+        print_list(&engine.list_tests(&plan, &options)?, args.json);
+        return Ok(0);
+    }
+    let tested = engine.test(&plan, &options)?;
     let mut total = Summary::default();
     for t in &tested {
         let s = t.results.summary();
@@ -175,4 +187,46 @@ pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, 
     } else {
         0
     })
+}
+
+/// `--list`: one line per test (`RUN`, `CACHED`, `SKIP` and why), then the counts; or one
+/// JSON object per recipe.
+fn print_list(listed: &[(String, ListedTests)], json: bool) {
+    let (mut run, mut cached, mut skipped) = (0, 0, 0);
+    for (recipe, tests) in listed {
+        if json {
+            let tests: Vec<_> = tests
+                .iter()
+                .map(|(name, what)| match what {
+                    Listed::Run => serde_json::json!({ "name": name, "will": "run" }),
+                    Listed::Cached => serde_json::json!({ "name": name, "will": "reuse" }),
+                    Listed::Skip(why) => {
+                        serde_json::json!({ "name": name, "will": "skip", "reason": why })
+                    }
+                })
+                .collect();
+            println!("{}", serde_json::json!({ "name": recipe, "tests": tests }));
+            continue;
+        }
+        for (name, what) in tests {
+            let (word, why) = match what {
+                Listed::Run => ("RUN", String::new()),
+                Listed::Cached => ("CACHED", String::new()),
+                Listed::Skip(why) => ("SKIP", format!(": {}", printable(why))),
+            };
+            println!("{word:<7} {recipe}/{}{why}", printable(name));
+        }
+    }
+    for (_, tests) in listed {
+        for (_, what) in tests {
+            match what {
+                Listed::Run => run += 1,
+                Listed::Cached => cached += 1,
+                Listed::Skip(_) => skipped += 1,
+            }
+        }
+    }
+    if !json {
+        println!("{run} to run, {cached} cached, {skipped} skipped");
+    }
 }

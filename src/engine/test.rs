@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Engine, Error, Force, Plan, Result, Tested};
-use crate::recipe::Spec;
+use crate::recipe::{Spec, TestSpec};
 use crate::report::Event;
 use crate::store::Entry;
 use crate::testing::phase::{self, Hooks, Job};
-use crate::testing::runner::{Artifacts, Policy};
+use crate::testing::runner::{Artifacts, Listed, ListedTests, Policy};
 use crate::testing::warm;
 use crate::testing::TestResult;
 use crate::vm;
@@ -24,6 +24,9 @@ pub struct TestOptions {
     pub cold: bool,
     /// Which tests run, in which order, and how failures are retried.
     pub policy: Policy,
+    /// VMs that test recipes running at once may use together (`-j`): independent
+    /// recipes (none `after` the other) run side by side while their `vms` fit.
+    pub vm_budget: usize,
 }
 
 impl Engine<'_> {
@@ -93,38 +96,103 @@ impl Engine<'_> {
                 "KVM is not usable ({reason}): using TCG, which is much slower"
             )));
         }
-        for &i in &to_run {
-            let node = &plan.graph.nodes[i];
-            let Spec::Test(spec) = &node.recipe.spec else {
-                continue;
+        let artifacts = &artifacts;
+        let mut pending = to_run;
+        let mut failure: Option<Error> = None;
+        std::thread::scope(|scope| {
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let (mut vms_in_use, mut memory_in_use, mut running) = (0, 0, 0);
+            // Recipes run side by side only while their VMs fit in memory together too.
+            let memory = match options.policy.allow_overcommit {
+                true => None,
+                false => crate::testing::runner::available_mb(),
             };
-            let name = node.recipe.name.as_str();
-            let blocked: Vec<&str> = spec
-                .after
-                .iter()
-                .filter(|a| {
-                    let idx = plan.graph.index_of(&a.name);
-                    !idx.and_then(|x| outcomes.get(&x))
-                        .is_some_and(|t| t.results.all_passed())
-                })
-                .map(|a| a.name.as_str())
-                .collect();
-            let entry_of = |r: &crate::recipe::RecipeRef| -> &Entry {
-                let idx = plan
-                    .graph
-                    .index_of(&r.name)
-                    .expect("dependencies are in the graph");
-                &artifacts[&idx].0
-            };
-            let arts = Artifacts {
-                kernel: entry_of(&spec.kernel),
-                rootfs: entry_of(&spec.rootfs),
-                bundles: spec
-                    .bundles
-                    .iter()
-                    .map(|b| (b.name.as_str(), entry_of(b)))
-                    .collect(),
-            };
+            loop {
+                // Start each recipe whose `after` recipes are settled, while the VM budget
+                // lasts (one always may start when none runs).
+                let mut next = 0;
+                while failure.is_none() && next < pending.len() {
+                    let i = pending[next];
+                    let Spec::Test(spec) = &plan.graph.nodes[i].recipe.spec else {
+                        pending.remove(next);
+                        continue;
+                    };
+                    let settled = spec.after.iter().all(|a| {
+                        plan.graph
+                            .index_of(&a.name)
+                            .is_none_or(|x| outcomes.contains_key(&x))
+                    });
+                    let vms = (spec.vm.vms as usize).clamp(1, options.vm_budget.max(1));
+                    let needs = vms as u64 * spec.vm.memory_mb;
+                    let fits = vms_in_use + vms <= options.vm_budget
+                        && memory.is_none_or(|m| memory_in_use + needs <= m);
+                    if !settled || (running > 0 && !fits) {
+                        next += 1;
+                        continue;
+                    }
+                    pending.remove(next);
+                    let blocked: Vec<String> = spec
+                        .after
+                        .iter()
+                        .filter(|a| {
+                            let idx = plan.graph.index_of(&a.name);
+                            !idx.and_then(|x| outcomes.get(&x))
+                                .is_some_and(|t| t.results.all_passed())
+                        })
+                        .map(|a| a.name.clone())
+                        .collect();
+                    vms_in_use += vms;
+                    memory_in_use += needs;
+                    running += 1;
+                    let done_tx = done_tx.clone();
+                    scope.spawn(move || {
+                        let tested = self.test_recipe(plan, i, artifacts, accel, &blocked, options);
+                        let _ = done_tx.send((i, vms, needs, tested));
+                    });
+                }
+                if running == 0 {
+                    break;
+                }
+                let Ok((i, vms, needs, tested)) = done_rx.recv() else {
+                    break;
+                };
+                running -= 1;
+                vms_in_use -= vms;
+                memory_in_use -= needs;
+                match tested {
+                    Ok(tested) => {
+                        outcomes.insert(i, tested);
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        Ok(plan
+            .graph
+            .roots
+            .iter()
+            .filter_map(|r| outcomes.remove(r))
+            .collect())
+    }
+
+    /// Runs test recipe `i` (or reports its tests `not run`, when the `after` recipes
+    /// `blocked` did not pass) and reuses or publishes its results.
+    fn test_recipe(
+        &self,
+        plan: &Plan,
+        i: usize,
+        artifacts: &BTreeMap<usize, (Entry, bool)>,
+        accel: vm::Accel,
+        blocked: &[String],
+        options: &TestOptions,
+    ) -> Result<Tested> {
+        self.with_job(plan, i, artifacts, accel, options, |job, spec| {
+            let name = job.name;
             let test_err = |source| Error::Test {
                 name: name.to_string(),
                 source,
@@ -139,33 +207,16 @@ impl Engine<'_> {
             if !blocked.is_empty() {
                 // Reported, never stored: the next run tries again.
                 let reason = format!("comes after {} which did not pass", blocked.join(", "));
-                let results = phase::not_run(name, &plan.keys[i], &arts, &reason, &on_result)
+                let results = phase::not_run(name, job.key, job.artifacts, &reason, &on_result)
                     .map_err(test_err)?;
-                outcomes.insert(
-                    i,
-                    Tested {
-                        name: name.to_string(),
-                        results,
-                        entry: None,
-                        folder: None,
-                        cached: false,
-                    },
-                );
-                continue;
+                return Ok(Tested {
+                    name: name.to_string(),
+                    results,
+                    entry: None,
+                    folder: None,
+                    cached: false,
+                });
             }
-            let inputs = plan.inputs[i].to_value();
-            let job = Job {
-                name,
-                key: &plan.keys[i],
-                inputs: &inputs,
-                spec,
-                artifacts: &arts,
-                accel,
-                force: self.forced(plan, i, force),
-                keep_alive: options.keep_alive,
-                cold: options.cold,
-                policy: &options.policy,
-            };
             let hooks = Hooks {
                 waiting: &|| self.reporter.event(Event::Waiting { name }),
                 booting: &|| {
@@ -179,24 +230,108 @@ impl Engine<'_> {
                 detail: &|line: &str| self.reporter.event(Event::Detail(line)),
                 notice: &|line: &str| self.reporter.event(Event::Notice(line)),
             };
-            let tested = phase::run(&self.store, &job, &hooks).map_err(test_err)?;
-            outcomes.insert(
-                i,
-                Tested {
-                    name: name.to_string(),
-                    results: tested.results,
-                    entry: tested.entry,
-                    folder: Some(tested.folder),
-                    cached: tested.cached,
-                },
-            );
+            let tested = phase::run(&self.store, job, &hooks).map_err(test_err)?;
+            Ok(Tested {
+                name: name.to_string(),
+                results: tested.results,
+                entry: tested.entry,
+                folder: Some(tested.folder),
+                cached: tested.cached,
+            })
+        })
+    }
+
+    /// Calls `f` with the job of test recipe `i`: its artifacts, key and options.
+    fn with_job<R>(
+        &self,
+        plan: &Plan,
+        i: usize,
+        artifacts: &BTreeMap<usize, (Entry, bool)>,
+        accel: vm::Accel,
+        options: &TestOptions,
+        f: impl FnOnce(&Job, &TestSpec) -> Result<R>,
+    ) -> Result<R> {
+        let node = &plan.graph.nodes[i];
+        let Spec::Test(spec) = &node.recipe.spec else {
+            return Err(Error::Usage(format!(
+                "`{}` is not a test recipe",
+                node.recipe.name
+            )));
+        };
+        let entry_of = |r: &crate::recipe::RecipeRef| -> &Entry {
+            let idx = plan
+                .graph
+                .index_of(&r.name)
+                .expect("dependencies are in the graph");
+            &artifacts[&idx].0
+        };
+        let arts = Artifacts {
+            kernel: entry_of(&spec.kernel),
+            rootfs: entry_of(&spec.rootfs),
+            bundles: spec
+                .bundles
+                .iter()
+                .map(|b| (b.name.as_str(), entry_of(b)))
+                .collect(),
+        };
+        let inputs = plan.inputs[i].to_value();
+        let job = Job {
+            name: &node.recipe.name,
+            key: &plan.keys[i],
+            inputs: &inputs,
+            spec,
+            artifacts: &arts,
+            accel,
+            force: self.forced(plan, i, options.force),
+            keep_alive: options.keep_alive,
+            cold: options.cold,
+            policy: &options.policy,
+        };
+        f(&job, spec)
+    }
+
+    /// `vmbuild test --list`: what a run would do with each test of the test recipes
+    /// (run it, reuse its result, skip it), building what they need but starting no VM.
+    pub fn list_tests(
+        &self,
+        plan: &Plan,
+        options: &TestOptions,
+    ) -> Result<Vec<(String, ListedTests)>> {
+        let test_nodes: Vec<usize> = (0..plan.graph.nodes.len())
+            .filter(|&i| matches!(plan.graph.nodes[i].recipe.spec, Spec::Test(_)))
+            .collect();
+        let mut listed = Vec::new();
+        let mut to_list = Vec::new();
+        for &i in &test_nodes {
+            let name = &plan.graph.nodes[i].recipe.name;
+            let hit = match self.forced(plan, i, options.force) {
+                true => None,
+                false => phase::lookup(&self.store, &plan.keys[i], name, &options.policy)?,
+            };
+            match hit {
+                Some(hit) => listed.push((
+                    name.clone(),
+                    hit.results
+                        .tests
+                        .into_iter()
+                        .map(|t| (t.name, Listed::Cached))
+                        .collect(),
+                )),
+                None => to_list.push(i),
+            }
         }
-        Ok(plan
-            .graph
-            .roots
-            .iter()
-            .filter_map(|r| outcomes.remove(r))
-            .collect())
+        let artifacts = self.build_closure(plan, &to_list, options.force)?;
+        // The accelerator is not part of any key: either gives the same answer.
+        for i in to_list {
+            let tests = self.with_job(plan, i, &artifacts, vm::Accel::Tcg, options, |job, _| {
+                phase::list(&self.store, job).map_err(|source| Error::Test {
+                    name: job.name.to_string(),
+                    source,
+                })
+            })?;
+            listed.push((plan.graph.nodes[i].recipe.name.clone(), tests));
+        }
+        Ok(listed)
     }
 
     /// The results of test recipe `node` joined from its shards' entries (`--shard`) for

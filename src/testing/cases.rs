@@ -140,7 +140,7 @@ impl<'a> Cases<'a> {
         out: &Path,
         notice: &dyn Fn(&str),
     ) -> Option<TestResult> {
-        match self.stored(case, out) {
+        match self.stored(case, Some(out)) {
             Ok(found) => found,
             Err(e) => {
                 notice(&format!(
@@ -152,7 +152,13 @@ impl<'a> Cases<'a> {
         }
     }
 
-    fn stored(&self, case: &CaseKey, out: &Path) -> Result<Option<TestResult>, TestError> {
+    /// Whether a result under `case` would be reused (`--list`).
+    pub(crate) fn has(&self, case: &CaseKey) -> bool {
+        matches!(self.stored(case, None), Ok(Some(_)))
+    }
+
+    /// The reusable result under `case`, its logs copied into `out` when given.
+    fn stored(&self, case: &CaseKey, out: Option<&Path>) -> Result<Option<TestResult>, TestError> {
         let Some(entry) = self.store.lookup(&case.key, &case.name)? else {
             return Ok(None);
         };
@@ -171,7 +177,9 @@ impl<'a> Cases<'a> {
         if !passed {
             return Ok(None);
         }
-        copy_logs(&result, &entry.path, out)?;
+        if let Some(out) = out {
+            copy_logs(&result, &entry.path, out)?;
+        }
         result.cached = true;
         result.key = Some(case.key.clone());
         Ok(Some(result))

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use super::cases::{entry_name, Cases};
 use super::results::{read_results, write_results};
-use super::runner::{self, Artifacts, Policy, RunOptions, TestError};
+use super::runner::{self, Artifacts, ListedTests, Policy, RunOptions, TestError};
 use super::select::{Selection, Shard};
 use super::warm::Warm;
 use super::{RunResults, Status as TestStatus, TestResult};
@@ -132,6 +132,36 @@ pub(crate) fn lookup(
         entry: Some(entry),
         cached: true,
     }))
+}
+
+/// The tests' own result entries of `job`; none for repeated runs (`--iterate`), which
+/// are not the tests' results: nothing of them is stored or reused.
+fn cases_of<'a>(store: &'a Store, job: &'a Job) -> Option<Cases<'a>> {
+    (job.policy.selection.iterate <= 1).then(|| {
+        Cases::new(
+            store,
+            job.name,
+            job.key,
+            job.inputs,
+            job.artifacts,
+            job.policy.flaky_fails,
+        )
+    })
+}
+
+/// What a run of `job` would do with each of its tests (`vmbuild test --list`).
+pub(crate) fn list(store: &Store, job: &Job) -> Result<ListedTests, TestError> {
+    let previous = previous(store, job.name)?;
+    let cases = cases_of(store, job);
+    runner::list(
+        job.name,
+        job.spec,
+        job.artifacts,
+        job.policy,
+        cases.as_ref(),
+        previous.as_ref(),
+        job.force,
+    )
 }
 
 /// Reuses `job`'s passing results or runs its tests and publishes their results.
@@ -274,17 +304,7 @@ fn run_into(
         job.name,
         hooks.notice,
     );
-    // Repeated runs (`--iterate`) are not the tests' results: none is stored or reused.
-    let cases = (job.policy.selection.iterate <= 1).then(|| {
-        Cases::new(
-            store,
-            job.name,
-            job.key,
-            job.inputs,
-            job.artifacts,
-            job.policy.flaky_fails,
-        )
-    });
+    let cases = cases_of(store, job);
     let on_result = |result: &TestResult| (hooks.on_result)(result, result.cached);
     let opts = RunOptions {
         recipe: job.name,

@@ -4,6 +4,7 @@
 //! on. Infrastructure failures (qemu missing or dying, a guest that never boots) are
 //! errors, never results.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::cases::Cases;
@@ -114,33 +115,19 @@ pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestE
         .unwrap_or("")
         .to_string();
 
-    let offer = Offer {
-        kernel_config: kernel_config.as_ref(),
-        disks: opts.spec.vm.disks.len(),
-        timeout: opts.spec.timeout,
-    };
-    let case = |bundle: &str, meta: &TestMeta| opts.cases.map(|c| c.key(bundle, meta));
     let Plan {
         order,
         skipped,
         queue,
-    } = queue::plan(
-        bundle_tests(artifacts)?,
-        &offer,
+    } = plan_tests(
+        opts.recipe,
+        opts.spec,
+        artifacts,
+        kernel_config.as_ref(),
+        opts.policy,
+        opts.cases,
         opts.previous,
-        &opts.policy.selection,
-        &case,
-    );
-    if order.is_empty() && !opts.policy.selection.include.is_empty() {
-        return Err(TestError::Unsupported(format!(
-            "no test of `{}` matches --filter{}",
-            opts.recipe,
-            match opts.policy.selection.exclude.is_empty() {
-                true => "",
-                false => " (less --exclude)",
-            }
-        )));
-    }
+    )?;
     for s in &skipped {
         (opts.on_result)(s);
     }
@@ -199,6 +186,90 @@ pub fn run(opts: &RunOptions, artifacts: &Artifacts) -> Result<RunResults, TestE
         tests: results,
         console_truncated,
     })
+}
+
+/// The tests a run takes of `recipe` (skipped, queued, in order), each with its own result
+/// entry when `cases` stores them.
+fn plan_tests(
+    recipe: &str,
+    spec: &TestSpec,
+    artifacts: &Artifacts,
+    kernel_config: Option<&BTreeMap<String, String>>,
+    policy: &Policy,
+    cases: Option<&Cases>,
+    previous: Option<&RunResults>,
+) -> Result<Plan, TestError> {
+    let offer = Offer {
+        kernel_config,
+        disks: spec.vm.disks.len(),
+        timeout: spec.timeout,
+    };
+    let case = |bundle: &str, meta: &TestMeta| cases.map(|c| c.key(bundle, meta));
+    let plan = queue::plan(
+        bundle_tests(artifacts)?,
+        &offer,
+        previous,
+        &policy.selection,
+        &case,
+    );
+    if plan.order.is_empty() && !policy.selection.include.is_empty() {
+        return Err(TestError::Unsupported(format!(
+            "no test of `{recipe}` matches --filter{}",
+            match policy.selection.exclude.is_empty() {
+                true => "",
+                false => " (less --exclude)",
+            }
+        )));
+    }
+    Ok(plan)
+}
+
+/// What a run would do with a test (`vmbuild test --list`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listed {
+    /// It runs in a VM.
+    Run,
+    /// Its stored result is reused.
+    Cached,
+    /// It is skipped, for this reason.
+    Skip(String),
+}
+
+/// Each test's name and what a run would do with it.
+pub type ListedTests = Vec<(String, Listed)>;
+
+/// What a run of `spec` would do with each of its tests, in the order VMs would take
+/// them (skips first), without starting a VM.
+pub(crate) fn list(
+    recipe: &str,
+    spec: &TestSpec,
+    artifacts: &Artifacts,
+    policy: &Policy,
+    cases: Option<&Cases>,
+    previous: Option<&RunResults>,
+    force: bool,
+) -> Result<ListedTests, TestError> {
+    let kernel_config = read_config(&artifacts.kernel.path.join("config")).ok();
+    let plan = plan_tests(
+        recipe,
+        spec,
+        artifacts,
+        kernel_config.as_ref(),
+        policy,
+        cases,
+        previous,
+    )?;
+    let mut listed: Vec<(String, Listed)> = plan
+        .skipped
+        .into_iter()
+        .map(|s| (s.name, Listed::Skip(s.reason.unwrap_or_default())))
+        .collect();
+    for test in plan.queue {
+        let cached =
+            !force && matches!((&test.case, cases), (Some(case), Some(cases)) if cases.has(case));
+        listed.push((test.name, if cached { Listed::Cached } else { Listed::Run }));
+    }
+    Ok(listed)
 }
 
 /// Boots VMs that pull `queue` until it is empty (a VM that died is replaced).
@@ -287,7 +358,7 @@ fn memory_fits(vms: usize, memory_mb: u64) -> bool {
 }
 
 /// The host's available memory in MiB (`MemAvailable` in /proc/meminfo).
-fn available_mb() -> Option<u64> {
+pub(crate) fn available_mb() -> Option<u64> {
     let text = fs_err::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
