@@ -103,8 +103,18 @@ fn one_and_three_vms_give_the_same_results_and_a_changed_test_alone_runs_again()
         ["s-a pass", "s-b pass", "s-c pass", "s-d pass", "s-e fail", "s-f skip"]
     );
 
-    // A rerun runs only the failed test; after one script changes, that one too.
-    p.write_exec("tests/scale-one/s-b", &sleeper("0.2"));
+    // A rerun runs only the failed test; after one script changes, that one too. (The
+    // shared store outlives this run: a fresh edit is one no earlier run made.)
+    let nonce = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    };
+    p.write_exec(
+        "tests/scale-one/s-b",
+        &format!("{}# {}\n", sleeper("0.2"), nonce()),
+    );
     let (qemu_dir, log) = counting_qemu();
     let list = p
         .run_with_path(qemu_dir.path(), &["test", "--list", "scale-one"])
@@ -153,7 +163,10 @@ fn one_and_three_vms_give_the_same_results_and_a_changed_test_alone_runs_again()
 
     // Recorded before and after a fix, the runs compare with the fix as a status change.
     p.run(&["record", "before", "scale-one"]).expect(0);
-    p.write_exec("tests/scale-one/s-e", "#!/bin/sh\necho fixed\n");
+    p.write_exec(
+        "tests/scale-one/s-e",
+        &format!("#!/bin/sh\necho fixed\n# {}\n", nonce()),
+    );
     p.run_with_path(qemu_dir.path(), &["test", "scale-one"])
         .expect(0);
     assert_eq!(boots(&log), 3, "only the fixed test ran");
