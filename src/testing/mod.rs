@@ -12,6 +12,7 @@ pub(crate) mod exec;
 mod kernel_modules;
 mod media;
 pub mod merge;
+mod outcome;
 pub(crate) mod phase;
 pub mod protocol;
 mod queue;

@@ -12,17 +12,18 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
+mod record;
+
 use super::agent;
 use super::capture::{CappedText, CappedWriter, MAX_LOG};
 use super::media::{remove_disks, scratch_disks, stage1_failure, BootMedia};
-use super::protocol::{self, End, Message};
+use super::outcome::ended;
+use super::protocol::{self, Message};
 use super::queue::{Planned, Shared};
 use super::runner::{Artifacts, RunOptions, TestError};
 use super::session::{is_kernel_crash, said, Event, Session};
 use super::warm::Start;
-use super::{Attempt, Status, TestResult};
-use crate::format::complaint::complaint;
-use crate::format::{fio, tap};
+use super::Status;
 use crate::fsio::io_err;
 use crate::vm::Wiring;
 
@@ -318,20 +319,7 @@ impl VmRun<'_> {
                 }
                 Message::End { test, end } => {
                     if let Some(r) = running.take_if(|r| r.test.name == test) {
-                        let (status, exit_code, reason) = match end {
-                            End::Exit(0) => (Status::Pass, Some(0), None),
-                            End::Exit(77) => (
-                                Status::Skip,
-                                Some(77),
-                                Some("the test exited 77 (skip)".to_string()),
-                            ),
-                            End::Exit(code) => (Status::Fail, Some(code), None),
-                            End::Timeout => (
-                                Status::Timeout,
-                                None,
-                                Some(format!("killed after {:?}", r.test.timeout)),
-                            ),
-                        };
+                        let (status, exit_code, reason) = ended(&end, r.test.timeout);
                         failed_here |= status.is_failure();
                         self.finish(r, status, exit_code, reason)?;
                         permit = None;
@@ -439,143 +427,6 @@ impl VmRun<'_> {
             },
         };
         ended.map(|()| Served::Done)
-    }
-
-    /// Copies the console of a VM that failed out of the staged entry (removed with the
-    /// failed run) to `<cache>/logs/`, and says where it is. One file per recipe, key and
-    /// VM boot: the key's lock makes the name ours, and a rerun replaces it.
-    fn keep_console(&self, console: &Path) -> String {
-        let key = self.opts.key.get(..16).unwrap_or(self.opts.key);
-        // Named as `Store::kept_log` names them, so `gc` knows whose it is.
-        let file = console.file_name().unwrap_or_default().to_string_lossy();
-        let kept = self
-            .opts
-            .logs
-            .join(format!("{key}-{}.{file}", self.opts.recipe));
-        let copied =
-            fs_err::create_dir_all(self.opts.logs).and_then(|()| fs_err::copy(console, &kept));
-        match copied {
-            Ok(_) => kept.display().to_string(),
-            Err(e) => format!("not kept ({e})"),
-        }
-    }
-
-    /// The VM died (or went silent) under test `r`: it is requeued for a new VM, or,
-    /// when it has taken down `--max-vm-restarts` VMs already, it is a crash.
-    fn replace_vm(&self, r: Running, what: &str) -> Result<(), TestError> {
-        if crate::process::interrupted() {
-            return Err(TestError::Infra("interrupted".into()));
-        }
-        if r.test.vm_restarts >= self.opts.policy.max_vm_restarts {
-            let reason = format!(
-                "the VM {what} while the test ran ({} VM(s) replaced under it before; \
-                 --max-vm-restarts {})",
-                r.test.vm_restarts, self.opts.policy.max_vm_restarts
-            );
-            return self.finish(r, Status::Crash, None, Some(reason));
-        }
-        let mut test = r.test;
-        test.vm_restarts += 1;
-        (self.opts.notice)(&format!(
-            "vm{}: the VM {what} while `{}` ran: a new VM runs it again ({} of at most {} restarts)",
-            self.worker,
-            test.name,
-            test.vm_restarts,
-            self.opts.policy.max_vm_restarts
-        ));
-        self.shared.requeue(test);
-        Ok(())
-    }
-
-    fn finish(
-        &self,
-        r: Running,
-        status: Status,
-        exit_code: Option<i32>,
-        reason: Option<String>,
-    ) -> Result<(), TestError> {
-        // Ctrl-C stopped the VMs: what their tests did since says nothing, and the run
-        // publishes nothing.
-        if crate::process::interrupted() {
-            return Err(TestError::Infra("interrupted".into()));
-        }
-        let Running {
-            mut test,
-            started,
-            output,
-        } = r;
-        let log = format!("tests/{}.log", test.name);
-        let path = self.opts.out.join(&log);
-        let (output, truncated) = output.finish();
-        fs_err::write(&path, &output).map_err(io_err("write", &path))?;
-        // A failure the workload explains (fio's verify error): its words are the reason.
-        let reason = match reason {
-            None if status == Status::Fail => complaint(&output),
-            reason => reason,
-        };
-        let duration = started.elapsed().as_secs_f64();
-        let tries = test.earlier.len() as u32 + 1;
-        // A failure with tries left runs again next round, in a fresh VM.
-        if status.is_failure() && tries <= self.opts.policy.retries {
-            let kept = format!("tests/{}.try{tries}.log", test.name);
-            let kept_path = self.opts.out.join(&kept);
-            fs_err::rename(&path, &kept_path).map_err(io_err("rename", &path))?;
-            (self.opts.notice)(&format!(
-                "{}: {} on try {tries}; it runs again in a fresh VM (retry {tries} of {})",
-                test.name,
-                status.name(),
-                self.opts.policy.retries
-            ));
-            test.earlier.push(Attempt {
-                status,
-                duration,
-                log: kept,
-                exit_code,
-                reason,
-            });
-            if let Ok(mut retry) = self.shared.retry.lock() {
-                retry.push(test);
-            }
-            return Ok(());
-        }
-        let mut result = TestResult {
-            subtests: tap::parse(&output),
-            fio: fio::parse(&output),
-            name: test.name,
-            status,
-            duration,
-            log,
-            exit_code,
-            reason,
-            truncated,
-            key: test.case.as_ref().map(|c| c.key.clone()),
-            cached: false,
-            earlier: test.earlier,
-            vm_restarts: test.vm_restarts,
-        };
-        if status == Status::Pass && !result.earlier.is_empty() {
-            let failed = result.earlier.len();
-            (result.status, result.reason) = match self.opts.policy.flaky_fails {
-                true => (
-                    Status::Fail,
-                    Some(format!(
-                        "flaky: failed {failed} time(s), then passed (--flaky-fails)"
-                    )),
-                ),
-                false => (
-                    Status::Flaky,
-                    Some(format!("failed {failed} time(s) before it passed")),
-                ),
-            };
-        }
-        (self.opts.on_result)(&result);
-        if let (Some(cases), Some(case)) = (self.opts.cases, &test.case) {
-            cases.publish(case, &result, self.opts.out)?;
-        }
-        if let Ok(mut results) = self.shared.results.lock() {
-            results.push(result);
-        }
-        Ok(())
     }
 }
 
