@@ -13,8 +13,8 @@ use crate::hashing::stat_cache_name;
 use crate::recipe::units;
 use crate::recipe::{Fetch, KernelSpec, Spec};
 use crate::store::Entry;
-use crate::testing::phase::RECIPE_KEY;
 use crate::testing::read_results;
+use crate::testing::shards::RECIPE_KEY;
 
 #[derive(Args)]
 pub struct GcArgs {

@@ -1,8 +1,6 @@
 //! `vmbuild results RECIPE`: the last results, cached or failed, without running anything.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::PathBuf;
 
 use clap::Args;
 
@@ -71,8 +69,8 @@ pub(super) fn latest_results(engine: &Engine, recipe: &str) -> Result<Latest, Er
     })
 }
 
-/// `--merge`: the shards' results joined, with the folder of each test's log.
-fn merged(engine: &Engine, recipe: &str) -> Result<(RunResults, BTreeMap<String, PathBuf>), Error> {
+/// `--merge`: the shards' results joined, and the recipe's results entry holding them.
+fn merged(engine: &Engine, recipe: &str) -> Result<(RunResults, Entry), Error> {
     let plan = engine.plan(&[recipe.to_string()])?;
     let root = plan.graph.roots[0];
     engine.merged_shards(&plan, root)
@@ -80,30 +78,18 @@ fn merged(engine: &Engine, recipe: &str) -> Result<(RunResults, BTreeMap<String,
 
 pub fn run(global: &Global, reporter: &Renderer, args: ResultsArgs) -> Result<i32, Error> {
     let engine = open_engine(global, reporter, false)?;
-    let (entry, results, stale, folders) = match args.merge {
+    let (entry, results, stale) = match args.merge {
         true => {
-            let (results, folders) = merged(&engine, &args.recipe)?;
-            (None, results, false, folders)
+            let (results, entry) = merged(&engine, &args.recipe)?;
+            (entry, results, false)
         }
         false => {
             let latest = latest_results(&engine, &args.recipe)?;
-            (
-                Some(latest.entry),
-                latest.results,
-                latest.stale,
-                BTreeMap::new(),
-            )
+            (latest.entry, latest.results, latest.stale)
         }
     };
     if let Some(path) = &args.junit {
-        let logs = |_: &str, test: &str| {
-            entry
-                .as_ref()
-                .map(|e| e.path.clone())
-                .or_else(|| folders.get(test).cloned())
-                .map(|folder| read_log(&folder, test))
-                .unwrap_or_default()
-        };
+        let logs = |_: &str, test: &str| read_log(&entry.path, test);
         fs_err::write(path, junit_xml(&[&results], &logs))
             .map_err(|e| Error::Usage(format!("write the JUnit report: {e}")))?;
     }
@@ -112,10 +98,7 @@ pub fn run(global: &Global, reporter: &Renderer, args: ResultsArgs) -> Result<i3
         // results.json, plus where it lives and whether it is for the current inputs.
         let mut value = serde_json::to_value(&results).unwrap_or_default();
         if let Some(object) = value.as_object_mut() {
-            object.insert(
-                "path".into(),
-                serde_json::json!(entry.as_ref().map(|e| &e.path)),
-            );
+            object.insert("path".into(), serde_json::json!(entry.path));
             object.insert("current".into(), serde_json::json!(!stale));
         }
         println!(
@@ -133,10 +116,7 @@ pub fn run(global: &Global, reporter: &Renderer, args: ResultsArgs) -> Result<i3
         if results.tests.len() >= 2 && std::io::stderr().is_terminal() {
             eprint!("{}", durations::histogram(&[&results], HISTOGRAM_WIDTH));
         }
-        match &entry {
-            Some(entry) => eprintln!("results in {}", entry.path.display()),
-            None => eprintln!("joined from the shards' entries"),
-        }
+        eprintln!("results in {}", entry.path.display());
         if stale {
             eprintln!("note: these results are for an older version of the inputs (`vmbuild explain {name}` shows what changed)");
         }

@@ -37,14 +37,14 @@ pub struct TestArgs {
     cold: bool,
     /// Run a failed test again up to N times, each in a fresh VM; one that then passes is
     /// `flaky` (counted as passed, listed apart)
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
     retries: u32,
     /// Count a flaky test (failed, then passed when retried) as a failure
     #[arg(long)]
     flaky_fails: bool,
     /// Replace a VM that dies or goes silent under a test and run the test again, at most
     /// N times per test; then the test is a `crash`
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=100))]
     max_vm_restarts: u32,
     /// Run only the tests whose name matches GLOB (`*`, `?`, `[..]`, `{a,b}`; repeatable).
     /// Such a run stores each test's result, not the recipe's
@@ -55,7 +55,7 @@ pub struct TestArgs {
     exclude: Vec<String>,
     /// Run each test N times (as NAME, NAME#2, ...); nothing of such a run is stored or
     /// reused
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     iterate: u32,
     /// The order VMs take tests in: slowest (by the last durations, new tests first),
     /// name, or random (the seed is printed; --seed repeats it)
@@ -70,8 +70,8 @@ pub struct TestArgs {
     shard: Option<Shard>,
     /// Run independent test recipes (neither `after` the other) at once while their VMs
     /// (`[vm] vms` each) come to at most N; 1 runs one recipe at a time
-    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 1)]
-    jobs: usize,
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: u16,
     /// Start VMs even when their memory together exceeds what the host has available
     #[arg(long)]
     allow_overcommit: bool,
@@ -87,9 +87,6 @@ pub struct TestArgs {
 pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, Error> {
     if args.json {
         reporter.tests_to_stderr();
-    }
-    if args.iterate == 0 {
-        return Err(Error::Usage("--iterate takes 1 or more".into()));
     }
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     if args.order == Order::Random {
@@ -109,7 +106,7 @@ pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, 
         force: args.force.level(),
         keep_alive: args.keep_alive,
         cold: args.cold,
-        vm_budget: args.jobs,
+        vm_budget: args.jobs.into(),
         policy: Policy {
             selection,
             retries: args.retries,

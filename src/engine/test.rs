@@ -5,13 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Engine, Error, Force, Plan, Result, Tested};
-use crate::recipe::{Spec, TestSpec};
+use crate::recipe::{Spec, StartMode, TestSpec};
 use crate::report::Event;
 use crate::store::Entry;
 use crate::testing::phase::{self, Hooks, Job};
 use crate::testing::runner::{Artifacts, Listed, ListedTests, Policy};
+use crate::testing::shards;
 use crate::testing::warm;
-use crate::testing::TestResult;
+use crate::testing::{Status as TestStatus, TestResult};
 use crate::vm;
 
 /// How `vmbuild test` runs.
@@ -29,25 +30,31 @@ pub struct TestOptions {
     pub vm_budget: usize,
 }
 
+/// The test recipes of the plan (those named and those they come `after`); a named
+/// recipe of another kind is a usage error.
+fn test_nodes(plan: &Plan) -> Result<Vec<usize>> {
+    for &root in &plan.graph.roots {
+        let recipe = &plan.graph.nodes[root].recipe;
+        if !matches!(recipe.spec, Spec::Test(_)) {
+            return Err(Error::Usage(format!(
+                "`{}` is a {} recipe, not a test: build it with `vmbuild build {}`",
+                recipe.name,
+                recipe.kind(),
+                recipe.name
+            )));
+        }
+    }
+    Ok((0..plan.graph.nodes.len())
+        .filter(|&i| matches!(plan.graph.nodes[i].recipe.spec, Spec::Test(_)))
+        .collect())
+}
+
 impl Engine<'_> {
     /// `vmbuild test`: builds what the tests need, then runs each test recipe (those named
     /// and those they come `after`), reusing all-pass results from the store.
     pub fn test(&self, plan: &Plan, options: &TestOptions) -> Result<Vec<Tested>> {
         let force = options.force;
-        for &root in &plan.graph.roots {
-            let recipe = &plan.graph.nodes[root].recipe;
-            if !matches!(recipe.spec, Spec::Test(_)) {
-                return Err(Error::Usage(format!(
-                    "`{}` is a {} recipe, not a test: build it with `vmbuild build {}`",
-                    recipe.name,
-                    recipe.kind(),
-                    recipe.name
-                )));
-            }
-        }
-        let test_nodes: Vec<usize> = (0..plan.graph.nodes.len())
-            .filter(|&i| matches!(plan.graph.nodes[i].recipe.spec, Spec::Test(_)))
-            .collect();
+        let test_nodes = test_nodes(plan)?;
         // Cached all-pass results need no artifacts at all: look them up first.
         let mut outcomes: BTreeMap<usize, Tested> = BTreeMap::new();
         for &i in &test_nodes {
@@ -122,7 +129,12 @@ impl Engine<'_> {
                             .index_of(&a.name)
                             .is_none_or(|x| outcomes.contains_key(&x))
                     });
-                    let vms = (spec.vm.vms as usize).clamp(1, options.vm_budget.max(1));
+                    // A VM per test from the snapshot has a spare VM starting beside each.
+                    let spares = spec.vm.vm_per_test()
+                        && spec.vm.start == StartMode::Snapshot
+                        && !options.cold;
+                    let vms = (spec.vm.vms as usize * if spares { 2 } else { 1 })
+                        .clamp(1, options.vm_budget.max(1));
                     let needs = vms as u64 * spec.vm.memory_mb;
                     let fits = vms_in_use + vms <= options.vm_budget
                         && memory.is_none_or(|m| memory_in_use + needs <= m);
@@ -146,7 +158,17 @@ impl Engine<'_> {
                     running += 1;
                     let done_tx = done_tx.clone();
                     scope.spawn(move || {
-                        let tested = self.test_recipe(plan, i, artifacts, accel, &blocked, options);
+                        // A panic is an error like any other: the loop waits for every
+                        // recipe it started.
+                        let tested = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            self.test_recipe(plan, i, artifacts, accel, &blocked, options)
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(Error::Usage(format!(
+                                "the thread running `{}` panicked",
+                                plan.graph.nodes[i].recipe.name
+                            )))
+                        });
                         let _ = done_tx.send((i, vms, needs, tested));
                     });
                 }
@@ -170,6 +192,16 @@ impl Engine<'_> {
             }
         });
         if let Some(e) = failure {
+            if !pending.is_empty() {
+                let names: Vec<&str> = pending
+                    .iter()
+                    .map(|&i| plan.graph.nodes[i].recipe.name.as_str())
+                    .collect();
+                self.reporter.event(Event::Notice(&format!(
+                    "not started after the error: {}",
+                    names.join(", ")
+                )));
+            }
             return Err(e);
         }
         Ok(plan
@@ -297,9 +329,7 @@ impl Engine<'_> {
         plan: &Plan,
         options: &TestOptions,
     ) -> Result<Vec<(String, ListedTests)>> {
-        let test_nodes: Vec<usize> = (0..plan.graph.nodes.len())
-            .filter(|&i| matches!(plan.graph.nodes[i].recipe.spec, Spec::Test(_)))
-            .collect();
+        let test_nodes = test_nodes(plan)?;
         let mut listed = Vec::new();
         let mut to_list = Vec::new();
         for &i in &test_nodes {
@@ -314,7 +344,12 @@ impl Engine<'_> {
                     hit.results
                         .tests
                         .into_iter()
-                        .map(|t| (t.name, Listed::Cached))
+                        .map(|t| match t.status {
+                            TestStatus::Skip => {
+                                (t.name, Listed::Skip(t.reason.unwrap_or_default()))
+                            }
+                            _ => (t.name, Listed::Cached),
+                        })
                         .collect(),
                 )),
                 None => to_list.push(i),
@@ -334,29 +369,39 @@ impl Engine<'_> {
         Ok(listed)
     }
 
-    /// The results of test recipe `node` joined from its shards' entries (`--shard`) for
-    /// the current inputs, with the folder holding each test's log.
+    /// The results of test recipe `node` joined from the newest complete set of its
+    /// shards' entries (`--shard`) for the current inputs, published as the recipe's
+    /// results entry (unless a passing one is there), which is returned with them.
     pub fn merged_shards(
         &self,
         plan: &Plan,
         node: usize,
-    ) -> Result<(
-        crate::testing::RunResults,
-        BTreeMap<String, std::path::PathBuf>,
-    )> {
+    ) -> Result<(crate::testing::RunResults, Entry)> {
         let name = &plan.graph.nodes[node].recipe.name;
-        let shards = phase::shards(&self.store, &plan.keys[node])?;
         let mut folders = BTreeMap::new();
         let mut parts = Vec::new();
-        for part in shards {
+        for part in shards::newest_set(&self.store, &plan.keys[node])? {
             for test in &part.results.tests {
                 folders.insert(test.name.clone(), part.entry.path.clone());
             }
             parts.push((part.shard, part.results, part.all));
         }
-        let merged = crate::testing::merge::merge(parts)
-            .map_err(|why| Error::Usage(format!("`{name}`: {why}")))?;
-        Ok((merged, folders))
+        let merged =
+            shards::merge(parts).map_err(|why| Error::Usage(format!("`{name}`: {why}")))?;
+        let inputs = plan.inputs[node].to_value();
+        let entry = shards::publish_joined(
+            &self.store,
+            &plan.keys[node],
+            name,
+            &inputs,
+            &merged,
+            &folders,
+        )
+        .map_err(|source| Error::Test {
+            name: name.clone(),
+            source,
+        })?;
+        Ok((merged, entry))
     }
 
     /// The key inputs of the booted environment (VM snapshot) test recipe `node` starts

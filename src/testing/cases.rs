@@ -11,8 +11,8 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::phase::RECIPE_KEY;
 use super::runner::{Artifacts, TestError};
+use super::shards::RECIPE_KEY;
 use super::{Status, TestResult};
 use crate::format::bundle::{TestMeta, SHARED_SHA256};
 use crate::fsio::io_err;
@@ -239,7 +239,7 @@ pub(crate) fn entry_name(recipe: &str, test: &str) -> String {
 
 /// Copies a result's logs (its own and its earlier tries') from the entry `from` to
 /// the one staged at `to`.
-fn copy_logs(result: &TestResult, from: &Path, to: &Path) -> Result<(), TestError> {
+pub(crate) fn copy_logs(result: &TestResult, from: &Path, to: &Path) -> Result<(), TestError> {
     let logs = std::iter::once(&result.log).chain(result.earlier.iter().map(|a| &a.log));
     for log in logs.filter(|l| !l.is_empty()) {
         // A log is `tests/<file>`: anything else in a stored result is not followed.

@@ -8,14 +8,14 @@
 use std::path::Path;
 use std::time::Instant;
 
-use super::cases::{entry_name, Cases};
+use super::cases::Cases;
 use super::results::{read_results, write_results};
 use super::runner::{self, Artifacts, ListedTests, Policy, RunOptions, TestError};
-use super::select::{Selection, Shard};
+use super::select::Selection;
+use super::shards;
 use super::warm::Warm;
 use super::{RunResults, Status as TestStatus, TestResult};
 use crate::fsio::io_err;
-use crate::hashing::sha256_hex;
 use crate::recipe::TestSpec;
 use crate::store::{Entry, Manifest, Status, Store, StoreError};
 use crate::vm::Accel;
@@ -81,21 +81,7 @@ pub(crate) fn results_entry(
     }
     Some(match selection.shard {
         None => (key.to_string(), name.to_string()),
-        Some(shard) => {
-            let durations: Vec<(&str, f64)> = previous
-                .map(|p| {
-                    p.tests
-                        .iter()
-                        .map(|t| (t.name.as_str(), t.duration))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let cut = serde_json::to_string(&durations).expect("durations serialize");
-            (
-                sha256_hex(format!("{key}\n{}\n{cut}", shard.label()).as_bytes()),
-                entry_name(name, &shard.label()),
-            )
-        }
+        Some(shard) => shards::entry_of(key, name, shard, previous),
     })
 }
 
@@ -204,10 +190,8 @@ pub(crate) fn run(store: &Store, job: &Job, hooks: &Hooks) -> Result<Tested, Tes
         let details = &mut manifest.head.details;
         details.insert("accel".into(), serde_json::json!(job.accel.name()));
         if let Some(shard) = job.policy.selection.shard {
-            details.insert(RECIPE_KEY.into(), serde_json::json!(job.key));
-            details.insert(SHARD.into(), serde_json::json!([shard.index, shard.count]));
             let all = runner::bundle_test_names(job.artifacts)?;
-            details.insert(SHARD_OF.into(), serde_json::json!(all));
+            details.extend(shards::details(job.key, shard, previous, all));
         }
         fresh = Some(results);
         Ok::<_, TestError>(manifest)
@@ -229,52 +213,6 @@ pub(crate) fn run(store: &Store, job: &Job, hooks: &Hooks) -> Result<Tested, Tes
         cached: reused,
     })
 }
-
-/// One shard's results entry.
-pub(crate) struct ShardResults {
-    pub shard: Shard,
-    pub results: RunResults,
-    /// All the recipe's tests, which the shards together cover.
-    pub all: Vec<String>,
-    pub entry: Entry,
-}
-
-/// The shards of the run of the recipe under `key` in the store, each with its results
-/// and its entry (any status: a failed shard is part of the report).
-pub(crate) fn shards(store: &Store, key: &str) -> Result<Vec<ShardResults>, StoreError> {
-    let mut found = Vec::new();
-    for entry in store.entries()? {
-        let details = &entry.manifest.details;
-        if entry.manifest.kind != "test" || details.get(RECIPE_KEY) != Some(&serde_json::json!(key))
-        {
-            continue;
-        }
-        let Some([index, count]) = details
-            .get(SHARD)
-            .and_then(|s| serde_json::from_value::<[u32; 2]>(s.clone()).ok())
-        else {
-            continue;
-        };
-        let all = details
-            .get(SHARD_OF)
-            .and_then(|a| serde_json::from_value::<Vec<String>>(a.clone()).ok())
-            .unwrap_or_default();
-        found.push(ShardResults {
-            shard: Shard { index, count },
-            results: read_results(&entry)?,
-            all,
-            entry,
-        });
-    }
-    Ok(found)
-}
-
-/// In a shard's manifest (and a test's own entry): the key of the recipe it is a part of;
-/// in a shard's, also `[K, N]` and the names of all the recipe's tests (which the parts
-/// together must cover).
-pub(crate) const RECIPE_KEY: &str = "recipe_key";
-pub(crate) const SHARD: &str = "shard";
-const SHARD_OF: &str = "shard_of";
 
 /// Runs the tests with their logs and consoles going to `out` (the staged entry), in
 /// the order `previous` gives; we hold the lock of `locked`.

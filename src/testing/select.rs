@@ -33,6 +33,9 @@ impl Order {
     }
 }
 
+/// The most parts a suite is cut into.
+const MAX_SHARDS: u32 = 1000;
+
 /// Part `index` (1-based) of `count` equal-effort parts of the tests (`--shard K/N`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shard {
@@ -41,15 +44,19 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// `K/N`, with 1 <= K <= N.
+    /// `K/N`, with 1 <= K <= N <= `MAX_SHARDS`.
     pub fn parse(text: &str) -> Result<Shard, String> {
-        let bad = || format!("`{text}` is not a shard: write K/N, with 1 <= K <= N (e.g. 2/3)");
+        let bad = || {
+            format!(
+                "`{text}` is not a shard: write K/N, with 1 <= K <= N <= {MAX_SHARDS} (e.g. 2/3)"
+            )
+        };
         let (k, n) = text.split_once('/').ok_or_else(bad)?;
         let (index, count) = (
             k.trim().parse::<u32>().map_err(|_| bad())?,
             n.trim().parse::<u32>().map_err(|_| bad())?,
         );
-        if index == 0 || index > count {
+        if index == 0 || index > count || count > MAX_SHARDS {
             return Err(bad());
         }
         Ok(Shard { index, count })
@@ -196,7 +203,7 @@ mod tests {
     #[test]
     fn shard_and_order_arguments_are_checked() {
         assert_eq!(Shard::parse("2/3"), Ok(Shard { index: 2, count: 3 }));
-        for bad in ["0/3", "4/3", "3", "a/b", "1/0"] {
+        for bad in ["0/3", "4/3", "3", "a/b", "1/0", "1/4294967295"] {
             assert!(Shard::parse(bad).is_err(), "{bad}");
         }
         assert!(Order::parse("fastest")
