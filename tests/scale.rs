@@ -1,67 +1,15 @@
 //! Test suites at scale, real qemu (TCG here): per-test results reused across runs, VMs
-//! sharing a queue, a VM killed from outside replaced, retries and flaky tests, shards.
-//! qemu wrappers on PATH count VM starts (and, for the flaky test, vary the first boot)
-//! without trusting vmbuild's own account.
+//! sharing a queue, a VM killed from outside replaced, retries and flaky tests. qemu
+//! wrappers on PATH count VM starts (and, for the flaky test, vary the first boot) without
+//! trusting vmbuild's own account.
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{boots, counting_qemu, junit_counts, which, TestProject};
-
-/// Writes the bundle `<suite>-tests` of `tests` (name, script) and the test recipe
-/// `<suite>` (Debian's kernel, the busybox root) with `vm` lines in its `[vm]`.
-fn suite(p: &TestProject, suite: &str, tests: &[(&str, &str)], vm: &str) {
-    for (name, script) in tests {
-        p.write_exec(&format!("tests/{suite}/{name}"), script);
-    }
-    p.write(
-        &format!("recipes/{suite}-tests.toml"),
-        &format!("kind = \"bundle\"\ntests = \"../tests/{suite}\"\n"),
-    );
-    p.write(
-        &format!("recipes/{suite}.toml"),
-        &format!(
-            "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"busybox-rootfs\"\n\
-             bundles = [\"{suite}-tests\"]\ntimeout = \"60s\"\n[vm]\n{vm}\n"
-        ),
-    );
-}
-
-/// The results of the (first) recipe of a `--json` run, as the store holds them.
-fn results_of(run: &common::Run) -> serde_json::Value {
-    let line = &run.json_lines()[0];
-    serde_json::json!({ "tests": line["tests"], "summary": line["summary"] })
-}
-
-fn test<'a>(results: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    results["tests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == name)
-        .unwrap_or_else(|| panic!("no {name} in {results}"))
-}
-
-/// `name status` per test, sorted.
-fn statuses(results: &serde_json::Value) -> Vec<String> {
-    let mut all: Vec<String> = results["tests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            format!(
-                "{} {}",
-                t["name"].as_str().unwrap(),
-                t["status"].as_str().unwrap()
-            )
-        })
-        .collect();
-    all.sort();
-    all
-}
+use common::suites::{qemu_wrapper, results_of, statuses, suite, test};
+use common::{boots, counting_qemu, TestProject};
 
 fn sleeper(seconds: &str) -> String {
     format!("#!/bin/sh\necho sleeping {seconds}\nsleep {seconds}\n")
@@ -183,17 +131,14 @@ fn one_and_three_vms_give_the_same_results_and_a_changed_test_alone_runs_again()
 
 /// A qemu wrapper that records each VM's pid (qemu keeps the wrapper's: exec).
 fn pid_recording_qemu() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let real = which("qemu-system-x86_64").expect("qemu-system-x86_64 is installed");
+    let dir = qemu_wrapper(|real, dir| {
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *-kernel*) echo $$ >> '{}' ;; esac\nexec '{}' \"$@\"\n",
+            dir.join("pids").display(),
+            real.display()
+        )
+    });
     let pids = dir.path().join("pids");
-    let script = format!(
-        "#!/bin/sh\ncase \"$*\" in *-kernel*) echo $$ >> '{}' ;; esac\nexec '{}' \"$@\"\n",
-        pids.display(),
-        real.display()
-    );
-    let wrapper = dir.path().join("qemu-system-x86_64");
-    std::fs::write(&wrapper, script).unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     (dir, pids)
 }
 
@@ -266,11 +211,9 @@ fn a_vm_killed_mid_test_is_replaced_and_its_test_passes_on_requeue() {
 
 /// A qemu wrapper whose first VM's kernel command line carries `vmbuild_flaky=fail`.
 fn first_boot_failing_qemu() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let real = which("qemu-system-x86_64").expect("qemu-system-x86_64 is installed");
-    let count = dir.path().join("count");
-    let script = format!(
-        r#"#!/bin/bash
+    qemu_wrapper(|real, dir| {
+        format!(
+            r#"#!/bin/bash
 case "$*" in *-kernel*) ;; *) exec '{real}' "$@" ;; esac
 n=$(cat '{count}' 2>/dev/null || echo 0)
 echo $((n + 1)) > '{count}'
@@ -283,13 +226,10 @@ for a in "$@"; do
 done
 exec '{real}' "${{args[@]}}"
 "#,
-        real = real.display(),
-        count = count.display()
-    );
-    let wrapper = dir.path().join("qemu-system-x86_64");
-    std::fs::write(&wrapper, script).unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
+            real = real.display(),
+            count = dir.join("count").display()
+        )
+    })
 }
 
 #[test]
@@ -345,196 +285,4 @@ fn a_test_that_fails_once_then_passes_is_flaky_and_flaky_fails_makes_it_a_failur
         run.stdout
     );
     assert!(run.stdout.contains("--flaky-fails"), "{}", run.stdout);
-}
-
-#[test]
-fn shards_cover_every_test_exactly_once_and_merge_into_one_junit_file() {
-    let p = TestProject::shared();
-    let names = ["h-1", "h-2", "h-3", "h-4", "h-5"];
-    let tests: Vec<(&str, String)> = names
-        .iter()
-        .map(|n| (*n, format!("#!/bin/sh\necho {n}\n")))
-        .collect();
-    let refs: Vec<(&str, &str)> = tests.iter().map(|(n, s)| (*n, s.as_str())).collect();
-    suite(
-        &p,
-        "scale-shard",
-        &refs,
-        "cmdline = \"vmbuild.suite=scale-shard\"",
-    );
-    let mut seen: Vec<String> = Vec::new();
-    for shard in ["1/3", "2/3", "3/3"] {
-        let run = p
-            .run(&["test", "-f", "--json", "--shard", shard, "scale-shard"])
-            .expect(0);
-        let results = results_of(&run);
-        seen.extend(statuses(&results));
-    }
-    seen.sort();
-    let expected: Vec<String> = names.iter().map(|n| format!("{n} pass")).collect();
-    assert_eq!(seen, expected, "every test in exactly one shard");
-
-    let junit = p.path("merged.xml");
-    let merged = p.run(&[
-        "results",
-        "--merge",
-        "scale-shard",
-        "--junit",
-        junit.to_str().unwrap(),
-    ]);
-    let merged = merged.expect(0);
-    assert!(
-        merged.stdout.contains("5 passed, 0 failed"),
-        "{}",
-        merged.stdout
-    );
-    if let Some(counts) = junit_counts(&junit) {
-        assert_eq!(counts, "5 0 0 0");
-    }
-}
-
-#[test]
-fn selection_runs_some_tests_in_a_reproducible_order() {
-    let p = TestProject::shared();
-    let names = ["o-a", "o-b", "o-c", "o-d", "x-skip"];
-    let tests: Vec<(&str, String)> = names
-        .iter()
-        .map(|n| (*n, format!("#!/bin/sh\necho {n}\n")))
-        .collect();
-    let refs: Vec<(&str, &str)> = tests.iter().map(|(n, s)| (*n, s.as_str())).collect();
-    suite(
-        &p,
-        "scale-select",
-        &refs,
-        "cmdline = \"vmbuild.suite=scale-select\"",
-    );
-    let order = |seed: &str| -> Vec<String> {
-        let run = p
-            .run(&[
-                "test",
-                "-f",
-                "--filter",
-                "o-*",
-                "--order",
-                "random",
-                "--seed",
-                seed,
-                "--iterate",
-                "2",
-                "scale-select",
-            ])
-            .expect(0);
-        assert!(
-            run.stderr.contains(&format!("seed {seed}")),
-            "{}",
-            run.stderr
-        );
-        run.stdout
-            .lines()
-            .filter(|l| l.starts_with("PASS"))
-            .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
-            .collect()
-    };
-    let first = order("42");
-    assert_eq!(first.len(), 8, "{first:?}");
-    assert!(
-        first.iter().all(|t| t.starts_with("scale-select/o-")),
-        "{first:?}"
-    );
-    assert!(
-        first.contains(&"scale-select/o-a#2".to_string()),
-        "{first:?}"
-    );
-    // One VM takes them in the queue's order, so the same seed gives the same lines.
-    assert_eq!(order("42"), first);
-    let excluded = p
-        .run(&["test", "--exclude", "o-*", "scale-select"])
-        .expect(0);
-    assert!(excluded.stdout.contains("x-skip"), "{}", excluded.stdout);
-    assert!(!excluded.stdout.contains("o-a"), "{}", excluded.stdout);
-}
-
-/// A qemu wrapper that logs `start <ns>` and `end <ns>` around each VM it runs.
-fn timing_qemu() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let real = which("qemu-system-x86_64").expect("qemu-system-x86_64 is installed");
-    let log = dir.path().join("vms.log");
-    let script = format!(
-        "#!/bin/sh\ncase \"$*\" in *-kernel*) ;; *) exec '{real}' \"$@\" ;; esac\n\
-         echo \"start $(date +%s%N) $*\" >> '{log}'\n'{real}' \"$@\"\nrc=$?\n\
-         echo \"end $(date +%s%N) $*\" >> '{log}'\nexit $rc\n",
-        real = real.display(),
-        log = log.display()
-    );
-    let wrapper = dir.path().join("qemu-system-x86_64");
-    std::fs::write(&wrapper, script).unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    (dir, log)
-}
-
-/// When the VM whose command line holds `marker` started and ended (ns).
-fn vm_span(log: &Path, marker: &str) -> (u128, u128) {
-    let text = std::fs::read_to_string(log).unwrap();
-    let at = |word: &str| -> u128 {
-        text.lines()
-            .find(|l| l.starts_with(word) && l.contains(marker))
-            .unwrap_or_else(|| panic!("no {word} of {marker} in {text}"))
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    (at("start "), at("end "))
-}
-
-#[test]
-fn jobs_run_independent_recipes_side_by_side_and_after_still_waits() {
-    let p = TestProject::shared();
-    let sleepy = "#!/bin/sh\nsleep 3\n";
-    suite(
-        &p,
-        "scale-j1",
-        &[("one", sleepy)],
-        "cmdline = \"vmbuild.suite=scale-j1\"",
-    );
-    suite(
-        &p,
-        "scale-j2",
-        &[("two", sleepy)],
-        "cmdline = \"vmbuild.suite=scale-j2\"",
-    );
-    suite(
-        &p,
-        "scale-j3",
-        &[("three", sleepy)],
-        "cmdline = \"vmbuild.suite=scale-j3\"",
-    );
-    // scale-j3 comes after scale-j1.
-    let recipe = p.path("recipes/scale-j3.toml");
-    let text = std::fs::read_to_string(&recipe).unwrap();
-    std::fs::write(
-        &recipe,
-        text.replace("[vm]", "after = [\"scale-j1\"]\n[vm]"),
-    )
-    .unwrap();
-    let (qemu_dir, log) = timing_qemu();
-    p.run_with_path(
-        qemu_dir.path(),
-        &["test", "-f", "-j", "2", "scale-j1", "scale-j2", "scale-j3"],
-    )
-    .expect(0);
-    let (one, two, three) = (
-        vm_span(&log, "vmbuild.suite=scale-j1"),
-        vm_span(&log, "vmbuild.suite=scale-j2"),
-        vm_span(&log, "vmbuild.suite=scale-j3"),
-    );
-    assert!(
-        two.0 < one.1 && one.0 < two.1,
-        "j1 and j2 ran side by side: {one:?} {two:?}"
-    );
-    assert!(
-        three.0 >= one.1,
-        "j3 started after j1 ended: {one:?} {three:?}"
-    );
 }

@@ -106,7 +106,7 @@ fn duration_changes(durations: &[DurationChange]) -> String {
     for d in durations {
         let percent = match d.percent() {
             Some(p) => format!("{p:+.0}%"),
-            None => "new".into(),
+            None => "-".into(),
         };
         text.push_str(&format!(
             "  {:>+9.2}s  {percent:>6}  {:>8.2}s -> {:>8.2}s  {}\n",

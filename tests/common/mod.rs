@@ -2,6 +2,8 @@
 //! smoke tests, vmbuild.lock) and the real `vmbuild` binary run against it.
 #![allow(dead_code)]
 
+pub mod suites;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
