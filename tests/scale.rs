@@ -259,7 +259,7 @@ fn a_test_that_fails_once_then_passes_is_flaky_and_flaky_fails_makes_it_a_failur
     assert_eq!(results["summary"]["flaky"], 1, "{results}");
     assert_eq!(results["summary"]["passed"], 1, "{results}");
     let entry = PathBuf::from(run.json_lines()[0]["path"].as_str().unwrap());
-    let first = std::fs::read_to_string(entry.join("tests/wobbly.try1.log")).unwrap();
+    let first = std::fs::read_to_string(entry.join("tests/tries/wobbly.1.log")).unwrap();
     assert!(first.contains("first try fails"), "{first}");
     let last = std::fs::read_to_string(entry.join("tests/wobbly.log")).unwrap();
     assert!(last.contains("passes"), "{last}");

@@ -13,7 +13,6 @@ use crate::hashing::stat_cache_name;
 use crate::recipe::units;
 use crate::recipe::{Fetch, KernelSpec, Spec};
 use crate::store::Entry;
-use crate::testing::read_results;
 use crate::testing::shards::RECIPE_KEY;
 
 #[derive(Args)]
@@ -26,15 +25,15 @@ pub struct GcArgs {
     keep_unreachable: bool,
 }
 
-/// A shard's results entry (`--shard`) or a test's own result entry of a recipe whose key
-/// is kept.
-fn is_part_of_kept(entry: &Entry, keep: &BTreeSet<String>) -> bool {
-    entry
-        .manifest
-        .details
-        .get(RECIPE_KEY)
-        .and_then(|k| k.as_str())
-        .is_some_and(|k| keep.contains(k))
+/// A shard's results entry (`--shard`) of a recipe whose key is kept.
+fn is_shard_of_kept(entry: &Entry, keep: &BTreeSet<String>) -> bool {
+    entry.manifest.kind == "test"
+        && entry
+            .manifest
+            .details
+            .get(RECIPE_KEY)
+            .and_then(|k| k.as_str())
+            .is_some_and(|k| keep.contains(k))
 }
 
 pub fn run(global: &Global, reporter: &Renderer, args: GcArgs) -> Result<i32, Error> {
@@ -54,21 +53,15 @@ pub fn run(global: &Global, reporter: &Renderer, args: GcArgs) -> Result<i32, Er
         .as_ref()
         .map(|plan| -> Result<BTreeSet<String>, Error> {
             let mut keep: BTreeSet<String> = plan.keys.iter().cloned().collect();
-            // The booted environments the test recipes start from.
+            // The booted environments the test recipes start from, and the tests' own
+            // results their next runs would reuse.
             keep.extend(engine.environment_keys(plan));
+            keep.extend(engine.test_case_keys(plan)?);
             let entries = engine.store.entries()?;
-            // The shards and the tests' own result entries of the current test recipes,
-            // and the tests' entries that kept results name (reused from older keys).
+            // The shards of the current test recipes.
             for entry in &entries {
-                if is_part_of_kept(entry, &keep) {
+                if is_shard_of_kept(entry, &keep) {
                     keep.insert(entry.manifest.key.clone());
-                }
-            }
-            for entry in &entries {
-                if entry.manifest.kind == "test" && keep.contains(&entry.manifest.key) {
-                    if let Ok(results) = read_results(entry) {
-                        keep.extend(results.tests.into_iter().filter_map(|t| t.key));
-                    }
                 }
             }
             // Unpacked kernel sources are kept while any kernel recipe still builds from them.

@@ -91,6 +91,8 @@ pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, 
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
     if args.order == Order::Random {
         eprintln!("order: random, seed {seed} (--seed {seed} repeats it)");
+    } else if args.seed.is_some() {
+        eprintln!("note: --seed only matters with --order random");
     }
     let selection = Selection {
         include: Selection::globs(&args.filter).map_err(Error::Usage)?,
@@ -158,7 +160,7 @@ pub fn run(global: &Global, reporter: &Renderer, args: TestArgs) -> Result<i32, 
             match (&t.entry, &t.folder) {
                 (Some(entry), _) => eprintln!("{}: results in {}", t.name, entry.path.display()),
                 (None, Some(folder)) => eprintln!(
-                    "{}: results in {} (a selection of the tests: each test's result is stored, not the recipe's)",
+                    "{}: results in {} (not all of the tests, or repeated: the recipe's results are not stored)",
                     t.name,
                     folder.display()
                 ),

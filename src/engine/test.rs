@@ -10,8 +10,8 @@ use crate::report::Event;
 use crate::store::Entry;
 use crate::testing::phase::{self, Hooks, Job};
 use crate::testing::runner::{Artifacts, Listed, ListedTests, Policy};
-use crate::testing::shards;
 use crate::testing::warm;
+use crate::testing::{cases, shards};
 use crate::testing::{Status as TestStatus, TestResult};
 use crate::vm;
 
@@ -438,6 +438,43 @@ impl Engine<'_> {
         )
         .ok()
         .flatten()
+    }
+
+    /// The keys of the own result entries of every test of the plan's test recipes whose
+    /// bundles are built: what their next runs would reuse, so what `gc` keeps.
+    pub fn test_case_keys(&self, plan: &Plan) -> Result<BTreeSet<String>> {
+        let mut keys = BTreeSet::new();
+        for (i, node) in plan.graph.nodes.iter().enumerate() {
+            let Spec::Test(spec) = &node.recipe.spec else {
+                continue;
+            };
+            let mut bundles = Vec::new();
+            for bundle in &spec.bundles {
+                let entry = plan
+                    .graph
+                    .index_of(&bundle.name)
+                    .and_then(|idx| self.store.get(&plan.keys[idx], &bundle.name).ok().flatten());
+                bundles.extend(entry.map(|e| (bundle.name.as_str(), e)));
+            }
+            if bundles.len() != spec.bundles.len() {
+                continue;
+            }
+            let refs: Vec<(&str, &Entry)> = bundles.iter().map(|(n, e)| (*n, e)).collect();
+            let inputs = plan.inputs[i].to_value();
+            let found = cases::all_keys(
+                &self.store,
+                &node.recipe.name,
+                &plan.keys[i],
+                &inputs,
+                &refs,
+            )
+            .map_err(|source| Error::Test {
+                name: node.recipe.name.clone(),
+                source,
+            })?;
+            keys.extend(found);
+        }
+        Ok(keys)
     }
 
     /// The keys of the booted environments the plan's test recipes start from, under

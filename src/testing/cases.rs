@@ -11,13 +11,14 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::runner::{Artifacts, TestError};
+use super::queue::bundle_tests;
+use super::runner::TestError;
 use super::shards::RECIPE_KEY;
 use super::{Status, TestResult};
 use crate::format::bundle::{TestMeta, SHARED_SHA256};
 use crate::fsio::io_err;
 use crate::hashing::sha256_hex;
-use crate::store::{Manifest, Status as EntryStatus, Store, StoreError};
+use crate::store::{Entry, Manifest, Status as EntryStatus, Store, StoreError};
 
 /// The test's result in its entry.
 const RESULT_JSON: &str = "result.json";
@@ -53,7 +54,7 @@ impl<'a> Cases<'a> {
         recipe: &'a str,
         recipe_key: &'a str,
         inputs: &Value,
-        artifacts: &Artifacts,
+        bundles: &[(&str, &Entry)],
         flaky_fails: bool,
     ) -> Cases<'a> {
         let mut base = inputs.clone();
@@ -68,8 +69,8 @@ impl<'a> Cases<'a> {
             })
             .unwrap_or_default();
         if let Some(deps) = base.get_mut("deps").and_then(Value::as_object_mut) {
-            let bundles = artifacts.bundles.iter().map(|(name, _)| name.to_string());
-            for dep in bundles.chain(after) {
+            let names = bundles.iter().map(|(name, _)| name.to_string());
+            for dep in names.chain(after) {
                 deps.remove(&dep);
             }
         }
@@ -79,8 +80,7 @@ impl<'a> Cases<'a> {
             recipe.remove("bundles");
             recipe.remove("after");
         }
-        let bundles = artifacts
-            .bundles
+        let bundles = bundles
             .iter()
             .map(|(name, entry)| {
                 let shared = entry
@@ -222,6 +222,22 @@ impl<'a> Cases<'a> {
     }
 }
 
+/// The keys of the own result entries of every test of a recipe (`inputs`, its key inputs)
+/// whose bundles are `bundles`: what a run would look up, so what `gc` keeps.
+pub(crate) fn all_keys(
+    store: &Store,
+    recipe: &str,
+    recipe_key: &str,
+    inputs: &Value,
+    bundles: &[(&str, &Entry)],
+) -> Result<Vec<String>, TestError> {
+    let cases = Cases::new(store, recipe, recipe_key, inputs, bundles, false);
+    Ok(bundle_tests(bundles)?
+        .iter()
+        .map(|(bundle, meta)| cases.key(bundle, meta).key)
+        .collect())
+}
+
 /// `<recipe>.<part>` (a test, a shard), or when that is too long for an entry name, the
 /// recipe's start and a digest of the part.
 pub(crate) fn entry_name(recipe: &str, test: &str) -> String {
@@ -242,14 +258,16 @@ pub(crate) fn entry_name(recipe: &str, test: &str) -> String {
 pub(crate) fn copy_logs(result: &TestResult, from: &Path, to: &Path) -> Result<(), TestError> {
     let logs = std::iter::once(&result.log).chain(result.earlier.iter().map(|a| &a.log));
     for log in logs.filter(|l| !l.is_empty()) {
-        // A log is `tests/<file>`: anything else in a stored result is not followed.
-        let plain = log
+        // A log is `tests/<file>` or `tests/tries/<file>`: anything else in a stored
+        // result is not followed.
+        let file = log
             .strip_prefix("tests/")
-            .is_some_and(|file| !file.is_empty() && !file.contains('/') && file != "..");
+            .map(|rest| rest.strip_prefix("tries/").unwrap_or(rest));
+        let plain = file.is_some_and(|f| !f.is_empty() && !f.contains('/') && f != "..");
         if !plain {
             return Err(TestError::Store(StoreError::BadManifest {
                 path: from.join(RESULT_JSON),
-                message: format!("the log `{log}` is not a file in tests/"),
+                message: format!("the log `{log}` is not a file in tests/ or tests/tries/"),
             }));
         }
         let (source, target) = (from.join(log), to.join(log));
@@ -264,7 +282,6 @@ pub(crate) fn copy_logs(result: &TestResult, from: &Path, to: &Path) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Entry;
 
     fn bundle_entry(key: &str, shared: &str) -> Entry {
         let mut manifest = Manifest::new("b", "bundle", key, json!({}));
@@ -293,13 +310,7 @@ mod tests {
     fn keys(inputs: &Value, bundle: &Entry, a_sha: &str) -> (String, String) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let (kernel, rootfs) = (bundle_entry("k", ""), bundle_entry("r", ""));
-        let artifacts = Artifacts {
-            kernel: &kernel,
-            rootfs: &rootfs,
-            bundles: vec![("b", bundle)],
-        };
-        let cases = Cases::new(&store, "suite", "rk", inputs, &artifacts, false);
+        let cases = Cases::new(&store, "suite", "rk", inputs, &[("b", bundle)], false);
         (
             cases.key("b", &meta("a", a_sha)).key,
             cases.key("b", &meta("b", "b1")).key,

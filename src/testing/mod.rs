@@ -6,7 +6,7 @@
 
 pub mod agent;
 mod capture;
-mod cases;
+pub(crate) mod cases;
 pub(crate) mod compare;
 pub(crate) mod exec;
 mod kernel_modules;
@@ -113,7 +113,7 @@ pub struct TestResult {
 pub struct Attempt {
     pub status: Status,
     pub duration: f64,
-    /// Its output, relative to the results entry (`tests/<name>.try<N>.log`).
+    /// Its output, relative to the results entry (`tests/tries/<name>.<N>.log`).
     pub log: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,

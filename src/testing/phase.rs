@@ -129,7 +129,7 @@ fn cases_of<'a>(store: &'a Store, job: &'a Job) -> Option<Cases<'a>> {
             job.name,
             job.key,
             job.inputs,
-            job.artifacts,
+            &job.artifacts.bundles,
             job.policy.flaky_fails,
         )
     })

@@ -8,11 +8,12 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use super::cases::CaseKey;
-use super::runner::{Artifacts, TestError};
+use super::runner::TestError;
 use super::select::{order, shard_of, Selection};
 use super::{Attempt, RunResults, Status, TestResult};
 use crate::format::bundle::{TestMeta, TESTS_JSON};
 use crate::fsio::io_err;
+use crate::store::Entry;
 
 /// One test waiting in the queue.
 #[derive(Clone)]
@@ -38,10 +39,10 @@ pub(crate) struct Plan {
 
 /// Every test of the run's bundles, with the bundle it comes from, in bundle order.
 pub(crate) fn bundle_tests<'a>(
-    artifacts: &Artifacts<'a>,
+    bundles: &[(&'a str, &'a Entry)],
 ) -> Result<Vec<(&'a str, TestMeta)>, TestError> {
     let mut tests: Vec<(&str, TestMeta)> = Vec::new();
-    for (bundle, entry) in &artifacts.bundles {
+    for &(bundle, entry) in bundles {
         let tests_json = entry.path.join(TESTS_JSON);
         let bytes = fs_err::read(&tests_json).map_err(io_err("read", &tests_json))?;
         let metas: Vec<TestMeta> = serde_json::from_slice(&bytes)

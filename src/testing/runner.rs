@@ -206,19 +206,16 @@ fn plan_tests(
     };
     let case = |bundle: &str, meta: &TestMeta| cases.map(|c| c.key(bundle, meta));
     let plan = queue::plan(
-        bundle_tests(artifacts)?,
+        bundle_tests(&artifacts.bundles)?,
         &offer,
         previous,
         &policy.selection,
         &case,
     );
-    if plan.order.is_empty() && !policy.selection.include.is_empty() {
+    let selection = &policy.selection;
+    if plan.order.is_empty() && !(selection.include.is_empty() && selection.exclude.is_empty()) {
         return Err(TestError::Unsupported(format!(
-            "no test of `{recipe}` matches --filter{}",
-            match policy.selection.exclude.is_empty() {
-                true => "",
-                false => " (less --exclude)",
-            }
+            "no test of `{recipe}` is left by --filter and --exclude"
         )));
     }
     Ok(plan)
@@ -367,7 +364,7 @@ pub(crate) fn available_mb() -> Option<u64> {
 
 /// Every test of the run's bundles (for results of tests that do not run).
 pub(crate) fn bundle_test_names(artifacts: &Artifacts) -> Result<Vec<String>, TestError> {
-    Ok(bundle_tests(artifacts)?
+    Ok(bundle_tests(&artifacts.bundles)?
         .into_iter()
         .map(|(_, meta)| meta.name)
         .collect())

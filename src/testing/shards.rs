@@ -193,7 +193,8 @@ pub fn merge(shards: Vec<(Shard, RunResults, Vec<String>)>) -> Result<RunResults
         .collect();
     if !missing.is_empty() {
         return Err(format!(
-            "shard(s) {} have no results for the current inputs: run `vmbuild test --shard K/N` for them",
+            "shard(s) {} have no results for the current inputs cut from the same durations as \
+             the others: run every part from one cache (`vmbuild test --shard K/N`)",
             missing.join(", ")
         ));
     }

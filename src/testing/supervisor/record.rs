@@ -98,8 +98,11 @@ impl VmRun<'_> {
             Verdict::Final(status, reason) => (status, reason),
             Verdict::Retry(reason) => {
                 let tries = failed_before + 1;
-                let kept = format!("tests/{}.try{tries}.log", test.name);
+                // In a folder of their own: no test's name reaches them.
+                let kept = format!("tests/tries/{}.{tries}.log", test.name);
                 let kept_path = self.opts.out.join(&kept);
+                let tries_dir = self.opts.out.join("tests/tries");
+                fs_err::create_dir_all(&tries_dir).map_err(io_err("create", &tries_dir))?;
                 fs_err::rename(&path, &kept_path).map_err(io_err("rename", &path))?;
                 (self.opts.notice)(&format!(
                     "{}: {} on try {tries}; it runs again in a fresh VM (retry {tries} of {})",
