@@ -92,19 +92,24 @@ run_test() {
     # 3>&-: the test does not get the agent's channel.
     (cd "${path%/*}" && export PATH="$test_path" && exec setsid "$path") >"$log" 2>&1 </dev/null 3>&- &
     pid=$!
-    (sleep "$limit"; : >"$marker"; kill -9 -"$pid" 2>/dev/null; kill -9 "$pid" 2>/dev/null) &
+    # The watchdog and the heartbeat (the host replaces a VM that goes silent while a
+    # test runs) each lead a process group, killed whole: no orphan of theirs (a `sleep`)
+    # ends later. PID 1 reaps every orphan, and the signal of one can cut short the
+    # agent's read of its next command.
+    setsid sh -c 'sleep "$1"; : >"$2"; kill -9 -"$3" 2>/dev/null; kill -9 "$3" 2>/dev/null' \
+        watchdog "$limit" "$marker" "$pid" &
     watchdog=$!
-    # The heartbeat: the host replaces a VM that goes silent while a test runs.
-    (while sleep 2; do say "VMBUILD ALIVE"; done) &
+    setsid sh -c 'while sleep 2; do printf "VMBUILD ALIVE\n"; done' >&3 &
     beat=$!
     wait "$pid"
     rc=$?
     # Gone before anything else writes to the channel; the line end closes what a kill
     # in the middle of a write left of its line (the host ignores an empty line).
-    kill "$beat" 2>/dev/null
+    kill -9 -"$beat" "$beat" 2>/dev/null
     wait "$beat" 2>/dev/null
     printf '\n' >&3
-    kill "$watchdog" 2>/dev/null
+    kill -9 -"$watchdog" "$watchdog" 2>/dev/null
+    wait "$watchdog" 2>/dev/null
     # What the test left running in its group goes with it, not into the next test.
     kill -9 -"$pid" 2>/dev/null
     # Relay the start of the output, each line cut at maxline; a flood is not sent on.
@@ -199,7 +204,10 @@ say "VMBUILD READY $(uname -r)"
 # The host answers WAKE. The VM may be saved while it waits here and many VMs restored
 # from that state: each gets host randomness for its random pool (a kernel with a VM
 # generation ID reseeds at once on restore too) and the time, which the state froze.
-while IFS=' ' read -r cmd seed now <&3; do
+# A read cut short by a signal is tried again; a channel that keeps failing ends the wait.
+failed=0
+while [ "$failed" -lt 100 ]; do
+    IFS=' ' read -r cmd seed now <&3 || { failed=$((failed + 1)); continue; }
     [ "$cmd" = WAKE ] && break
 done
 printf '%s\n' "$seed" >/dev/urandom
@@ -209,7 +217,11 @@ case "$now" in
 esac
 while :; do
     say "VMBUILD NEXT"
-    IFS=' ' read -r cmd name limit path <&3 || break
+    failed=0
+    until IFS=' ' read -r cmd name limit path <&3; do
+        failed=$((failed + 1))
+        [ "$failed" -lt 100 ] || break 2
+    done
     case "$cmd" in
         RUN) run_test "$name" "$limit" "$path" ;;
         EXEC) run_exec "$name" ;;
