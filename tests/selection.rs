@@ -6,22 +6,17 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::suites::{qemu_wrapper, results_of, statuses, suite};
+use common::suites::{echo_suite, qemu_wrapper, results_of, statuses, suite};
 use common::{junit_counts, TestProject};
 
 #[test]
 fn shards_cover_every_test_exactly_once_and_merge_into_one_junit_file() {
     let p = TestProject::shared();
     let names = ["h-1", "h-2", "h-3", "h-4", "h-5"];
-    let tests: Vec<(&str, String)> = names
-        .iter()
-        .map(|n| (*n, format!("#!/bin/sh\necho {n}\n")))
-        .collect();
-    let refs: Vec<(&str, &str)> = tests.iter().map(|(n, s)| (*n, s.as_str())).collect();
-    suite(
+    echo_suite(
         &p,
         "scale-shard",
-        &refs,
+        &names,
         "cmdline = \"vmbuild.suite=scale-shard\"",
     );
     let mut seen: Vec<String> = Vec::new();
@@ -59,15 +54,10 @@ fn shards_cover_every_test_exactly_once_and_merge_into_one_junit_file() {
 fn selection_runs_some_tests_in_a_reproducible_order() {
     let p = TestProject::shared();
     let names = ["o-a", "o-b", "o-c", "o-d", "x-skip"];
-    let tests: Vec<(&str, String)> = names
-        .iter()
-        .map(|n| (*n, format!("#!/bin/sh\necho {n}\n")))
-        .collect();
-    let refs: Vec<(&str, &str)> = tests.iter().map(|(n, s)| (*n, s.as_str())).collect();
-    suite(
+    echo_suite(
         &p,
         "scale-select",
-        &refs,
+        &names,
         "cmdline = \"vmbuild.suite=scale-select\"",
     );
     let order = |seed: &str| -> Vec<String> {

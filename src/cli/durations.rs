@@ -90,20 +90,7 @@ mod tests {
     use crate::testing::Status;
 
     fn run(recipe: &str, tests: &[(&str, Status, f64)]) -> RunResults {
-        RunResults {
-            recipe: recipe.into(),
-            key: "k".into(),
-            accel: "tcg".into(),
-            kernel_release: "r".into(),
-            tests: tests
-                .iter()
-                .map(|&(name, status, duration)| TestResult {
-                    duration,
-                    ..TestResult::without_output(name.into(), status, None)
-                })
-                .collect(),
-            console_truncated: false,
-        }
+        RunResults::of(recipe, tests)
     }
 
     #[test]

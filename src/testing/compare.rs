@@ -147,20 +147,7 @@ mod tests {
     use super::*;
 
     fn run(tests: &[(&str, Status, f64)]) -> RunResults {
-        RunResults {
-            recipe: "smoke".into(),
-            key: "k".into(),
-            accel: "tcg".into(),
-            kernel_release: "r".into(),
-            tests: tests
-                .iter()
-                .map(|&(name, status, duration)| TestResult {
-                    duration,
-                    ..TestResult::without_output(name.into(), status, None)
-                })
-                .collect(),
-            console_truncated: false,
-        }
+        RunResults::of("smoke", tests)
     }
 
     fn change(

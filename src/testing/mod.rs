@@ -215,6 +215,25 @@ fn is_zero(n: &usize) -> bool {
 }
 
 impl RunResults {
+    /// Results of `recipe` holding `tests` (name, status, duration), for unit tests.
+    #[cfg(test)]
+    pub(crate) fn of(recipe: &str, tests: &[(&str, Status, f64)]) -> RunResults {
+        RunResults {
+            recipe: recipe.into(),
+            key: "k".into(),
+            accel: "tcg".into(),
+            kernel_release: "r".into(),
+            tests: tests
+                .iter()
+                .map(|&(name, status, duration)| TestResult {
+                    duration,
+                    ..TestResult::without_output(name.into(), status, None)
+                })
+                .collect(),
+            console_truncated: false,
+        }
+    }
+
     pub fn summary(&self) -> Summary {
         let mut s = Summary::default();
         for t in &self.tests {

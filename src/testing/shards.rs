@@ -237,20 +237,12 @@ pub fn merge(shards: Vec<(Shard, RunResults, Vec<String>)>) -> Result<RunResults
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{Status, TestResult};
+    use crate::testing::Status;
 
     fn part(tests: &[&str]) -> RunResults {
-        RunResults {
-            recipe: "r".into(),
-            key: "k".into(),
-            accel: "tcg".into(),
-            kernel_release: String::new(),
-            tests: tests
-                .iter()
-                .map(|n| TestResult::without_output(n.to_string(), Status::Pass, None))
-                .collect(),
-            console_truncated: false,
-        }
+        let tests: Vec<(&str, Status, f64)> =
+            tests.iter().map(|n| (*n, Status::Pass, 0.0)).collect();
+        RunResults::of("r", &tests)
     }
 
     fn shard(index: u32) -> Shard {

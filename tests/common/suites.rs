@@ -59,6 +59,20 @@ pub fn statuses(results: &serde_json::Value) -> Vec<String> {
     all
 }
 
+/// `suite` of tests that each echo their name.
+pub fn echo_suite(p: &TestProject, name: &str, tests: &[&str], vm: &str) {
+    let scripts: Vec<String> = tests
+        .iter()
+        .map(|t| format!("#!/bin/sh\necho {t}\n"))
+        .collect();
+    let pairs: Vec<(&str, &str)> = tests
+        .iter()
+        .zip(&scripts)
+        .map(|(t, s)| (*t, s.as_str()))
+        .collect();
+    suite(p, name, &pairs, vm);
+}
+
 /// A folder holding a `qemu-system-x86_64` wrapper: `script(real_qemu, folder)` gives its
 /// shell text (it runs `real_qemu` itself).
 pub fn qemu_wrapper(script: impl Fn(&Path, &Path) -> String) -> tempfile::TempDir {
