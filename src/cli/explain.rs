@@ -70,7 +70,7 @@ pub fn run(global: &Global, reporter: &Renderer, args: ExplainArgs) -> Result<i3
     }
     if let Some(env) = engine.environment_inputs(&plan, root, detect_accel(engine.store.root()).0) {
         let env_key = env.key();
-        match engine.store.lookup(&env_key, &entry_name(name))? {
+        match engine.store.lookup_local(&env_key, &entry_name(name))? {
             Some(entry) => println!(
                 "environment: {env_key}, its VMs start from the snapshot at {}",
                 entry.path.display()

@@ -10,6 +10,7 @@ mod explain;
 mod gc;
 mod lock;
 mod record;
+mod remote;
 mod render;
 mod results;
 mod run;
@@ -22,7 +23,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::engine::{Engine, Error, Force};
-use crate::recipe::Project;
+use crate::recipe::{Project, ProjectConfig, RemoteMode};
+use crate::store::{Remote, RemoteSettings};
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +60,65 @@ pub struct Global {
     /// always checks that each output is there with its recorded size)
     #[arg(long, global = true, env = "VMBUILD_VERIFY_ON_HIT")]
     verify_on_hit: bool,
+    /// A remote cache speaking the Bazel HTTP cache protocol (nginx WebDAV,
+    /// bazel-remote, ...): lookups that miss locally try it, new entries go to it
+    /// [default: `remote_cache` in vmbuild.toml]
+    #[arg(long, global = true, env = "VMBUILD_REMOTE_CACHE", value_name = "URL")]
+    remote_cache: Option<String>,
+    /// How to use the remote cache: off, read (never upload) or readwrite [default:
+    /// `remote` in vmbuild.toml, else readwrite when a cache is set]
+    #[arg(long, global = true, env = "VMBUILD_REMOTE", value_name = "MODE")]
+    remote: Option<RemoteMode>,
+    /// Sign what is uploaded with this ed25519 secret key (`vmbuild keygen` makes one)
+    /// [default: `signing_key` in vmbuild.toml]
+    #[arg(long, global = true, env = "VMBUILD_SIGNING_KEY", value_name = "FILE")]
+    signing_key: Option<PathBuf>,
+    /// Use only remote entries signed by this public key (NAME:BASE64; repeat for more;
+    /// in VMBUILD_TRUSTED_KEYS, separated by spaces) [default: `trusted_keys` in
+    /// vmbuild.toml; none: signatures are not checked]
+    #[arg(
+        long = "trusted-key",
+        global = true,
+        env = "VMBUILD_TRUSTED_KEYS",
+        value_delimiter = ' ',
+        value_name = "KEY"
+    )]
+    trusted_keys: Vec<String>,
+}
+
+impl Global {
+    /// The remote cache the flags, the environment and `vmbuild.toml` name (in that
+    /// order of precedence), or `None`.
+    fn remote_settings(&self, config: &ProjectConfig) -> Option<RemoteSettings> {
+        let url = self
+            .remote_cache
+            .clone()
+            .or_else(|| config.remote_cache.clone())?;
+        if url.is_empty() {
+            return None;
+        }
+        let trusted_keys: Vec<String> = self
+            .trusted_keys
+            .iter()
+            .filter(|k| !k.is_empty())
+            .cloned()
+            .collect();
+        Some(RemoteSettings {
+            url,
+            mode: self
+                .remote
+                .or(config.remote)
+                .unwrap_or(RemoteMode::Readwrite),
+            signing_key: self
+                .signing_key
+                .clone()
+                .or_else(|| config.signing_key.clone()),
+            trusted_keys: match trusted_keys.is_empty() {
+                true => config.trusted_keys.clone(),
+                false => trusted_keys,
+            },
+        })
+    }
 }
 
 #[derive(Args, Clone, Copy)]
@@ -112,6 +173,23 @@ enum Command {
     Shell(shell::ShellArgs),
     /// Boot a test recipe's VM, run one command in it, exit with its exit code
     Run(run::RunArgs),
+    /// Upload what the recipes need (and their results) from the local store to the
+    /// remote cache
+    ///
+    /// Builds and all-pass test runs upload on their own when a remote cache is set to
+    /// readwrite; push sends what was made before (or with --remote read). Each entry is
+    /// rehashed first; a damaged one is not sent (exit 3). Blobs the server has are
+    /// skipped.
+    Push(remote::TransferArgs),
+    /// Download what the recipes need (and their results) from the remote cache into the
+    /// local store, without building anything; print each entry's path
+    ///
+    /// Lookups do this on their own; pull fetches ahead of time (a CI job warming its
+    /// store before going offline, say). Every file is checked against its hash.
+    Pull(remote::TransferArgs),
+    /// Make an ed25519 key pair to sign uploads with: the secret key goes to FILE, the
+    /// public key (to list in trusted_keys) is printed
+    Keygen(remote::KeygenArgs),
 }
 
 /// Parses arguments, runs the command, returns the exit code.
@@ -139,6 +217,9 @@ pub fn main() -> i32 {
         Command::Lock(args) => lock::run(&cli.global, &reporter, args),
         Command::Shell(args) => shell::run(&cli.global, &reporter, args),
         Command::Run(args) => run::run(&cli.global, &reporter, args),
+        Command::Push(args) => remote::push(&cli.global, &reporter, args),
+        Command::Pull(args) => remote::pull(&cli.global, &reporter, args),
+        Command::Keygen(args) => remote::keygen(args),
     };
     reporter.finish();
     match outcome {
@@ -173,7 +254,13 @@ fn open_engine<'a>(
         .cache_dir
         .clone()
         .unwrap_or_else(|| project.root.join("cache"));
+    let config = ProjectConfig::load(&project.root)?;
+    let remote = match global.remote_settings(&config) {
+        Some(settings) => Remote::open(&settings).map_err(|e| Error::Usage(e.to_string()))?,
+        None => None,
+    };
     let mut engine = Engine::open(project, &cache, reporter, refresh_lock)?;
     engine.store.set_verify_on_hit(global.verify_on_hit);
+    engine.store.set_remote(remote);
     Ok(engine)
 }

@@ -28,6 +28,11 @@ pub struct ResultsArgs {
     /// inputs into one report; every part must be in the store
     #[arg(long)]
     merge: bool,
+    /// With --merge: the N of the `--shard K/N` runs, so that parts the local store lacks
+    /// are pulled from the remote cache (the shard jobs of a CI matrix each upload theirs;
+    /// only all-pass parts are uploaded)
+    #[arg(long, value_name = "N", requires = "merge", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    shards: Option<u32>,
     /// Also write the results as JUnit XML to FILE
     #[arg(long, value_name = "FILE")]
     junit: Option<std::path::PathBuf>,
@@ -48,7 +53,9 @@ pub(super) fn latest_results(engine: &Engine, recipe: &str) -> Result<Latest, Er
     // Prefer the entry for the current key; else the most recent one.
     let current = engine.plan(&[recipe.to_string()]).ok().and_then(|plan| {
         let root = *plan.graph.roots.first()?;
-        engine.store.get(&plan.keys[root], &name).ok().flatten()
+        let key = &plan.keys[root];
+        (engine.store.get(key, &name).ok().flatten())
+            .or_else(|| engine.store.lookup(key, &name).ok().flatten())
     });
     let (entry, stale) = match current {
         Some(e) => (e, false),
@@ -70,17 +77,21 @@ pub(super) fn latest_results(engine: &Engine, recipe: &str) -> Result<Latest, Er
 }
 
 /// `--merge`: the shards' results joined, and the recipe's results entry holding them.
-fn merged(engine: &Engine, recipe: &str) -> Result<(RunResults, Entry), Error> {
+fn merged(
+    engine: &Engine,
+    recipe: &str,
+    shards: Option<u32>,
+) -> Result<(RunResults, Entry), Error> {
     let plan = engine.plan(&[recipe.to_string()])?;
     let root = plan.graph.roots[0];
-    engine.merged_shards(&plan, root)
+    engine.merged_shards(&plan, root, shards)
 }
 
 pub fn run(global: &Global, reporter: &Renderer, args: ResultsArgs) -> Result<i32, Error> {
     let engine = open_engine(global, reporter, false)?;
     let (entry, results, stale) = match args.merge {
         true => {
-            let (results, entry) = merged(&engine, &args.recipe)?;
+            let (results, entry) = merged(&engine, &args.recipe, args.shards)?;
             (entry, results, false)
         }
         false => {

@@ -7,10 +7,11 @@ mod error;
 mod test;
 
 pub use error::Error;
-pub use test::TestOptions;
+pub use test::{NamedKey, TestOptions};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -18,7 +19,7 @@ use crate::builders::{self, BuildContext};
 use crate::fetch::lock::Lock;
 use crate::fsio::io_err;
 use crate::graph::{compute_key, explain_change, Graph, KeyContext, KeyInputs};
-use crate::recipe::{Project, Spec};
+use crate::recipe::{units::approx_size, Project, Spec};
 use crate::report::{Event, Reporter};
 use crate::store::{Entry, Manifest, Store, StoreError};
 use crate::testing::RunResults;
@@ -43,6 +44,15 @@ pub struct Engine<'a> {
     pub tools: Tools,
     pub lock: Lock,
     pub reporter: &'a dyn Reporter,
+}
+
+/// Whatever a command did, the store's last notices (uploads of the final results among
+/// them) and the remote cache's traffic are said as the engine goes.
+impl Drop for Engine<'_> {
+    fn drop(&mut self) {
+        self.report_damage();
+        self.report_traffic();
+    }
 }
 
 /// A loaded graph with a key for every node.
@@ -132,8 +142,25 @@ impl<'a> Engine<'a> {
 
     /// Says which damaged entries the last lookups passed over (they are rebuilt).
     fn report_damage(&self) {
-        for line in self.store.take_damage() {
+        for line in self.store.take_notices() {
             self.reporter.event(Event::Notice(&line));
+        }
+    }
+
+    /// What went over the wire to and from the remote cache, when anything did.
+    fn report_traffic(&self) {
+        let Some(remote) = self.store.remote() else {
+            return;
+        };
+        let t = &remote.traffic;
+        let (pulled, pushed) = (t.pulled.load(Relaxed), t.pushed.load(Relaxed));
+        if pulled + pushed > 0 {
+            self.reporter.event(Event::Notice(&format!(
+                "remote cache {}: {pulled} entries pulled ({}), {pushed} pushed ({} uploaded)",
+                remote.url(),
+                approx_size(t.bytes_down.load(Relaxed)),
+                approx_size(t.bytes_up.load(Relaxed)),
+            )));
         }
     }
 

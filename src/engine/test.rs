@@ -16,6 +16,12 @@ use crate::testing::{Status as TestStatus, TestResult};
 use crate::vm;
 
 /// How `vmbuild test` runs.
+/// A store entry's key and the name it is looked up under.
+pub struct NamedKey {
+    pub name: String,
+    pub key: String,
+}
+
 pub struct TestOptions {
     /// Which entries to redo although cached (`-f`, `-ff`).
     pub force: Force,
@@ -372,12 +378,19 @@ impl Engine<'_> {
     /// The results of test recipe `node` joined from the newest complete set of its
     /// shards' entries (`--shard`) for the current inputs, published as the recipe's
     /// results entry (unless a passing one is there), which is returned with them.
+    /// With `count`, the N of the shards, parts the store lacks are looked up (so pulled
+    /// from a remote cache) first.
     pub fn merged_shards(
         &self,
         plan: &Plan,
         node: usize,
+        count: Option<u32>,
     ) -> Result<(crate::testing::RunResults, Entry)> {
         let name = &plan.graph.nodes[node].recipe.name;
+        if let Some(count) = count {
+            shards::look_up_parts(&self.store, &plan.keys[node], name, count)?;
+            self.report_damage();
+        }
         let mut folders = BTreeMap::new();
         let mut parts = Vec::new();
         for part in shards::newest_set(&self.store, &plan.keys[node])? {
@@ -443,7 +456,38 @@ impl Engine<'_> {
     /// The keys of the own result entries of every test of the plan's test recipes whose
     /// bundles are built: what their next runs would reuse, so what `gc` keeps.
     pub fn test_case_keys(&self, plan: &Plan) -> Result<BTreeSet<String>> {
-        let mut keys = BTreeSet::new();
+        Ok(self.test_cases(plan)?.into_iter().map(|c| c.key).collect())
+    }
+
+    /// Each recipe's entry the plan's next runs would look up (a test recipe's results
+    /// among them), by key and name, for `push` and `pull`.
+    pub fn recipe_keys(&self, plan: &Plan) -> Vec<NamedKey> {
+        plan.graph
+            .nodes
+            .iter()
+            .zip(&plan.keys)
+            .map(|(node, key)| NamedKey {
+                name: node.recipe.name.clone(),
+                key: key.clone(),
+            })
+            .collect()
+    }
+
+    /// Every test's own result entry the plan's next runs would look up, of the test
+    /// recipes whose bundles are in the store.
+    pub fn case_keys(&self, plan: &Plan) -> Result<Vec<NamedKey>> {
+        Ok(self
+            .test_cases(plan)?
+            .into_iter()
+            .map(|c| NamedKey {
+                name: c.name,
+                key: c.key,
+            })
+            .collect())
+    }
+
+    fn test_cases(&self, plan: &Plan) -> Result<Vec<cases::CaseKey>> {
+        let mut keys = Vec::new();
         for (i, node) in plan.graph.nodes.iter().enumerate() {
             let Spec::Test(spec) = &node.recipe.spec else {
                 continue;

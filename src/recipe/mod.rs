@@ -10,6 +10,7 @@
 //! - `units`: sizes and durations, each with its range;
 //! - `grammar`: names that become paths or other programs' arguments.
 
+mod config;
 mod diagnostic;
 pub(crate) mod grammar;
 mod project;
@@ -20,6 +21,7 @@ mod validate;
 
 use std::path::PathBuf;
 
+pub use config::{check_url, ProjectConfig, RemoteMode};
 pub use diagnostic::{did_you_mean, Diagnostic, Location};
 pub use project::{Project, PROJECT_FILE};
 pub use spec::*;

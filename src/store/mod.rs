@@ -16,12 +16,14 @@
 mod check;
 mod gc;
 mod manifest;
+pub mod remote;
 
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 pub use manifest::{Manifest, ManifestHead, Status, MANIFEST};
+pub use remote::{Remote, RemoteError, RemoteSettings};
 
 use crate::fsio::{io_err, IoError};
 use crate::hashing;
@@ -49,6 +51,8 @@ pub struct Store {
     verify_on_hit: bool,
     /// Damaged entries lookups passed over (and will rebuild), for the caller to report.
     damage: std::sync::Mutex<Vec<String>>,
+    /// Where lookups that miss here look next, and where new entries go.
+    remote: Option<Remote>,
 }
 
 /// A published entry, with the head of its manifest (`Store::manifest` reads all of it).
@@ -155,6 +159,7 @@ impl Store {
             root: fs_err::canonicalize(root).unwrap_or_else(|_| root.to_path_buf()),
             verify_on_hit: false,
             damage: std::sync::Mutex::new(Vec::new()),
+            remote: None,
         })
     }
 
@@ -163,9 +168,24 @@ impl Store {
         self.verify_on_hit = on;
     }
 
-    /// What lookups found damaged since the last call (each is rebuilt, not used).
-    pub fn take_damage(&self) -> Vec<String> {
-        std::mem::take(&mut *self.damage.lock().unwrap_or_else(|e| e.into_inner()))
+    /// Share entries through `remote` from now on.
+    pub fn set_remote(&mut self, remote: Option<Remote>) {
+        self.remote = remote;
+    }
+
+    pub fn remote(&self) -> Option<&Remote> {
+        self.remote.as_ref()
+    }
+
+    /// What lookups found damaged since the last call (each is rebuilt, not used), and
+    /// what went wrong with the remote cache (each handled: the work is done locally).
+    pub fn take_notices(&self) -> Vec<String> {
+        let mut notices =
+            std::mem::take(&mut *self.damage.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(remote) = &self.remote {
+            notices.extend(remote.take_notices());
+        }
+        notices
     }
 
     fn note_damage(&self, path: &Path, problem: &str) {
@@ -302,12 +322,73 @@ impl Store {
         })
     }
 
-    /// A usable cached entry: present, successful, and its outputs all there with their
-    /// recorded sizes (rehashed too with `--verify-on-hit`). Found by its key: an entry
-    /// made under another recipe name with identical inputs is a hit. A damaged entry is
-    /// a miss, noted for `take_damage`; the build that follows replaces it.
+    /// A usable cached entry: `lookup_local`'s, else one pulled from the remote cache.
     pub fn lookup(&self, key: &str, name: &str) -> Result<Option<Entry>> {
-        let found = match self.get(key, name) {
+        match self.local(key, Some(name))? {
+            Some(entry) => Ok(Some(entry)),
+            None => self.pull(key, Some(name)),
+        }
+    }
+
+    /// `lookup` of an entry whose name is not known (a test's own result, say).
+    pub fn lookup_by_key(&self, key: &str) -> Result<Option<Entry>> {
+        match self.local(key, None)? {
+            Some(entry) => Ok(Some(entry)),
+            None => self.pull(key, None),
+        }
+    }
+
+    /// The remote cache's entry under `key`, downloaded, checked and published here; `None`
+    /// on a miss, on any problem (a notice says it), or while another vmbuild holds the
+    /// key's lock (it is building or pulling the entry: the caller's wait for the lock
+    /// then finds its result).
+    fn pull(&self, key: &str, name: Option<&str>) -> Result<Option<Entry>> {
+        let Some(remote) = &self.remote else {
+            return Ok(None);
+        };
+        let Ok(lock) = self.try_lock(key) else {
+            return Ok(None);
+        };
+        if let Some(entry) = self.local(key, name)? {
+            return Ok(Some(entry));
+        }
+        let Some(found) = remote.find(key) else {
+            return Ok(None);
+        };
+        let staging = self.stage(key, &found.manifest.head.name, &lock)?;
+        if !remote.download(&found, staging.out()) {
+            return Ok(None);
+        }
+        self.commit(staging, &found.bytes, found.manifest.head)
+            .map(Some)
+    }
+
+    /// Uploads a published entry to the remote cache, if there is one to write to; a
+    /// problem is a notice. (`publish` does this for every new entry.)
+    pub fn push(&self, entry: &Entry) -> Result<()> {
+        if let Some(remote) = self.remote.as_ref().filter(|r| r.writable()) {
+            let manifest_path = entry.path.join(MANIFEST);
+            let bytes = fs_err::read(&manifest_path).map_err(io_err("read", &manifest_path))?;
+            let manifest = self.manifest(entry)?;
+            remote.upload(&entry.path, &manifest, &bytes);
+        }
+        Ok(())
+    }
+
+    /// A usable entry of this store: present, successful, and its outputs all there with
+    /// their recorded sizes (rehashed too with `--verify-on-hit`). Found by its key: an
+    /// entry made under another recipe name with identical inputs is a hit. A damaged
+    /// entry is a miss, noted for `take_notices`; the build that follows replaces it.
+    pub fn lookup_local(&self, key: &str, name: &str) -> Result<Option<Entry>> {
+        self.local(key, Some(name))
+    }
+
+    fn local(&self, key: &str, name: Option<&str>) -> Result<Option<Entry>> {
+        let by_name = match name {
+            Some(name) => self.get(key, name),
+            None => Ok(None),
+        };
+        let found = match by_name {
             Ok(Some(entry)) => Some(entry),
             Ok(None) => self.find_by_key(key)?,
             Err(StoreError::BadManifest { path, message }) => {
@@ -407,8 +488,8 @@ impl Store {
         }
         let lock = self.lock(key, on_wait)?;
         if !force {
-            // Another vmbuild may have built it while we waited.
-            if let Some(entry) = self.lookup(key, name)? {
+            // Another vmbuild may have built or pulled it while we waited.
+            if let Some(entry) = self.lookup_local(key, name)? {
                 return Ok((entry, true));
             }
         }
@@ -452,15 +533,26 @@ impl Store {
     }
 
     /// Hashes the staged outputs into the manifest, writes it, and publishes the entry
-    /// atomically, replacing an existing entry under the same key.
+    /// atomically, replacing an existing entry under the same key. A successful entry
+    /// then goes to the remote cache, when one is set to be written.
     pub fn publish(&self, staging: Staging, mut manifest: Manifest) -> Result<Entry> {
         let outputs = hashing::hash_tree(&staging.dir, |p| p != Path::new(MANIFEST))
             .map_err(io_err("hash outputs in", &staging.dir))?;
         manifest.outputs = outputs;
-        let manifest_path = staging.dir.join(MANIFEST);
         let bytes = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
+        let entry = self.commit(staging, &bytes, manifest.head.clone())?;
+        if let Some(remote) = &self.remote {
+            remote.upload(&entry.path, &manifest, &bytes);
+        }
+        Ok(entry)
+    }
+
+    /// Writes `manifest` (the bytes of the manifest whose head is `head`) into the staged
+    /// entry and publishes it with one rename (an exchange when replacing an entry).
+    fn commit(&self, staging: Staging, manifest: &[u8], head: ManifestHead) -> Result<Entry> {
+        let manifest_path = staging.dir.join(MANIFEST);
         let file = fs_err::File::create(&manifest_path).map_err(io_err("write", &manifest_path))?;
-        std::io::Write::write_all(&mut &file, &bytes).map_err(io_err("write", &manifest_path))?;
+        std::io::Write::write_all(&mut &file, manifest).map_err(io_err("write", &manifest_path))?;
         file.sync_all().map_err(io_err("sync", &manifest_path))?;
         let target = self.entry_path(&staging.key, &staging.name)?;
         if target.exists() {
@@ -475,7 +567,7 @@ impl Store {
         drop(staging);
         Ok(Entry {
             path: target,
-            manifest: manifest.head,
+            manifest: head,
         })
     }
 

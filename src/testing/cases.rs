@@ -223,18 +223,19 @@ impl<'a> Cases<'a> {
 }
 
 /// The keys of the own result entries of every test of a recipe (`inputs`, its key inputs)
-/// whose bundles are `bundles`: what a run would look up, so what `gc` keeps.
+/// whose bundles are `bundles`: what a run would look up, so what `gc` keeps and `push`
+/// sends.
 pub(crate) fn all_keys(
     store: &Store,
     recipe: &str,
     recipe_key: &str,
     inputs: &Value,
     bundles: &[(&str, &Entry)],
-) -> Result<Vec<String>, TestError> {
+) -> Result<Vec<CaseKey>, TestError> {
     let cases = Cases::new(store, recipe, recipe_key, inputs, bundles, false);
     Ok(bundle_tests(bundles)?
         .iter()
-        .map(|(bundle, meta)| cases.key(bundle, meta).key)
+        .map(|(bundle, meta)| cases.key(bundle, meta))
         .collect())
 }
 

@@ -70,6 +70,22 @@ pub(crate) fn details(
     ]
 }
 
+/// Looks up parts 1..=`count` of the recipe `name` under `key`, cut as `vmbuild test
+/// --shard` here would cut them, so that a remote cache's parts are pulled into the store.
+pub(crate) fn look_up_parts(
+    store: &Store,
+    key: &str,
+    name: &str,
+    count: u32,
+) -> Result<(), StoreError> {
+    let previous = super::phase::previous(store, name)?;
+    for index in 1..=count {
+        let (part_key, part_name) = entry_of(key, name, Shard { index, count }, previous.as_ref());
+        store.lookup(&part_key, &part_name)?;
+    }
+    Ok(())
+}
+
 /// One shard's results entry.
 pub(crate) struct ShardResults {
     pub shard: Shard,

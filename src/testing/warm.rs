@@ -329,7 +329,7 @@ impl<'a> Warm<'a> {
             Err(e) => Err(e),
         };
         // A damaged entry the lookups passed over (it is replaced): said once.
-        let mut damage = store.take_damage();
+        let mut damage = store.take_notices();
         damage.dedup();
         for line in damage {
             notice(&line);
@@ -360,11 +360,11 @@ impl<'a> Warm<'a> {
             },
             entry,
         };
-        let slot = match store.lookup(&key, &name).map_err(err)? {
+        let slot = match store.lookup_local(&key, &name).map_err(err)? {
             Some(entry) => ready(entry),
             None => {
                 let lock = store.lock(&key, || notice(WAITING)).map_err(err)?;
-                match store.lookup(&key, &name).map_err(err)? {
+                match store.lookup_local(&key, &name).map_err(err)? {
                     Some(entry) => ready(entry),
                     None => Slot::Missing {
                         lock,
@@ -624,7 +624,7 @@ impl<'a> Warm<'a> {
         let name = restore.entry.manifest.name.clone();
         let next = match self.store.lock(&self.key, || (self.notice)(WAITING)) {
             Err(_) => Slot::Off,
-            Ok(lock) => match self.store.lookup(&self.key, &name) {
+            Ok(lock) => match self.store.lookup_local(&self.key, &name) {
                 // Replaced by another vmbuild while we waited.
                 Ok(Some(entry)) if !same_entry(&entry, &restore.entry) => Slot::Ready {
                     entry,

@@ -1,0 +1,157 @@
+//! `vmbuild.toml`: the project's settings, shared by everyone who builds it. Today these
+//! are the remote cache's: where it is, whether to write to it, and whose signatures to
+//! trust. The command line and environment override each (see `cli`).
+//!
+//! ```toml
+//! remote_cache = "http://cache.example:8080/vmbuild"
+//! remote = "read"                 # off | read | readwrite (default when a cache is set)
+//! signing_key = "keys/ci.secret"  # writers sign what they upload
+//! trusted_keys = ["ci-1:base64..."]
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Diagnostic, Location, RecipeError, Result, PROJECT_FILE};
+
+/// How vmbuild uses a remote cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteMode {
+    /// Not at all.
+    Off,
+    /// Lookups fall back to it; nothing is uploaded.
+    Read,
+    /// Lookups fall back to it, and successful builds and all-pass results are uploaded.
+    Readwrite,
+}
+
+/// The settings in `vmbuild.toml`, checked (every path relative to the project root).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProjectConfig {
+    pub remote_cache: Option<String>,
+    pub remote: Option<RemoteMode>,
+    pub signing_key: Option<PathBuf>,
+    pub trusted_keys: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    remote_cache: Option<Spanned<String>>,
+    remote: Option<RemoteMode>,
+    signing_key: Option<PathBuf>,
+    #[serde(default)]
+    trusted_keys: Vec<Spanned<String>>,
+}
+
+impl ProjectConfig {
+    /// Reads `<root>/vmbuild.toml`; a project without one has the defaults.
+    pub fn load(root: &Path) -> Result<ProjectConfig> {
+        let file = root.join(PROJECT_FILE);
+        let text = match fs_err::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(ProjectConfig::default())
+            }
+            Err(source) => return Err(RecipeError::Read { path: file, source }),
+        };
+        let at = |span| Location::from_span(&file, &text, span);
+        let raw: RawConfig = toml::from_str(&text)
+            .map_err(|e| Diagnostic::new(at(e.span().unwrap_or(0..0)), e.message().trim()))?;
+        if let Some(url) = &raw.remote_cache {
+            check_url(url.get_ref()).map_err(|m| Diagnostic::new(at(url.span()), m))?;
+        }
+        for key in &raw.trusted_keys {
+            check_public_key(key.get_ref()).map_err(|m| Diagnostic::new(at(key.span()), m))?;
+        }
+        Ok(ProjectConfig {
+            remote_cache: raw.remote_cache.map(Spanned::into_inner),
+            remote: raw.remote,
+            signing_key: raw.signing_key.map(|p| root.join(p)),
+            trusted_keys: raw
+                .trusted_keys
+                .into_iter()
+                .map(Spanned::into_inner)
+                .collect(),
+        })
+    }
+}
+
+/// A remote cache's address: `http://` or `https://`, a host, no query or fragment (the
+/// protocol appends `/cas/<sha256>` and `/ac/<key>` to it).
+pub fn check_url(url: &str) -> std::result::Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{url}` is not an http:// or https:// address"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("`{url}` names no host"));
+    }
+    if let Some(bad) = rest
+        .chars()
+        .find(|c| matches!(c, '?' | '#') || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "`{url}` holds {bad:?}: a cache address is a base URL without query, fragment or spaces"
+        ));
+    }
+    Ok(())
+}
+
+/// A trusted key as Nix writes them: `NAME:BASE64` of a 32-byte ed25519 public key.
+pub fn check_public_key(text: &str) -> std::result::Result<(), String> {
+    use base64::Engine;
+    let (name, key) = text
+        .split_once(':')
+        .ok_or_else(|| format!("`{text}` is not a public key: expected NAME:BASE64"))?;
+    if name.is_empty() {
+        return Err(format!("`{text}`: the key has no name before `:`"));
+    }
+    match base64::engine::general_purpose::STANDARD.decode(key.trim()) {
+        Ok(bytes) if bytes.len() == 32 => Ok(()),
+        Ok(bytes) => Err(format!(
+            "`{text}`: an ed25519 public key is 32 bytes, this one is {}",
+            bytes.len()
+        )),
+        Err(e) => Err(format!("`{text}`: the key is not base64 ({e})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> std::result::Result<ProjectConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(PROJECT_FILE), text).unwrap();
+        ProjectConfig::load(dir.path()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn settings_load_and_bad_ones_point_at_their_line() {
+        let ok = load(
+            "remote_cache = \"http://127.0.0.1:8080/c\"\nremote = \"read\"\n\
+             trusted_keys = [\"ci:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\"]\n",
+        )
+        .unwrap();
+        assert_eq!(ok.remote_cache.as_deref(), Some("http://127.0.0.1:8080/c"));
+        assert_eq!(ok.remote, Some(RemoteMode::Read));
+        assert_eq!(ok.trusted_keys.len(), 1);
+
+        let bad = load("remote = \"off\"\nremote_cache = \"ftp://x\"\n").unwrap_err();
+        assert!(bad.contains("vmbuild.toml:2:16"), "{bad}");
+        assert!(bad.contains("not an http:// or https://"), "{bad}");
+        let bad = load("remote_cache = \"http://h/c?x=1\"\n").unwrap_err();
+        assert!(bad.contains("without query"), "{bad}");
+        let bad = load("trusted_keys = [\"ci:AAAA\"]\n").unwrap_err();
+        assert!(bad.contains("32 bytes, this one is 3"), "{bad}");
+        let bad = load("remote = \"sometimes\"\n").unwrap_err();
+        assert!(bad.contains("vmbuild.toml:1:10"), "{bad}");
+        let bad = load("remote_cach = \"http://h\"\n").unwrap_err();
+        assert!(bad.contains("unknown field `remote_cach`"), "{bad}");
+        assert_eq!(load("").unwrap(), ProjectConfig::default());
+    }
+}

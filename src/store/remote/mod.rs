@@ -1,0 +1,361 @@
+//! The remote cache: the local store's entries shared through any server that speaks the
+//! Bazel HTTP cache protocol (nginx with WebDAV, bazel-remote, an S3 proxy).
+//!
+//! - Every output file is a blob at `cas/<sha256>`, and so are the entry's
+//!   `manifest.json` and, when signed, its `manifest.sig`.
+//! - The entry is `ac/<key>`: a minimal REAPI `ActionResult` naming those two blobs
+//!   (`action`), so caches that check `ac/` records accept it.
+//! - A pull reads the record, the manifest (checked against its hash, its signature when
+//!   keys are trusted, its key and its status), then streams every output into a staging
+//!   folder, hashing on the way; one byte off and the entry is not used. The store
+//!   publishes what passed with its usual atomic rename.
+//! - A push uploads the blobs the server lacks (`HEAD` first), `WORKERS` at a time and
+//!   streamed from disk, then the manifest, then the record: a reader never finds a
+//!   record whose blobs are not there yet.
+//! - Nothing here fails a build: every problem comes back as a notice for the caller to
+//!   show, and the entry is built locally instead.
+
+pub(crate) mod action;
+mod client;
+pub mod keys;
+mod unpack;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::hashing::{self, TreeEntry};
+use crate::recipe::RemoteMode;
+use client::{Client, Failure};
+use keys::{PublicKey, SecretKey};
+
+use super::manifest::{Manifest, Status, MANIFEST};
+
+/// Transfers in flight at once, per entry.
+pub(crate) const WORKERS: usize = 8;
+/// The name of the signatures file in the `ac/` record.
+const SIGNATURES: &str = "manifest.sig";
+
+/// Entry kinds kept out of the remote cache: kernel source trees (the pinned tarball
+/// they are unpacked from is the thing to share, and it is fetched by hash anyway) and
+/// saved VM states (tied to the host's qemu and CPU, and large).
+const LOCAL_KINDS: [&str; 2] = ["source", "environment"];
+
+/// Whether entries of `kind` go to the remote cache.
+pub(crate) fn shared_kind(kind: &str) -> bool {
+    !LOCAL_KINDS.contains(&kind)
+}
+
+/// Where the remote cache is and how to use it, from the command line, the environment
+/// and `vmbuild.toml`.
+#[derive(Debug, Clone)]
+pub struct RemoteSettings {
+    pub url: String,
+    pub mode: RemoteMode,
+    pub signing_key: Option<PathBuf>,
+    pub trusted_keys: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error("remote cache {url}: {message}")]
+    Settings { url: String, message: String },
+    #[error("read the signing key {}: {message}", path.display())]
+    SigningKey { path: PathBuf, message: String },
+}
+
+/// Figures of what went over the wire, for the summary and benchmarks.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    pub pulled: AtomicUsize,
+    pub pushed: AtomicUsize,
+    pub bytes_down: AtomicU64,
+    pub bytes_up: AtomicU64,
+}
+
+pub struct Remote {
+    client: Client,
+    writable: bool,
+    signer: Option<SecretKey>,
+    trusted: Vec<PublicKey>,
+    notices: Arc<Mutex<Vec<String>>>,
+    pub traffic: Traffic,
+}
+
+/// A manifest found under `ac/<key>`, checked, with its exact bytes.
+pub(crate) struct Found {
+    pub manifest: Manifest,
+    pub bytes: Vec<u8>,
+}
+
+impl Remote {
+    /// The remote cache `settings` name, or `None` when it is off.
+    pub fn open(settings: &RemoteSettings) -> Result<Option<Remote>, RemoteError> {
+        if settings.mode == RemoteMode::Off {
+            return Ok(None);
+        }
+        crate::recipe::check_url(&settings.url).map_err(|message| RemoteError::Settings {
+            url: settings.url.clone(),
+            message,
+        })?;
+        let signer = match &settings.signing_key {
+            None => None,
+            Some(path) => {
+                let text = fs_err::read_to_string(path).map_err(|e| RemoteError::SigningKey {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                Some(
+                    SecretKey::parse(&text).map_err(|message| RemoteError::SigningKey {
+                        path: path.clone(),
+                        message,
+                    })?,
+                )
+            }
+        };
+        let trusted = settings
+            .trusted_keys
+            .iter()
+            .map(|k| PublicKey::parse(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|message| RemoteError::Settings {
+                url: settings.url.clone(),
+                message: format!("trusted key: {message}"),
+            })?;
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let on_down = {
+            let notices = Arc::clone(&notices);
+            let url = settings.url.clone();
+            Box::new(move |why: String| {
+                push_notice(
+                    &notices,
+                    format!("remote cache {url} is unreachable ({why}): carrying on with the local store only"),
+                )
+            })
+        };
+        Ok(Some(Remote {
+            client: Client::new(&settings.url, on_down),
+            writable: settings.mode == RemoteMode::Readwrite,
+            signer,
+            trusted,
+            notices,
+            traffic: Traffic::default(),
+        }))
+    }
+
+    pub fn url(&self) -> &str {
+        self.client.base()
+    }
+
+    pub(crate) fn writable(&self) -> bool {
+        self.writable
+    }
+
+    /// What went wrong since the last call (each already handled: built locally instead).
+    pub(crate) fn take_notices(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notices.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn notice(&self, line: String) {
+        push_notice(&self.notices, line);
+    }
+
+    /// The checked manifest under `key`, or `None` (a miss, or a record not to use: said
+    /// in a notice).
+    pub(crate) fn find(&self, key: &str) -> Option<Found> {
+        match self.find_checked(key) {
+            Ok(found) => found,
+            Err(Failure::Down) => None,
+            Err(failure) => {
+                self.notice(format!(
+                    "remote entry {}/ac/{key} is not used: {failure}",
+                    self.url()
+                ));
+                None
+            }
+        }
+    }
+
+    fn find_checked(&self, key: &str) -> Result<Option<Found>, Failure> {
+        let Some(record) = self.client.get_record(&format!("ac/{key}"))? else {
+            return Ok(None);
+        };
+        let files =
+            action::decode(&record).map_err(|e| Failure::Other(format!("its record: {e}")))?;
+        let named = |name: &str| files.iter().find(|f| f.path == name);
+        let listed = named(MANIFEST)
+            .ok_or_else(|| Failure::Other(format!("its record names no {MANIFEST}")))?;
+        let bytes = self
+            .client
+            .get_small_blob(&listed.sha256)?
+            .ok_or_else(|| Failure::Other(format!("its {MANIFEST} blob is missing")))?;
+        if !self.trusted.is_empty() {
+            let signatures = match named(SIGNATURES) {
+                Some(sig) => self.client.get_small_blob(&sig.sha256)?.unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let signatures = String::from_utf8_lossy(&signatures);
+            keys::verify(
+                &signatures,
+                &keys::message(key, &listed.sha256),
+                &self.trusted,
+            )
+            .map_err(|why| Failure::Other(format!("{why} (trusted keys are set)")))?;
+        }
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| Failure::Other(format!("its {MANIFEST}: {e}")))?;
+        let head = &manifest.head;
+        if head.key != key {
+            return Err(Failure::Other(format!(
+                "its manifest is of key {}",
+                head.key
+            )));
+        }
+        if head.status != Status::Ok || !shared_kind(&head.kind) {
+            return Err(Failure::Other(format!(
+                "its manifest is a {:?} {} entry, which is never shared",
+                head.status, head.kind
+            )));
+        }
+        crate::recipe::grammar::recipe_name(&head.name)
+            .map_err(|e| Failure::Other(format!("its name `{}`: {e}", head.name)))?;
+        unpack::check_paths(&manifest.outputs).map_err(Failure::Other)?;
+        Ok(Some(Found { manifest, bytes }))
+    }
+
+    /// Downloads every output of `found` into `out`, each checked against its hash.
+    pub(crate) fn download(&self, found: &Found, out: &Path) -> bool {
+        let result = unpack::materialize(&found.manifest.outputs, out, |rel, sha256, size| {
+            let bytes = self.client.download(sha256, size, &out.join(rel))?;
+            self.traffic.bytes_down.fetch_add(bytes, Ordering::Relaxed);
+            Ok(())
+        });
+        match result {
+            Ok(()) => {
+                self.traffic.pulled.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(Failure::Down) => false,
+            Err(failure) => {
+                self.notice(format!(
+                    "remote entry {}/ac/{} is not used: {failure}; building it locally",
+                    self.url(),
+                    found.manifest.head.key
+                ));
+                false
+            }
+        }
+    }
+
+    /// Uploads the published entry at `path` (its manifest's bytes are `bytes`). Blobs
+    /// the server has are not sent again. A failure is a notice.
+    pub(crate) fn upload(&self, path: &Path, manifest: &Manifest, bytes: &[u8]) {
+        let head = &manifest.head;
+        if !self.writable || head.status != Status::Ok || !shared_kind(&head.kind) {
+            return;
+        }
+        match self.upload_checked(path, manifest, bytes) {
+            Ok(()) => {
+                self.traffic.pushed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(Failure::Down) => {}
+            Err(failure) => self.notice(format!(
+                "upload {} to the remote cache: {failure}",
+                path.display()
+            )),
+        }
+    }
+
+    fn upload_checked(
+        &self,
+        path: &Path,
+        manifest: &Manifest,
+        bytes: &[u8],
+    ) -> Result<(), Failure> {
+        let mut blobs: Vec<(&str, &str, u64)> = manifest
+            .outputs
+            .iter()
+            .filter_map(|(rel, entry)| match entry {
+                TreeEntry::File { sha256, size, .. } => {
+                    Some((rel.as_str(), sha256.as_str(), *size))
+                }
+                _ => None,
+            })
+            .collect();
+        blobs.sort_by_key(|(_, sha256, _)| *sha256);
+        blobs.dedup_by_key(|(_, sha256, _)| *sha256);
+        parallel(&blobs, |(rel, sha256, size)| {
+            let blob = format!("cas/{sha256}");
+            if !self.client.has(&blob)? {
+                self.client.put_file(&blob, &path.join(rel), *size)?;
+                self.traffic.bytes_up.fetch_add(*size, Ordering::Relaxed);
+            }
+            Ok(())
+        })?;
+        let key = &manifest.head.key;
+        let manifest_sha256 = hashing::sha256_hex(bytes);
+        self.client
+            .put_bytes(&format!("cas/{manifest_sha256}"), bytes)?;
+        let mut files = vec![action::OutputFile {
+            path: MANIFEST.into(),
+            sha256: manifest_sha256.clone(),
+            size: bytes.len() as u64,
+        }];
+        if let Some(signer) = &self.signer {
+            let signature = signer.sign(&keys::message(key, &manifest_sha256));
+            let signature = format!("{signature}\n").into_bytes();
+            let sha256 = hashing::sha256_hex(&signature);
+            self.client
+                .put_bytes(&format!("cas/{sha256}"), &signature)?;
+            files.push(action::OutputFile {
+                path: SIGNATURES.into(),
+                sha256,
+                size: signature.len() as u64,
+            });
+        }
+        self.client
+            .put_bytes(&format!("ac/{key}"), &action::encode(&files))
+    }
+}
+
+fn push_notice(notices: &Mutex<Vec<String>>, line: String) {
+    notices.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+}
+
+/// Runs `work` on every item, `WORKERS` at a time; stops at the first failure.
+fn parallel<T: Sync>(
+    items: &[T],
+    work: impl Fn(&T) -> Result<(), Failure> + Sync,
+) -> Result<(), Failure> {
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<Failure>> = Mutex::new(None);
+    let stopped = || failed.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+    let worker = || {
+        while !stopped() {
+            let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                break;
+            };
+            if let Err(failure) = work(item) {
+                let mut slot = failed.lock().unwrap_or_else(|e| e.into_inner());
+                // A real problem says more than the `Down` other workers then see.
+                if slot.is_none() || matches!(*slot, Some(Failure::Down)) {
+                    *slot = Some(failure);
+                }
+            }
+        }
+    };
+    let workers = WORKERS.min(items.len());
+    if workers <= 1 {
+        worker();
+    } else {
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(worker);
+            }
+        });
+    }
+    match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(failure) => Err(failure),
+        None => Ok(()),
+    }
+}

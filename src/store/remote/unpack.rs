@@ -1,0 +1,125 @@
+//! Laying out a pulled entry from its manifest, safely: the manifest comes from a server,
+//! so its paths are checked before anything is written (relative, no `..`, every parent
+//! a folder the manifest lists), folders are made first, files are created anew inside
+//! them, and symlinks come last, so no write ever goes through a link.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path};
+
+use super::client::Failure;
+use crate::hashing::TreeEntry;
+use crate::store::manifest::MANIFEST;
+
+/// Refuses manifests whose paths could write outside the entry or over its manifest.
+pub(super) fn check_paths(outputs: &BTreeMap<String, TreeEntry>) -> Result<(), String> {
+    for rel in outputs.keys() {
+        let path = Path::new(rel);
+        let plain = !rel.is_empty()
+            && path.components().all(|c| matches!(c, Component::Normal(_)))
+            && !rel.contains("//")
+            && !rel.ends_with('/');
+        if !plain || rel == MANIFEST {
+            return Err(format!(
+                "its manifest lists the path `{rel}`, which no entry has"
+            ));
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let parent = parent.to_string_lossy();
+            if outputs.get(parent.as_ref()) != Some(&TreeEntry::Dir) {
+                return Err(format!(
+                    "its manifest lists `{rel}` inside `{parent}`, which it does not list as a folder"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates the folders, fetches every file through `fetch(rel, sha256, size)` (in
+/// parallel), sets exec bits, then makes the symlinks. `check_paths` has passed.
+pub(super) fn materialize(
+    outputs: &BTreeMap<String, TreeEntry>,
+    out: &Path,
+    fetch: impl Fn(&str, &str, u64) -> Result<(), Failure> + Sync,
+) -> Result<(), Failure> {
+    let local = |what: &str, path: &Path, e: std::io::Error| {
+        Failure::Other(format!("{what} {}: {e}", path.display()))
+    };
+    // Sorted, so a folder comes before what is in it.
+    for (rel, entry) in outputs {
+        if *entry == TreeEntry::Dir {
+            let path = out.join(rel);
+            fs_err::create_dir(&path).map_err(|e| local("create", &path, e))?;
+        }
+    }
+    let files: Vec<(&str, &str, u64, bool)> = outputs
+        .iter()
+        .filter_map(|(rel, entry)| match entry {
+            TreeEntry::File { sha256, size, exec } => {
+                Some((rel.as_str(), sha256.as_str(), *size, *exec))
+            }
+            _ => None,
+        })
+        .collect();
+    super::parallel(&files, |(rel, sha256, size, exec)| {
+        fetch(rel, sha256, *size)?;
+        let path = out.join(rel);
+        let mode = if *exec { 0o755 } else { 0o644 };
+        fs_err::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| local("set the mode of", &path, e))
+    })?;
+    for (rel, entry) in outputs {
+        if let TreeEntry::Symlink { target } = entry {
+            let path = out.join(rel);
+            fs_err::os::unix::fs::symlink(target, &path).map_err(|e| local("link", &path, e))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> TreeEntry {
+        TreeEntry::File {
+            sha256: "0".repeat(64),
+            size: 0,
+            exec: false,
+        }
+    }
+
+    #[test]
+    fn paths_that_leave_the_entry_or_pass_through_links_are_refused() {
+        let ok: BTreeMap<String, TreeEntry> = [
+            ("a".to_string(), TreeEntry::Dir),
+            ("a/b".to_string(), file()),
+            (
+                "c".to_string(),
+                TreeEntry::Symlink {
+                    target: "/etc".into(),
+                },
+            ),
+        ]
+        .into();
+        check_paths(&ok).unwrap();
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            "a/../../x",
+            "./a",
+            "",
+            "manifest.json",
+            "a//b",
+        ] {
+            let outputs: BTreeMap<String, TreeEntry> = [(bad.to_string(), file())].into();
+            assert!(check_paths(&outputs).is_err(), "{bad:?}");
+        }
+        // `c` is a link to /etc: a file under it would be written through the link.
+        let mut through_link = ok.clone();
+        through_link.insert("c/passwd".into(), file());
+        let why = check_paths(&through_link).unwrap_err();
+        assert!(why.contains("does not list as a folder"), "{why}");
+    }
+}
