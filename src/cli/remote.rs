@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{open_engine, render::Renderer, Global};
-use crate::engine::Error;
+use crate::engine::{Error, NamedKey};
 use crate::store::remote::keys::SecretKey;
+use crate::store::Upload;
 
 #[derive(Args)]
 pub struct TransferArgs {
@@ -34,7 +35,8 @@ fn no_remote(verb: &str) -> Error {
     ))
 }
 
-/// Uploads every entry of the recipes' closure that the local store holds.
+/// Uploads every entry of the recipes' closure that the local store holds. Exit 4 when
+/// the server failed some (said in notes), 3 when some entry here is damaged.
 pub fn push(global: &Global, reporter: &Renderer, args: TransferArgs) -> Result<i32, Error> {
     let engine = open_engine(global, reporter, false)?;
     match engine.store.remote() {
@@ -48,7 +50,7 @@ pub fn push(global: &Global, reporter: &Renderer, args: TransferArgs) -> Result<
         None => return Err(no_remote("push")),
     }
     let plan = engine.plan(&args.recipes)?;
-    let (mut pushed, mut absent, mut damaged) = (0, 0, 0);
+    let (mut sent, mut present, mut absent, mut damaged, mut failed) = (0, 0, 0, 0, 0);
     let mut keys = engine.recipe_keys(&plan);
     keys.extend(engine.case_keys(&plan)?);
     for key in keys {
@@ -63,17 +65,27 @@ pub fn push(global: &Global, reporter: &Renderer, args: TransferArgs) -> Result<
             damaged += 1;
             continue;
         }
-        engine.store.push(&entry)?;
-        pushed += 1;
+        match engine.store.push(&entry)? {
+            Upload::Sent => sent += 1,
+            Upload::Present => present += 1,
+            Upload::NotShared => {}
+            Upload::Failed => failed += 1,
+        }
     }
     eprintln!(
-        "{pushed} entries pushed or already there, {absent} not built here, {damaged} damaged"
+        "{sent} entries pushed, {present} already there, {absent} not built here, \
+         {damaged} damaged, {failed} failed"
     );
-    Ok(if damaged > 0 { 3 } else { 0 })
+    Ok(match (failed, damaged) {
+        (0, 0) => 0,
+        (0, _) => 3,
+        _ => 4,
+    })
 }
 
 /// Downloads every entry of the recipes' closure the remote cache holds and the local
-/// store does not.
+/// store does not; prints the path of each entry the store now has. Exit 4 when the
+/// server could not be reached; entries it lacks are listed, not an error.
 pub fn pull(global: &Global, reporter: &Renderer, args: TransferArgs) -> Result<i32, Error> {
     let engine = open_engine(global, reporter, false)?;
     if engine.store.remote().is_none() {
@@ -81,7 +93,7 @@ pub fn pull(global: &Global, reporter: &Renderer, args: TransferArgs) -> Result<
     }
     let plan = engine.plan(&args.recipes)?;
     let (mut here, mut missing) = (0, Vec::new());
-    let mut found = |key: crate::engine::NamedKey| -> Result<(), Error> {
+    let mut found = |key: NamedKey| -> Result<(), Error> {
         match engine.store.lookup(&key.key, &key.name)? {
             Some(entry) => {
                 here += 1;
@@ -106,21 +118,24 @@ pub fn pull(global: &Global, reporter: &Renderer, args: TransferArgs) -> Result<
             false => format!(" ({})", missing.join(", ")),
         }
     );
-    Ok(0)
+    Ok(match engine.store.remote().is_some_and(|r| r.is_down()) {
+        true => 4,
+        false => 0,
+    })
 }
 
 /// Makes an ed25519 key pair: the secret key into a new file, the public key on stdout.
 pub fn keygen(args: KeygenArgs) -> Result<i32, Error> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use fs_err::os::unix::fs::OpenOptionsExt;
     let (secret, public) = SecretKey::generate(&args.name).map_err(Error::Usage)?;
-    let mut file = std::fs::OpenOptions::new()
+    let mut file = fs_err::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&args.secret_file)
-        .map_err(|e| Error::Usage(format!("create {}: {e}", args.secret_file.display())))?;
+        .map_err(|e| Error::Usage(e.to_string()))?;
     file.write_all(format!("{secret}\n").as_bytes())
-        .map_err(|e| Error::Usage(format!("write {}: {e}", args.secret_file.display())))?;
+        .map_err(|e| Error::Usage(e.to_string()))?;
     println!("{public}");
     eprintln!(
         "secret key written to {}; sign uploads with --signing-key {0} (or signing_key in \

@@ -9,7 +9,7 @@ mod test;
 pub use error::Error;
 pub use test::{NamedKey, TestOptions};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
@@ -50,7 +50,7 @@ pub struct Engine<'a> {
 /// them) and the remote cache's traffic are said as the engine goes.
 impl Drop for Engine<'_> {
     fn drop(&mut self) {
-        self.report_damage();
+        self.report_notices();
         self.report_traffic();
     }
 }
@@ -141,7 +141,7 @@ impl<'a> Engine<'a> {
     }
 
     /// Says which damaged entries the last lookups passed over (they are rebuilt).
-    fn report_damage(&self) {
+    fn report_notices(&self) {
         for line in self.store.take_notices() {
             self.reporter.event(Event::Notice(&line));
         }
@@ -183,9 +183,32 @@ impl<'a> Engine<'a> {
         closure.sort_unstable();
         closure.dedup();
         closure.retain(|&i| !matches!(plan.graph.nodes[i].recipe.spec, Spec::Test(_)));
-        // Cache hits first, without threads: a fully cached graph costs a lookup per node.
+        // Cache hits first, without threads, top-down: what is needed is each wanted build
+        // node, the build deps of each wanted test, and the deps of every needed node that
+        // is no hit. A dep of a hit is not looked up (nor pulled from a remote cache: a
+        // bundle's entry is enough, not the kernel it was built against). Deps come before
+        // their dependents in the graph, so walking it backwards sees every dependent first.
+        let build_deps = |i: usize| {
+            plan.graph.nodes[i]
+                .deps
+                .iter()
+                .copied()
+                .filter(|&d| !matches!(plan.graph.nodes[d].recipe.spec, Spec::Test(_)))
+        };
+        let mut needed: BTreeSet<usize> = BTreeSet::new();
+        for &w in wanted {
+            match plan.graph.nodes[w].recipe.spec {
+                Spec::Test(_) => needed.extend(build_deps(w)),
+                _ => {
+                    needed.insert(w);
+                }
+            }
+        }
         let mut cached: BTreeMap<usize, (Entry, bool)> = BTreeMap::new();
-        for &i in &closure {
+        for &i in closure.iter().rev() {
+            if !needed.contains(&i) {
+                continue;
+            }
             if !self.forced(plan, i, force) {
                 let recipe = &plan.graph.nodes[i].recipe;
                 if let Some(entry) = self.store.lookup(&plan.keys[i], &recipe.name)? {
@@ -195,14 +218,16 @@ impl<'a> Engine<'a> {
                         path: &entry.path,
                     });
                     cached.insert(i, (entry, true));
+                    continue;
                 }
             }
+            needed.extend(build_deps(i));
         }
-        self.report_damage();
+        self.report_notices();
         let missing: Vec<usize> = closure
             .iter()
             .copied()
-            .filter(|i| !cached.contains_key(i))
+            .filter(|i| needed.contains(i) && !cached.contains_key(i))
             .collect();
         let done: Mutex<BTreeMap<usize, (Entry, bool)>> = Mutex::new(cached);
         let build_one = |i: usize| -> Result<()> {
@@ -303,7 +328,7 @@ impl<'a> Engine<'a> {
                 Ok::<_, Error>(manifest)
             },
         )?;
-        self.report_damage();
+        self.report_notices();
         if reused {
             self.reporter.event(Event::Cached {
                 name,

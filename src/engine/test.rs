@@ -15,13 +15,13 @@ use crate::testing::{cases, shards};
 use crate::testing::{Status as TestStatus, TestResult};
 use crate::vm;
 
-/// How `vmbuild test` runs.
 /// A store entry's key and the name it is looked up under.
 pub struct NamedKey {
     pub name: String,
     pub key: String,
 }
 
+/// How `vmbuild test` runs.
 pub struct TestOptions {
     /// Which entries to redo although cached (`-f`, `-ff`).
     pub force: Force,
@@ -88,7 +88,7 @@ impl Engine<'_> {
                 );
             }
         }
-        self.report_damage();
+        self.report_notices();
         let to_run: Vec<usize> = test_nodes
             .iter()
             .copied()
@@ -389,7 +389,7 @@ impl Engine<'_> {
         let name = &plan.graph.nodes[node].recipe.name;
         if let Some(count) = count {
             shards::look_up_parts(&self.store, &plan.keys[node], name, count)?;
-            self.report_damage();
+            self.report_notices();
         }
         let mut folders = BTreeMap::new();
         let mut parts = Vec::new();

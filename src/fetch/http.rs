@@ -1,11 +1,11 @@
 //! URLs pinned by sha256: streamed to a temp file while hashing, kept only when the hash
 //! matches. A mismatch names the expected and actual hashes and stores nothing.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::FetchError;
 use crate::fsio::io_err;
+use crate::hashing::CopyError;
 
 /// Downloads `url` into `downloads/<sha256>` (once) and returns the file.
 pub fn download(url: &str, sha256: &str, downloads: &Path) -> Result<PathBuf, FetchError> {
@@ -24,18 +24,11 @@ pub fn download(url: &str, sha256: &str, downloads: &Path) -> Result<PathBuf, Fe
         .prefix(".http-")
         .tempfile_in(downloads)
         .map_err(io_err("create a temp file in", downloads))?;
-    let mut hasher = crate::hashing::Sha256Stream::default();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = body.read(&mut buf).map_err(|e| http(e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        tmp.write_all(&buf[..n])
-            .map_err(io_err("write", tmp.path()))?;
-    }
-    let actual = hasher.finish_hex();
+    let (actual, _) =
+        crate::hashing::copy_hashed(&mut body, &mut tmp, u64::MAX).map_err(|e| match e {
+            CopyError::Read(e) => http(e.to_string()),
+            CopyError::Write(e) => io_err("write", tmp.path())(e).into(),
+        })?;
     if actual != sha256 {
         return Err(FetchError::HashMismatch {
             what: url.to_string(),

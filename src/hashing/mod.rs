@@ -39,6 +39,39 @@ impl Sha256Stream {
     }
 }
 
+/// Which side of a `copy_hashed` failed (a network read, say, or a local write).
+#[derive(Debug)]
+pub enum CopyError {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
+/// Copies `reader` into `writer` while hashing, up to `limit` bytes: the hex SHA-256 of
+/// what was copied and its size, which is `limit + 1` when the reader had more (so a
+/// download from a server that sends too much stops there).
+pub fn copy_hashed(
+    reader: &mut impl Read,
+    writer: &mut impl std::io::Write,
+    limit: u64,
+) -> Result<(String, u64), CopyError> {
+    let mut hasher = Sha256Stream::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = reader.read(&mut buf).map_err(CopyError::Read)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        if size > limit {
+            return Ok((hasher.finish_hex(), limit + 1));
+        }
+        hasher.update(&buf[..n]);
+        writer.write_all(&buf[..n]).map_err(CopyError::Write)?;
+    }
+    Ok((hasher.finish_hex(), size))
+}
+
 /// Hex SHA-256 and size of a file, read in large blocks.
 pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
     let mut file = fs_err::File::open(path)?;

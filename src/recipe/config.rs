@@ -65,7 +65,7 @@ impl ProjectConfig {
             check_url(url.get_ref()).map_err(|m| Diagnostic::new(at(url.span()), m))?;
         }
         for key in &raw.trusted_keys {
-            check_public_key(key.get_ref()).map_err(|m| Diagnostic::new(at(key.span()), m))?;
+            parse_public_key(key.get_ref()).map_err(|m| Diagnostic::new(at(key.span()), m))?;
         }
         Ok(ProjectConfig {
             remote_cache: raw.remote_cache.map(Spanned::into_inner),
@@ -101,17 +101,19 @@ pub fn check_url(url: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// A trusted key as Nix writes them: `NAME:BASE64` of a 32-byte ed25519 public key.
-pub fn check_public_key(text: &str) -> std::result::Result<(), String> {
+/// A trusted key as Nix writes them: `NAME:BASE64` of a 32-byte ed25519 public key. The
+/// name and the key's bytes, or what is wrong.
+pub fn parse_public_key(text: &str) -> std::result::Result<(String, Vec<u8>), String> {
     use base64::Engine;
+    let text = text.trim();
     let (name, key) = text
         .split_once(':')
         .ok_or_else(|| format!("`{text}` is not a public key: expected NAME:BASE64"))?;
     if name.is_empty() {
         return Err(format!("`{text}`: the key has no name before `:`"));
     }
-    match base64::engine::general_purpose::STANDARD.decode(key.trim()) {
-        Ok(bytes) if bytes.len() == 32 => Ok(()),
+    match base64::engine::general_purpose::STANDARD.decode(key) {
+        Ok(bytes) if bytes.len() == 32 => Ok((name.to_string(), bytes)),
         Ok(bytes) => Err(format!(
             "`{text}`: an ed25519 public key is 32 bytes, this one is {}",
             bytes.len()

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 pub use manifest::{Manifest, ManifestHead, Status, MANIFEST};
-pub use remote::{Remote, RemoteError, RemoteSettings};
+pub use remote::{Remote, RemoteError, RemoteSettings, Upload};
 
 use crate::fsio::{io_err, IoError};
 use crate::hashing;
@@ -324,17 +324,9 @@ impl Store {
 
     /// A usable cached entry: `lookup_local`'s, else one pulled from the remote cache.
     pub fn lookup(&self, key: &str, name: &str) -> Result<Option<Entry>> {
-        match self.local(key, Some(name))? {
+        match self.lookup_local(key, name)? {
             Some(entry) => Ok(Some(entry)),
-            None => self.pull(key, Some(name)),
-        }
-    }
-
-    /// `lookup` of an entry whose name is not known (a test's own result, say).
-    pub fn lookup_by_key(&self, key: &str) -> Result<Option<Entry>> {
-        match self.local(key, None)? {
-            Some(entry) => Ok(Some(entry)),
-            None => self.pull(key, None),
+            None => self.pull(key, name),
         }
     }
 
@@ -342,14 +334,14 @@ impl Store {
     /// on a miss, on any problem (a notice says it), or while another vmbuild holds the
     /// key's lock (it is building or pulling the entry: the caller's wait for the lock
     /// then finds its result).
-    fn pull(&self, key: &str, name: Option<&str>) -> Result<Option<Entry>> {
+    fn pull(&self, key: &str, name: &str) -> Result<Option<Entry>> {
         let Some(remote) = &self.remote else {
             return Ok(None);
         };
         let Ok(lock) = self.try_lock(key) else {
             return Ok(None);
         };
-        if let Some(entry) = self.local(key, name)? {
+        if let Some(entry) = self.lookup_local(key, name)? {
             return Ok(Some(entry));
         }
         let Some(found) = remote.find(key) else {
@@ -365,14 +357,18 @@ impl Store {
 
     /// Uploads a published entry to the remote cache, if there is one to write to; a
     /// problem is a notice. (`publish` does this for every new entry.)
-    pub fn push(&self, entry: &Entry) -> Result<()> {
-        if let Some(remote) = self.remote.as_ref().filter(|r| r.writable()) {
-            let manifest_path = entry.path.join(MANIFEST);
-            let bytes = fs_err::read(&manifest_path).map_err(io_err("read", &manifest_path))?;
-            let manifest = self.manifest(entry)?;
-            remote.upload(&entry.path, &manifest, &bytes);
-        }
-        Ok(())
+    pub fn push(&self, entry: &Entry) -> Result<Upload> {
+        let Some(remote) = &self.remote else {
+            return Ok(Upload::NotShared);
+        };
+        let manifest_path = entry.path.join(MANIFEST);
+        let bytes = fs_err::read(&manifest_path).map_err(io_err("read", &manifest_path))?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::BadManifest {
+                path: manifest_path,
+                message: e.to_string(),
+            })?;
+        Ok(remote.upload(&entry.path, &manifest, &bytes))
     }
 
     /// A usable entry of this store: present, successful, and its outputs all there with
@@ -380,15 +376,7 @@ impl Store {
     /// entry made under another recipe name with identical inputs is a hit. A damaged
     /// entry is a miss, noted for `take_notices`; the build that follows replaces it.
     pub fn lookup_local(&self, key: &str, name: &str) -> Result<Option<Entry>> {
-        self.local(key, Some(name))
-    }
-
-    fn local(&self, key: &str, name: Option<&str>) -> Result<Option<Entry>> {
-        let by_name = match name {
-            Some(name) => self.get(key, name),
-            None => Ok(None),
-        };
-        let found = match by_name {
+        let found = match self.get(key, name) {
             Ok(Some(entry)) => Some(entry),
             Ok(None) => self.find_by_key(key)?,
             Err(StoreError::BadManifest { path, message }) => {
@@ -495,7 +483,13 @@ impl Store {
         }
         let staging = self.stage(key, name, &lock)?;
         let manifest = build(staging.out())?;
-        Ok((self.publish(staging, manifest)?, false))
+        let (entry, manifest, bytes) = self.publish_local(staging, manifest)?;
+        // Others wanting the entry need not wait for the upload.
+        drop(lock);
+        if let Some(remote) = &self.remote {
+            remote.upload(&entry.path, &manifest, &bytes);
+        }
+        Ok((entry, false))
     }
 
     /// Starts building an entry. The caller holds the key's lock, so any leftover temp
@@ -535,16 +529,26 @@ impl Store {
     /// Hashes the staged outputs into the manifest, writes it, and publishes the entry
     /// atomically, replacing an existing entry under the same key. A successful entry
     /// then goes to the remote cache, when one is set to be written.
-    pub fn publish(&self, staging: Staging, mut manifest: Manifest) -> Result<Entry> {
+    pub fn publish(&self, staging: Staging, manifest: Manifest) -> Result<Entry> {
+        let (entry, manifest, bytes) = self.publish_local(staging, manifest)?;
+        if let Some(remote) = &self.remote {
+            remote.upload(&entry.path, &manifest, &bytes);
+        }
+        Ok(entry)
+    }
+
+    /// `publish` but for the upload: the entry, its whole manifest and the manifest's bytes.
+    fn publish_local(
+        &self,
+        staging: Staging,
+        mut manifest: Manifest,
+    ) -> Result<(Entry, Manifest, Vec<u8>)> {
         let outputs = hashing::hash_tree(&staging.dir, |p| p != Path::new(MANIFEST))
             .map_err(io_err("hash outputs in", &staging.dir))?;
         manifest.outputs = outputs;
         let bytes = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
         let entry = self.commit(staging, &bytes, manifest.head.clone())?;
-        if let Some(remote) = &self.remote {
-            remote.upload(&entry.path, &manifest, &bytes);
-        }
-        Ok(entry)
+        Ok((entry, manifest, bytes))
     }
 
     /// Writes `manifest` (the bytes of the manifest whose head is `head`) into the staged

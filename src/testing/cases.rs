@@ -272,6 +272,16 @@ pub(crate) fn copy_logs(result: &TestResult, from: &Path, to: &Path) -> Result<(
             }));
         }
         let (source, target) = (from.join(log), to.join(log));
+        // Not through a link: a stored result may come from a remote cache.
+        let linked = [from.join("tests"), from.join("tests/tries"), source.clone()]
+            .iter()
+            .any(|p| fs_err::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()));
+        if linked {
+            return Err(TestError::Store(StoreError::BadManifest {
+                path: from.join(RESULT_JSON),
+                message: format!("the log `{log}` is reached through a symlink"),
+            }));
+        }
         if let Some(parent) = target.parent() {
             fs_err::create_dir_all(parent).map_err(io_err("create", parent))?;
         }

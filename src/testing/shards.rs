@@ -70,8 +70,10 @@ pub(crate) fn details(
     ]
 }
 
-/// Looks up parts 1..=`count` of the recipe `name` under `key`, cut as `vmbuild test
-/// --shard` here would cut them, so that a remote cache's parts are pulled into the store.
+/// Looks up parts 1..=`count` of the recipe `name` under `key`, so that a remote cache's
+/// parts are pulled into the store. A part's key holds the durations it was cut from:
+/// those of this store's last results (as `vmbuild test --shard` here would cut), and
+/// none (as on the fresh runners of a CI matrix) are both tried.
 pub(crate) fn look_up_parts(
     store: &Store,
     key: &str,
@@ -79,9 +81,15 @@ pub(crate) fn look_up_parts(
     count: u32,
 ) -> Result<(), StoreError> {
     let previous = super::phase::previous(store, name)?;
-    for index in 1..=count {
-        let (part_key, part_name) = entry_of(key, name, Shard { index, count }, previous.as_ref());
-        store.lookup(&part_key, &part_name)?;
+    let mut cuts = vec![previous.as_ref()];
+    if previous.is_some() {
+        cuts.push(None);
+    }
+    for cut in cuts {
+        for index in 1..=count {
+            let (part_key, part_name) = entry_of(key, name, Shard { index, count }, cut);
+            store.lookup(&part_key, &part_name)?;
+        }
     }
     Ok(())
 }
@@ -210,7 +218,9 @@ pub fn merge(shards: Vec<(Shard, RunResults, Vec<String>)>) -> Result<RunResults
     if !missing.is_empty() {
         return Err(format!(
             "shard(s) {} have no results for the current inputs cut from the same durations as \
-             the others: run every part from one cache (`vmbuild test --shard K/N`)",
+             the others: run every part from one cache (`vmbuild test --shard K/N`), or share \
+             them through a remote cache and merge with --shards N (a part with failures is \
+             never uploaded: see its job's output)",
             missing.join(", ")
         ));
     }

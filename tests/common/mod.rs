@@ -2,6 +2,7 @@
 //! smoke tests, vmbuild.lock) and the real `vmbuild` binary run against it.
 #![allow(dead_code)]
 
+pub mod nginx;
 pub mod suites;
 
 use std::os::unix::fs::PermissionsExt;

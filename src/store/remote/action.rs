@@ -23,6 +23,12 @@ pub(crate) struct OutputFile {
 const LEN: u8 = 2;
 const VARINT: u8 = 0;
 
+/// Whether `text` is a sha256 as the protocol writes it (64 lowercase hex digits): what
+/// the server says goes into a URL only so.
+pub(crate) fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Encodes the files as an `ActionResult`.
 pub(crate) fn encode(files: &[OutputFile]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -63,6 +69,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<OutputFile>, String> {
                     }
                     _ => {}
                 }
+            }
+            if !is_sha256(&file.sha256) {
+                return Err(format!(
+                    "`{}` is named by `{}`, not a sha256",
+                    file.path, file.sha256
+                ));
             }
             files.push(file);
         }
@@ -170,7 +182,17 @@ mod tests {
         more.extend_from_slice(&bytes);
         assert_eq!(decode(&more).unwrap(), files);
 
-        for bad in [&bytes[..bytes.len() - 1], &[0x12, 0xff][..], &[0x13][..]] {
+        let odd = encode(&[OutputFile {
+            path: "manifest.json".into(),
+            sha256: "../../x".into(),
+            size: 1,
+        }]);
+        for bad in [
+            &bytes[..bytes.len() - 1],
+            &[0x12, 0xff][..],
+            &[0x13][..],
+            &odd[..],
+        ] {
             assert!(decode(bad).is_err(), "{bad:?}");
         }
     }

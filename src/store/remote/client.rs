@@ -3,12 +3,12 @@
 //! be reached (after the retries) is marked down: every later request fails at once, so a
 //! dead cache costs one wait, not one per entry.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::hashing::Sha256Stream;
+use crate::hashing::{copy_hashed, CopyError};
 
 /// Tries of one request, and the wait before the second (it grows fourfold).
 const TRIES: u32 = 3;
@@ -16,8 +16,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Between two reads or writes of a transfer (not the whole transfer: big blobs stream).
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// The whole of a small request (`ac/`, `HEAD`, a manifest): a server that trickles
+/// bytes cannot hold a lookup longer.
+const SMALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// The largest small record read whole into memory (manifests, signatures, `ac/`).
-const MAX_RECORD: u64 = 256 << 20;
+const MAX_RECORD: u64 = 64 << 20;
 
 /// Why a request did not do what was asked.
 #[derive(Debug)]
@@ -30,6 +33,10 @@ pub(crate) enum Failure {
         expected: String,
         actual: String,
     },
+    /// A record not signed by a trusted key.
+    Untrusted(String),
+    /// The server refuses uploads (401, 403, 405, 409, 411, 413).
+    Refused(String),
     /// Anything else, said in full (status, I/O, a malformed record).
     Other(String),
 }
@@ -46,13 +53,19 @@ impl std::fmt::Display for Failure {
                 f,
                 "{what} does not match its hash (expected sha256 {expected}, actual {actual})"
             ),
-            Failure::Other(message) => f.write_str(message),
+            Failure::Untrusted(message) | Failure::Refused(message) | Failure::Other(message) => {
+                f.write_str(message)
+            }
         }
     }
 }
 
 pub(crate) struct Client {
+    /// The base URL without any `user:password@`, which goes in `auth` instead.
     base: String,
+    /// `Authorization: Basic ...` from the URL's `user:password@`, for servers behind
+    /// htpasswd (bazel-remote, nginx `auth_basic`).
+    auth: Option<String>,
     agent: ureq::Agent,
     down: AtomicBool,
     /// Said when the server is first found unreachable.
@@ -63,6 +76,8 @@ pub(crate) struct Client {
 enum Attempt {
     /// Worth trying again (connection refused or reset, timeout, 5xx, 429).
     Transient(String),
+    /// The server will not serve this client at all (401, 403 to a read): as good as down.
+    Unusable(String),
     Final(Failure),
 }
 
@@ -75,8 +90,10 @@ impl Client {
             .max_idle_connections_per_host(super::WORKERS * 2)
             .user_agent(concat!("vmbuild/", env!("CARGO_PKG_VERSION")))
             .build();
+        let (base, auth) = split_credentials(base.trim_end_matches('/'));
         Client {
-            base: base.trim_end_matches('/').to_string(),
+            base,
+            auth,
             agent,
             down: AtomicBool::new(false),
             on_down,
@@ -91,6 +108,25 @@ impl Client {
         format!("{}/{path}", self.base)
     }
 
+    fn request(&self, method: &str, url: &str) -> ureq::Request {
+        let request = self.agent.request(method, url);
+        match &self.auth {
+            Some(auth) => request.set("Authorization", auth),
+            None => request,
+        }
+    }
+
+    /// Marks the server down, saying why the first time.
+    fn mark_down(&self, why: String) {
+        if !self.down.swap(true, Ordering::Relaxed) {
+            (self.on_down)(redact(&why));
+        }
+    }
+
+    pub(crate) fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
     /// Runs `attempt` up to `TRIES` times while it fails transiently, backing off between.
     fn retry<T>(&self, what: &str, attempt: impl Fn() -> Result<T, Attempt>) -> Result<T, Failure> {
         let mut wait = FIRST_BACKOFF;
@@ -102,6 +138,10 @@ impl Client {
             match attempt() {
                 Ok(value) => return Ok(value),
                 Err(Attempt::Final(failure)) => return Err(failure),
+                Err(Attempt::Unusable(why)) => {
+                    last = why;
+                    break;
+                }
                 Err(Attempt::Transient(why)) => last = why,
             }
             if try_number < TRIES {
@@ -109,9 +149,7 @@ impl Client {
                 wait *= 4;
             }
         }
-        if !self.down.swap(true, Ordering::Relaxed) {
-            (self.on_down)(format!("{what}: {last}"));
-        }
+        self.mark_down(format!("{what}: {last}"));
         Err(Failure::Down)
     }
 
@@ -119,10 +157,10 @@ impl Client {
     pub(crate) fn get_record(&self, path: &str) -> Result<Option<Vec<u8>>, Failure> {
         let url = self.url(path);
         self.retry(&format!("GET {url}"), || {
-            let response = match self.agent.get(&url).call() {
+            let response = match self.request("GET", &url).timeout(SMALL_TIMEOUT).call() {
                 Ok(r) => r,
                 Err(ureq::Error::Status(404, _)) => return Ok(None),
-                Err(e) => return Err(classify(e)),
+                Err(e) => return Err(classify(e, false)),
             };
             let mut bytes = Vec::new();
             response
@@ -161,36 +199,22 @@ impl Client {
     pub(crate) fn download(&self, sha256: &str, size: u64, target: &Path) -> Result<u64, Failure> {
         let url = self.url(&format!("cas/{sha256}"));
         self.retry(&format!("GET {url}"), || {
-            let response = match self.agent.get(&url).call() {
+            let response = match self.request("GET", &url).call() {
                 Ok(r) => r,
                 Err(ureq::Error::Status(404, _)) => {
                     return Err(Attempt::Final(Failure::Other(format!("{url} is missing"))))
                 }
-                Err(e) => return Err(classify(e)),
+                Err(e) => return Err(classify(e, false)),
             };
             let local = |e: std::io::Error| {
                 Attempt::Final(Failure::Other(format!("write {}: {e}", target.display())))
             };
             let mut file = fs_err::File::create(target).map_err(local)?;
-            let mut body = response.into_reader();
-            let mut hasher = Sha256Stream::default();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut written = 0u64;
-            loop {
-                let n = body
-                    .read(&mut buf)
-                    .map_err(|e| Attempt::Transient(format!("read {url}: {e}")))?;
-                if n == 0 {
-                    break;
-                }
-                written += n as u64;
-                if written > size {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                file.write_all(&buf[..n]).map_err(local)?;
-            }
-            let actual = hasher.finish_hex();
+            let (actual, written) = copy_hashed(&mut response.into_reader(), &mut file, size)
+                .map_err(|e| match e {
+                    CopyError::Read(e) => Attempt::Transient(format!("read {url}: {e}")),
+                    CopyError::Write(e) => local(e),
+                })?;
             if written != size {
                 return Err(Attempt::Final(Failure::Other(format!(
                     "{url} is {}{written} bytes, its manifest says {size}",
@@ -212,10 +236,10 @@ impl Client {
     pub(crate) fn has(&self, path: &str) -> Result<bool, Failure> {
         let url = self.url(path);
         self.retry(&format!("HEAD {url}"), || {
-            match self.agent.head(&url).call() {
+            match self.request("HEAD", &url).timeout(SMALL_TIMEOUT).call() {
                 Ok(_) => Ok(true),
                 Err(ureq::Error::Status(404, _)) => Ok(false),
-                Err(e) => Err(classify(e)),
+                Err(e) => Err(classify(e, false)),
             }
         })
     }
@@ -227,13 +251,12 @@ impl Client {
             let body = fs_err::File::open(file).map_err(|e| {
                 Attempt::Final(Failure::Other(format!("read {}: {e}", file.display())))
             })?;
-            self.agent
-                .put(&url)
+            self.request("PUT", &url)
                 .set("Content-Length", &size.to_string())
                 .set("Content-Type", "application/octet-stream")
                 .send(body)
                 .map(drop)
-                .map_err(classify)
+                .map_err(|e| classify(e, true))
         })
     }
 
@@ -241,29 +264,92 @@ impl Client {
     pub(crate) fn put_bytes(&self, path: &str, bytes: &[u8]) -> Result<(), Failure> {
         let url = self.url(path);
         self.retry(&format!("PUT {url}"), || {
-            self.agent
-                .put(&url)
+            self.request("PUT", &url)
+                .timeout(SMALL_TIMEOUT)
                 .set("Content-Type", "application/octet-stream")
                 .send_bytes(bytes)
                 .map(drop)
-                .map_err(classify)
+                .map_err(|e| classify(e, true))
         })
     }
 }
 
-fn classify(error: ureq::Error) -> Attempt {
+/// How the retry loop takes `error` of a read or (`upload`) a write.
+fn classify(error: ureq::Error, upload: bool) -> Attempt {
     match error {
         ureq::Error::Status(code, response) => {
             let what = format!(
                 "{} answered {code} {}",
-                response.get_url(),
+                redact(response.get_url()),
                 response.status_text()
             );
             match code {
                 408 | 429 | 500..=599 => Attempt::Transient(what),
+                401 | 403 | 405 | 409 | 411 | 413 if upload => {
+                    Attempt::Final(Failure::Refused(what))
+                }
+                401 | 403 => Attempt::Unusable(what),
                 _ => Attempt::Final(Failure::Other(what)),
             }
         }
-        ureq::Error::Transport(t) => Attempt::Transient(t.to_string()),
+        ureq::Error::Transport(t) => Attempt::Transient(redact(&t.to_string())),
+    }
+}
+
+/// The URL without its `user:password@`, and the Basic authorization header they make.
+fn split_credentials(url: &str) -> (String, Option<String>) {
+    use base64::Engine;
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => {
+            let credentials = &authority[..at];
+            let header = base64::engine::general_purpose::STANDARD.encode(credentials);
+            (
+                format!("{scheme}://{}", &rest[at + 1..]),
+                Some(format!("Basic {header}")),
+            )
+        }
+        None => (url.to_string(), None),
+    }
+}
+
+/// `text` with the password of any `scheme://user:password@` in it hidden.
+pub(crate) fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let authority_end = tail.find(['/', ' ', ')']).unwrap_or(tail.len());
+        match tail[..authority_end].rfind('@') {
+            Some(end) => {
+                let user = tail[..end].split(':').next().unwrap_or_default();
+                out.push_str(user);
+                out.push_str(":***");
+                rest = &tail[end..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_in_addresses_are_hidden() {
+        assert_eq!(
+            super::redact("GET http://ci:s3cret@cache:8080/c/ac/x: refused"),
+            "GET http://ci:***@cache:8080/c/ac/x: refused"
+        );
+        assert_eq!(super::redact("http://cache/c"), "http://cache/c");
+        let (base, auth) = super::split_credentials("https://ci:pw@cache:8080/c");
+        assert_eq!(base, "https://cache:8080/c");
+        assert_eq!(auth.as_deref(), Some("Basic Y2k6cHc="));
+        assert_eq!(super::split_credentials("http://h/a@b").1, None);
     }
 }

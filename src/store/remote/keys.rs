@@ -49,9 +49,10 @@ fn split<'a>(text: &'a str, what: &str) -> Result<(&'a str, Vec<u8>), String> {
 impl SecretKey {
     /// A new key named `name`: the secret key's text and the public key's.
     pub fn generate(name: &str) -> Result<(String, String), String> {
-        if name.is_empty() || name.contains(':') || name.contains(char::is_whitespace) {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+        if name.is_empty() || !name.chars().all(allowed) {
             return Err(format!(
-                "`{name}` cannot name a key: use letters, digits, dots and dashes"
+                "`{name}` cannot name a key: use letters, digits, dots, dashes and underscores"
             ));
         }
         let mut seed = [0u8; 32];
@@ -84,6 +85,14 @@ impl SecretKey {
         })
     }
 
+    /// Its public half.
+    pub fn public(&self) -> PublicKey {
+        PublicKey {
+            name: self.name.clone(),
+            bytes: self.pair.public_key().as_ref().to_vec(),
+        }
+    }
+
     /// `NAME:BASE64` of the signature of `message`.
     pub fn sign(&self, message: &[u8]) -> String {
         let signature = self.pair.sign(message);
@@ -92,18 +101,10 @@ impl SecretKey {
 }
 
 impl PublicKey {
+    /// Reads `NAME:BASE64` (the parser `vmbuild.toml`'s `trusted_keys` are checked with).
     pub fn parse(text: &str) -> Result<PublicKey, String> {
-        let (name, bytes) = split(text, "public key")?;
-        if bytes.len() != 32 {
-            return Err(format!(
-                "not a public key: an ed25519 public key is 32 bytes, this one is {}",
-                bytes.len()
-            ));
-        }
-        Ok(PublicKey {
-            name: name.to_string(),
-            bytes,
-        })
+        let (name, bytes) = crate::recipe::parse_public_key(text)?;
+        Ok(PublicKey { name, bytes })
     }
 }
 

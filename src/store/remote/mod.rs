@@ -20,8 +20,9 @@ mod client;
 pub mod keys;
 mod unpack;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::hashing::{self, TreeEntry};
@@ -76,10 +77,33 @@ pub struct Traffic {
 pub struct Remote {
     client: Client,
     writable: bool,
+    /// Set when the server refused an upload (401, 403, ...): no more are tried.
+    refused: AtomicBool,
     signer: Option<SecretKey>,
     trusted: Vec<PublicKey>,
     notices: Arc<Mutex<Vec<String>>>,
+    /// Records and blobs this process found broken on the server: replaced when it
+    /// uploads the same entry (otherwise a record already there is left as it is).
+    broken: Mutex<Broken>,
     pub traffic: Traffic,
+}
+
+#[derive(Default)]
+struct Broken {
+    records: BTreeSet<String>,
+    blobs: BTreeSet<String>,
+}
+
+/// What became of an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upload {
+    Sent,
+    /// The server has a good record for the key already.
+    Present,
+    /// Not for the remote cache (a failed result, a local-only kind, `--remote read`).
+    NotShared,
+    /// Said in a notice (or the server is down).
+    Failed,
 }
 
 /// A manifest found under `ac/<key>`, checked, with its exact bytes.
@@ -125,7 +149,7 @@ impl Remote {
         let notices = Arc::new(Mutex::new(Vec::new()));
         let on_down = {
             let notices = Arc::clone(&notices);
-            let url = settings.url.clone();
+            let url = client::redact(&settings.url);
             Box::new(move |why: String| {
                 push_notice(
                     &notices,
@@ -136,9 +160,11 @@ impl Remote {
         Ok(Some(Remote {
             client: Client::new(&settings.url, on_down),
             writable: settings.mode == RemoteMode::Readwrite,
+            refused: AtomicBool::new(false),
             signer,
             trusted,
             notices,
+            broken: Mutex::new(Broken::default()),
             traffic: Traffic::default(),
         }))
     }
@@ -151,6 +177,11 @@ impl Remote {
         self.writable
     }
 
+    /// Whether the server was found unreachable (everything since was local only).
+    pub(crate) fn is_down(&self) -> bool {
+        self.client.is_down()
+    }
+
     /// What went wrong since the last call (each already handled: built locally instead).
     pub(crate) fn take_notices(&self) -> Vec<String> {
         std::mem::take(&mut *self.notices.lock().unwrap_or_else(|e| e.into_inner()))
@@ -160,6 +191,26 @@ impl Remote {
         push_notice(&self.notices, line);
     }
 
+    fn broken(&self) -> std::sync::MutexGuard<'_, Broken> {
+        self.broken.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes what `failure` (of the record under `key`) says is broken on the server.
+    /// A signature this host does not trust is no damage: its record is replaced only
+    /// by a writer that signs.
+    fn note_broken(&self, key: &str, failure: &Failure) {
+        let mut broken = self.broken();
+        match failure {
+            Failure::Down => return,
+            Failure::Mismatch { expected, .. } => {
+                broken.blobs.insert(expected.clone());
+            }
+            Failure::Untrusted(_) if self.signer.is_none() => return,
+            _ => {}
+        }
+        broken.records.insert(key.to_string());
+    }
+
     /// The checked manifest under `key`, or `None` (a miss, or a record not to use: said
     /// in a notice).
     pub(crate) fn find(&self, key: &str) -> Option<Found> {
@@ -167,6 +218,7 @@ impl Remote {
             Ok(found) => found,
             Err(Failure::Down) => None,
             Err(failure) => {
+                self.note_broken(key, &failure);
                 self.notice(format!(
                     "remote entry {}/ac/{key} is not used: {failure}",
                     self.url()
@@ -190,17 +242,8 @@ impl Remote {
             .get_small_blob(&listed.sha256)?
             .ok_or_else(|| Failure::Other(format!("its {MANIFEST} blob is missing")))?;
         if !self.trusted.is_empty() {
-            let signatures = match named(SIGNATURES) {
-                Some(sig) => self.client.get_small_blob(&sig.sha256)?.unwrap_or_default(),
-                None => Vec::new(),
-            };
-            let signatures = String::from_utf8_lossy(&signatures);
-            keys::verify(
-                &signatures,
-                &keys::message(key, &listed.sha256),
-                &self.trusted,
-            )
-            .map_err(|why| Failure::Other(format!("{why} (trusted keys are set)")))?;
+            self.check_signed(key, &files, &self.trusted)
+                .map_err(|why| Failure::Untrusted(format!("{why} (trusted keys are set)")))?;
         }
         let manifest: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| Failure::Other(format!("its {MANIFEST}: {e}")))?;
@@ -219,8 +262,28 @@ impl Remote {
         }
         crate::recipe::grammar::recipe_name(&head.name)
             .map_err(|e| Failure::Other(format!("its name `{}`: {e}", head.name)))?;
-        unpack::check_paths(&manifest.outputs).map_err(Failure::Other)?;
+        unpack::check_paths(&head.kind, &manifest.outputs).map_err(Failure::Other)?;
         Ok(Some(Found { manifest, bytes }))
+    }
+
+    /// Whether the record's `files` carry a signature by one of `keys` of its manifest.
+    fn check_signed(
+        &self,
+        key: &str,
+        files: &[action::OutputFile],
+        keys: &[PublicKey],
+    ) -> Result<(), String> {
+        let manifest = files.iter().find(|f| f.path == MANIFEST);
+        let signatures = files.iter().find(|f| f.path == SIGNATURES);
+        let (Some(manifest), Some(signatures)) = (manifest, signatures) else {
+            return Err("it is not signed".into());
+        };
+        let text = match self.client.get_small_blob(&signatures.sha256) {
+            Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+            Ok(None) => return Err("its signature blob is missing".into()),
+            Err(failure) => return Err(format!("its signatures: {failure}")),
+        };
+        keys::verify(&text, &keys::message(key, &manifest.sha256), keys).map(drop)
     }
 
     /// Downloads every output of `found` into `out`, each checked against its hash.
@@ -237,6 +300,7 @@ impl Remote {
             }
             Err(Failure::Down) => false,
             Err(failure) => {
+                self.note_broken(&found.manifest.head.key, &failure);
                 self.notice(format!(
                     "remote entry {}/ac/{} is not used: {failure}; building it locally",
                     self.url(),
@@ -247,23 +311,60 @@ impl Remote {
         }
     }
 
-    /// Uploads the published entry at `path` (its manifest's bytes are `bytes`). Blobs
-    /// the server has are not sent again. A failure is a notice.
-    pub(crate) fn upload(&self, path: &Path, manifest: &Manifest, bytes: &[u8]) {
+    /// Uploads the published entry at `path` (its manifest's bytes are `bytes`), unless
+    /// the server has a good record for its key already: one this process did not find
+    /// broken and (for a writer that signs) that carries its signature. So a reader that
+    /// distrusts a signed record does not replace it with its own. Blobs the server has
+    /// are not sent again, but for those found corrupt. A failure is a notice.
+    pub(crate) fn upload(&self, path: &Path, manifest: &Manifest, bytes: &[u8]) -> Upload {
         let head = &manifest.head;
         if !self.writable || head.status != Status::Ok || !shared_kind(&head.kind) {
-            return;
+            return Upload::NotShared;
+        }
+        if self.refused.load(Ordering::Relaxed) {
+            return Upload::Failed;
         }
         match self.upload_checked(path, manifest, bytes) {
-            Ok(()) => {
+            Ok(true) => {
                 self.traffic.pushed.fetch_add(1, Ordering::Relaxed);
+                Upload::Sent
             }
-            Err(Failure::Down) => {}
-            Err(failure) => self.notice(format!(
-                "upload {} to the remote cache: {failure}",
-                path.display()
-            )),
+            Ok(false) => Upload::Present,
+            Err(Failure::Down) => Upload::Failed,
+            Err(Failure::Refused(why)) => {
+                if !self.refused.swap(true, Ordering::Relaxed) {
+                    self.notice(format!(
+                        "the remote cache refuses uploads ({why}): nothing more is uploaded \
+                         this run (--remote read says so for good)"
+                    ));
+                }
+                Upload::Failed
+            }
+            Err(failure) => {
+                self.notice(format!(
+                    "upload {} to the remote cache: {failure}",
+                    path.display()
+                ));
+                Upload::Failed
+            }
         }
+    }
+
+    /// Whether a record for `key` is on the server that this writer should leave.
+    fn keep_record(&self, key: &str) -> Result<bool, Failure> {
+        if self.broken().records.contains(key) {
+            return Ok(false);
+        }
+        let Some(signer) = &self.signer else {
+            return self.client.has(&format!("ac/{key}"));
+        };
+        let Some(record) = self.client.get_record(&format!("ac/{key}"))? else {
+            return Ok(false);
+        };
+        let Ok(files) = action::decode(&record) else {
+            return Ok(false);
+        };
+        Ok(self.check_signed(key, &files, &[signer.public()]).is_ok())
     }
 
     fn upload_checked(
@@ -271,7 +372,12 @@ impl Remote {
         path: &Path,
         manifest: &Manifest,
         bytes: &[u8],
-    ) -> Result<(), Failure> {
+    ) -> Result<bool, Failure> {
+        let key = &manifest.head.key;
+        let record = format!("ac/{key}");
+        if self.keep_record(key)? {
+            return Ok(false);
+        }
         let mut blobs: Vec<(&str, &str, u64)> = manifest
             .outputs
             .iter()
@@ -284,15 +390,15 @@ impl Remote {
             .collect();
         blobs.sort_by_key(|(_, sha256, _)| *sha256);
         blobs.dedup_by_key(|(_, sha256, _)| *sha256);
+        let corrupt = self.broken().blobs.clone();
         parallel(&blobs, |(rel, sha256, size)| {
             let blob = format!("cas/{sha256}");
-            if !self.client.has(&blob)? {
+            if corrupt.contains(*sha256) || !self.client.has(&blob)? {
                 self.client.put_file(&blob, &path.join(rel), *size)?;
                 self.traffic.bytes_up.fetch_add(*size, Ordering::Relaxed);
             }
             Ok(())
         })?;
-        let key = &manifest.head.key;
         let manifest_sha256 = hashing::sha256_hex(bytes);
         self.client
             .put_bytes(&format!("cas/{manifest_sha256}"), bytes)?;
@@ -313,8 +419,9 @@ impl Remote {
                 size: signature.len() as u64,
             });
         }
-        self.client
-            .put_bytes(&format!("ac/{key}"), &action::encode(&files))
+        self.client.put_bytes(&record, &action::encode(&files))?;
+        self.broken().records.remove(key);
+        Ok(true)
     }
 }
 

@@ -1,7 +1,9 @@
 //! Laying out a pulled entry from its manifest, safely: the manifest comes from a server,
-//! so its paths are checked before anything is written (relative, no `..`, every parent
-//! a folder the manifest lists), folders are made first, files are created anew inside
-//! them, and symlinks come last, so no write ever goes through a link.
+//! so its paths are checked before anything is written (relative, no `.` or `..`, every
+//! parent a folder the manifest lists), folders are made first, files are created anew
+//! inside them, and symlinks come last, so no write ever goes through a link. Symlinks
+//! that point outside the entry are refused but in root trees, whose links are data the
+//! image tools copy (`/bin/sh -> busybox`), never followed by vmbuild.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -11,18 +13,32 @@ use super::client::Failure;
 use crate::hashing::TreeEntry;
 use crate::store::manifest::MANIFEST;
 
-/// Refuses manifests whose paths could write outside the entry or over its manifest.
-pub(super) fn check_paths(outputs: &BTreeMap<String, TreeEntry>) -> Result<(), String> {
-    for rel in outputs.keys() {
-        let path = Path::new(rel);
-        let plain = !rel.is_empty()
-            && path.components().all(|c| matches!(c, Component::Normal(_)))
-            && !rel.contains("//")
-            && !rel.ends_with('/');
+/// Refuses manifests whose paths could write outside the entry or over its manifest,
+/// name one file twice, name blobs by anything but a sha256, or (but in a `rootfs`) link
+/// out of the entry.
+pub(super) fn check_paths(kind: &str, outputs: &BTreeMap<String, TreeEntry>) -> Result<(), String> {
+    for (rel, entry) in outputs {
+        let plain = rel
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
         if !plain || rel == MANIFEST {
             return Err(format!(
                 "its manifest lists the path `{rel}`, which no entry has"
             ));
+        }
+        let path = Path::new(rel);
+        match entry {
+            TreeEntry::File { sha256, .. } if !super::action::is_sha256(sha256) => {
+                return Err(format!(
+                    "its manifest names `{rel}` by `{sha256}`, not a sha256"
+                ));
+            }
+            TreeEntry::Symlink { target } if kind != "rootfs" && leaves(path, target) => {
+                return Err(format!(
+                    "its manifest has `{rel}` link to `{target}`, outside the entry"
+                ));
+            }
+            _ => {}
         }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             let parent = parent.to_string_lossy();
@@ -34,6 +50,23 @@ pub(super) fn check_paths(outputs: &BTreeMap<String, TreeEntry>) -> Result<(), S
         }
     }
     Ok(())
+}
+
+/// Whether the link at `rel` to `target` resolves outside the entry's folder.
+fn leaves(rel: &Path, target: &str) -> bool {
+    if target.starts_with('/') {
+        return true;
+    }
+    let mut depth = rel.components().count() - 1;
+    for part in Path::new(target).components() {
+        match part {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir if depth > 0 => depth -= 1,
+            _ => return true,
+        }
+    }
+    false
 }
 
 /// Creates the folders, fetches every file through `fetch(rel, sha256, size)` (in
@@ -103,7 +136,7 @@ mod tests {
             ),
         ]
         .into();
-        check_paths(&ok).unwrap();
+        check_paths("rootfs", &ok).unwrap();
         for bad in [
             "../x",
             "/etc/passwd",
@@ -112,14 +145,45 @@ mod tests {
             "",
             "manifest.json",
             "a//b",
+            "a/./b",
+            "a/b/.",
+            "a/",
         ] {
-            let outputs: BTreeMap<String, TreeEntry> = [(bad.to_string(), file())].into();
-            assert!(check_paths(&outputs).is_err(), "{bad:?}");
+            let outputs: BTreeMap<String, TreeEntry> =
+                [("a".to_string(), TreeEntry::Dir), (bad.to_string(), file())].into();
+            assert!(check_paths("rootfs", &outputs).is_err(), "{bad:?}");
         }
         // `c` is a link to /etc: a file under it would be written through the link.
         let mut through_link = ok.clone();
         through_link.insert("c/passwd".into(), file());
-        let why = check_paths(&through_link).unwrap_err();
+        let why = check_paths("rootfs", &through_link).unwrap_err();
         assert!(why.contains("does not list as a folder"), "{why}");
+        // Only a root tree links out of itself; a blob is named by its sha256.
+        let why = check_paths("test-case", &ok).unwrap_err();
+        assert!(why.contains("outside the entry"), "{why}");
+        for (link, target, leaves_entry) in [
+            ("a/l", "../c", false),
+            ("a/l", "../../c", true),
+            ("l", "a/./b", false),
+            ("l", "/etc", true),
+        ] {
+            assert_eq!(
+                leaves(Path::new(link), target),
+                leaves_entry,
+                "{link} -> {target}"
+            );
+        }
+        let named: BTreeMap<String, TreeEntry> = [(
+            "f".to_string(),
+            TreeEntry::File {
+                sha256: "../../etc/passwd".into(),
+                size: 0,
+                exec: false,
+            },
+        )]
+        .into();
+        assert!(check_paths("bundle", &named)
+            .unwrap_err()
+            .contains("not a sha256"));
     }
 }
