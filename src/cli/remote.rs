@@ -43,7 +43,8 @@ pub fn push(global: &Global, reporter: &Renderer, args: TransferArgs) -> Result<
         Some(remote) if remote.writable() => {}
         Some(remote) => {
             return Err(Error::Usage(format!(
-                "the remote cache {} is read-only here (--remote read): nothing pushed",
+                "the remote cache {} is set to read only here (--remote read, or remote = \"read\" \
+                 in vmbuild.toml): nothing pushed",
                 remote.url()
             )))
         }
@@ -94,7 +95,8 @@ pub fn pull(global: &Global, reporter: &Renderer, args: TransferArgs) -> Result<
     let plan = engine.plan(&args.recipes)?;
     let (mut here, mut missing) = (0, Vec::new());
     let mut found = |key: NamedKey| -> Result<(), Error> {
-        match engine.store.lookup(&key.key, &key.name)? {
+        let waiting = || eprintln!("waiting for another vmbuild making {}", key.name);
+        match engine.store.lookup_waiting(&key.key, &key.name, waiting)? {
             Some(entry) => {
                 here += 1;
                 println!("{}", entry.path.display());

@@ -42,7 +42,7 @@ pub struct ProjectConfig {
 struct RawConfig {
     remote_cache: Option<Spanned<String>>,
     remote: Option<RemoteMode>,
-    signing_key: Option<PathBuf>,
+    signing_key: Option<Spanned<PathBuf>>,
     #[serde(default)]
     trusted_keys: Vec<Spanned<String>>,
 }
@@ -67,10 +67,19 @@ impl ProjectConfig {
         for key in &raw.trusted_keys {
             parse_public_key(key.get_ref()).map_err(|m| Diagnostic::new(at(key.span()), m))?;
         }
+        let signing_key = raw.signing_key.map(|path| (root.join(path.get_ref()), path.span()));
+        if let Some((path, span)) = &signing_key {
+            if !path.is_file() {
+                let message = format!("the signing key {} is not a file", path.display());
+                return Err(Diagnostic::new(at(span.clone()), message)
+                    .with_help("make one with `vmbuild keygen NAME FILE`")
+                    .into());
+            }
+        }
         Ok(ProjectConfig {
             remote_cache: raw.remote_cache.map(Spanned::into_inner),
             remote: raw.remote,
-            signing_key: raw.signing_key.map(|p| root.join(p)),
+            signing_key: signing_key.map(|(path, _)| path),
             trusted_keys: raw
                 .trusted_keys
                 .into_iter()
@@ -87,8 +96,27 @@ pub fn check_url(url: &str) -> std::result::Result<(), String> {
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
         .ok_or_else(|| format!("`{url}` is not an http:// or https:// address"))?;
-    if rest.is_empty() || rest.starts_with('/') {
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let host_port = &authority[authority.rfind('@').map_or(0, |at| at + 1)..];
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("`{url}`: the address in [ ] is not closed"))?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
+    };
+    if host.is_empty() {
         return Err(format!("`{url}` names no host"));
+    }
+    if let Some(port) = port {
+        if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+            return Err(format!("`{url}`: `{port}` is not a port (1 to 65535)"));
+        }
     }
     if let Some(bad) = rest
         .chars()
@@ -114,6 +142,11 @@ pub fn parse_public_key(text: &str) -> std::result::Result<(String, Vec<u8>), St
     }
     match base64::engine::general_purpose::STANDARD.decode(key) {
         Ok(bytes) if bytes.len() == 32 => Ok((name.to_string(), bytes)),
+        // Not echoed: it is a secret.
+        Ok(bytes) if bytes.len() == 64 => Err(format!(
+            "the key named `{name}` is a secret key (64 bytes): trust the public key `vmbuild \
+             keygen` printed, and keep the secret one out of shared files"
+        )),
         Ok(bytes) => Err(format!(
             "`{text}`: an ed25519 public key is 32 bytes, this one is {}",
             bytes.len()
@@ -148,10 +181,28 @@ mod tests {
         assert!(bad.contains("not an http:// or https://"), "{bad}");
         let bad = load("remote_cache = \"http://h/c?x=1\"\n").unwrap_err();
         assert!(bad.contains("without query"), "{bad}");
+        for (url, why) in [
+            ("http://:80", "names no host"),
+            ("http://[::1", "not closed"),
+            ("http://127.0.0.1:99999", "not a port"),
+            ("https://", "names no host"),
+        ] {
+            assert!(check_url(url).unwrap_err().contains(why), "{url}");
+        }
+        for url in [
+            "http://[::1]:8080/c",
+            "https://u:p@cache.example/v",
+            "http://h:1",
+        ] {
+            check_url(url).unwrap();
+        }
         let bad = load("trusted_keys = [\"ci:AAAA\"]\n").unwrap_err();
         assert!(bad.contains("32 bytes, this one is 3"), "{bad}");
         let bad = load("remote = \"sometimes\"\n").unwrap_err();
         assert!(bad.contains("vmbuild.toml:1:10"), "{bad}");
+        let bad = load("remote = \"read\"\nsigning_key = \"nope.secret\"\n").unwrap_err();
+        assert!(bad.contains("vmbuild.toml:2:15"), "{bad}");
+        assert!(bad.contains("vmbuild keygen"), "{bad}");
         let bad = load("remote_cach = \"http://h\"\n").unwrap_err();
         assert!(bad.contains("unknown field `remote_cach`"), "{bad}");
         assert_eq!(load("").unwrap(), ProjectConfig::default());

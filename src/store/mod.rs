@@ -185,6 +185,9 @@ impl Store {
         if let Some(remote) = &self.remote {
             notices.extend(remote.take_notices());
         }
+        // A lookup checks the local store twice (before and under the lock): one note.
+        let mut seen = std::collections::BTreeSet::new();
+        notices.retain(|n| seen.insert(n.clone()));
         notices
     }
 
@@ -193,7 +196,7 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(format!(
-                "{} is damaged ({problem}): not used, rebuilding",
+                "{} is damaged ({problem}): not used, and replaced",
                 path.display()
             ));
     }
@@ -330,24 +333,52 @@ impl Store {
         }
     }
 
+    /// `lookup`, but waiting (`on_wait` says so) while another vmbuild holds the key's
+    /// lock, then taking what it made (`vmbuild pull`).
+    pub fn lookup_waiting(
+        &self,
+        key: &str,
+        name: &str,
+        on_wait: impl FnOnce(),
+    ) -> Result<Option<Entry>> {
+        if let Some(entry) = self.lookup_local(key, name)? {
+            return Ok(Some(entry));
+        }
+        let lock = self.lock(key, on_wait)?;
+        self.pull_locked(key, name, &lock)
+    }
+
     /// The remote cache's entry under `key`, downloaded, checked and published here; `None`
     /// on a miss, on any problem (a notice says it), or while another vmbuild holds the
     /// key's lock (it is building or pulling the entry: the caller's wait for the lock
     /// then finds its result).
     fn pull(&self, key: &str, name: &str) -> Result<Option<Entry>> {
-        let Some(remote) = &self.remote else {
+        if self.remote.is_none() {
+            return Ok(None);
+        }
+        let Ok(lock) = self.try_lock(key) else {
             return Ok(None);
         };
-        let Ok(lock) = self.try_lock(key) else {
+        self.pull_locked(key, name, &lock)
+    }
+
+    fn pull_locked(&self, key: &str, name: &str, lock: &KeyLock) -> Result<Option<Entry>> {
+        let Some(remote) = &self.remote else {
             return Ok(None);
         };
         if let Some(entry) = self.lookup_local(key, name)? {
             return Ok(Some(entry));
         }
-        let Some(found) = remote.find(key) else {
+        let Some(mut found) = remote.find(key) else {
             return Ok(None);
         };
-        let staging = self.stage(key, &found.manifest.head.name, &lock)?;
+        // Published under the name it is looked up by (the key is the same for identical
+        // inputs under another recipe name).
+        if found.manifest.head.name != name {
+            found.manifest.head.name = name.to_string();
+            found.bytes = serde_json::to_vec_pretty(&found.manifest).expect("manifests serialize");
+        }
+        let staging = self.stage(key, name, lock)?;
         if !remote.download(&found, staging.out()) {
             return Ok(None);
         }

@@ -19,8 +19,14 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// The whole of a small request (`ac/`, `HEAD`, a manifest): a server that trickles
 /// bytes cannot hold a lookup longer.
 const SMALL_TIMEOUT: Duration = Duration::from_secs(15);
-/// The largest small record read whole into memory (manifests, signatures, `ac/`).
+/// The largest `ac/` record read (real ones are about a hundred bytes).
+const MAX_ACTION: u64 = 1 << 20;
+/// The largest manifest or signatures blob read whole into memory.
 const MAX_RECORD: u64 = 64 << 20;
+/// A large blob's transfer may take this long plus a second per `SLOWEST_RATE` bytes: a
+/// server trickling bytes cannot hold a pull forever.
+const TRANSFER_GRACE: Duration = Duration::from_secs(60);
+const SLOWEST_RATE: u64 = 1 << 20;
 
 /// Why a request did not do what was asked.
 #[derive(Debug)]
@@ -153,8 +159,14 @@ impl Client {
         Err(Failure::Down)
     }
 
-    /// A small record (`ac/<key>`, a manifest), or `None` when the server has none.
-    pub(crate) fn get_record(&self, path: &str) -> Result<Option<Vec<u8>>, Failure> {
+    /// The `ac/` record under `key`, or `None` when the server has none.
+    pub(crate) fn get_action(&self, key: &str) -> Result<Option<Vec<u8>>, Failure> {
+        self.get_record(&format!("ac/{key}"), MAX_ACTION)
+    }
+
+    /// A small record (`ac/<key>`, a manifest) of at most `limit` bytes, or `None` when
+    /// the server has none.
+    fn get_record(&self, path: &str, limit: u64) -> Result<Option<Vec<u8>>, Failure> {
         let url = self.url(path);
         self.retry(&format!("GET {url}"), || {
             let response = match self.request("GET", &url).timeout(SMALL_TIMEOUT).call() {
@@ -165,12 +177,12 @@ impl Client {
             let mut bytes = Vec::new();
             response
                 .into_reader()
-                .take(MAX_RECORD + 1)
+                .take(limit + 1)
                 .read_to_end(&mut bytes)
-                .map_err(|e| Attempt::Transient(format!("read {url}: {e}")))?;
-            if bytes.len() as u64 > MAX_RECORD {
+                .map_err(|e| read_failure(&url, e))?;
+            if bytes.len() as u64 > limit {
                 return Err(Attempt::Final(Failure::Other(format!(
-                    "{url} is larger than {MAX_RECORD} bytes"
+                    "{url} is larger than {limit} bytes"
                 ))));
             }
             Ok(Some(bytes))
@@ -179,7 +191,7 @@ impl Client {
 
     /// A CAS blob read whole, checked against its name; `None` when missing.
     pub(crate) fn get_small_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, Failure> {
-        let Some(bytes) = self.get_record(&format!("cas/{sha256}"))? else {
+        let Some(bytes) = self.get_record(&format!("cas/{sha256}"), MAX_RECORD)? else {
             return Ok(None);
         };
         let actual = crate::hashing::sha256_hex(&bytes);
@@ -198,21 +210,31 @@ impl Client {
     /// one of another size an error: the caller throws the file away.
     pub(crate) fn download(&self, sha256: &str, size: u64, target: &Path) -> Result<u64, Failure> {
         let url = self.url(&format!("cas/{sha256}"));
+        let deadline = TRANSFER_GRACE + Duration::from_secs(size / SLOWEST_RATE);
         self.retry(&format!("GET {url}"), || {
-            let response = match self.request("GET", &url).call() {
+            let response = match self.request("GET", &url).timeout(deadline).call() {
                 Ok(r) => r,
                 Err(ureq::Error::Status(404, _)) => {
                     return Err(Attempt::Final(Failure::Other(format!("{url} is missing"))))
                 }
                 Err(e) => return Err(classify(e, false)),
             };
+            let announced = response
+                .header("Content-Length")
+                .and_then(|n| n.parse().ok());
+            if announced.is_some_and(|n: u64| n != size) {
+                return Err(Attempt::Final(Failure::Other(format!(
+                    "{url} is {} bytes, its manifest says {size}",
+                    announced.unwrap_or_default()
+                ))));
+            }
             let local = |e: std::io::Error| {
                 Attempt::Final(Failure::Other(format!("write {}: {e}", target.display())))
             };
             let mut file = fs_err::File::create(target).map_err(local)?;
             let (actual, written) = copy_hashed(&mut response.into_reader(), &mut file, size)
                 .map_err(|e| match e {
-                    CopyError::Read(e) => Attempt::Transient(format!("read {url}: {e}")),
+                    CopyError::Read(e) => read_failure(&url, e),
                     CopyError::Write(e) => local(e),
                 })?;
             if written != size {
@@ -274,6 +296,16 @@ impl Client {
     }
 }
 
+/// A body cut short is worth another try; one that stalls past its timeout is not (a
+/// server that slow makes every try as slow).
+fn read_failure(url: &str, error: std::io::Error) -> Attempt {
+    let what = format!("read {url}: {error}");
+    match error.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => Attempt::Unusable(what),
+        _ => Attempt::Transient(what),
+    }
+}
+
 /// How the retry loop takes `error` of a read or (`upload`) a write.
 fn classify(error: ureq::Error, upload: bool) -> Attempt {
     match error {
@@ -288,11 +320,26 @@ fn classify(error: ureq::Error, upload: bool) -> Attempt {
                 401 | 403 | 405 | 409 | 411 | 413 if upload => {
                     Attempt::Final(Failure::Refused(what))
                 }
-                401 | 403 => Attempt::Unusable(what),
+                // A read refused (401, 403) or not understood (400, ...) by a server is
+                // refused for every entry: as good as down.
+                _ if !upload => Attempt::Unusable(what),
                 _ => Attempt::Final(Failure::Other(what)),
             }
         }
-        ureq::Error::Transport(t) => Attempt::Transient(redact(&t.to_string())),
+        ureq::Error::Transport(t) => {
+            let timed_out = std::error::Error::source(&t)
+                .and_then(|e| e.downcast_ref::<std::io::Error>())
+                .is_some_and(|e| {
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                    )
+                });
+            match timed_out {
+                true => Attempt::Unusable(redact(&t.to_string())),
+                false => Attempt::Transient(redact(&t.to_string())),
+            }
+        }
     }
 }
 

@@ -78,7 +78,7 @@ impl SecretKey {
             ));
         }
         let pair = Ed25519KeyPair::from_seed_and_public_key(&bytes[..32], &bytes[32..])
-            .map_err(|e| format!("not a secret key: {e}"))?;
+            .map_err(|_| "not a secret key: its public half does not match its secret half")?;
         Ok(SecretKey {
             name: name.to_string(),
             pair,

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::hashing::{self, TreeEntry};
-use crate::recipe::RemoteMode;
+use crate::recipe::{units::approx_size, RemoteMode};
 use client::{Client, Failure};
 use keys::{PublicKey, SecretKey};
 
@@ -92,6 +92,9 @@ pub struct Remote {
 struct Broken {
     records: BTreeSet<String>,
     blobs: BTreeSet<String>,
+    /// Keys this process looked up and did not get (missing, or not usable): not asked
+    /// again, nor reported twice.
+    missed: BTreeSet<String>,
 }
 
 /// What became of an upload.
@@ -122,7 +125,12 @@ impl Remote {
             url: settings.url.clone(),
             message,
         })?;
-        let signer = match &settings.signing_key {
+        // Only a writer signs: a reader does not need (or read) the key.
+        let signing_key = match settings.mode {
+            RemoteMode::Readwrite => settings.signing_key.as_ref(),
+            _ => None,
+        };
+        let signer = match signing_key {
             None => None,
             Some(path) => {
                 let text = fs_err::read_to_string(path).map_err(|e| RemoteError::SigningKey {
@@ -214,7 +222,14 @@ impl Remote {
     /// The checked manifest under `key`, or `None` (a miss, or a record not to use: said
     /// in a notice).
     pub(crate) fn find(&self, key: &str) -> Option<Found> {
-        match self.find_checked(key) {
+        if self.broken().missed.contains(key) {
+            return None;
+        }
+        let found = self.find_checked(key);
+        if !matches!(found, Ok(Some(_))) {
+            self.broken().missed.insert(key.to_string());
+        }
+        match found {
             Ok(found) => found,
             Err(Failure::Down) => None,
             Err(failure) => {
@@ -229,7 +244,7 @@ impl Remote {
     }
 
     fn find_checked(&self, key: &str) -> Result<Option<Found>, Failure> {
-        let Some(record) = self.client.get_record(&format!("ac/{key}"))? else {
+        let Some(record) = self.client.get_action(key)? else {
             return Ok(None);
         };
         let files =
@@ -286,13 +301,29 @@ impl Remote {
         keys::verify(&text, &keys::message(key, &manifest.sha256), keys).map(drop)
     }
 
-    /// Downloads every output of `found` into `out`, each checked against its hash.
+    /// Downloads every output of `found` into `out`, each checked against its hash; false
+    /// (said in a notice) when any is not right, or the files would not fit on the disk.
     pub(crate) fn download(&self, found: &Found, out: &Path) -> bool {
-        let result = unpack::materialize(&found.manifest.outputs, out, |rel, sha256, size| {
-            let bytes = self.client.download(sha256, size, &out.join(rel))?;
-            self.traffic.bytes_down.fetch_add(bytes, Ordering::Relaxed);
-            Ok(())
-        });
+        let outputs = &found.manifest.outputs;
+        let total: u64 = outputs
+            .values()
+            .map(|e| match e {
+                TreeEntry::File { size, .. } => *size,
+                _ => 0,
+            })
+            .fold(0, u64::saturating_add);
+        let result = match crate::fsio::free_bytes(out) {
+            Ok(free) if free < total => Err(Failure::Other(format!(
+                "it is {}, and the store's disk has {} free",
+                approx_size(total),
+                approx_size(free)
+            ))),
+            _ => unpack::materialize(outputs, out, |rel, sha256, size| {
+                let bytes = self.client.download(sha256, size, &out.join(rel))?;
+                self.traffic.bytes_down.fetch_add(bytes, Ordering::Relaxed);
+                Ok(())
+            }),
+        };
         match result {
             Ok(()) => {
                 self.traffic.pulled.fetch_add(1, Ordering::Relaxed);
@@ -301,8 +332,9 @@ impl Remote {
             Err(Failure::Down) => false,
             Err(failure) => {
                 self.note_broken(&found.manifest.head.key, &failure);
+                self.broken().missed.insert(found.manifest.head.key.clone());
                 self.notice(format!(
-                    "remote entry {}/ac/{} is not used: {failure}; building it locally",
+                    "remote entry {}/ac/{} is not used: {failure}",
                     self.url(),
                     found.manifest.head.key
                 ));
@@ -358,7 +390,7 @@ impl Remote {
         let Some(signer) = &self.signer else {
             return self.client.has(&format!("ac/{key}"));
         };
-        let Some(record) = self.client.get_record(&format!("ac/{key}"))? else {
+        let Some(record) = self.client.get_action(key)? else {
             return Ok(false);
         };
         let Ok(files) = action::decode(&record) else {
