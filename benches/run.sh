@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vmbuild benchmarks: each compares vmbuild with the plain tool doing the same work, in one
 # hyperfine run, and prints the figures. Run from the repository root after `.ci/install-deps`:
-#   benches/run.sh [cached|keying|cpio|boot|run|kernel-tree|kernel-incremental|kernel-loop|debian-root|disk-boot|warm|scale|all]
+#   benches/run.sh [cached|keying|cpio|boot|run|kernel-tree|kernel-incremental|kernel-loop|debian-root|disk-boot|warm|scale|remote|all]
 # Needs: hyperfine, a release build (built here), network access to the Debian mirror.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -360,6 +360,68 @@ INIT
         "$vmbuild run --kernel debian-kernel --rootfs debian-rootfs -- true >/dev/null 2>&1"
 }
 
+# start_nginx: a WebDAV nginx on 127.0.0.1:18480 serving $work/nginx/root (as tests/remote.rs).
+start_nginx() {
+    local d="$work/nginx"
+    rm -rf "$d" && mkdir -p "$d/root" "$d/tmp"
+    cat >"$d/nginx.conf" <<CONF
+daemon off; master_process off; pid $d/nginx.pid; error_log $d/error.log;
+events {}
+http {
+  access_log off;
+  client_body_temp_path $d/tmp; proxy_temp_path $d/tmp; fastcgi_temp_path $d/tmp;
+  uwsgi_temp_path $d/tmp; scgi_temp_path $d/tmp;
+  server { listen 127.0.0.1:18480; root $d/root; client_max_body_size 0;
+    location / { dav_methods PUT DELETE; create_full_put_path on; } }
+}
+CONF
+    nginx -c "$d/nginx.conf" -p "$d" &
+    nginx_pid=$!
+    trap 'kill $nginx_pid 2>/dev/null' EXIT
+    for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:18480/ && return; sleep 0.05; done
+    echo "nginx did not start: $(cat "$d/error.log")" >&2; exit 1
+}
+
+bench_remote() {
+    start_nginx
+    local url=http://127.0.0.1:18480/cache
+    section "pull the debian-rootfs entry (512 MiB ext4, sparse) from nginx vs curl fetching its files"
+    "$vmbuild" build debian-rootfs >/dev/null
+    "$vmbuild" --remote-cache "$url" push debian-rootfs
+    local entry pulled="$work/pulled"
+    entry=$("$vmbuild" build debian-rootfs)
+    # The same files, fetched by curl in parallel (as many at once as vmbuild's transfers).
+    local curl_args=()
+    while read -r rel sha; do
+        curl_args+=(-o "$pulled/curl/$rel" "$url/cas/$sha")
+    done < <(python3 -c '
+import json, sys
+for rel, e in json.load(open(sys.argv[1]))["outputs"].items():
+    if e["type"] == "file":
+        print(rel, e["sha256"])' "$entry/manifest.json")
+    # The second vmbuild run starts from a store that knows its tools' versions, as any
+    # store does after its first run: the difference is probing mmdebstrap --version.
+    measure remote-pull --warmup 1 --runs 5 \
+        --prepare "rm -rf $pulled && mkdir -p $pulled/curl/boot $pulled/store && cp $work/store/tools.json $pulled/store/" \
+        "curl -s --parallel --parallel-max 8 ${curl_args[*]}" \
+        "$vmbuild --cache-dir $pulled/store --remote-cache $url build debian-rootfs" \
+        "rm -f $pulled/store/tools.json && $vmbuild --cache-dir $pulled/store --remote-cache $url build debian-rootfs"
+
+    section "vmbuild test smoke on an empty store: warm remote vs warm local store"
+    "$vmbuild" test smoke >/dev/null
+    "$vmbuild" --remote-cache "$url" push smoke >/dev/null
+    measure remote-cold-ci --warmup 1 --runs 10 \
+        --prepare "rm -rf $pulled" \
+        "$vmbuild test smoke" \
+        "$vmbuild --cache-dir $pulled/store --remote-cache $url test smoke"
+
+    section "vmbuild test -f smoke (tests rerun): kernel, root and bundle from the remote vs local"
+    measure remote-cold-rerun --warmup 1 --runs 3 \
+        --prepare "rm -rf $pulled" \
+        "$vmbuild test -f smoke >/dev/null 2>&1" \
+        "$vmbuild --cache-dir $pulled/store --remote-cache $url test -f smoke >/dev/null 2>&1"
+}
+
 case "$which" in
     cached) bench_cached ;;
     keying) bench_keying ;;
@@ -373,6 +435,7 @@ case "$which" in
     disk-boot) bench_disk_boot ;;
     warm) bench_warm ;;
     scale) bench_scale ;;
-    all) bench_cached; bench_keying; bench_cpio; bench_boot; bench_run; bench_kernel_tree; bench_kernel_incremental; bench_kernel_loop; bench_debian_root; bench_disk_boot; bench_warm; bench_scale ;;
+    remote) bench_remote ;;
+    all) bench_cached; bench_keying; bench_cpio; bench_boot; bench_run; bench_kernel_tree; bench_kernel_incremental; bench_kernel_loop; bench_debian_root; bench_disk_boot; bench_warm; bench_scale; bench_remote ;;
     *) echo "unknown benchmark: $which" >&2; exit 2 ;;
 esac

@@ -37,3 +37,80 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     }
     Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
 }
+
+/// A file written with holes where the data is zeros: disk images are mostly zeros, and a
+/// hole costs neither a write nor a block. `finish` sets the length (a file ending in
+/// zeros ends in a hole).
+pub struct SparseWriter {
+    file: fs_err::File,
+    len: u64,
+    /// Zeros not written yet: skipped by one seek before the next write.
+    hole: u64,
+}
+
+impl SparseWriter {
+    pub fn new(file: fs_err::File) -> SparseWriter {
+        SparseWriter {
+            file,
+            len: 0,
+            hole: 0,
+        }
+    }
+
+    pub fn finish(self) -> std::io::Result<()> {
+        self.file.set_len(self.len)
+    }
+}
+
+/// Whether `buf` is all zeros: compared a page at a time with `memcmp`, which is vector
+/// code, where a byte loop is not.
+fn is_zeros(buf: &[u8]) -> bool {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    buf.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
+}
+
+impl std::io::Write for SparseWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::io::Seek;
+        if is_zeros(buf) {
+            self.hole += buf.len() as u64;
+        } else {
+            if self.hole > 0 {
+                self.file
+                    .seek(std::io::SeekFrom::Current(self.hole as i64))?;
+                self.hole = 0;
+            }
+            self.file.write_all(buf)?;
+        }
+        self.len += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    #[test]
+    fn zeros_become_holes_and_the_bytes_stay_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        let mut data = vec![0u8; 8 << 20];
+        data[3 << 20] = 7;
+        let mut writer = super::SparseWriter::new(fs_err::File::create(&path).unwrap());
+        for chunk in data.chunks(1 << 20) {
+            writer.write_all(chunk).unwrap();
+        }
+        writer.finish().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&path).unwrap());
+        assert!(
+            blocks * 512 < 2 << 20,
+            "{blocks} blocks for one non-zero MiB"
+        );
+    }
+}

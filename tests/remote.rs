@@ -279,7 +279,10 @@ fn signatures_and_corrupt_blobs_are_checked_and_a_bad_server_never_fails_a_build
     // The rebuilt entry replaced the broken record: the next reader pulls it.
     let r = build("healed", &[], "plain");
     assert!(r.stderr.contains("1 entries pulled"), "{}", r.stderr);
-    assert_eq!(outputs(&store("healed"), "plain"), outputs(&store("corrupt"), "plain"));
+    assert_eq!(
+        outputs(&store("healed"), "plain"),
+        outputs(&store("corrupt"), "plain")
+    );
     for cache in ["trusting", "stranger", "unsigned", "tampered"] {
         verify_clean(&p, &store(cache));
     }

@@ -48,28 +48,70 @@ pub enum CopyError {
 
 /// Copies `reader` into `writer` while hashing, up to `limit` bytes: the hex SHA-256 of
 /// what was copied and its size, which is `limit + 1` when the reader had more (so a
-/// download from a server that sends too much stops there).
+/// download from a server that sends too much stops there). The reads run on a thread of
+/// their own, a buffer ahead of the hashing and writing: a download's socket copies and
+/// its hashing overlap.
 pub fn copy_hashed(
-    reader: &mut impl Read,
+    reader: &mut (impl Read + Send),
     writer: &mut impl std::io::Write,
     limit: u64,
 ) -> Result<(String, u64), CopyError> {
-    let mut hasher = Sha256Stream::default();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = reader.read(&mut buf).map_err(CopyError::Read)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        if size > limit {
-            return Ok((hasher.finish_hex(), limit + 1));
-        }
-        hasher.update(&buf[..n]);
-        writer.write_all(&buf[..n]).map_err(CopyError::Write)?;
+    const BUFFERS: usize = 3;
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel(BUFFERS);
+    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BUFFERS);
+    for _ in 0..BUFFERS {
+        empty_tx
+            .send(vec![0u8; 1 << 20])
+            .expect("the channel holds every buffer");
     }
-    Ok((hasher.finish_hex(), size))
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            while let Ok(mut buf) = empty_rx.recv() {
+                let filled = fill(reader, &mut buf);
+                let last = !matches!(filled, Ok(n) if n > 0);
+                if full_tx.send(filled.map(|n| (buf, n))).is_err() || last {
+                    break;
+                }
+            }
+        });
+        // Owning its ends of the channels, so that returning early (an error, too much
+        // data) drops them and the reading thread ends at its next send or receive.
+        let mut consume = move || {
+            let mut hasher = Sha256Stream::default();
+            let mut size = 0u64;
+            while let Ok(filled) = full_rx.recv() {
+                let (buf, n) = filled.map_err(CopyError::Read)?;
+                if n == 0 {
+                    break;
+                }
+                size += n as u64;
+                if size > limit {
+                    return Ok((hasher.finish_hex(), limit + 1));
+                }
+                hasher.update(&buf[..n]);
+                writer.write_all(&buf[..n]).map_err(CopyError::Write)?;
+                // The reader may have ended already: its buffers are not needed then.
+                let _ = empty_tx.send(buf);
+            }
+            Ok((hasher.finish_hex(), size))
+        };
+        consume()
+    })
+}
+
+/// Reads into `buf` until it is full or the reader ends (a socket gives a few KiB per
+/// read: whole buffers make fewer, larger writes, and hashing in large blocks).
+fn fill(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(got) => n += got,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// Hex SHA-256 and size of a file, read in large blocks.

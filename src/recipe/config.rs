@@ -67,7 +67,9 @@ impl ProjectConfig {
         for key in &raw.trusted_keys {
             parse_public_key(key.get_ref()).map_err(|m| Diagnostic::new(at(key.span()), m))?;
         }
-        let signing_key = raw.signing_key.map(|path| (root.join(path.get_ref()), path.span()));
+        let signing_key = raw
+            .signing_key
+            .map(|path| (root.join(path.get_ref()), path.span()));
         if let Some((path, span)) = &signing_key {
             if !path.is_file() {
                 let message = format!("the signing key {} is not a file", path.display());

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::fsio::SparseWriter;
 use crate::hashing::{copy_hashed, CopyError};
 
 /// Tries of one request, and the wait before the second (it grows fourfold).
@@ -231,12 +232,13 @@ impl Client {
             let local = |e: std::io::Error| {
                 Attempt::Final(Failure::Other(format!("write {}: {e}", target.display())))
             };
-            let mut file = fs_err::File::create(target).map_err(local)?;
+            let mut file = SparseWriter::new(fs_err::File::create(target).map_err(local)?);
             let (actual, written) = copy_hashed(&mut response.into_reader(), &mut file, size)
                 .map_err(|e| match e {
                     CopyError::Read(e) => read_failure(&url, e),
                     CopyError::Write(e) => local(e),
                 })?;
+            file.finish().map_err(local)?;
             if written != size {
                 return Err(Attempt::Final(Failure::Other(format!(
                     "{url} is {}{written} bytes, its manifest says {size}",
