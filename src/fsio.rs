@@ -70,17 +70,26 @@ fn is_zeros(buf: &[u8]) -> bool {
 }
 
 impl std::io::Write for SparseWriter {
+    /// Each 4 KiB block of zeros (counted from where `buf` starts) is left a hole; the
+    /// runs of other blocks are written.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        use std::io::Seek;
-        if is_zeros(buf) {
-            self.hole += buf.len() as u64;
-        } else {
-            if self.hole > 0 {
-                self.file
-                    .seek(std::io::SeekFrom::Current(self.hole as i64))?;
-                self.hole = 0;
+        const BLOCK: usize = 4096;
+        let mut data_from: Option<usize> = None;
+        for (i, block) in buf.chunks(BLOCK).enumerate() {
+            let at = i * BLOCK;
+            match (is_zeros(block), data_from) {
+                (true, Some(from)) => {
+                    self.write_data(&buf[from..at])?;
+                    data_from = None;
+                    self.hole += block.len() as u64;
+                }
+                (true, None) => self.hole += block.len() as u64,
+                (false, None) => data_from = Some(at),
+                (false, Some(_)) => {}
             }
-            self.file.write_all(buf)?;
+        }
+        if let Some(from) = data_from {
+            self.write_data(&buf[from..])?;
         }
         self.len += buf.len() as u64;
         Ok(buf.len())
@@ -88,6 +97,19 @@ impl std::io::Write for SparseWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
+    }
+}
+
+impl SparseWriter {
+    /// Writes `data` after the hole before it.
+    fn write_data(&mut self, data: &[u8]) -> std::io::Result<()> {
+        use std::io::{Seek, Write};
+        if self.hole > 0 {
+            self.file
+                .seek(std::io::SeekFrom::Current(self.hole as i64))?;
+            self.hole = 0;
+        }
+        self.file.write_all(data)
     }
 }
 
@@ -100,7 +122,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("img");
         let mut data = vec![0u8; 8 << 20];
-        data[3 << 20] = 7;
+        // One byte in a block every 256 KiB, and a run of data across two writes.
+        for at in (0..data.len()).step_by(256 << 10) {
+            data[at + 100] = 7;
+        }
+        data[(1 << 20) - 5..(1 << 20) + 5].fill(9);
         let mut writer = super::SparseWriter::new(fs_err::File::create(&path).unwrap());
         for chunk in data.chunks(1 << 20) {
             writer.write_all(chunk).unwrap();

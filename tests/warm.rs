@@ -310,7 +310,8 @@ fn a_corrupt_snapshot_is_found_by_verify_and_a_run_boots_cold_and_replaces_it() 
         .run_with_path(qemu_dir.path(), &["test", "-f", "corrupt"])
         .expect(0);
     assert!(
-        run.stderr.contains("is damaged (state: size") && run.stderr.contains("rebuilding"),
+        run.stderr.contains("is damaged (state: size")
+            && run.stderr.contains("not used, and replaced"),
         "{}",
         run.stderr
     );

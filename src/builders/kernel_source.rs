@@ -440,6 +440,7 @@ fn unpacked_source(
     let (entry, _) = ctx.store.get_or_build(
         &key,
         name,
+        "source",
         false,
         || (ctx.progress)("waiting for another vmbuild unpacking the same source"),
         |out| {

@@ -67,7 +67,7 @@ pub struct Global {
     remote_cache: Option<String>,
     /// How to use the remote cache: off, read (never upload) or readwrite [default:
     /// `remote` in vmbuild.toml, else readwrite when a cache is set]
-    #[arg(long, global = true, env = "VMBUILD_REMOTE", value_name = "MODE")]
+    #[arg(long, global = true, env = "VMBUILD_REMOTE", value_name = "MODE", value_parser = str::parse::<RemoteMode>)]
     remote: Option<RemoteMode>,
     /// Sign what is uploaded with this ed25519 secret key (`vmbuild keygen` makes one)
     /// [default: `signing_key` in vmbuild.toml]

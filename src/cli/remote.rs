@@ -86,7 +86,8 @@ pub fn push(global: &Global, reporter: &Renderer, args: TransferArgs) -> Result<
 
 /// Downloads every entry of the recipes' closure the remote cache holds and the local
 /// store does not; prints the path of each entry the store now has. Exit 4 when the
-/// server could not be reached; entries it lacks are listed, not an error.
+/// server could not be reached or an entry of its was refused (corrupt, unsigned);
+/// entries it lacks are listed, not an error.
 pub fn pull(global: &Global, reporter: &Renderer, args: TransferArgs) -> Result<i32, Error> {
     let engine = open_engine(global, reporter, false)?;
     if engine.store.remote().is_none() {
@@ -96,7 +97,10 @@ pub fn pull(global: &Global, reporter: &Renderer, args: TransferArgs) -> Result<
     let (mut here, mut missing) = (0, Vec::new());
     let mut found = |key: NamedKey| -> Result<(), Error> {
         let waiting = || eprintln!("waiting for another vmbuild making {}", key.name);
-        match engine.store.lookup_waiting(&key.key, &key.name, waiting)? {
+        match engine
+            .store
+            .lookup_waiting(&key.key, &key.name, key.kind, waiting)?
+        {
             Some(entry) => {
                 here += 1;
                 println!("{}", entry.path.display());
@@ -120,10 +124,12 @@ pub fn pull(global: &Global, reporter: &Renderer, args: TransferArgs) -> Result<
             false => format!(" ({})", missing.join(", ")),
         }
     );
-    Ok(match engine.store.remote().is_some_and(|r| r.is_down()) {
-        true => 4,
-        false => 0,
-    })
+    // A server that is down, or whose entries were refused (said in notes), is a
+    // failure of the warm-up this command is for.
+    let failed = engine.store.remote().is_some_and(|r| {
+        r.is_down() || r.traffic.refused.load(std::sync::atomic::Ordering::Relaxed) > 0
+    });
+    Ok(if failed { 4 } else { 0 })
 }
 
 /// Makes an ed25519 key pair: the secret key into a new file, the public key on stdout.

@@ -55,7 +55,7 @@ pub(super) fn latest_results(engine: &Engine, recipe: &str) -> Result<Latest, Er
         let root = *plan.graph.roots.first()?;
         let key = &plan.keys[root];
         (engine.store.get(key, &name).ok().flatten())
-            .or_else(|| engine.store.lookup(key, &name).ok().flatten())
+            .or_else(|| engine.store.lookup(key, &name, "test").ok().flatten())
     });
     let (entry, stale) = match current {
         Some(e) => (e, false),

@@ -4,10 +4,12 @@
 //! hands each to `testing::phase`, which reuses or runs and publishes its results.
 
 mod error;
+mod keys;
 mod test;
 
 pub use error::Error;
-pub use test::{NamedKey, TestOptions};
+pub use keys::NamedKey;
+pub use test::TestOptions;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -211,7 +213,10 @@ impl<'a> Engine<'a> {
             }
             if !self.forced(plan, i, force) {
                 let recipe = &plan.graph.nodes[i].recipe;
-                if let Some(entry) = self.store.lookup(&plan.keys[i], &recipe.name)? {
+                if let Some(entry) =
+                    self.store
+                        .lookup(&plan.keys[i], &recipe.name, recipe.kind())?
+                {
                     self.reporter.event(Event::Cached {
                         name: &recipe.name,
                         kind: recipe.kind(),
@@ -293,6 +298,7 @@ impl<'a> Engine<'a> {
         let (entry, reused) = self.store.get_or_build(
             key,
             name,
+            kind,
             force,
             || self.reporter.event(Event::Waiting { name }),
             |out| {

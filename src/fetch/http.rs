@@ -18,7 +18,12 @@ pub fn download(url: &str, sha256: &str, downloads: &Path) -> Result<PathBuf, Fe
         url: url.to_string(),
         message,
     };
-    let response = ureq::get(url).call().map_err(|e| http(e.to_string()))?;
+    // A stalled mirror ends the build with an error, not a hang.
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(std::time::Duration::from_secs(15))
+        .timeout_read(std::time::Duration::from_secs(60))
+        .build();
+    let response = agent.get(url).call().map_err(|e| http(e.to_string()))?;
     let mut body = response.into_reader();
     let mut tmp = tempfile::Builder::new()
         .prefix(".http-")

@@ -56,12 +56,25 @@ pub fn copy_hashed(
     writer: &mut impl std::io::Write,
     limit: u64,
 ) -> Result<(String, u64), CopyError> {
+    const BUFFER: usize = 1 << 20;
     const BUFFERS: usize = 3;
+    if limit <= BUFFER as u64 {
+        // One buffer's worth (most files of a tree): a thread costs more than it saves.
+        let mut buf = vec![0u8; limit as usize + 1];
+        let n = fill(reader, &mut buf).map_err(CopyError::Read)?;
+        let copied = (n as u64).min(limit);
+        let mut hasher = Sha256Stream::default();
+        hasher.update(&buf[..copied as usize]);
+        writer
+            .write_all(&buf[..copied as usize])
+            .map_err(CopyError::Write)?;
+        return Ok((hasher.finish_hex(), n as u64));
+    }
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel(BUFFERS);
     let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BUFFERS);
     for _ in 0..BUFFERS {
         empty_tx
-            .send(vec![0u8; 1 << 20])
+            .send(vec![0u8; BUFFER])
             .expect("the channel holds every buffer");
     }
     std::thread::scope(|scope| {

@@ -17,7 +17,7 @@ use toml::Spanned;
 use super::{Diagnostic, Location, RecipeError, Result, PROJECT_FILE};
 
 /// How vmbuild uses a remote cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RemoteMode {
     /// Not at all.
@@ -26,6 +26,19 @@ pub enum RemoteMode {
     Read,
     /// Lookups fall back to it, and successful builds and all-pass results are uploaded.
     Readwrite,
+}
+
+impl std::str::FromStr for RemoteMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<RemoteMode, String> {
+        match text {
+            "off" => Ok(RemoteMode::Off),
+            "read" => Ok(RemoteMode::Read),
+            "readwrite" => Ok(RemoteMode::Readwrite),
+            other => Err(format!("`{other}` is not off, read or readwrite")),
+        }
+    }
 }
 
 /// The settings in `vmbuild.toml`, checked (every path relative to the project root).
@@ -42,7 +55,7 @@ pub struct ProjectConfig {
 struct RawConfig {
     remote_cache: Option<Spanned<String>>,
     remote: Option<RemoteMode>,
-    signing_key: Option<Spanned<PathBuf>>,
+    signing_key: Option<PathBuf>,
     #[serde(default)]
     trusted_keys: Vec<Spanned<String>>,
 }
@@ -61,27 +74,26 @@ impl ProjectConfig {
         let at = |span| Location::from_span(&file, &text, span);
         let raw: RawConfig = toml::from_str(&text)
             .map_err(|e| Diagnostic::new(at(e.span().unwrap_or(0..0)), e.message().trim()))?;
+        // The line under a message is shown too: without a password or a secret key.
         if let Some(url) = &raw.remote_cache {
-            check_url(url.get_ref()).map_err(|m| Diagnostic::new(at(url.span()), m))?;
+            check_url(url.get_ref()).map_err(|m| {
+                let mut location = at(url.span());
+                location.line_text = redact(&location.line_text);
+                Diagnostic::new(location, m)
+            })?;
         }
         for key in &raw.trusted_keys {
-            parse_public_key(key.get_ref()).map_err(|m| Diagnostic::new(at(key.span()), m))?;
-        }
-        let signing_key = raw
-            .signing_key
-            .map(|path| (root.join(path.get_ref()), path.span()));
-        if let Some((path, span)) = &signing_key {
-            if !path.is_file() {
-                let message = format!("the signing key {} is not a file", path.display());
-                return Err(Diagnostic::new(at(span.clone()), message)
-                    .with_help("make one with `vmbuild keygen NAME FILE`")
-                    .into());
-            }
+            parse_public_key(key.get_ref()).map_err(|m| {
+                let mut location = at(key.span());
+                location.line_text = "(the line is not shown: it may hold a secret key)".into();
+                Diagnostic::new(location, m)
+            })?;
         }
         Ok(ProjectConfig {
             remote_cache: raw.remote_cache.map(Spanned::into_inner),
             remote: raw.remote,
-            signing_key: signing_key.map(|(path, _)| path),
+            // Only writers hold the key (a missing one is said when uploads would start).
+            signing_key: raw.signing_key.map(|p| root.join(p)),
             trusted_keys: raw
                 .trusted_keys
                 .into_iter()
@@ -93,7 +105,9 @@ impl ProjectConfig {
 
 /// A remote cache's address: `http://` or `https://`, a host, no query or fragment (the
 /// protocol appends `/cas/<sha256>` and `/ac/<key>` to it).
-pub fn check_url(url: &str) -> std::result::Result<(), String> {
+pub fn check_url(address: &str) -> std::result::Result<(), String> {
+    // Every message shows the address without its password.
+    let url = &redact(address);
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
@@ -131,29 +145,54 @@ pub fn check_url(url: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// `text` with the password of any `scheme://user:password@` in it hidden.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let authority_end = tail.find(['/', ' ', ')']).unwrap_or(tail.len());
+        match tail[..authority_end].rfind('@') {
+            Some(end) => {
+                let user = tail[..end].split(':').next().unwrap_or_default();
+                out.push_str(user);
+                out.push_str(":***");
+                rest = &tail[end..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// A trusted key as Nix writes them: `NAME:BASE64` of a 32-byte ed25519 public key. The
 /// name and the key's bytes, or what is wrong.
 pub fn parse_public_key(text: &str) -> std::result::Result<(String, Vec<u8>), String> {
     use base64::Engine;
-    let text = text.trim();
+    // What is wrong is said without the key's text: a secret key pasted here by mistake
+    // must not end up in a log.
     let (name, key) = text
+        .trim()
         .split_once(':')
-        .ok_or_else(|| format!("`{text}` is not a public key: expected NAME:BASE64"))?;
+        .ok_or("a trusted key is NAME:BASE64, and this one has no `:`")?;
     if name.is_empty() {
-        return Err(format!("`{text}`: the key has no name before `:`"));
+        return Err("a trusted key is NAME:BASE64, and this one has no name before `:`".into());
     }
     match base64::engine::general_purpose::STANDARD.decode(key) {
         Ok(bytes) if bytes.len() == 32 => Ok((name.to_string(), bytes)),
-        // Not echoed: it is a secret.
         Ok(bytes) if bytes.len() == 64 => Err(format!(
             "the key named `{name}` is a secret key (64 bytes): trust the public key `vmbuild \
              keygen` printed, and keep the secret one out of shared files"
         )),
         Ok(bytes) => Err(format!(
-            "`{text}`: an ed25519 public key is 32 bytes, this one is {}",
+            "the key named `{name}` is {} bytes: an ed25519 public key is 32",
             bytes.len()
         )),
-        Err(e) => Err(format!("`{text}`: the key is not base64 ({e})")),
+        Err(_) => Err(format!(
+            "the key named `{name}` is not base64 after its `:`"
+        )),
     }
 }
 
@@ -202,9 +241,11 @@ mod tests {
         assert!(bad.contains("32 bytes, this one is 3"), "{bad}");
         let bad = load("remote = \"sometimes\"\n").unwrap_err();
         assert!(bad.contains("vmbuild.toml:1:10"), "{bad}");
-        let bad = load("remote = \"read\"\nsigning_key = \"nope.secret\"\n").unwrap_err();
-        assert!(bad.contains("vmbuild.toml:2:15"), "{bad}");
-        assert!(bad.contains("vmbuild keygen"), "{bad}");
+        // A key only writers have does not stop anyone else.
+        let readers = load("signing_key = \"keys/ci.secret\"\n").unwrap();
+        assert!(readers.signing_key.unwrap().ends_with("keys/ci.secret"));
+        let bad = load("remote_cache = \"http://ci:hunter2@h:0/c\"\n").unwrap_err();
+        assert!(!bad.contains("hunter2"), "{bad}");
         let bad = load("remote_cach = \"http://h\"\n").unwrap_err();
         assert!(bad.contains("unknown field `remote_cach`"), "{bad}");
         assert_eq!(load("").unwrap(), ProjectConfig::default());

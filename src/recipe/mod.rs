@@ -21,7 +21,7 @@ mod validate;
 
 use std::path::PathBuf;
 
-pub use config::{check_url, parse_public_key, ProjectConfig, RemoteMode};
+pub use config::{check_url, parse_public_key, redact, ProjectConfig, RemoteMode};
 pub use diagnostic::{did_you_mean, Diagnostic, Location};
 pub use project::{Project, PROJECT_FILE};
 pub use spec::*;

@@ -16,11 +16,12 @@
 mod check;
 mod gc;
 mod manifest;
+mod publish;
 pub mod remote;
+mod sharing;
 
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 pub use manifest::{Manifest, ManifestHead, Status, MANIFEST};
 pub use remote::{Remote, RemoteError, RemoteSettings, Upload};
@@ -325,83 +326,6 @@ impl Store {
         })
     }
 
-    /// A usable cached entry: `lookup_local`'s, else one pulled from the remote cache.
-    pub fn lookup(&self, key: &str, name: &str) -> Result<Option<Entry>> {
-        match self.lookup_local(key, name)? {
-            Some(entry) => Ok(Some(entry)),
-            None => self.pull(key, name),
-        }
-    }
-
-    /// `lookup`, but waiting (`on_wait` says so) while another vmbuild holds the key's
-    /// lock, then taking what it made (`vmbuild pull`).
-    pub fn lookup_waiting(
-        &self,
-        key: &str,
-        name: &str,
-        on_wait: impl FnOnce(),
-    ) -> Result<Option<Entry>> {
-        if let Some(entry) = self.lookup_local(key, name)? {
-            return Ok(Some(entry));
-        }
-        let lock = self.lock(key, on_wait)?;
-        self.pull_locked(key, name, &lock)
-    }
-
-    /// The remote cache's entry under `key`, downloaded, checked and published here; `None`
-    /// on a miss, on any problem (a notice says it), or while another vmbuild holds the
-    /// key's lock (it is building or pulling the entry: the caller's wait for the lock
-    /// then finds its result).
-    fn pull(&self, key: &str, name: &str) -> Result<Option<Entry>> {
-        if self.remote.is_none() {
-            return Ok(None);
-        }
-        let Ok(lock) = self.try_lock(key) else {
-            return Ok(None);
-        };
-        self.pull_locked(key, name, &lock)
-    }
-
-    fn pull_locked(&self, key: &str, name: &str, lock: &KeyLock) -> Result<Option<Entry>> {
-        let Some(remote) = &self.remote else {
-            return Ok(None);
-        };
-        if let Some(entry) = self.lookup_local(key, name)? {
-            return Ok(Some(entry));
-        }
-        let Some(mut found) = remote.find(key) else {
-            return Ok(None);
-        };
-        // Published under the name it is looked up by (the key is the same for identical
-        // inputs under another recipe name).
-        if found.manifest.head.name != name {
-            found.manifest.head.name = name.to_string();
-            found.bytes = serde_json::to_vec_pretty(&found.manifest).expect("manifests serialize");
-        }
-        let staging = self.stage(key, name, lock)?;
-        if !remote.download(&found, staging.out()) {
-            return Ok(None);
-        }
-        self.commit(staging, &found.bytes, found.manifest.head)
-            .map(Some)
-    }
-
-    /// Uploads a published entry to the remote cache, if there is one to write to; a
-    /// problem is a notice. (`publish` does this for every new entry.)
-    pub fn push(&self, entry: &Entry) -> Result<Upload> {
-        let Some(remote) = &self.remote else {
-            return Ok(Upload::NotShared);
-        };
-        let manifest_path = entry.path.join(MANIFEST);
-        let bytes = fs_err::read(&manifest_path).map_err(io_err("read", &manifest_path))?;
-        let manifest: Manifest =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::BadManifest {
-                path: manifest_path,
-                message: e.to_string(),
-            })?;
-        Ok(remote.upload(&entry.path, &manifest, &bytes))
-    }
-
     /// A usable entry of this store: present, successful, and its outputs all there with
     /// their recorded sizes (rehashed too with `--verify-on-hit`). Found by its key: an
     /// entry made under another recipe name with identical inputs is a hit. A damaged
@@ -486,124 +410,6 @@ impl Store {
             .open(&path)
             .map_err(io_err("open lock", &path))?;
         Ok((file, path))
-    }
-
-    /// The entry under `key`: reused when present (unless `force`), else made by `build`
-    /// into a staging folder and published. The key's lock is held from the second
-    /// lookup to the publish, so a concurrent vmbuild waits (`on_wait` says so) and then
-    /// finds this one's entry. Returns the entry and whether it was reused.
-    pub fn get_or_build<E: From<StoreError>>(
-        &self,
-        key: &str,
-        name: &str,
-        force: bool,
-        on_wait: impl FnOnce(),
-        build: impl FnOnce(&Path) -> std::result::Result<Manifest, E>,
-    ) -> std::result::Result<(Entry, bool), E> {
-        if !force {
-            if let Some(entry) = self.lookup(key, name)? {
-                return Ok((entry, true));
-            }
-        }
-        let lock = self.lock(key, on_wait)?;
-        if !force {
-            // Another vmbuild may have built or pulled it while we waited.
-            if let Some(entry) = self.lookup_local(key, name)? {
-                return Ok((entry, true));
-            }
-        }
-        let staging = self.stage(key, name, &lock)?;
-        let manifest = build(staging.out())?;
-        let (entry, manifest, bytes) = self.publish_local(staging, manifest)?;
-        // Others wanting the entry need not wait for the upload.
-        drop(lock);
-        if let Some(remote) = &self.remote {
-            remote.upload(&entry.path, &manifest, &bytes);
-        }
-        Ok((entry, false))
-    }
-
-    /// Starts building an entry. The caller holds the key's lock, so any leftover temp
-    /// folder for this key is from a builder that died: it is removed.
-    pub fn stage(&self, key: &str, name: &str, _lock: &KeyLock) -> Result<Staging> {
-        let tmp = self.root.join("tmp");
-        let prefix = format!("{key}-");
-        for stale in fs_err::read_dir(&tmp)
-            .map_err(io_err("read", &tmp))?
-            .flatten()
-        {
-            let file_name = stale.file_name().to_string_lossy().into_owned();
-            if file_name.starts_with("trash-") {
-                let _ = remove_tree(&stale.path());
-            } else if file_name.starts_with(&prefix) {
-                // Out of the way first, in one rename: a process the dead builder started
-                // (dpkg-deb, say) may still be writing into it, so removing it can fail;
-                // what is left in trash is removed later (next stage, `gc`).
-                let nonce = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos());
-                let trash = tmp.join(format!("trash-{}-{nonce}-{file_name}", std::process::id()));
-                fs_err::rename(stale.path(), &trash)
-                    .map_err(io_err("move away stale", &stale.path()))?;
-                let _ = remove_tree(&trash);
-            }
-        }
-        let dir = self.temp_path(key, name, &format!(".{}", std::process::id()))?;
-        fs_err::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        Ok(Staging {
-            dir,
-            key: key.to_string(),
-            name: name.to_string(),
-        })
-    }
-
-    /// Hashes the staged outputs into the manifest, writes it, and publishes the entry
-    /// atomically, replacing an existing entry under the same key. A successful entry
-    /// then goes to the remote cache, when one is set to be written.
-    pub fn publish(&self, staging: Staging, manifest: Manifest) -> Result<Entry> {
-        let (entry, manifest, bytes) = self.publish_local(staging, manifest)?;
-        if let Some(remote) = &self.remote {
-            remote.upload(&entry.path, &manifest, &bytes);
-        }
-        Ok(entry)
-    }
-
-    /// `publish` but for the upload: the entry, its whole manifest and the manifest's bytes.
-    fn publish_local(
-        &self,
-        staging: Staging,
-        mut manifest: Manifest,
-    ) -> Result<(Entry, Manifest, Vec<u8>)> {
-        let outputs = hashing::hash_tree(&staging.dir, |p| p != Path::new(MANIFEST))
-            .map_err(io_err("hash outputs in", &staging.dir))?;
-        manifest.outputs = outputs;
-        let bytes = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
-        let entry = self.commit(staging, &bytes, manifest.head.clone())?;
-        Ok((entry, manifest, bytes))
-    }
-
-    /// Writes `manifest` (the bytes of the manifest whose head is `head`) into the staged
-    /// entry and publishes it with one rename (an exchange when replacing an entry).
-    fn commit(&self, staging: Staging, manifest: &[u8], head: ManifestHead) -> Result<Entry> {
-        let manifest_path = staging.dir.join(MANIFEST);
-        let file = fs_err::File::create(&manifest_path).map_err(io_err("write", &manifest_path))?;
-        std::io::Write::write_all(&mut &file, manifest).map_err(io_err("write", &manifest_path))?;
-        file.sync_all().map_err(io_err("sync", &manifest_path))?;
-        let target = self.entry_path(&staging.key, &staging.name)?;
-        if target.exists() {
-            exchange(&staging.dir, &target)?;
-        } else {
-            fs_err::rename(&staging.dir, &target).map_err(io_err("publish", &target))?;
-        }
-        if let Ok(dir) = fs_err::File::open(&self.root) {
-            let _ = dir.sync_all();
-        }
-        // After an exchange the staging path holds the old entry; dropping removes it.
-        drop(staging);
-        Ok(Entry {
-            path: target,
-            manifest: head,
-        })
     }
 
     /// Every readable entry in the store (folders named `<key>-<name>` with a manifest
@@ -703,31 +509,6 @@ fn flock(file: &fs_err::File, wait: bool) -> bool {
     };
     // SAFETY: flock on a file descriptor we own; released when the file closes.
     unsafe { libc::flock(file.as_raw_fd(), mode) == 0 }
-}
-
-/// Swaps two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`).
-fn exchange(a: &Path, b: &Path) -> Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let ca = CString::new(a.as_os_str().as_bytes())
-        .map_err(|e| io_err("publish", a)(std::io::Error::other(e)))?;
-    let cb = CString::new(b.as_os_str().as_bytes())
-        .map_err(|e| io_err("publish", b)(std::io::Error::other(e)))?;
-    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them as given.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc != 0 {
-        return Err(io_err("replace", b)(std::io::Error::last_os_error()).into());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -40,6 +40,9 @@ pub(crate) struct Cases<'a> {
     flaky_fails: bool,
 }
 
+/// The kind of a test's own result entry.
+pub(crate) const CASE_KIND: &str = "test-case";
+
 /// A test's key and the name of its entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct CaseKey {
@@ -58,7 +61,7 @@ impl<'a> Cases<'a> {
         flaky_fails: bool,
     ) -> Cases<'a> {
         let mut base = inputs.clone();
-        base["kind"] = json!("test-case");
+        base["kind"] = json!(CASE_KIND);
         let after: Vec<String> = base
             .pointer("/recipe/after")
             .and_then(Value::as_array)
@@ -159,7 +162,7 @@ impl<'a> Cases<'a> {
 
     /// The reusable result under `case`, its logs copied into `out` when given.
     fn stored(&self, case: &CaseKey, out: Option<&Path>) -> Result<Option<TestResult>, TestError> {
-        let Some(entry) = self.store.lookup(&case.key, &case.name)? else {
+        let Some(entry) = self.store.lookup(&case.key, &case.name, CASE_KIND)? else {
             return Ok(None);
         };
         let path = entry.path.join(RESULT_JSON);
@@ -204,7 +207,7 @@ impl<'a> Cases<'a> {
         fs_err::write(&path, json).map_err(io_err("write", &path))?;
         let mut manifest = Manifest::new(
             &case.name,
-            "test-case",
+            CASE_KIND,
             &case.key,
             json!({ "recipe": self.recipe, "test": result.name }),
         );
@@ -217,7 +220,7 @@ impl<'a> Cases<'a> {
             _ => EntryStatus::Failed,
         };
         manifest.head.build_seconds = result.duration;
-        self.store.publish(staging, manifest)?;
+        self.store.publish_and_unlock(staging, manifest, lock)?;
         Ok(())
     }
 }

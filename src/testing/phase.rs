@@ -105,7 +105,7 @@ pub(crate) fn lookup(
     let Some((key, name)) = results_entry(key, name, &policy.selection, previous.as_ref()) else {
         return Ok(None);
     };
-    let Some(entry) = store.lookup(&key, &name)? else {
+    let Some(entry) = store.lookup(&key, &name, "test")? else {
         return Ok(None);
     };
     let results = read_results(&entry)?;
@@ -176,7 +176,7 @@ pub(crate) fn run(store: &Store, job: &Job, hooks: &Hooks) -> Result<Tested, Tes
     // Under --flaky-fails a stored flaky result is not a hit: the results are assembled
     // again (from the tests' own entries, running the flaky ones).
     let force = job.force || job.policy.flaky_fails;
-    let (entry, reused) = store.get_or_build(&key, &name, force, hooks.waiting, |out| {
+    let (entry, reused) = store.get_or_build(&key, &name, "test", force, hooks.waiting, |out| {
         let started = Instant::now();
         let results = run_into(store, job, hooks, out, &key, previous)?;
         write_results(out, &results)?;

@@ -88,7 +88,7 @@ pub(crate) fn look_up_parts(
     for cut in cuts {
         for index in 1..=count {
             let (part_key, part_name) = entry_of(key, name, Shard { index, count }, cut);
-            store.lookup(&part_key, &part_name)?;
+            store.lookup(&part_key, &part_name, "test")?;
         }
     }
     Ok(())
@@ -171,6 +171,7 @@ pub(crate) fn publish_joined(
     let (entry, _) = store.get_or_build(
         key,
         name,
+        "test",
         false,
         || {},
         |out| {

@@ -118,6 +118,16 @@ impl TestProject {
             // guests hang under it: the suite runs on TCG unless told otherwise
             // (VMBUILD_TEST_ACCEL=kvm, or =auto to let vmbuild probe).
             .env_remove("VMBUILD_ACCEL");
+        // A CI that shares a remote cache with its builds must not share it with these
+        // tests: they count boots and builds, and the remote tests name their own.
+        for remote in [
+            "VMBUILD_REMOTE_CACHE",
+            "VMBUILD_REMOTE",
+            "VMBUILD_SIGNING_KEY",
+            "VMBUILD_TRUSTED_KEYS",
+        ] {
+            cmd.env_remove(remote);
+        }
         match std::env::var("VMBUILD_TEST_ACCEL").as_deref() {
             Ok("auto") => {}
             Ok(accel) => {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::fsio::SparseWriter;
 use crate::hashing::{copy_hashed, CopyError};
+pub(crate) use crate::recipe::redact;
 
 /// Tries of one request, and the wait before the second (it grows fourfold).
 const TRIES: u32 = 3;
@@ -44,6 +45,9 @@ pub(crate) enum Failure {
     Untrusted(String),
     /// The server refuses uploads (401, 403, 405, 409, 411, 413).
     Refused(String),
+    /// This host could not take what the server sent (a full disk): no fault of the
+    /// server's.
+    Local(String),
     /// Anything else, said in full (status, I/O, a malformed record).
     Other(String),
 }
@@ -60,9 +64,10 @@ impl std::fmt::Display for Failure {
                 f,
                 "{what} does not match its hash (expected sha256 {expected}, actual {actual})"
             ),
-            Failure::Untrusted(message) | Failure::Refused(message) | Failure::Other(message) => {
-                f.write_str(message)
-            }
+            Failure::Untrusted(message)
+            | Failure::Refused(message)
+            | Failure::Local(message)
+            | Failure::Other(message) => f.write_str(message),
         }
     }
 }
@@ -162,15 +167,20 @@ impl Client {
 
     /// The `ac/` record under `key`, or `None` when the server has none.
     pub(crate) fn get_action(&self, key: &str) -> Result<Option<Vec<u8>>, Failure> {
-        self.get_record(&format!("ac/{key}"), MAX_ACTION)
+        self.get_record(&format!("ac/{key}"), MAX_ACTION, SMALL_TIMEOUT)
     }
 
-    /// A small record (`ac/<key>`, a manifest) of at most `limit` bytes, or `None` when
-    /// the server has none.
-    fn get_record(&self, path: &str, limit: u64) -> Result<Option<Vec<u8>>, Failure> {
+    /// A record (`ac/<key>`, a manifest) of at most `limit` bytes, read whole within
+    /// `deadline`, or `None` when the server has none.
+    fn get_record(
+        &self,
+        path: &str,
+        limit: u64,
+        deadline: Duration,
+    ) -> Result<Option<Vec<u8>>, Failure> {
         let url = self.url(path);
         self.retry(&format!("GET {url}"), || {
-            let response = match self.request("GET", &url).timeout(SMALL_TIMEOUT).call() {
+            let response = match self.request("GET", &url).timeout(deadline).call() {
                 Ok(r) => r,
                 Err(ureq::Error::Status(404, _)) => return Ok(None),
                 Err(e) => return Err(classify(e, false)),
@@ -191,8 +201,16 @@ impl Client {
     }
 
     /// A CAS blob read whole, checked against its name; `None` when missing.
-    pub(crate) fn get_small_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, Failure> {
-        let Some(bytes) = self.get_record(&format!("cas/{sha256}"), MAX_RECORD)? else {
+    /// A CAS blob of `size` bytes (as its record says) read whole and checked against its
+    /// name; `None` when missing.
+    pub(crate) fn get_small_blob(
+        &self,
+        sha256: &str,
+        size: u64,
+    ) -> Result<Option<Vec<u8>>, Failure> {
+        let limit = size.min(MAX_RECORD);
+        let deadline = SMALL_TIMEOUT + Duration::from_secs(size / SLOWEST_RATE);
+        let Some(bytes) = self.get_record(&format!("cas/{sha256}"), limit, deadline)? else {
             return Ok(None);
         };
         let actual = crate::hashing::sha256_hex(&bytes);
@@ -211,9 +229,8 @@ impl Client {
     /// one of another size an error: the caller throws the file away.
     pub(crate) fn download(&self, sha256: &str, size: u64, target: &Path) -> Result<u64, Failure> {
         let url = self.url(&format!("cas/{sha256}"));
-        let deadline = TRANSFER_GRACE + Duration::from_secs(size / SLOWEST_RATE);
         self.retry(&format!("GET {url}"), || {
-            let response = match self.request("GET", &url).timeout(deadline).call() {
+            let response = match self.request("GET", &url).call() {
                 Ok(r) => r,
                 Err(ureq::Error::Status(404, _)) => {
                     return Err(Attempt::Final(Failure::Other(format!("{url} is missing"))))
@@ -230,11 +247,12 @@ impl Client {
                 ))));
             }
             let local = |e: std::io::Error| {
-                Attempt::Final(Failure::Other(format!("write {}: {e}", target.display())))
+                Attempt::Final(Failure::Local(format!("write {}: {e}", target.display())))
             };
             let mut file = SparseWriter::new(fs_err::File::create(target).map_err(local)?);
-            let (actual, written) = copy_hashed(&mut response.into_reader(), &mut file, size)
-                .map_err(|e| match e {
+            let mut body = Deadline::new(response.into_reader(), transfer_deadline(size));
+            let (actual, written) =
+                copy_hashed(&mut body, &mut file, size).map_err(|e| match e {
                     CopyError::Read(e) => read_failure(&url, e),
                     CopyError::Write(e) => local(e),
                 })?;
@@ -256,12 +274,18 @@ impl Client {
         })
     }
 
-    /// Whether the server holds `path` (`HEAD`).
-    pub(crate) fn has(&self, path: &str) -> Result<bool, Failure> {
+    /// Whether the server holds `path` (`HEAD`), of `size` bytes when that is given and
+    /// the server says its length (a blob cut short on the server is as good as missing).
+    pub(crate) fn has(&self, path: &str, size: Option<u64>) -> Result<bool, Failure> {
         let url = self.url(path);
         self.retry(&format!("HEAD {url}"), || {
             match self.request("HEAD", &url).timeout(SMALL_TIMEOUT).call() {
-                Ok(_) => Ok(true),
+                Ok(response) => {
+                    let length = response
+                        .header("Content-Length")
+                        .and_then(|n| n.parse().ok());
+                    Ok(size.is_none() || length.is_none() || length == size)
+                }
                 Err(ureq::Error::Status(404, _)) => Ok(false),
                 Err(e) => Err(classify(e, false)),
             }
@@ -273,14 +297,14 @@ impl Client {
         let url = self.url(path);
         self.retry(&format!("PUT {url}"), || {
             let body = fs_err::File::open(file).map_err(|e| {
-                Attempt::Final(Failure::Other(format!("read {}: {e}", file.display())))
+                Attempt::Final(Failure::Local(format!("read {}: {e}", file.display())))
             })?;
-            self.request("PUT", &url)
+            let response = self
+                .request("PUT", &url)
                 .set("Content-Length", &size.to_string())
                 .set("Content-Type", "application/octet-stream")
-                .send(body)
-                .map(drop)
-                .map_err(|e| classify(e, true))
+                .send(Deadline::new(body, transfer_deadline(size)));
+            stored(&url, response)
         })
     }
 
@@ -288,14 +312,63 @@ impl Client {
     pub(crate) fn put_bytes(&self, path: &str, bytes: &[u8]) -> Result<(), Failure> {
         let url = self.url(path);
         self.retry(&format!("PUT {url}"), || {
-            self.request("PUT", &url)
+            let response = self
+                .request("PUT", &url)
                 .timeout(SMALL_TIMEOUT)
                 .set("Content-Type", "application/octet-stream")
-                .send_bytes(bytes)
-                .map(drop)
-                .map_err(|e| classify(e, true))
+                .send_bytes(bytes);
+            stored(&url, response)
         })
     }
+}
+
+/// Whether a `PUT`'s `response` says the server stored the body: a 2xx, nothing else (a
+/// redirect it did not follow stored nothing).
+fn stored(url: &str, response: Result<ureq::Response, ureq::Error>) -> Result<(), Attempt> {
+    match response {
+        Ok(r) if (200..300).contains(&r.status()) => Ok(()),
+        Ok(r) => Err(Attempt::Final(Failure::Refused(format!(
+            "{} answered {} {} to a PUT",
+            redact(url),
+            r.status(),
+            r.status_text()
+        )))),
+        Err(e) => Err(classify(e, true)),
+    }
+}
+
+/// A reader that fails with `TimedOut` once its deadline has passed: a transfer's whole
+/// time is bounded this way, while the agent's read and write timeouts still cut a
+/// stall after `IO_TIMEOUT`.
+struct Deadline<R> {
+    inner: R,
+    end: std::time::Instant,
+}
+
+impl<R> Deadline<R> {
+    fn new(inner: R, within: Duration) -> Deadline<R> {
+        Deadline {
+            inner,
+            end: std::time::Instant::now() + within,
+        }
+    }
+}
+
+impl<R: Read> Read for Deadline<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if std::time::Instant::now() > self.end {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the transfer took longer than its size allows",
+            ));
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// How long a transfer of `size` bytes may take in all.
+fn transfer_deadline(size: u64) -> Duration {
+    TRANSFER_GRACE + Duration::from_secs(size / SLOWEST_RATE)
 }
 
 /// A body cut short is worth another try; one that stalls past its timeout is not (a
@@ -354,7 +427,7 @@ fn split_credentials(url: &str) -> (String, Option<String>) {
     let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
     match authority.rfind('@') {
         Some(at) => {
-            let credentials = &authority[..at];
+            let credentials = percent_decode(&authority[..at]);
             let header = base64::engine::general_purpose::STANDARD.encode(credentials);
             (
                 format!("{scheme}://{}", &rest[at + 1..]),
@@ -365,40 +438,38 @@ fn split_credentials(url: &str) -> (String, Option<String>) {
     }
 }
 
-/// `text` with the password of any `scheme://user:password@` in it hidden.
-pub(crate) fn redact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let (head, tail) = rest.split_at(at + 3);
-        out.push_str(head);
-        let authority_end = tail.find(['/', ' ', ')']).unwrap_or(tail.len());
-        match tail[..authority_end].rfind('@') {
-            Some(end) => {
-                let user = tail[..end].split(':').next().unwrap_or_default();
-                out.push_str(user);
-                out.push_str(":***");
-                rest = &tail[end..];
+/// `%XX` escapes decoded (a password with `@` or `:` in it is written `%40`, `%3A`).
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
             }
-            None => rest = tail,
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
         }
     }
-    out.push_str(rest);
     out
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn passwords_in_addresses_are_hidden() {
-        assert_eq!(
-            super::redact("GET http://ci:s3cret@cache:8080/c/ac/x: refused"),
-            "GET http://ci:***@cache:8080/c/ac/x: refused"
-        );
-        assert_eq!(super::redact("http://cache/c"), "http://cache/c");
+    fn credentials_in_addresses_become_a_header() {
         let (base, auth) = super::split_credentials("https://ci:pw@cache:8080/c");
         assert_eq!(base, "https://cache:8080/c");
         assert_eq!(auth.as_deref(), Some("Basic Y2k6cHc="));
         assert_eq!(super::split_credentials("http://h/a@b").1, None);
+        let (_, auth) = super::split_credentials("http://ci:p%40ss@h/c");
+        assert_eq!(auth.as_deref(), Some("Basic Y2k6cEBzcw=="));
     }
 }

@@ -18,19 +18,20 @@
 pub(crate) mod action;
 mod client;
 pub mod keys;
+mod pull;
+mod push;
 mod unpack;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::hashing::{self, TreeEntry};
-use crate::recipe::{units::approx_size, RemoteMode};
+use crate::recipe::RemoteMode;
 use client::{Client, Failure};
 use keys::{PublicKey, SecretKey};
 
-use super::manifest::{Manifest, Status, MANIFEST};
+use super::manifest::{Manifest, MANIFEST};
 
 /// Transfers in flight at once, per entry.
 pub(crate) const WORKERS: usize = 8;
@@ -69,6 +70,8 @@ pub enum RemoteError {
 #[derive(Debug, Default)]
 pub struct Traffic {
     pub pulled: AtomicUsize,
+    /// Entries the server has that were not used (corrupt, unsigned, malformed).
+    pub refused: AtomicUsize,
     pub pushed: AtomicUsize,
     pub bytes_down: AtomicU64,
     pub bytes_up: AtomicU64,
@@ -122,7 +125,7 @@ impl Remote {
             return Ok(None);
         }
         crate::recipe::check_url(&settings.url).map_err(|message| RemoteError::Settings {
-            url: settings.url.clone(),
+            url: client::redact(&settings.url),
             message,
         })?;
         // Only a writer signs: a reader does not need (or read) the key.
@@ -130,8 +133,24 @@ impl Remote {
             RemoteMode::Readwrite => settings.signing_key.as_ref(),
             _ => None,
         };
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let mut writable = settings.mode == RemoteMode::Readwrite;
         let signer = match signing_key {
             None => None,
+            // A project's `vmbuild.toml` names the key its CI writers hold: anyone else
+            // still reads the cache, and uploads nothing unsigned.
+            Some(path) if !path.exists() => {
+                writable = false;
+                push_notice(
+                    &notices,
+                    format!(
+                        "the signing key {} is not here: nothing is uploaded (readers need \
+                         no key; pass --remote read to say so)",
+                        path.display()
+                    ),
+                );
+                None
+            }
             Some(path) => {
                 let text = fs_err::read_to_string(path).map_err(|e| RemoteError::SigningKey {
                     path: path.clone(),
@@ -151,23 +170,22 @@ impl Remote {
             .map(|k| PublicKey::parse(k))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|message| RemoteError::Settings {
-                url: settings.url.clone(),
+                url: client::redact(&settings.url),
                 message: format!("trusted key: {message}"),
             })?;
-        let notices = Arc::new(Mutex::new(Vec::new()));
         let on_down = {
             let notices = Arc::clone(&notices);
             let url = client::redact(&settings.url);
             Box::new(move |why: String| {
                 push_notice(
                     &notices,
-                    format!("remote cache {url} is unreachable ({why}): carrying on with the local store only"),
+                    format!("remote cache {url} cannot be used ({why}): carrying on with the local store only"),
                 )
             })
         };
         Ok(Some(Remote {
             client: Client::new(&settings.url, on_down),
-            writable: settings.mode == RemoteMode::Readwrite,
+            writable,
             refused: AtomicBool::new(false),
             signer,
             trusted,
@@ -205,11 +223,11 @@ impl Remote {
 
     /// Notes what `failure` (of the record under `key`) says is broken on the server.
     /// A signature this host does not trust is no damage: its record is replaced only
-    /// by a writer that signs.
+    /// by a writer that signs. Nor is a failure of this host's (a full disk).
     fn note_broken(&self, key: &str, failure: &Failure) {
         let mut broken = self.broken();
         match failure {
-            Failure::Down => return,
+            Failure::Down | Failure::Local(_) => return,
             Failure::Mismatch { expected, .. } => {
                 broken.blobs.insert(expected.clone());
             }
@@ -218,246 +236,18 @@ impl Remote {
         }
         broken.records.insert(key.to_string());
     }
-
-    /// The checked manifest under `key`, or `None` (a miss, or a record not to use: said
-    /// in a notice).
-    pub(crate) fn find(&self, key: &str) -> Option<Found> {
-        if self.broken().missed.contains(key) {
-            return None;
-        }
-        let found = self.find_checked(key);
-        if !matches!(found, Ok(Some(_))) {
-            self.broken().missed.insert(key.to_string());
-        }
-        match found {
-            Ok(found) => found,
-            Err(Failure::Down) => None,
-            Err(failure) => {
-                self.note_broken(key, &failure);
-                self.notice(format!(
-                    "remote entry {}/ac/{key} is not used: {failure}",
-                    self.url()
-                ));
-                None
-            }
-        }
-    }
-
-    fn find_checked(&self, key: &str) -> Result<Option<Found>, Failure> {
-        let Some(record) = self.client.get_action(key)? else {
-            return Ok(None);
-        };
-        let files =
-            action::decode(&record).map_err(|e| Failure::Other(format!("its record: {e}")))?;
-        let named = |name: &str| files.iter().find(|f| f.path == name);
-        let listed = named(MANIFEST)
-            .ok_or_else(|| Failure::Other(format!("its record names no {MANIFEST}")))?;
-        let bytes = self
-            .client
-            .get_small_blob(&listed.sha256)?
-            .ok_or_else(|| Failure::Other(format!("its {MANIFEST} blob is missing")))?;
-        if !self.trusted.is_empty() {
-            self.check_signed(key, &files, &self.trusted)
-                .map_err(|why| Failure::Untrusted(format!("{why} (trusted keys are set)")))?;
-        }
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| Failure::Other(format!("its {MANIFEST}: {e}")))?;
-        let head = &manifest.head;
-        if head.key != key {
-            return Err(Failure::Other(format!(
-                "its manifest is of key {}",
-                head.key
-            )));
-        }
-        if head.status != Status::Ok || !shared_kind(&head.kind) {
-            return Err(Failure::Other(format!(
-                "its manifest is a {:?} {} entry, which is never shared",
-                head.status, head.kind
-            )));
-        }
-        crate::recipe::grammar::recipe_name(&head.name)
-            .map_err(|e| Failure::Other(format!("its name `{}`: {e}", head.name)))?;
-        unpack::check_paths(&head.kind, &manifest.outputs).map_err(Failure::Other)?;
-        Ok(Some(Found { manifest, bytes }))
-    }
-
-    /// Whether the record's `files` carry a signature by one of `keys` of its manifest.
-    fn check_signed(
-        &self,
-        key: &str,
-        files: &[action::OutputFile],
-        keys: &[PublicKey],
-    ) -> Result<(), String> {
-        let manifest = files.iter().find(|f| f.path == MANIFEST);
-        let signatures = files.iter().find(|f| f.path == SIGNATURES);
-        let (Some(manifest), Some(signatures)) = (manifest, signatures) else {
-            return Err("it is not signed".into());
-        };
-        let text = match self.client.get_small_blob(&signatures.sha256) {
-            Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
-            Ok(None) => return Err("its signature blob is missing".into()),
-            Err(failure) => return Err(format!("its signatures: {failure}")),
-        };
-        keys::verify(&text, &keys::message(key, &manifest.sha256), keys).map(drop)
-    }
-
-    /// Downloads every output of `found` into `out`, each checked against its hash; false
-    /// (said in a notice) when any is not right, or the files would not fit on the disk.
-    pub(crate) fn download(&self, found: &Found, out: &Path) -> bool {
-        let outputs = &found.manifest.outputs;
-        let total: u64 = outputs
-            .values()
-            .map(|e| match e {
-                TreeEntry::File { size, .. } => *size,
-                _ => 0,
-            })
-            .fold(0, u64::saturating_add);
-        let result = match crate::fsio::free_bytes(out) {
-            Ok(free) if free < total => Err(Failure::Other(format!(
-                "it is {}, and the store's disk has {} free",
-                approx_size(total),
-                approx_size(free)
-            ))),
-            _ => unpack::materialize(outputs, out, |rel, sha256, size| {
-                let bytes = self.client.download(sha256, size, &out.join(rel))?;
-                self.traffic.bytes_down.fetch_add(bytes, Ordering::Relaxed);
-                Ok(())
-            }),
-        };
-        match result {
-            Ok(()) => {
-                self.traffic.pulled.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            Err(Failure::Down) => false,
-            Err(failure) => {
-                self.note_broken(&found.manifest.head.key, &failure);
-                self.broken().missed.insert(found.manifest.head.key.clone());
-                self.notice(format!(
-                    "remote entry {}/ac/{} is not used: {failure}",
-                    self.url(),
-                    found.manifest.head.key
-                ));
-                false
-            }
-        }
-    }
-
-    /// Uploads the published entry at `path` (its manifest's bytes are `bytes`), unless
-    /// the server has a good record for its key already: one this process did not find
-    /// broken and (for a writer that signs) that carries its signature. So a reader that
-    /// distrusts a signed record does not replace it with its own. Blobs the server has
-    /// are not sent again, but for those found corrupt. A failure is a notice.
-    pub(crate) fn upload(&self, path: &Path, manifest: &Manifest, bytes: &[u8]) -> Upload {
-        let head = &manifest.head;
-        if !self.writable || head.status != Status::Ok || !shared_kind(&head.kind) {
-            return Upload::NotShared;
-        }
-        if self.refused.load(Ordering::Relaxed) {
-            return Upload::Failed;
-        }
-        match self.upload_checked(path, manifest, bytes) {
-            Ok(true) => {
-                self.traffic.pushed.fetch_add(1, Ordering::Relaxed);
-                Upload::Sent
-            }
-            Ok(false) => Upload::Present,
-            Err(Failure::Down) => Upload::Failed,
-            Err(Failure::Refused(why)) => {
-                if !self.refused.swap(true, Ordering::Relaxed) {
-                    self.notice(format!(
-                        "the remote cache refuses uploads ({why}): nothing more is uploaded \
-                         this run (--remote read says so for good)"
-                    ));
-                }
-                Upload::Failed
-            }
-            Err(failure) => {
-                self.notice(format!(
-                    "upload {} to the remote cache: {failure}",
-                    path.display()
-                ));
-                Upload::Failed
-            }
-        }
-    }
-
-    /// Whether a record for `key` is on the server that this writer should leave.
-    fn keep_record(&self, key: &str) -> Result<bool, Failure> {
-        if self.broken().records.contains(key) {
-            return Ok(false);
-        }
-        let Some(signer) = &self.signer else {
-            return self.client.has(&format!("ac/{key}"));
-        };
-        let Some(record) = self.client.get_action(key)? else {
-            return Ok(false);
-        };
-        let Ok(files) = action::decode(&record) else {
-            return Ok(false);
-        };
-        Ok(self.check_signed(key, &files, &[signer.public()]).is_ok())
-    }
-
-    fn upload_checked(
-        &self,
-        path: &Path,
-        manifest: &Manifest,
-        bytes: &[u8],
-    ) -> Result<bool, Failure> {
-        let key = &manifest.head.key;
-        let record = format!("ac/{key}");
-        if self.keep_record(key)? {
-            return Ok(false);
-        }
-        let mut blobs: Vec<(&str, &str, u64)> = manifest
-            .outputs
-            .iter()
-            .filter_map(|(rel, entry)| match entry {
-                TreeEntry::File { sha256, size, .. } => {
-                    Some((rel.as_str(), sha256.as_str(), *size))
-                }
-                _ => None,
-            })
-            .collect();
-        blobs.sort_by_key(|(_, sha256, _)| *sha256);
-        blobs.dedup_by_key(|(_, sha256, _)| *sha256);
-        let corrupt = self.broken().blobs.clone();
-        parallel(&blobs, |(rel, sha256, size)| {
-            let blob = format!("cas/{sha256}");
-            if corrupt.contains(*sha256) || !self.client.has(&blob)? {
-                self.client.put_file(&blob, &path.join(rel), *size)?;
-                self.traffic.bytes_up.fetch_add(*size, Ordering::Relaxed);
-            }
-            Ok(())
-        })?;
-        let manifest_sha256 = hashing::sha256_hex(bytes);
-        self.client
-            .put_bytes(&format!("cas/{manifest_sha256}"), bytes)?;
-        let mut files = vec![action::OutputFile {
-            path: MANIFEST.into(),
-            sha256: manifest_sha256.clone(),
-            size: bytes.len() as u64,
-        }];
-        if let Some(signer) = &self.signer {
-            let signature = signer.sign(&keys::message(key, &manifest_sha256));
-            let signature = format!("{signature}\n").into_bytes();
-            let sha256 = hashing::sha256_hex(&signature);
-            self.client
-                .put_bytes(&format!("cas/{sha256}"), &signature)?;
-            files.push(action::OutputFile {
-                path: SIGNATURES.into(),
-                sha256,
-                size: signature.len() as u64,
-            });
-        }
-        self.client.put_bytes(&record, &action::encode(&files))?;
-        self.broken().records.remove(key);
-        Ok(true)
-    }
 }
 
+/// Keeps `line` for the caller to show, its control characters escaped: names and paths
+/// in it may come from the server, and must not steer the user's terminal.
 fn push_notice(notices: &Mutex<Vec<String>>, line: String) {
+    let line: String = line
+        .chars()
+        .flat_map(|c| match c.is_control() {
+            true => c.escape_default().collect::<Vec<_>>(),
+            false => vec![c],
+        })
+        .collect();
     notices.lock().unwrap_or_else(|e| e.into_inner()).push(line);
 }
 

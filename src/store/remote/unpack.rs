@@ -1,21 +1,22 @@
 //! Laying out a pulled entry from its manifest, safely: the manifest comes from a server,
 //! so its paths are checked before anything is written (relative, no `.` or `..`, every
 //! parent a folder the manifest lists), folders are made first, files are created anew
-//! inside them, and symlinks come last, so no write ever goes through a link. Symlinks
-//! that point outside the entry are refused but in root trees, whose links are data the
-//! image tools copy (`/bin/sh -> busybox`), never followed by vmbuild.
+//! inside them, and symlinks come last, so no write ever goes through a link. A symlink
+//! may not name an absolute path or go up (`..`), so none can lead out of the entry, not
+//! even through another link; only a root tree's folder (`root/` of a rootfs) holds such
+//! links, which are its data (`/bin/sh -> busybox`), never followed by vmbuild.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path};
+use std::path::Path;
 
 use super::client::Failure;
 use crate::hashing::TreeEntry;
 use crate::store::manifest::MANIFEST;
 
 /// Refuses manifests whose paths could write outside the entry or over its manifest,
-/// name one file twice, name blobs by anything but a sha256, or (but in a `rootfs`) link
-/// out of the entry.
+/// name one file twice, name blobs by anything but a sha256, or (but in a rootfs's root
+/// tree) link anywhere but down the entry.
 pub(super) fn check_paths(kind: &str, outputs: &BTreeMap<String, TreeEntry>) -> Result<(), String> {
     for (rel, entry) in outputs {
         let plain = rel
@@ -33,9 +34,9 @@ pub(super) fn check_paths(kind: &str, outputs: &BTreeMap<String, TreeEntry>) -> 
                     "its manifest names `{rel}` by `{sha256}`, not a sha256"
                 ));
             }
-            TreeEntry::Symlink { target } if kind != "rootfs" && leaves(path, target) => {
+            TreeEntry::Symlink { target } if !in_root_tree(kind, rel) && !downward(target) => {
                 return Err(format!(
-                    "its manifest has `{rel}` link to `{target}`, outside the entry"
+                    "its manifest has `{rel}` link to `{target}`, which may lead out of the entry"
                 ));
             }
             _ => {}
@@ -52,21 +53,14 @@ pub(super) fn check_paths(kind: &str, outputs: &BTreeMap<String, TreeEntry>) -> 
     Ok(())
 }
 
-/// Whether the link at `rel` to `target` resolves outside the entry's folder.
-fn leaves(rel: &Path, target: &str) -> bool {
-    if target.starts_with('/') {
-        return true;
-    }
-    let mut depth = rel.components().count() - 1;
-    for part in Path::new(target).components() {
-        match part {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::ParentDir if depth > 0 => depth -= 1,
-            _ => return true,
-        }
-    }
-    false
+/// Whether `rel` is in the root tree of a rootfs entry (its `root` format).
+fn in_root_tree(kind: &str, rel: &str) -> bool {
+    kind == "rootfs" && rel.starts_with(&format!("{}/", crate::format::rootfs::DIR))
+}
+
+/// Whether a link to `target` stays below the link's folder: relative, never `..`.
+fn downward(target: &str) -> bool {
+    !target.is_empty() && !target.starts_with('/') && target.split('/').all(|p| p != "..")
 }
 
 /// Creates the folders, fetches every file through `fetch(rel, sha256, size)` (in
@@ -77,7 +71,7 @@ pub(super) fn materialize(
     fetch: impl Fn(&str, &str, u64) -> Result<(), Failure> + Sync,
 ) -> Result<(), Failure> {
     let local = |what: &str, path: &Path, e: std::io::Error| {
-        Failure::Other(format!("{what} {}: {e}", path.display()))
+        Failure::Local(format!("{what} {}: {e}", path.display()))
     };
     // Sorted, so a folder comes before what is in it.
     for (rel, entry) in outputs {
@@ -131,7 +125,7 @@ mod tests {
             (
                 "c".to_string(),
                 TreeEntry::Symlink {
-                    target: "/etc".into(),
+                    target: "a/b".into(),
                 },
             ),
         ]
@@ -153,25 +147,46 @@ mod tests {
                 [("a".to_string(), TreeEntry::Dir), (bad.to_string(), file())].into();
             assert!(check_paths("rootfs", &outputs).is_err(), "{bad:?}");
         }
-        // `c` is a link to /etc: a file under it would be written through the link.
+        // `c` is a link: a file under it would be written through the link.
         let mut through_link = ok.clone();
         through_link.insert("c/passwd".into(), file());
         let why = check_paths("rootfs", &through_link).unwrap_err();
         assert!(why.contains("does not list as a folder"), "{why}");
         // Only a root tree links out of itself; a blob is named by its sha256.
-        let why = check_paths("test-case", &ok).unwrap_err();
-        assert!(why.contains("outside the entry"), "{why}");
-        for (link, target, leaves_entry) in [
-            ("a/l", "../c", false),
-            ("a/l", "../../c", true),
-            ("l", "a/./b", false),
-            ("l", "/etc", true),
+        let out: BTreeMap<String, TreeEntry> = [(
+            "c".to_string(),
+            TreeEntry::Symlink {
+                target: "/etc".into(),
+            },
+        )]
+        .into();
+        let why = check_paths("test-case", &out).unwrap_err();
+        assert!(why.contains("may lead out of the entry"), "{why}");
+        let why = check_paths("rootfs", &out).unwrap_err();
+        assert!(
+            why.contains("may lead out of the entry"),
+            "{why}: `c` is not in root/"
+        );
+        let tree: BTreeMap<String, TreeEntry> = [
+            ("root".to_string(), TreeEntry::Dir),
+            (
+                "root/sh".to_string(),
+                TreeEntry::Symlink {
+                    target: "/bin/busybox".into(),
+                },
+            ),
+        ]
+        .into();
+        check_paths("rootfs", &tree).unwrap();
+        assert!(check_paths("bundle", &tree).is_err());
+        for (target, down) in [
+            ("a/b", true),
+            ("../c", false),
+            ("a/../../c", false),
+            ("/etc", false),
+            ("", false),
         ] {
-            assert_eq!(
-                leaves(Path::new(link), target),
-                leaves_entry,
-                "{link} -> {target}"
-            );
+            assert_eq!(downward(target), down, "{target}");
         }
         let named: BTreeMap<String, TreeEntry> = [(
             "f".to_string(),

@@ -1,0 +1,175 @@
+//! Making entries: a build's staging folder, and its publication by one rename (an
+//! atomic exchange when it replaces an entry), after which a successful entry goes to the
+//! remote cache when one is set to be written.
+
+use std::path::Path;
+use std::time::SystemTime;
+
+use super::{
+    remove_tree, Entry, KeyLock, Manifest, ManifestHead, Result, Staging, Store, StoreError,
+    MANIFEST,
+};
+use crate::fsio::io_err;
+use crate::hashing;
+
+impl Store {
+    /// The entry under `key`: reused when present (unless `force`), else made by `build`
+    /// into a staging folder and published. The key's lock is held from the second
+    /// lookup to the publish, so a concurrent vmbuild waits (`on_wait` says so) and then
+    /// finds this one's entry. Returns the entry and whether it was reused.
+    pub fn get_or_build<E: From<StoreError>>(
+        &self,
+        key: &str,
+        name: &str,
+        kind: &str,
+        force: bool,
+        on_wait: impl FnOnce(),
+        build: impl FnOnce(&Path) -> std::result::Result<Manifest, E>,
+    ) -> std::result::Result<(Entry, bool), E> {
+        if !force {
+            if let Some(entry) = self.lookup(key, name, kind)? {
+                return Ok((entry, true));
+            }
+        }
+        let lock = self.lock(key, on_wait)?;
+        if !force {
+            // Another vmbuild may have built or pulled it while we waited.
+            if let Some(entry) = self.lookup_local(key, name)? {
+                return Ok((entry, true));
+            }
+        }
+        let staging = self.stage(key, name, &lock)?;
+        let manifest = build(staging.out())?;
+        // Others wanting the entry need not wait for the upload. A forced rebuild replaces
+        // the remote cache's record too (a bad shared entry is mended so).
+        let (entry, manifest, bytes) = self.publish_local(staging, manifest)?;
+        drop(lock);
+        self.upload(&entry, &manifest, &bytes, force);
+        Ok((entry, false))
+    }
+
+    /// Starts building an entry. The caller holds the key's lock, so any leftover temp
+    /// folder for this key is from a builder that died: it is removed.
+    pub fn stage(&self, key: &str, name: &str, _lock: &KeyLock) -> Result<Staging> {
+        let tmp = self.root.join("tmp");
+        let prefix = format!("{key}-");
+        for stale in fs_err::read_dir(&tmp)
+            .map_err(io_err("read", &tmp))?
+            .flatten()
+        {
+            let file_name = stale.file_name().to_string_lossy().into_owned();
+            if file_name.starts_with("trash-") {
+                let _ = remove_tree(&stale.path());
+            } else if file_name.starts_with(&prefix) {
+                // Out of the way first, in one rename: a process the dead builder started
+                // (dpkg-deb, say) may still be writing into it, so removing it can fail;
+                // what is left in trash is removed later (next stage, `gc`).
+                let nonce = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let trash = tmp.join(format!("trash-{}-{nonce}-{file_name}", std::process::id()));
+                fs_err::rename(stale.path(), &trash)
+                    .map_err(io_err("move away stale", &stale.path()))?;
+                let _ = remove_tree(&trash);
+            }
+        }
+        let dir = self.temp_path(key, name, &format!(".{}", std::process::id()))?;
+        fs_err::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        Ok(Staging {
+            dir,
+            key: key.to_string(),
+            name: name.to_string(),
+        })
+    }
+
+    /// Hashes the staged outputs into the manifest, writes it, and publishes the entry
+    /// atomically, replacing an existing entry under the same key. A successful entry
+    /// then goes to the remote cache, when one is set to be written.
+    pub fn publish(&self, staging: Staging, manifest: Manifest) -> Result<Entry> {
+        let (entry, manifest, bytes) = self.publish_local(staging, manifest)?;
+        self.upload(&entry, &manifest, &bytes, false);
+        Ok(entry)
+    }
+
+    /// `publish`, releasing the caller's `lock` on the key before the upload: others
+    /// wanting the entry need not wait for the network.
+    pub fn publish_and_unlock(
+        &self,
+        staging: Staging,
+        manifest: Manifest,
+        lock: KeyLock,
+    ) -> Result<Entry> {
+        let (entry, manifest, bytes) = self.publish_local(staging, manifest)?;
+        drop(lock);
+        self.upload(&entry, &manifest, &bytes, false);
+        Ok(entry)
+    }
+
+    /// `publish` but for the upload: the entry, its whole manifest and the manifest's bytes.
+    pub(super) fn publish_local(
+        &self,
+        staging: Staging,
+        mut manifest: Manifest,
+    ) -> Result<(Entry, Manifest, Vec<u8>)> {
+        let outputs = hashing::hash_tree(&staging.dir, |p| p != Path::new(MANIFEST))
+            .map_err(io_err("hash outputs in", &staging.dir))?;
+        manifest.outputs = outputs;
+        let bytes = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
+        let entry = self.commit(staging, &bytes, manifest.head.clone())?;
+        Ok((entry, manifest, bytes))
+    }
+
+    /// Writes `manifest` (the bytes of the manifest whose head is `head`) into the staged
+    /// entry and publishes it with one rename (an exchange when replacing an entry).
+    pub(super) fn commit(
+        &self,
+        staging: Staging,
+        manifest: &[u8],
+        head: ManifestHead,
+    ) -> Result<Entry> {
+        let manifest_path = staging.dir.join(MANIFEST);
+        let file = fs_err::File::create(&manifest_path).map_err(io_err("write", &manifest_path))?;
+        std::io::Write::write_all(&mut &file, manifest).map_err(io_err("write", &manifest_path))?;
+        file.sync_all().map_err(io_err("sync", &manifest_path))?;
+        let target = self.entry_path(&staging.key, &staging.name)?;
+        if target.exists() {
+            exchange(&staging.dir, &target)?;
+        } else {
+            fs_err::rename(&staging.dir, &target).map_err(io_err("publish", &target))?;
+        }
+        if let Ok(dir) = fs_err::File::open(&self.root) {
+            let _ = dir.sync_all();
+        }
+        // After an exchange the staging path holds the old entry; dropping removes it.
+        drop(staging);
+        Ok(Entry {
+            path: target,
+            manifest: head,
+        })
+    }
+}
+
+/// Swaps two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes())
+        .map_err(|e| io_err("publish", a)(std::io::Error::other(e)))?;
+    let cb = CString::new(b.as_os_str().as_bytes())
+        .map_err(|e| io_err("publish", b)(std::io::Error::other(e)))?;
+    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them as given.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc != 0 {
+        return Err(io_err("replace", b)(std::io::Error::last_os_error()).into());
+    }
+    Ok(())
+}
