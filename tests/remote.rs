@@ -278,10 +278,22 @@ fn signatures_and_corrupt_blobs_are_checked_and_a_bad_server_never_fails_a_build
 
     // A blob overwritten on the server (same size, other bytes): named, refused, rebuilt,
     // and sent again (the bundle's bytes are the same each build).
-    let largest = &server.blobs()[0];
-    let size = std::fs::metadata(largest).unwrap().len() as usize;
-    let expected = largest.file_name().unwrap().to_string_lossy().into_owned();
-    std::fs::write(largest, vec![b'y'; size]).unwrap();
+    let files = outputs(&store("writer"), "plain");
+    let (expected, size) = files
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|f| f["type"] == "file")
+        .map(|f| {
+            (
+                f["sha256"].as_str().unwrap().to_string(),
+                f["size"].as_u64().unwrap(),
+            )
+        })
+        .max_by_key(|(_, size)| *size)
+        .unwrap();
+    let largest = &server.root().join("cas").join(&expected);
+    std::fs::write(largest, vec![b'y'; size as usize]).unwrap();
     let r = build("corrupt", &[], "plain");
     assert!(r.stderr.contains("does not match its hash"), "{}", r.stderr);
     assert!(

@@ -1,7 +1,7 @@
 //! A real nginx serving a WebDAV folder on 127.0.0.1: the remote cache of the remote
 //! tests, as a CI fleet would run one (PUT and GET of any path, no size limit).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -96,19 +96,6 @@ impl Nginx {
             let _ = child.wait();
         }
     }
-
-    /// Every blob under `cas/`, largest first.
-    pub fn blobs(&self) -> Vec<PathBuf> {
-        let mut blobs: Vec<PathBuf> = std::fs::read_dir(self.root().join("cas"))
-            .map(|rd| rd.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        blobs.sort_by_key(|p| std::cmp::Reverse(size(p)));
-        blobs
-    }
-}
-
-fn size(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 impl Drop for Nginx {
