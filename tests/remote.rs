@@ -337,7 +337,7 @@ fn signatures_and_corrupt_blobs_are_checked_and_a_bad_server_never_fails_a_build
     assert_eq!(count(&r.stderr, "cannot be used"), 1, "{}", r.stderr);
 }
 
-/// Waits until a pull into `cache` has written part of an entry's files (and not all).
+/// Waits until a pull into `cache` has written part of the bundle's archive (and not all).
 fn wait_for_partial(cache: &Path) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -346,6 +346,7 @@ fn wait_for_partial(cache: &Path) {
             .flatten()
             .flatten()
             .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+            .filter(|f| f.file_name() == "bundle.cpio.gz")
             .filter_map(|f| f.metadata().ok())
             .map(|m| m.len())
             .any(|len| len > 0 && len < 40 << 20);

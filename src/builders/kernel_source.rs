@@ -22,7 +22,7 @@ use crate::graph::tree_digest;
 use crate::hashing::{self, Listing};
 use crate::process;
 use crate::recipe::{ConfigBase, Fetch, KernelSpec};
-use crate::store::Manifest;
+use crate::store::{Build, Manifest};
 
 /// Host tools the kernel build needs, with the Debian package of each.
 const BUILD_TOOLS: [(&str, &str); 7] = [
@@ -441,7 +441,7 @@ fn unpacked_source(
         &key,
         name,
         "source",
-        false,
+        Build::IfMissing,
         || (ctx.progress)("waiting for another vmbuild unpacking the same source"),
         |out| {
             let work = ctx.work.join("source");

@@ -53,9 +53,9 @@ pub(super) fn latest_results(engine: &Engine, recipe: &str) -> Result<Latest, Er
     // Prefer the entry for the current key; else the most recent one.
     let current = engine.plan(&[recipe.to_string()]).ok().and_then(|plan| {
         let root = *plan.graph.roots.first()?;
-        let key = &plan.keys[root];
+        let (key, kind) = (&plan.keys[root], plan.graph.nodes[root].recipe.kind());
         (engine.store.get(key, &name).ok().flatten())
-            .or_else(|| engine.store.lookup(key, &name, "test").ok().flatten())
+            .or_else(|| engine.store.lookup(key, &name, kind).ok().flatten())
     });
     let (entry, stale) = match current {
         Some(e) => (e, false),

@@ -23,7 +23,7 @@ use crate::fsio::io_err;
 use crate::graph::{compute_key, explain_change, Graph, KeyContext, KeyInputs};
 use crate::recipe::{units::approx_size, Project, Spec};
 use crate::report::{Event, Reporter};
-use crate::store::{Entry, Manifest, Store, StoreError};
+use crate::store::{Build, Entry, Manifest, Store, StoreError};
 use crate::testing::RunResults;
 use crate::tools::Tools;
 
@@ -299,7 +299,10 @@ impl<'a> Engine<'a> {
             key,
             name,
             kind,
-            force,
+            match force {
+                true => Build::Forced,
+                false => Build::IfMissing,
+            },
             || self.reporter.event(Event::Waiting { name }),
             |out| {
                 self.reporter.event(Event::Started { name, kind });

@@ -238,7 +238,15 @@ mod tests {
             check_url(url).unwrap();
         }
         let bad = load("trusted_keys = [\"ci:AAAA\"]\n").unwrap_err();
-        assert!(bad.contains("32 bytes, this one is 3"), "{bad}");
+        assert!(
+            bad.contains("is 3 bytes: an ed25519 public key is 32"),
+            "{bad}"
+        );
+        // A secret key pasted as a trusted one is named, not shown, nor is its line.
+        let secret = format!("ci:{}", "A".repeat(86) + "==");
+        let bad = load(&format!("trusted_keys = [\"{secret}\"]\n")).unwrap_err();
+        assert!(bad.contains("is a secret key"), "{bad}");
+        assert!(!bad.contains(&"A".repeat(20)), "{bad}");
         let bad = load("remote = \"sometimes\"\n").unwrap_err();
         assert!(bad.contains("vmbuild.toml:1:10"), "{bad}");
         // A key only writers have does not stop anyone else.

@@ -24,6 +24,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 pub use manifest::{Manifest, ManifestHead, Status, MANIFEST};
+pub use publish::Build;
 pub use remote::{Remote, RemoteError, RemoteSettings, Upload};
 
 use crate::fsio::{io_err, IoError};

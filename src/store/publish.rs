@@ -12,6 +12,19 @@ use super::{
 use crate::fsio::io_err;
 use crate::hashing;
 
+/// When `get_or_build` builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// Only when the store (or the remote cache) has no usable entry.
+    IfMissing,
+    /// Always (a stored entry is not good enough for this run), leaving a shared entry on
+    /// the remote cache as it is.
+    Again,
+    /// Always, at the user's word (`-f`): the new entry replaces the remote cache's too,
+    /// which is how a bad shared entry is mended.
+    Forced,
+}
+
 impl Store {
     /// The entry under `key`: reused when present (unless `force`), else made by `build`
     /// into a staging folder and published. The key's lock is held from the second
@@ -22,10 +35,11 @@ impl Store {
         key: &str,
         name: &str,
         kind: &str,
-        force: bool,
+        when: Build,
         on_wait: impl FnOnce(),
         build: impl FnOnce(&Path) -> std::result::Result<Manifest, E>,
     ) -> std::result::Result<(Entry, bool), E> {
+        let force = when != Build::IfMissing;
         if !force {
             if let Some(entry) = self.lookup(key, name, kind)? {
                 return Ok((entry, true));
@@ -40,11 +54,10 @@ impl Store {
         }
         let staging = self.stage(key, name, &lock)?;
         let manifest = build(staging.out())?;
-        // Others wanting the entry need not wait for the upload. A forced rebuild replaces
-        // the remote cache's record too (a bad shared entry is mended so).
+        // Others wanting the entry need not wait for the upload.
         let (entry, manifest, bytes) = self.publish_local(staging, manifest)?;
         drop(lock);
-        self.upload(&entry, &manifest, &bytes, force);
+        self.upload(&entry, &manifest, &bytes, when == Build::Forced);
         Ok((entry, false))
     }
 

@@ -17,7 +17,7 @@ use super::warm::Warm;
 use super::{RunResults, Status as TestStatus, TestResult};
 use crate::fsio::io_err;
 use crate::recipe::TestSpec;
-use crate::store::{Entry, Manifest, Status, Store, StoreError};
+use crate::store::{Build, Entry, Manifest, Status, Store, StoreError};
 use crate::vm::Accel;
 
 /// One test recipe to run, with everything its entry needs.
@@ -175,8 +175,12 @@ pub(crate) fn run(store: &Store, job: &Job, hooks: &Hooks) -> Result<Tested, Tes
     let mut fresh: Option<RunResults> = None;
     // Under --flaky-fails a stored flaky result is not a hit: the results are assembled
     // again (from the tests' own entries, running the flaky ones).
-    let force = job.force || job.policy.flaky_fails;
-    let (entry, reused) = store.get_or_build(&key, &name, "test", force, hooks.waiting, |out| {
+    let when = match (job.force, job.policy.flaky_fails) {
+        (true, _) => Build::Forced,
+        (false, true) => Build::Again,
+        (false, false) => Build::IfMissing,
+    };
+    let (entry, reused) = store.get_or_build(&key, &name, "test", when, hooks.waiting, |out| {
         let started = Instant::now();
         let results = run_into(store, job, hooks, out, &key, previous)?;
         write_results(out, &results)?;

@@ -13,7 +13,7 @@ use super::select::Shard;
 use super::RunResults;
 use crate::fsio::io_err;
 use crate::hashing::sha256_hex;
-use crate::store::{Entry, Manifest, Status, Store, StoreError};
+use crate::store::{Build, Entry, Manifest, Status, Store, StoreError};
 
 /// In a shard's manifest (and a test's own entry): the key of the recipe it is a part of.
 pub(crate) const RECIPE_KEY: &str = "recipe_key";
@@ -172,7 +172,7 @@ pub(crate) fn publish_joined(
         key,
         name,
         "test",
-        false,
+        Build::IfMissing,
         || {},
         |out| {
             let tests = out.join("tests");

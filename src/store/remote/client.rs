@@ -209,7 +209,7 @@ impl Client {
         size: u64,
     ) -> Result<Option<Vec<u8>>, Failure> {
         let limit = size.min(MAX_RECORD);
-        let deadline = SMALL_TIMEOUT + Duration::from_secs(size / SLOWEST_RATE);
+        let deadline = SMALL_TIMEOUT + Duration::from_secs(limit / SLOWEST_RATE);
         let Some(bytes) = self.get_record(&format!("cas/{sha256}"), limit, deadline)? else {
             return Ok(None);
         };
@@ -229,8 +229,11 @@ impl Client {
     /// one of another size an error: the caller throws the file away.
     pub(crate) fn download(&self, sha256: &str, size: u64, target: &Path) -> Result<u64, Failure> {
         let url = self.url(&format!("cas/{sha256}"));
+        // The whole transfer's deadline: ureq sets its read timeout only on a new
+        // connection, so on a pooled one this bound is what cuts a stall.
+        let deadline = transfer_deadline(size);
         self.retry(&format!("GET {url}"), || {
-            let response = match self.request("GET", &url).call() {
+            let response = match self.request("GET", &url).timeout(deadline).call() {
                 Ok(r) => r,
                 Err(ureq::Error::Status(404, _)) => {
                     return Err(Attempt::Final(Failure::Other(format!("{url} is missing"))))
@@ -250,9 +253,8 @@ impl Client {
                 Attempt::Final(Failure::Local(format!("write {}: {e}", target.display())))
             };
             let mut file = SparseWriter::new(fs_err::File::create(target).map_err(local)?);
-            let mut body = Deadline::new(response.into_reader(), transfer_deadline(size));
-            let (actual, written) =
-                copy_hashed(&mut body, &mut file, size).map_err(|e| match e {
+            let (actual, written) = copy_hashed(&mut response.into_reader(), &mut file, size)
+                .map_err(|e| match e {
                     CopyError::Read(e) => read_failure(&url, e),
                     CopyError::Write(e) => local(e),
                 })?;
@@ -301,9 +303,10 @@ impl Client {
             })?;
             let response = self
                 .request("PUT", &url)
+                .timeout(transfer_deadline(size))
                 .set("Content-Length", &size.to_string())
                 .set("Content-Type", "application/octet-stream")
-                .send(Deadline::new(body, transfer_deadline(size)));
+                .send(body);
             stored(&url, response)
         })
     }
@@ -314,7 +317,7 @@ impl Client {
         self.retry(&format!("PUT {url}"), || {
             let response = self
                 .request("PUT", &url)
-                .timeout(SMALL_TIMEOUT)
+                .timeout(SMALL_TIMEOUT + Duration::from_secs(bytes.len() as u64 / SLOWEST_RATE))
                 .set("Content-Type", "application/octet-stream")
                 .send_bytes(bytes);
             stored(&url, response)
@@ -322,11 +325,12 @@ impl Client {
     }
 }
 
-/// Whether a `PUT`'s `response` says the server stored the body: a 2xx, nothing else (a
-/// redirect it did not follow stored nothing).
+/// Whether a `PUT`'s `response` says the server stored the body: a 2xx to the `PUT` itself,
+/// nothing else (a redirect not followed stored nothing, and one followed turned the
+/// `PUT` into a `GET`, whose 200 says nothing of the body).
 fn stored(url: &str, response: Result<ureq::Response, ureq::Error>) -> Result<(), Attempt> {
     match response {
-        Ok(r) if (200..300).contains(&r.status()) => Ok(()),
+        Ok(r) if (200..300).contains(&r.status()) && r.get_url() == url => Ok(()),
         Ok(r) => Err(Attempt::Final(Failure::Refused(format!(
             "{} answered {} {} to a PUT",
             redact(url),
@@ -334,35 +338,6 @@ fn stored(url: &str, response: Result<ureq::Response, ureq::Error>) -> Result<()
             r.status_text()
         )))),
         Err(e) => Err(classify(e, true)),
-    }
-}
-
-/// A reader that fails with `TimedOut` once its deadline has passed: a transfer's whole
-/// time is bounded this way, while the agent's read and write timeouts still cut a
-/// stall after `IO_TIMEOUT`.
-struct Deadline<R> {
-    inner: R,
-    end: std::time::Instant,
-}
-
-impl<R> Deadline<R> {
-    fn new(inner: R, within: Duration) -> Deadline<R> {
-        Deadline {
-            inner,
-            end: std::time::Instant::now() + within,
-        }
-    }
-}
-
-impl<R: Read> Read for Deadline<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if std::time::Instant::now() > self.end {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the transfer took longer than its size allows",
-            ));
-        }
-        self.inner.read(buf)
     }
 }
 

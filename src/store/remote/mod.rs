@@ -60,6 +60,9 @@ pub struct RemoteSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
+    /// The address itself (the message names it).
+    #[error("remote cache: {0}")]
+    BadUrl(String),
     #[error("remote cache {url}: {message}")]
     Settings { url: String, message: String },
     #[error("read the signing key {}: {message}", path.display())]
@@ -124,10 +127,7 @@ impl Remote {
         if settings.mode == RemoteMode::Off {
             return Ok(None);
         }
-        crate::recipe::check_url(&settings.url).map_err(|message| RemoteError::Settings {
-            url: client::redact(&settings.url),
-            message,
-        })?;
+        crate::recipe::check_url(&settings.url).map_err(RemoteError::BadUrl)?;
         // Only a writer signs: a reader does not need (or read) the key.
         let signing_key = match settings.mode {
             RemoteMode::Readwrite => settings.signing_key.as_ref(),
