@@ -5,11 +5,11 @@
 //!   `manifest.json` and, when signed, its `manifest.sig`.
 //! - The entry is `ac/<key>`: a minimal REAPI `ActionResult` naming those two blobs
 //!   (`action`), so caches that check `ac/` records accept it.
-//! - A pull reads the record, the manifest (checked against its hash, its signature when
-//!   keys are trusted, its key and its status), then streams every output into a staging
-//!   folder, hashing on the way; one byte off and the entry is not used. The store
-//!   publishes what passed with its usual atomic rename.
-//! - A push uploads the blobs the server lacks (`HEAD` first), `WORKERS` at a time and
+//! - A pull (`pull`) reads the record, the manifest (checked against its hash, its
+//!   signature when keys are trusted, its key, kind, status and paths), then streams every
+//!   output into a staging folder, hashing on the way; one byte off and the entry is not
+//!   used. The store publishes what passed with its usual atomic rename.
+//! - A push (`push`) uploads the blobs the server lacks (`HEAD` first), `WORKERS` at a time and
 //!   streamed from disk, then the manifest, then the record: a reader never finds a
 //!   record whose blobs are not there yet.
 //! - Nothing here fails a build: every problem comes back as a notice for the caller to
