@@ -16,7 +16,8 @@ pub(crate) use crate::recipe::redact;
 const TRIES: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Between two reads or writes of a transfer (not the whole transfer: big blobs stream).
+/// Between two reads or writes on a new connection (ureq leaves a pooled one without:
+/// there the request's whole deadline is the bound).
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// The whole of a small request (`ac/`, `HEAD`, a manifest): a server that trickles
 /// bytes cannot hold a lookup longer.
@@ -43,7 +44,8 @@ pub(crate) enum Failure {
     },
     /// A record not signed by a trusted key.
     Untrusted(String),
-    /// The server refuses uploads (401, 403, 405, 409, 411, 413).
+    /// The server refuses uploads (401, 403, 405, 409, 411, 413, or a `PUT` answered
+    /// with anything but a 2xx of its own).
     Refused(String),
     /// This host could not take what the server sent (a full disk): no fault of the
     /// server's.
@@ -86,9 +88,10 @@ pub(crate) struct Client {
 
 /// A request's failure as the retry loop sees it.
 enum Attempt {
-    /// Worth trying again (connection refused or reset, timeout, 5xx, 429).
+    /// Worth trying again (connection refused or reset, 5xx, 408, 429).
     Transient(String),
-    /// The server will not serve this client at all (401, 403 to a read): as good as down.
+    /// Not worth another try, and none of the server's answers will be better: a 4xx to
+    /// a read (but 404), a timeout. As good as down.
     Unusable(String),
     Final(Failure),
 }
