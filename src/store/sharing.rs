@@ -12,7 +12,8 @@ impl Store {
         if let Some(entry) = self.lookup_local(key, name)? {
             return Ok(Some(entry));
         }
-        if self.remote.is_none() {
+        // Kinds kept local never reach the server: no lock taken, no second look here.
+        if self.remote.is_none() || !super::remote::shared_kind(kind) {
             return Ok(None);
         }
         // Another vmbuild holding the lock is building or pulling the entry: the caller's

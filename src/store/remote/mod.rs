@@ -84,7 +84,7 @@ pub struct Remote {
     client: Client,
     writable: bool,
     /// Set when the server refused an upload (401, 403, ...): no more are tried.
-    refused: AtomicBool,
+    uploads_refused: AtomicBool,
     signer: Option<SecretKey>,
     trusted: Vec<PublicKey>,
     notices: Arc<Mutex<Vec<String>>>,
@@ -186,7 +186,7 @@ impl Remote {
         Ok(Some(Remote {
             client: Client::new(&settings.url, on_down),
             writable,
-            refused: AtomicBool::new(false),
+            uploads_refused: AtomicBool::new(false),
             signer,
             trusted,
             notices,

@@ -33,7 +33,7 @@ impl Remote {
             self.notice(format!("{} is not uploaded: {}", path.display(), why));
             return Upload::NotShared;
         }
-        if self.refused.load(Ordering::Relaxed) {
+        if self.uploads_refused.load(Ordering::Relaxed) {
             return Upload::Failed;
         }
         match self.upload_checked(path, manifest, bytes, replace) {
@@ -44,7 +44,7 @@ impl Remote {
             Ok(false) => Upload::Present,
             Err(Failure::Down) => Upload::Failed,
             Err(Failure::Refused(why)) => {
-                if !self.refused.swap(true, Ordering::Relaxed) {
+                if !self.uploads_refused.swap(true, Ordering::Relaxed) {
                     self.notice(format!(
                         "the remote cache refuses uploads ({why}): nothing more is uploaded \
                          this run (--remote read says so for good)"
