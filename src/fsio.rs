@@ -113,9 +113,68 @@ impl SparseWriter {
     }
 }
 
+/// Copies `from`'s data into `to` at byte `offset`, skipping its holes (found with
+/// `SEEK_DATA`/`SEEK_HOLE`): a sparse ext4 image costs what it holds, not its size. `to`
+/// must already be long enough, with zeros where the holes go.
+pub fn copy_data_at(from: &Path, to: &fs_err::File, offset: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+    let source = fs_err::File::open(from)?;
+    let len = source.metadata()?.len();
+    let fd = source.as_raw_fd();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at: u64 = 0;
+    while at < len {
+        // SAFETY: lseek on an open descriptor.
+        let data = unsafe { libc::lseek(fd, at as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole is left
+            }
+            return Err(err);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (mut pos, end) = (data as u64, (hole as u64).min(len));
+        while pos < end {
+            let n = ((end - pos) as usize).min(buf.len());
+            source.file().read_exact_at(&mut buf[..n], pos)?;
+            to.file().write_all_at(&buf[..n], offset + pos)?;
+            pos += n as u64;
+        }
+        at = end;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+
+    #[test]
+    fn data_is_copied_at_its_offset_and_holes_stay_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("from");
+        let file = std::fs::File::create(&from).unwrap();
+        file.set_len(8 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(b"start", 0).unwrap();
+        file.write_all_at(b"middle", 5 << 20).unwrap();
+        file.write_all_at(b"end", (8 << 20) - 3).unwrap();
+        let to_path = dir.path().join("to");
+        let to = fs_err::File::create(&to_path).unwrap();
+        to.set_len(9 << 20).unwrap();
+        super::copy_data_at(&from, &to, 1 << 20).unwrap();
+        let copied = std::fs::read(&to_path).unwrap();
+        assert_eq!(&copied[1 << 20..], &std::fs::read(&from).unwrap()[..]);
+        assert!(copied[..1 << 20].iter().all(|b| *b == 0));
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&to_path).unwrap());
+        assert!(blocks * 512 < 4 << 20, "{blocks} blocks");
+    }
 
     #[test]
     fn zeros_become_holes_and_the_bytes_stay_the_same() {

@@ -63,6 +63,13 @@ impl Tools {
     /// out its devices' state differently).
     pub fn identity(&self, tool: &str) -> Result<String, ProcessError> {
         let version = self.version(tool, &["--version"])?;
+        let digest = self.binary_digest(tool)?;
+        Ok(format!("{version} {digest}"))
+    }
+
+    /// `sha256:<hex>` of `tool`'s binary: the identity of a tool that cannot print its
+    /// version without failing (mkfs.fat).
+    pub fn binary_digest(&self, tool: &str) -> Result<String, ProcessError> {
         let digest = self.remembered(tool, &format!("{tool} sha256"), |path| {
             crate::hashing::sha256_file(path)
                 .map(|(digest, _)| digest)
@@ -71,7 +78,7 @@ impl Tools {
                     source,
                 })
         })?;
-        Ok(format!("{version} sha256:{digest}"))
+        Ok(format!("sha256:{digest}"))
     }
 
     /// What `compute` says of `tool`'s binary, remembered under `key` until the binary

@@ -6,9 +6,14 @@
 # the disk whose serial is vmbuild-root (the VM's writes go to a throwaway overlay on the
 # host), puts /vmbuild (agent, busybox, bundles) on a tmpfs in it, and hands PID 1 over to
 # the agent. A failure prints a `vmbuild-boot:` line on the console and powers off.
+#
+# In a bootable disk's unified kernel image (`kind = "disk"`), `vmbuild.rootpart=N` names
+# the root partition of that disk (on a machine without vmbuild's serials: the partition
+# named root-x86-64), and the bundles, which the image could not hold, come on the disk
+# whose serial is vmbuild-bundles: its header lists each archive's first sector and size.
 
 bb=/vmbuild/bin/busybox
-$bb mkdir -p /proc /sys /dev /newroot
+$bb mkdir -p /proc /sys /dev /newroot /tmp
 $bb --install -s /vmbuild/bin
 export PATH=/vmbuild/bin
 mount -t proc proc /proc
@@ -29,20 +34,45 @@ if [ -r /vmbuild/boot/modules.load ]; then
     done </vmbuild/boot/modules.load
 fi
 
-# The root disk: the virtio-blk device whose serial is vmbuild-root. Drivers probe
-# asynchronously on some kernels: wait up to 10 s for it.
-root=
-tries=0
-while [ -z "$root" ]; do
+rootpart=
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        vmbuild.rootpart=*) rootpart=${arg#vmbuild.rootpart=} ;;
+    esac
+done
+
+# The device whose serial is $1, in $found.
+find_serial() {
+    found=
     for serial_file in /sys/block/*/serial; do
         [ -r "$serial_file" ] || continue
         # sysfs ends the serial without a newline: read fails but fills $serial.
         serial=
         IFS= read -r serial <"$serial_file"
-        [ "$serial" = vmbuild-root ] || continue
+        [ "$serial" = "$1" ] || continue
         dev=${serial_file%/serial}
-        root=/dev/${dev##*/}
+        found=/dev/${dev##*/}
     done
+}
+
+# The root disk: the virtio-blk device whose serial is vmbuild-root (its partition
+# $rootpart, for a bootable disk). Drivers probe asynchronously on some kernels: wait up
+# to 10 s for it.
+root=
+tries=0
+while [ -z "$root" ]; do
+    find_serial vmbuild-root
+    if [ -n "$found" ] && [ -n "$rootpart" ]; then
+        [ -b "$found$rootpart" ] && root=$found$rootpart
+    elif [ -n "$found" ]; then
+        root=$found
+    elif [ -n "$rootpart" ]; then
+        for uevent in /sys/class/block/*/uevent; do
+            grep -qx 'PARTNAME=root-x86-64' "$uevent" 2>/dev/null || continue
+            dev=${uevent%/uevent}
+            root=/dev/${dev##*/}
+        done
+    fi
     [ -n "$root" ] && break
     tries=$((tries + 1))
     [ "$tries" -le 200 ] || fail "no root disk appeared: the kernel needs virtio-pci and virtio-blk (CONFIG_VIRTIO_PCI, CONFIG_VIRTIO_BLK: modules/kconfig/virtio.config)"
@@ -52,6 +82,32 @@ done
 grep -qw ext4 /proc/filesystems || fail "the kernel cannot mount ext4 (CONFIG_EXT4_FS: modules/kconfig/ext4.config)"
 mount -t ext4 "$root" /newroot || fail "cannot mount the root disk $root as ext4"
 
+# The bundles disk of a firmware boot: probed with the root disk, so it is there by now
+# when there is one (a second to spare).
+if [ -n "$rootpart" ]; then
+    tries=0
+    find_serial vmbuild-bundles
+    while [ -z "$found" ] && [ "$tries" -lt 20 ]; do
+        sleep 0.05
+        tries=$((tries + 1))
+        find_serial vmbuild-bundles
+    done
+    if [ -n "$found" ]; then
+        bundles=$found
+        head -c 4096 "$bundles" >/tmp/bundles.list || fail "cannot read the bundles disk $bundles"
+        {
+            IFS= read -r magic
+            [ "$magic" = "vmbuild-bundles 1" ] || fail "the bundles disk $bundles has no vmbuild header"
+            while read -r start bytes; do
+                [ "$start" = end ] && break
+                dd if="$bundles" bs=512 skip="$start" count=$(((bytes + 511) / 512)) 2>/dev/null \
+                    | head -c "$bytes" | zcat | (cd / && cpio -idmu 2>/dev/null) \
+                    || fail "cannot unpack a bundle from $bundles (sector $start)"
+            done
+        } </tmp/bundles.list
+    fi
+fi
+
 mkdir -p /newroot/vmbuild /newroot/dev /newroot/proc /newroot/sys /newroot/tmp \
     || fail "cannot write to the root disk's overlay"
 mount -t tmpfs -o mode=0755 tmpfs /newroot/vmbuild || fail "cannot mount a tmpfs on /vmbuild"
@@ -59,7 +115,8 @@ for part in /vmbuild/*; do
     [ "$part" = /vmbuild/boot ] || cp -a "$part" /newroot/vmbuild/ || fail "cannot copy $part"
 done
 [ -x /newroot/vmbuild/init ] || fail "the guest agent did not reach the root disk"
-[ -x /newroot/bin/sh ] || fail "the root disk has no /bin/sh for the guest agent (base = \"none\" needs one in [files])"
+# An absolute symlink (busybox roots: /bin/sh -> /bin/busybox) resolves only in the root.
+[ -x /newroot/bin/sh ] || [ -L /newroot/bin/sh ] || fail "the root disk has no /bin/sh for the guest agent (base = \"none\" needs one in [files])"
 mount --move /dev /newroot/dev
 umount /proc /sys
 # switch_root insists on a regular /init: proof that this root is the initramfs.

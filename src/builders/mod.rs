@@ -5,8 +5,10 @@
 mod buildlog;
 pub mod bundle;
 mod bundle_build;
+pub mod disk;
 mod kbuild;
 pub mod kernel;
+pub(crate) mod kernel_modules;
 pub mod kernel_source;
 pub mod rootfs;
 
@@ -82,6 +84,7 @@ pub fn build(
         Spec::Kernel(spec) => kernel::build(spec, ctx, out),
         Spec::Rootfs(spec) => rootfs::build(spec, ctx, out),
         Spec::Bundle(spec) => bundle::build(&recipe.name, spec, ctx, out),
+        Spec::Disk(spec) => disk::build(spec, ctx, out),
         Spec::Test(_) => Err(BuildError::Invalid(format!(
             "`{}` is a test: run it with `vmbuild test`",
             recipe.name

@@ -4,6 +4,8 @@
 //! initramfs, and which of the kernel's modules go along. All of it changes what a test
 //! observes, so `fingerprint` is part of every test key.
 
+use super::cpio::CpioWriter;
+use crate::fsio::{io_err, IoError};
 use crate::hashing;
 
 pub const AGENT: &str = include_str!("../../modules/guest-agent/agent.sh");
@@ -20,16 +22,103 @@ pub const BUSYBOX_PATH: &str = "/vmbuild/bin/busybox";
 /// start with `vmbuild`.
 pub const ROOT_DISK_SERIAL: &str = "vmbuild-root";
 
+/// The serial of the disk a VM booted through firmware gets its bundles on (its UKI's
+/// initramfs was made before any test): stage 1 unpacks them from it.
+pub const BUNDLES_DISK_SERIAL: &str = "vmbuild-bundles";
+/// The bundles disk's header: this line, then `<first sector> <bytes>` per archive, then
+/// `end`, in the first `BUNDLES_HEADER` bytes; each archive starts on a sector.
+const BUNDLES_MAGIC: &str = "vmbuild-bundles 1";
+const BUNDLES_HEADER: usize = 4096;
+
+/// Writes the bundles disk: the gzip cpio archives `parts`, listed in a header stage 1
+/// reads with `head` and `dd`.
+pub(crate) fn write_bundles_disk(parts: &[std::path::PathBuf], path: &std::path::Path) -> Result<(), IoError> {
+    use std::io::Write;
+    let mut header = format!("{BUNDLES_MAGIC}\n");
+    let mut at = BUNDLES_HEADER as u64;
+    let mut sizes = Vec::with_capacity(parts.len());
+    for part in parts {
+        let len = fs_err::metadata(part).map_err(io_err("read", part))?.len();
+        header.push_str(&format!("{} {len}\n", at / 512));
+        sizes.push(len);
+        at = (at + len).next_multiple_of(512);
+    }
+    header.push_str("end\n");
+    if header.len() > BUNDLES_HEADER {
+        return Err(io_err("write", path)(std::io::Error::other(format!(
+            "{} bundles do not fit the bundles disk's header",
+            parts.len()
+        ))));
+    }
+    let file = fs_err::File::create(path).map_err(io_err("create", path))?;
+    let mut out = std::io::BufWriter::new(file);
+    let mut bytes = header.into_bytes();
+    bytes.resize(BUNDLES_HEADER, 0);
+    out.write_all(&bytes).map_err(io_err("write", path))?;
+    for (part, len) in parts.iter().zip(sizes) {
+        let mut input = fs_err::File::open(part).map_err(io_err("read", part))?;
+        let copied = std::io::copy(&mut input, &mut out).map_err(io_err("write", path))?;
+        if copied != len {
+            return Err(io_err("read", part)(std::io::Error::other("it changed while it was copied")));
+        }
+        let pad = (len.next_multiple_of(512) - len) as usize;
+        out.write_all(&vec![0u8; pad]).map_err(io_err("write", path))?;
+    }
+    // At least one sector past the header, so the disk is never empty.
+    out.write_all(&[0u8; 512]).map_err(io_err("write", path))?;
+    out.flush().map_err(io_err("write", path))
+}
+
+/// The most bytes kept of one test's output, and of one VM boot's console: the agent
+/// relays no more (`vmbuild.maxlog=`), and the host keeps no more whatever the guest does.
+pub(crate) const MAX_LOG: usize = 8 << 20;
+/// The longest line kept whole (`vmbuild.maxline=`).
+pub(crate) const MAX_LINE: usize = 64 << 10;
+
+/// The kernel command line of a VM the agent serves (tests or a command), starting
+/// `init` (the agent, or stage 1 before it) as PID 1, with the recipe's own additions
+/// last (docs/guest-protocol.md).
+pub fn cmdline(init: &str, recipe_cmdline: &str) -> String {
+    let line =
+        format!("console=ttyS0 rdinit={init} panic=-1 vmbuild.maxlog={MAX_LOG} vmbuild.maxline={MAX_LINE}");
+    if recipe_cmdline.is_empty() {
+        line
+    } else {
+        format!("{line} {recipe_cmdline}")
+    }
+}
+
 /// The modules (and what they depend on) a VM needs for virtio disks, and for an ext4
 /// root. crc32c: ext4 checksums its metadata with it and asks the crypto API for it at
 /// mount time, when no modprobe could load it.
 pub const DISK_MODULES: [&str; 2] = ["virtio_pci", "virtio_blk"];
 pub const EXT4_ROOT_MODULES: [&str; 4] = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"];
 
+/// The agent's own archive (an uncompressed cpio): the agent, `/dev/console`, the root's
+/// static busybox when it has one, and for a disk root (`stage1`) stage 1.
+pub(crate) fn archive(busybox: Option<&[u8]>, stage1: bool) -> Result<Vec<u8>, IoError> {
+    let mut cpio = CpioWriter::new(Vec::new());
+    let write = |cpio: &mut CpioWriter<Vec<u8>>| -> std::io::Result<()> {
+        cpio.dir("/vmbuild", 0o755)?;
+        cpio.file(AGENT_PATH, 0o755, AGENT.as_bytes())?;
+        if let Some(busybox) = busybox {
+            cpio.dir("/vmbuild/bin", 0o755)?;
+            cpio.file(BUSYBOX_PATH, 0o755, busybox)?;
+        }
+        if stage1 {
+            cpio.dir("/vmbuild/boot", 0o755)?;
+            cpio.file(BOOT_PATH, 0o755, BOOT.as_bytes())?;
+        }
+        cpio.char_device("/dev/console", 0o600, 5, 1)
+    };
+    write(&mut cpio).map_err(io_err("pack", AGENT_PATH))?;
+    cpio.finish().map_err(io_err("pack", AGENT_PATH))
+}
+
 /// The sha256 of everything above, for test keys.
 pub(crate) fn fingerprint() -> String {
     let text = format!(
-        "{AGENT}\0{AGENT_PATH}\0{BOOT}\0{BOOT_PATH}\0{BUSYBOX_PATH}\0{ROOT_DISK_SERIAL}\0{DISK_MODULES:?}\0{EXT4_ROOT_MODULES:?}"
+        "{AGENT}\0{AGENT_PATH}\0{BOOT}\0{BOOT_PATH}\0{BUSYBOX_PATH}\0{ROOT_DISK_SERIAL}\0{DISK_MODULES:?}\0{EXT4_ROOT_MODULES:?}\0{BUNDLES_DISK_SERIAL}\0{BUNDLES_MAGIC}"
     );
     hashing::sha256_hex(text.as_bytes())
 }

@@ -17,6 +17,8 @@
 //! | name (bundles, tests)      | a bundle's name is its guest folder; results name the recipe |
 //! | bundles' `[build]`         | the command, each input's name and content, the Debian pins, |
 //! |                            | the read recipes' keys (deps), gcc and make: what it can see |
+//! | disks: stub, guest, tools   | the systemd-boot-efi pin (the UKI's stub), stage 1 and the   |
+//! |                            | agent, size, format, cmdline; mkfs.fat, mcopy, objcopy      |
 //! | tests: agent, VM settings  | the guest agent script, machine, memory, cpus, disks, net,   |
 //! |                            | cmdline, timeout and backend change what a test observes     |
 //!
@@ -33,7 +35,7 @@ use crate::fetch::FetchError;
 use crate::hashing::{self, TreeEntry};
 use crate::process::ProcessError;
 use crate::recipe::{
-    BundleBuild, BundleSpec, ConfigBase, Fetch, Isolation, KernelSpec, Recipe, RootfsBase,
+    BootDiskFormat, BundleBuild, BundleSpec, ConfigBase, Fetch, Isolation, KernelSpec, Recipe, RootfsBase,
     RootfsFormat, Spec,
 };
 use crate::tools::Tools;
@@ -178,7 +180,31 @@ pub fn compute_key(
         tools.insert(name.to_string(), ctx.tools.version(name, args)?);
         Ok(())
     };
+    let mut by_digest = None;
     let recipe_inputs = match &recipe.spec {
+        Spec::Disk(d) => {
+            // The ESP's file system and files, the UKI's sections, the root's growth.
+            // mkfs.fat has no --version: its binary is its identity.
+            by_digest = Some(("mkfs.fat", ctx.tools.binary_digest("mkfs.fat")?));
+            tool("mcopy", &["--version"])?;
+            tool("objcopy", &["--version"])?;
+            if d.size.is_some() {
+                tool("mke2fs", &["-V"])?;
+            }
+            if d.format == BootDiskFormat::Qcow2 {
+                tool("qemu-img", &["--version"])?;
+            }
+            json!({
+                "kernel": d.kernel.name,
+                "rootfs": d.rootfs.name,
+                "size": d.size,
+                "format": d.format.name(),
+                "cmdline": d.cmdline,
+                // The UKI's EFI stub, and stage 1 and the agent in its initramfs.
+                "stub": ctx.lock.pin(crate::format::disk::STUB_PACKAGE, false)?,
+                "guest_sha256": crate::format::guest::fingerprint(),
+            })
+        }
         Spec::Kernel(KernelSpec::Prebuilt(fetch)) => {
             json!({ "prebuilt": fetch_inputs(fetch, ctx, true)? })
         }
@@ -302,6 +328,9 @@ pub fn compute_key(
             inputs
         }
     };
+    if let Some((name, digest)) = by_digest {
+        tools.insert(name.to_string(), digest);
+    }
     Ok(KeyInputs {
         schema: KEY_SCHEMA,
         kind: recipe.kind(),

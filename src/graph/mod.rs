@@ -14,7 +14,7 @@ pub(crate) use explain::explain_change;
 pub(crate) use key::{build_input_content, hash_path, tree_digest};
 pub use key::{compute_key, KeyContext, KeyError, KeyInputs, KEY_SCHEMA};
 
-use crate::recipe::{Diagnostic, Project, Recipe, RecipeError, RecipeRef};
+use crate::recipe::{Diagnostic, Project, Recipe, RecipeError, RecipeRef, RootfsFormat, Spec};
 
 pub struct Node {
     pub recipe: Recipe,
@@ -126,6 +126,12 @@ impl Loader<'_> {
             if !kinds.contains(&found) {
                 return Err(wrong_kind(field, kinds, found, reference));
             }
+            if let Some(message) = mismatch(&recipe, field, &self.nodes[index].recipe) {
+                return Err(match &reference.location {
+                    Some(location) => Diagnostic::new(location.clone(), message).into(),
+                    None => RecipeError::Reference(message),
+                });
+            }
             deps.push(index);
         }
         self.stack.pop();
@@ -133,6 +139,39 @@ impl Loader<'_> {
         self.nodes.push(Node { recipe, deps });
         self.marks.insert(at.file.clone(), Mark::Done(index));
         Ok(index)
+    }
+}
+
+/// What a reference of the right kind still cannot name: a disk's root must be an ext4
+/// image; a test booting a disk boots the disk's kernel, with the disk's command line.
+fn mismatch(recipe: &Recipe, field: &str, dep: &Recipe) -> Option<String> {
+    match (&recipe.spec, field, &dep.spec) {
+        (Spec::Disk(_), "rootfs", Spec::Rootfs(root)) if root.format != RootfsFormat::Ext4 => {
+            Some(format!(
+                "a disk's root partition is an ext4 image, but rootfs `{}` is format = \"{}\": \
+                 set format = \"ext4\" in it",
+                dep.name,
+                root.format.name()
+            ))
+        }
+        (Spec::Test(test), "rootfs", Spec::Disk(disk)) => {
+            if test.kernel.file != disk.kernel.file {
+                Some(format!(
+                    "disk `{}` boots the kernel in its unified kernel image, `{}`; set \
+                     kernel = \"{}\" here (the test names `{}`)",
+                    dep.name, disk.kernel.name, disk.kernel.name, test.kernel.name
+                ))
+            } else if !test.vm.cmdline.is_empty() {
+                Some(format!(
+                    "disk `{}` boots with the command line in its unified kernel image: move \
+                     [vm] cmdline to the disk recipe's `cmdline`",
+                    dep.name
+                ))
+            } else {
+                None
+            }
+        }
+        _ => None,
     }
 }
 

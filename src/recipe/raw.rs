@@ -62,6 +62,20 @@ pub struct Rootfs {
     pub files: BTreeMap<Spanned<String>, Text>,
 }
 
+/// A bootable disk recipe: a kernel and an ext4 root, as a GPT image.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootDisk {
+    /// Read through `Kind`; declared so `deny_unknown_fields` accepts it.
+    #[allow(dead_code)]
+    pub kind: Text,
+    pub kernel: Text,
+    pub rootfs: Text,
+    pub size: Option<Text>,
+    pub format: Option<Text>,
+    pub cmdline: Option<Text>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Bundle {

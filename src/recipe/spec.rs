@@ -29,6 +29,7 @@ pub enum Spec {
     Rootfs(RootfsSpec),
     Bundle(BundleSpec),
     Test(TestSpec),
+    Disk(BootDiskSpec),
 }
 
 /// Where an input comes from. Debian packages are pinned by `vmbuild.lock`.
@@ -104,6 +105,35 @@ impl RootfsSpec {
     /// on a Debian root (the essential set has neither).
     pub fn carries_busybox(&self) -> bool {
         self.format == RootfsFormat::Ext4 || matches!(self.base, RootfsBase::Debian(_))
+    }
+}
+
+/// A bootable disk: a GPT image with an EFI system partition holding a unified kernel
+/// image of `kernel` (its stage 1 and the guest agent inside), and `rootfs`'s ext4 image
+/// as the root partition.
+#[derive(Debug, Clone)]
+pub struct BootDiskSpec {
+    pub kernel: RecipeRef,
+    pub rootfs: RecipeRef,
+    /// The whole image's size in bytes; `None` fits it to its partitions.
+    pub size: Option<u64>,
+    pub format: BootDiskFormat,
+    /// Added to the kernel command line the UKI carries.
+    pub cmdline: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootDiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl BootDiskFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            BootDiskFormat::Raw => "raw",
+            BootDiskFormat::Qcow2 => "qcow2",
+        }
     }
 }
 
@@ -279,6 +309,7 @@ impl Recipe {
             Spec::Rootfs(_) => "rootfs",
             Spec::Bundle(_) => "bundle",
             Spec::Test(_) => "test",
+            Spec::Disk(_) => "disk",
         }
     }
 
@@ -302,10 +333,14 @@ impl Recipe {
                 .iter()
                 .map(|k| dep("kernel_modules", &["kernel"], k))
                 .collect(),
+            Spec::Disk(d) => vec![
+                dep("kernel", &["kernel"], &d.kernel),
+                dep("rootfs", &["rootfs"], &d.rootfs),
+            ],
             Spec::Test(t) => {
                 let mut deps = vec![
                     dep("kernel", &["kernel"], &t.kernel),
-                    dep("rootfs", &["rootfs"], &t.rootfs),
+                    dep("rootfs", &["rootfs", "disk"], &t.rootfs),
                 ];
                 deps.extend(t.bundles.iter().map(|b| dep("bundles", &["bundle"], b)));
                 deps.extend(t.after.iter().map(|a| dep("after", &["test"], a)));
@@ -316,7 +351,7 @@ impl Recipe {
 }
 
 /// The kinds whose entries a `[build]` command may read: everything but test results.
-const BUILT_KINDS: &[&str] = &["kernel", "rootfs", "bundle"];
+const BUILT_KINDS: &[&str] = &["kernel", "rootfs", "bundle", "disk"];
 
 /// One reference from a recipe to another, with the kinds the referring field accepts.
 pub struct Dependency<'a> {

@@ -22,6 +22,12 @@ pub const DISK: SizeRange = SizeRange {
     max: 64 * TIB,
     multiple_of: 512,
 };
+pub const BOOT_DISK: SizeRange = SizeRange {
+    what: "a disk image size",
+    min: 64 * MIB,
+    max: 64 * TIB,
+    multiple_of: MIB,
+};
 pub const EXT4_IMAGE: SizeRange = SizeRange {
     what: "an ext4 image size",
     min: 8 * MIB,

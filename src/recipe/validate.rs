@@ -12,6 +12,7 @@ use super::units;
 use super::{did_you_mean, grammar, raw, Diagnostic, Location, Project, RecipeError, Result};
 
 mod bundle;
+mod disk;
 
 impl Recipe {
     /// Reads and validates the recipe a reference points at.
@@ -42,7 +43,7 @@ impl Recipe {
     }
 }
 
-const KINDS: [&str; 4] = ["kernel", "rootfs", "bundle", "test"];
+const KINDS: [&str; 5] = ["kernel", "rootfs", "bundle", "test", "disk"];
 
 /// One TOML file being validated: recipe or module.
 struct Document<'a> {
@@ -93,6 +94,7 @@ impl Document<'_> {
             "rootfs" => self.rootfs().map(Spec::Rootfs),
             "bundle" => self.bundle().map(Spec::Bundle),
             "test" => self.test().map(Spec::Test),
+            "disk" => self.disk().map(Spec::Disk),
             other => {
                 let mut d = Diagnostic::new(self.at(&kind), format!("unknown kind `{other}`"));
                 d = d.with_help(match did_you_mean(other, KINDS) {

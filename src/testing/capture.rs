@@ -6,10 +6,7 @@
 
 use std::io::{self, BufRead, Read, Write};
 
-/// The most bytes kept of one test's output, and of one VM boot's console.
-pub(crate) const MAX_LOG: usize = 8 << 20;
-/// The longest line kept whole.
-pub(crate) const MAX_LINE: usize = 64 << 10;
+pub(crate) use crate::format::guest::{MAX_LINE, MAX_LOG};
 /// How much of qemu's own stderr is kept (its tail goes into error messages).
 const MAX_STDERR: usize = 64 << 10;
 

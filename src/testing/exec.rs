@@ -18,6 +18,7 @@ use super::protocol::{self, Message, Stream};
 use super::runner::{Artifacts, TestError};
 use super::session::{is_kernel_crash, said, Event, Session};
 use super::warm::{Start, Warm};
+use crate::format::guest;
 use crate::fsio::io_err;
 use crate::recipe::VmSpec;
 use crate::store::Store;
@@ -72,7 +73,7 @@ enum End {
 /// ends the VM as soon as the command exits.
 pub fn exec(mut e: Exec) -> Result<Outcome, TestError> {
     let backend = vm::backend(&e.vm.backend, e.accel).map_err(TestError::Infra)?;
-    let media = media::prepare(e.artifacts, e.vm, 1, e.work)?;
+    let media = media::prepare(e.artifacts, e.vm, backend.as_ref(), 1, e.work)?;
     let warm = Warm::open_for(
         e.store,
         backend.as_ref(),
@@ -100,13 +101,13 @@ fn exec_once(
     let socket = e.work.join("agent.sock");
     let control = e.work.join("control.sock");
     let start = match warm {
-        Some(warm) => warm.start(e.work, "run", media.root_disk.as_deref()),
+        Some(warm) => warm.start(e.work, "run", media.root_image()),
         None => Start::Cold,
     };
     let mut launch = media.launch(
         e.artifacts,
         e.vm,
-        agent::cmdline(media.init, &e.vm.cmdline),
+        guest::cmdline(media.init, &e.vm.cmdline),
         scratch_disks(&e.vm.disks, e.work, "run")?,
         Wiring::Agent {
             socket: socket.clone(),

@@ -10,19 +10,19 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::kernel_modules;
 use super::runner::{Artifacts, TestError};
+use crate::builders::kernel_modules;
 use crate::format::bundle::BUNDLE_CPIO;
-use crate::format::cpio::CpioWriter;
+use crate::format::disk;
 use crate::format::guest::{
-    AGENT, AGENT_PATH, BOOT, BOOT_PATH, BUSYBOX_PATH, DISK_MODULES, EXT4_ROOT_MODULES,
+    self, AGENT_PATH, BOOT_PATH, BUNDLES_DISK_SERIAL, DISK_MODULES, EXT4_ROOT_MODULES,
 };
 use crate::format::kconfig::read_config;
 use crate::format::rootfs as layout;
 use crate::fsio::io_err;
 use crate::recipe::units::approx_size;
 use crate::recipe::{DiskSpec, Network, VmSpec};
-use crate::vm::{Disk, Launch, Net, RootDisk, RootLayer, Wiring};
+use crate::vm::{Backend, Boot, Disk, Firmware, ImageFormat, Launch, Net, RootDisk, RootLayer, Wiring};
 
 /// The kernel options behind those modules, and the fragment that sets them.
 const DISK_OPTIONS: [(&str, &str); 2] = [
@@ -33,11 +33,23 @@ const EXT4_OPTION: (&str, &str) = ("CONFIG_EXT4_FS", "modules/kconfig/ext4.confi
 
 /// A VM's boot media, in the work folder (the root disk stays in the store).
 pub(crate) struct BootMedia {
-    pub initrd: PathBuf,
+    start: MediaStart,
     /// The image to boot as the read-only root disk, for a disk root.
-    pub root_disk: Option<PathBuf>,
+    root_disk: Option<(PathBuf, ImageFormat)>,
     /// What the kernel runs as PID 1 (`rdinit=`).
     pub init: &'static str,
+}
+
+/// How the VM gets to its kernel.
+enum MediaStart {
+    /// The backend loads the kernel recipe's bzImage and this initramfs.
+    Kernel { initrd: PathBuf },
+    /// The firmware boots the disk's unified kernel image; the bundles come on a disk
+    /// of their own (`guest::write_bundles_disk`), which every VM only reads.
+    Firmware {
+        firmware: Firmware,
+        bundles: PathBuf,
+    },
 }
 
 impl BootMedia {
@@ -48,18 +60,33 @@ impl BootMedia {
         artifacts: &Artifacts,
         vm: &VmSpec,
         cmdline: String,
-        disks: Vec<Disk>,
+        mut disks: Vec<Disk>,
         wiring: Wiring,
     ) -> Launch {
+        let boot = match &self.start {
+            MediaStart::Kernel { initrd } => Boot::Kernel {
+                kernel: artifacts.kernel.path.join("bzImage"),
+                initrd: initrd.clone(),
+                cmdline,
+            },
+            // The command line is the UKI's own.
+            MediaStart::Firmware { firmware, bundles } => {
+                disks.push(Disk {
+                    path: bundles.clone(),
+                    serial: BUNDLES_DISK_SERIAL.into(),
+                    read_only: true,
+                });
+                Boot::Firmware(firmware.clone())
+            }
+        };
         Launch {
-            kernel: artifacts.kernel.path.join("bzImage"),
-            initrd: self.initrd.clone(),
-            cmdline,
+            boot,
             machine: vm.machine.clone(),
             memory_mb: vm.memory_mb,
             cpus: vm.cpus,
-            root_disk: self.root_disk.as_ref().map(|image| RootDisk {
+            root_disk: self.root_disk.as_ref().map(|(image, format)| RootDisk {
                 image: image.clone(),
+                format: *format,
                 layer: RootLayer::Throwaway,
             }),
             disks,
@@ -74,18 +101,48 @@ impl BootMedia {
     }
 }
 
+impl BootMedia {
+    /// The root disk's image and format, for a disk root.
+    pub(crate) fn root_image(&self) -> Option<(&Path, ImageFormat)> {
+        self.root_disk
+            .as_ref()
+            .map(|(image, format)| (image.as_path(), *format))
+    }
+}
+
 /// Checks that the host can hold the scratch disks of `vms` VMs with `vm`'s settings, and
 /// writes the initramfs for `artifacts` into `work` (`initrd.img`); with scratch disks, a
-/// modular kernel's disk drivers go along.
+/// modular kernel's disk drivers go along. A bootable disk (`kind = "disk"`) boots
+/// through `backend`'s firmware, its bundles on a disk made here (`bundles.img`).
 pub(crate) fn prepare(
     artifacts: &Artifacts,
     vm: &VmSpec,
+    backend: &dyn Backend,
     vms: usize,
     work: &Path,
 ) -> Result<BootMedia, TestError> {
     check_disk_space(&vm.disks, vms, work)?;
     let disks = !vm.disks.is_empty();
     let rootfs = &artifacts.rootfs.path;
+    if let Some(image) = disk::IMAGES.iter().map(|i| rootfs.join(i)).find(|i| i.is_file()) {
+        let firmware = backend.firmware().map_err(TestError::Infra)?;
+        let format = match image.extension().and_then(|e| e.to_str()) {
+            Some("qcow2") => ImageFormat::Qcow2,
+            _ => ImageFormat::Raw,
+        };
+        let bundles = work.join("bundles.img");
+        let parts: Vec<PathBuf> = artifacts
+            .bundles
+            .iter()
+            .map(|(_, e)| e.path.join(BUNDLE_CPIO))
+            .collect();
+        guest::write_bundles_disk(&parts, &bundles)?;
+        return Ok(BootMedia {
+            start: MediaStart::Firmware { firmware, bundles },
+            root_disk: Some((image, format)),
+            init: BOOT_PATH,
+        });
+    }
     let busybox_file = rootfs.join(layout::BOOT_BUSYBOX);
     let busybox = match busybox_file.is_file() {
         true => Some(fs_err::read(&busybox_file).map_err(io_err("read", &busybox_file))?),
@@ -108,10 +165,10 @@ pub(crate) fn prepare(
         write_initrd(
             &initrd,
             &parts,
-            &[modules, agent_layer(busybox.as_deref(), false)?],
+            &[modules, guest::archive(busybox.as_deref(), false)?],
         )?;
         return Ok(BootMedia {
-            initrd,
+            start: MediaStart::Kernel { initrd },
             root_disk: None,
             init: AGENT_PATH,
         });
@@ -140,11 +197,11 @@ pub(crate) fn prepare(
     write_initrd(
         &initrd,
         &parts,
-        &[modules, agent_layer(Some(&busybox), true)?],
+        &[modules, guest::archive(Some(&busybox), true)?],
     )?;
     Ok(BootMedia {
-        initrd,
-        root_disk: Some(image),
+        start: MediaStart::Kernel { initrd },
+        root_disk: Some((image, ImageFormat::Raw)),
         init: BOOT_PATH,
     })
 }
@@ -174,29 +231,6 @@ fn check_options(
         artifacts.rootfs.manifest.name,
         missing.join(", ")
     )))
-}
-
-/// The agent's own archive: the agent, `/dev/console`, the root's static busybox when
-/// it has one, and for a disk root (`stage1`) stage 1.
-fn agent_layer(busybox: Option<&[u8]>, stage1: bool) -> Result<Vec<u8>, TestError> {
-    let mut cpio = CpioWriter::new(Vec::new());
-    let write = |cpio: &mut CpioWriter<Vec<u8>>| -> std::io::Result<()> {
-        cpio.dir("/vmbuild", 0o755)?;
-        cpio.file(AGENT_PATH, 0o755, AGENT.as_bytes())?;
-        if let Some(busybox) = busybox {
-            cpio.dir("/vmbuild/bin", 0o755)?;
-            cpio.file(BUSYBOX_PATH, 0o755, busybox)?;
-        }
-        if stage1 {
-            cpio.dir("/vmbuild/boot", 0o755)?;
-            cpio.file(BOOT_PATH, 0o755, BOOT.as_bytes())?;
-        }
-        cpio.char_device("/dev/console", 0o600, 5, 1)
-    };
-    write(&mut cpio).map_err(io_err("pack", Path::new(AGENT_PATH)))?;
-    Ok(cpio
-        .finish()
-        .map_err(io_err("pack", Path::new(AGENT_PATH)))?)
 }
 
 /// Concatenates the archive files `parts`, then the in-memory archives `layers`.
@@ -302,6 +336,7 @@ pub(crate) fn scratch_disks(
         made.push(Disk {
             path,
             serial: disk.name.clone(),
+            read_only: false,
         });
     }
     Ok(made)

@@ -9,7 +9,6 @@ mod capture;
 pub(crate) mod cases;
 pub(crate) mod compare;
 pub(crate) mod exec;
-mod kernel_modules;
 mod media;
 mod outcome;
 pub(crate) mod phase;

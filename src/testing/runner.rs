@@ -17,6 +17,7 @@ use super::{RunResults, TestResult};
 use crate::format::bundle::TestMeta;
 use crate::format::kconfig::read_config;
 use crate::fsio::{io_err, IoError};
+use crate::builders::kernel_modules::ModulesError;
 use crate::process::ProcessError;
 use crate::recipe::TestSpec;
 use crate::store::{Entry, StoreError};
@@ -36,6 +37,15 @@ pub enum TestError {
     /// The recipe asks for something the test phase cannot do: exit code 2.
     #[error("{0}")]
     Unsupported(String),
+}
+
+impl From<ModulesError> for TestError {
+    fn from(e: ModulesError) -> TestError {
+        match e {
+            ModulesError::Compressed(why) => TestError::Unsupported(why),
+            ModulesError::Io(e) => TestError::Io(e),
+        }
+    }
 }
 
 impl From<vm::Unsupported> for TestError {
@@ -298,7 +308,7 @@ fn run_round(
         false => running,
     };
     check_memory(vms, opts.spec.vm.memory_mb, opts.policy.allow_overcommit)?;
-    let media = media::prepare(artifacts, &opts.spec.vm, vms, opts.work)?;
+    let media = media::prepare(artifacts, &opts.spec.vm, opts.backend, vms, opts.work)?;
     let socket_dir = tempfile::Builder::new()
         .prefix("vmbuild-")
         .tempdir()

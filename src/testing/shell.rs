@@ -23,6 +23,7 @@ use super::media::{self, scratch_disks, BootMedia};
 use super::protocol::{self, Message};
 use super::runner::{Artifacts, TestError};
 use super::warm::{Start, Warm};
+use crate::format::guest;
 use crate::fsio::io_err;
 use crate::recipe::VmSpec;
 use crate::store::Store;
@@ -62,7 +63,7 @@ pub struct Shell<'a> {
 /// the guest halts.
 pub fn shell(s: &Shell) -> Result<ShellEnd, TestError> {
     let backend = vm::backend(&s.vm.backend, s.accel).map_err(TestError::Infra)?;
-    let media = media::prepare(s.artifacts, s.vm, 1, s.work)?;
+    let media = media::prepare(s.artifacts, s.vm, backend.as_ref(), 1, s.work)?;
     let warm = Warm::open_for(
         s.store,
         backend.as_ref(),
@@ -93,13 +94,13 @@ fn shell_once(
     let _ = fs_err::remove_file(&socket);
     let listener = UnixListener::bind(&socket).map_err(io_err("listen on", &socket))?;
     let start = match warm {
-        Some(warm) => warm.start(s.work, "shell", media.root_disk.as_deref()),
+        Some(warm) => warm.start(s.work, "shell", media.root_image()),
         None => Start::Cold,
     };
     let mut launch = media.launch(
         s.artifacts,
         s.vm,
-        agent::cmdline(media.init, &s.vm.cmdline),
+        guest::cmdline(media.init, &s.vm.cmdline),
         scratch_disks(&s.vm.disks, s.work, "shell")?,
         Wiring::Interactive {
             agent: socket.clone(),

@@ -18,14 +18,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::agent;
 use super::capture::CappedWriter;
 use super::runner::Artifacts;
+use crate::format::guest;
 use crate::graph::{environment_key, Environment, KeyInputs};
 use crate::recipe::{StartMode, VmSpec};
 use crate::store::{Entry, KeyLock, Manifest, Staging, Store};
 use crate::tools::Tools;
-use crate::vm::{self, Accel, Backend, Launch, RootLayer, Snapshots};
+use crate::vm::{self, Accel, Backend, ImageFormat, Launch, RootLayer, Snapshots};
 
 /// The backend's saved state, in the entry.
 pub(crate) const STATE: &str = "state";
@@ -66,7 +66,7 @@ pub(crate) fn environment_inputs(
         vm,
         // The whole line the guest boots with, host limits included (`rdinit=` follows
         // from the rootfs, which is keyed).
-        cmdline: agent::cmdline("", &vm.cmdline),
+        cmdline: guest::cmdline("", &vm.cmdline),
         kernel,
         rootfs,
         bundles,
@@ -397,7 +397,7 @@ impl<'a> Warm<'a> {
         &'a self,
         work: &Path,
         vm_name: &str,
-        disk_root: Option<&Path>,
+        disk_root: Option<(&Path, ImageFormat)>,
     ) -> Start<'a> {
         let mut slot = self.slot();
         loop {
@@ -438,7 +438,7 @@ impl<'a> Warm<'a> {
         replacing: Option<String>,
         work: &Path,
         vm_name: &str,
-        disk_root: Option<&Path>,
+        disk_root: Option<(&Path, ImageFormat)>,
     ) -> Start<'a> {
         let name = replacing.as_deref().unwrap_or(&self.name);
         let staging = match self.store.stage(&self.key, name, &lock) {
@@ -450,10 +450,10 @@ impl<'a> Warm<'a> {
         };
         let record = match disk_root {
             None => None,
-            Some(image) => {
+            Some((image, format)) => {
                 let record = work.join(format!("root-{vm_name}.layer"));
                 let _ = fs_err::remove_file(&record);
-                if let Err(why) = self.snapshots.create_overlay(image, &record) {
+                if let Err(why) = self.snapshots.create_overlay(image, format, &record) {
                     self.give_up(&format!("cannot make its root disk layer: {why}"));
                     return Start::Cold;
                 }

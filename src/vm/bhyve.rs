@@ -1,7 +1,10 @@
 //! The bhyve backend (FreeBSD, illumos). Linux guests boot through `grub-bhyve`, which
 //! loads the kernel and initramfs, then `bhyve` runs the VM with the console on com1 and
-//! the guest agent's channel on com2 (a nullmodem device). Only the command lines are
-//! built here; they are unit-tested, since bhyve cannot run on Linux hosts.
+//! the guest agent's channel on com2 (a nullmodem device). A disk image boots through
+//! UEFI firmware instead (`-l bootrom,BHYVE_UEFI.fd`, no loader). Only the command lines
+//! are built here; they are unit-tested, since bhyve cannot run on Linux hosts. A root
+//! disk is still refused: bhyve has no copy-on-write drives, and the test phase makes no
+//! per-VM copy.
 //!
 //! The guest gets no NIC (bhyve adds none by itself). There is no `Net::User` here: the
 //! slirp backend of released bhyve lets connections only into the guest (its sandbox
@@ -11,7 +14,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{Backend, Launch, Net, Unsupported, Wiring};
+use super::{Backend, Boot, Firmware, Launch, Net, Unsupported, Wiring};
+
+/// FreeBSD's UEFI firmware for bhyve (the `edk2-bhyve` package).
+const BHYVE_UEFI: &str = "/usr/local/share/uefi-firmware/BHYVE_UEFI.fd";
 
 pub struct Bhyve {
     /// The VM's name in `/dev/vmm`.
@@ -22,13 +28,21 @@ pub struct Bhyve {
 
 impl Bhyve {
     /// The grub-bhyve command that loads the kernel and initramfs, and the grub script
-    /// it reads (to be written to `grub_cfg`).
-    pub fn loader(&self, launch: &Launch, device_map: &Path) -> (Command, String) {
+    /// it reads (to be written to `grub_cfg`); `None` for a firmware boot, which needs no
+    /// loader.
+    pub fn loader(&self, launch: &Launch, device_map: &Path) -> Option<(Command, String)> {
+        let Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } = &launch.boot
+        else {
+            return None;
+        };
         let script = format!(
-            "linux (host){} {}\ninitrd (host){}\nboot\n",
-            launch.kernel.display(),
-            launch.cmdline,
-            launch.initrd.display()
+            "linux (host){} {cmdline}\ninitrd (host){}\nboot\n",
+            kernel.display(),
+            initrd.display()
         );
         let mut cmd = Command::new("grub-bhyve");
         cmd.arg("-m").arg(device_map).args([
@@ -38,7 +52,7 @@ impl Bhyve {
             &format!("{}M", launch.memory_mb),
             &self.vm_name,
         ]);
-        (cmd, script)
+        Some((cmd, script))
     }
 }
 
@@ -49,6 +63,20 @@ impl Backend for Bhyve {
 
     fn program(&self) -> &'static str {
         "bhyve"
+    }
+
+    fn firmware(&self) -> Result<Firmware, String> {
+        if !Path::new(BHYVE_UEFI).is_file() {
+            return Err(format!(
+                "bhyve needs UEFI firmware to boot a disk image, and {BHYVE_UEFI} is missing\n  \
+                 help: install it with `pkg install edk2-bhyve`"
+            ));
+        }
+        // No variable store: bhyve keeps the variables in memory, thrown away at exit.
+        Ok(Firmware {
+            code: BHYVE_UEFI.into(),
+            vars: None,
+        })
     }
 
     fn command(&self, launch: &Launch) -> Result<Command, Unsupported> {
@@ -82,6 +110,13 @@ impl Backend for Bhyve {
             &format!("{}M", launch.memory_mb),
         ])
         .args(["-H", "-A", "-P", "-s", "0:0,hostbridge", "-s", "1:0,lpc"]);
+        if let Boot::Firmware(firmware) = &launch.boot {
+            let mut bootrom = format!("bootrom,{}", firmware.code.display());
+            if let Some(vars) = &firmware.vars {
+                bootrom.push_str(&format!(",{}", vars.display()));
+            }
+            cmd.arg("-l").arg(bootrom);
+        }
         match &launch.wiring {
             Wiring::Agent { .. } | Wiring::Interactive { .. } => {
                 cmd.args(["-l", "com1,stdio", "-l"])
@@ -90,9 +125,10 @@ impl Backend for Bhyve {
         }
         for (slot, disk) in launch.disks.iter().enumerate() {
             cmd.arg("-s").arg(format!(
-                "{}:0,virtio-blk,{},ser={}",
+                "{}:0,virtio-blk,{}{},ser={}",
                 slot + 2,
                 disk.path.display(),
+                if disk.read_only { ",ro" } else { "" },
                 disk.serial
             ));
         }
@@ -108,9 +144,7 @@ mod tests {
     #[test]
     fn bhyve_command_lines() {
         let launch = Launch {
-            kernel: "/s/bzImage".into(),
-            initrd: "/w/initrd".into(),
-            cmdline: "console=ttyS0 rdinit=/vmbuild/init".into(),
+            boot: crate::vm::Boot::Kernel { kernel: "/s/bzImage".into(), initrd: "/w/initrd".into(), cmdline: "console=ttyS0 rdinit=/vmbuild/init".into() },
             machine: "q35".into(),
             memory_mb: 512,
             cpus: 1,
@@ -118,6 +152,7 @@ mod tests {
             disks: vec![crate::vm::Disk {
                 path: "/w/d.img".into(),
                 serial: "scratch".into(),
+                read_only: false,
             }],
             net: Net::None,
             wiring: Wiring::Agent {
@@ -136,7 +171,7 @@ mod tests {
             line,
             "bhyve -c 1 -m 512M -H -A -P -s 0:0,hostbridge -s 1:0,lpc -l com1,stdio -l com2,/dev/nmdm0A -s 2:0,virtio-blk,/w/d.img,ser=scratch vmbuild0"
         );
-        let (loader, script) = b.loader(&launch, Path::new("/w/device.map"));
+        let (loader, script) = b.loader(&launch, Path::new("/w/device.map")).expect("a kernel boot");
         assert_eq!(
             crate::process::describe(&loader),
             "grub-bhyve -m /w/device.map -r host -M 512M vmbuild0"
@@ -156,10 +191,28 @@ mod tests {
             root_disk: Some(crate::vm::RootDisk {
                 image: "/store/rootfs.ext4".into(),
                 layer: crate::vm::RootLayer::Throwaway,
+                format: crate::vm::ImageFormat::Raw,
             }),
-            ..launch
+            ..launch.clone()
         };
         let refused = b.command(&disk_root).expect_err("no copy-on-write root");
         assert!(refused.to_string().contains("qemu backend"), "{refused}");
+
+        // UEFI: the firmware is the boot ROM, and no loader runs.
+        let uefi = Launch {
+            boot: Boot::Firmware(Firmware {
+                code: BHYVE_UEFI.into(),
+                vars: Some("/w/vars.fd".into()),
+            }),
+            ..launch
+        };
+        assert!(b.loader(&uefi, Path::new("/w/device.map")).is_none());
+        let line = crate::process::describe(&b.command(&uefi).expect("a firmware boot"));
+        assert_eq!(
+            line,
+            "bhyve -c 1 -m 512M -H -A -P -s 0:0,hostbridge -s 1:0,lpc \
+             -l bootrom,/usr/local/share/uefi-firmware/BHYVE_UEFI.fd,/w/vars.fd \
+             -l com1,stdio -l com2,/dev/nmdm0A -s 2:0,virtio-blk,/w/d.img,ser=scratch vmbuild0"
+        );
     }
 }

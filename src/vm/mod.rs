@@ -47,6 +47,46 @@ pub struct Unsupported(pub String);
 pub struct Disk {
     pub path: PathBuf,
     pub serial: String,
+    /// Shown to the guest read-only (many VMs may share the file).
+    pub read_only: bool,
+}
+
+/// How a VM gets to its kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    /// The backend loads the kernel and initramfs and passes the command line itself.
+    Kernel {
+        kernel: PathBuf,
+        initrd: PathBuf,
+        cmdline: String,
+    },
+    /// UEFI firmware starts the root disk's boot loader (its ESP's removable-media path,
+    /// a unified kernel image holding initramfs and command line).
+    Firmware(Firmware),
+}
+
+/// A backend's UEFI firmware: the code, and the variable store it starts from (only
+/// read: each VM's changes are its own and thrown away).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firmware {
+    pub code: PathBuf,
+    pub vars: Option<PathBuf>,
+}
+
+/// The image format of a root disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+}
+
+impl ImageFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+        }
+    }
 }
 
 pub use crate::format::guest::ROOT_DISK_SERIAL;
@@ -55,6 +95,7 @@ pub use crate::format::guest::ROOT_DISK_SERIAL;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootDisk {
     pub image: PathBuf,
+    pub format: ImageFormat,
     pub layer: RootLayer,
 }
 
@@ -75,9 +116,7 @@ pub enum RootLayer {
 /// Everything a backend needs to start one VM.
 #[derive(Debug, Clone)]
 pub struct Launch {
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub cmdline: String,
+    pub boot: Boot,
     pub machine: String,
     pub memory_mb: u64,
     pub cpus: u32,
@@ -102,6 +141,9 @@ pub trait Backend: Sync {
     fn program(&self) -> &'static str;
     /// The command that boots `launch`, or why this backend cannot.
     fn command(&self, launch: &Launch) -> Result<Command, Unsupported>;
+    /// The UEFI firmware this backend boots disks with (`Boot::Firmware`) on this host;
+    /// `Err` says what to install.
+    fn firmware(&self) -> Result<Firmware, String>;
     /// Saving and restoring a running VM, when this backend can.
     fn snapshots(&self) -> Option<&dyn Snapshots> {
         None
@@ -114,7 +156,12 @@ pub trait Backend: Sync {
 pub trait Snapshots: Sync {
     /// Makes `overlay` an empty copy-on-write layer over `image`, for
     /// `RootLayer::Record`.
-    fn create_overlay(&self, image: &Path, overlay: &Path) -> Result<(), String>;
+    fn create_overlay(
+        &self,
+        image: &Path,
+        format: ImageFormat,
+        overlay: &Path,
+    ) -> Result<(), String>;
     /// Pauses the VM and writes its state to `state`; it stays paused.
     fn save(&self, control: &Path, state: &Path) -> Result<(), String>;
     /// Waits until a VM started with `incoming` has loaded its state (it is then
@@ -171,12 +218,6 @@ pub fn host_cpu() -> String {
         })
         .collect();
     crate::hashing::sha256_hex(fields.join("\n").as_bytes())
-}
-
-/// The kernel command line every test VM gets before the recipe's own additions:
-/// `init` is the initramfs program the kernel starts as PID 1.
-pub fn base_cmdline(init: &str) -> String {
-    format!("console=ttyS0 rdinit={init} panic=-1")
 }
 
 /// A 512-byte boot sector that writes 1 to qemu's isa-debug-exit port: qemu then exits

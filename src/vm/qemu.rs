@@ -23,7 +23,8 @@ use serde_json::{json, Value};
 
 use super::qmp::Qmp;
 use super::{
-    Accel, Backend, Launch, Net, RootLayer, Snapshots, Unsupported, Wiring, ROOT_DISK_SERIAL,
+    Accel, Backend, Boot, Firmware, ImageFormat, Launch, Net, RootLayer, Snapshots, Unsupported,
+    Wiring, ROOT_DISK_SERIAL,
 };
 
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -80,6 +81,10 @@ impl Backend for Qemu {
         Some(self)
     }
 
+    fn firmware(&self) -> Result<Firmware, String> {
+        find_ovmf(std::env::var_os("VMBUILD_OVMF_CODE"), std::env::var_os("VMBUILD_OVMF_VARS"))
+    }
+
     fn command(&self, launch: &Launch) -> Result<Command, Unsupported> {
         let mut cmd = Command::new(QEMU);
         cmd.args(["-machine", &launch.machine, "-accel", self.accel.name()]);
@@ -100,11 +105,39 @@ impl Backend for Qemu {
             // NAT lets nothing in.
             Net::User => "user,model=virtio-net-pci",
         })
-        .arg("-kernel")
-        .arg(&launch.kernel)
-        .arg("-initrd")
-        .arg(&launch.initrd)
-        .args(["-append", &launch.cmdline]);
+        ;
+        match &launch.boot {
+            Boot::Kernel {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
+                cmd.arg("-kernel")
+                    .arg(kernel)
+                    .arg("-initrd")
+                    .arg(initrd)
+                    .args(["-append", cmdline]);
+            }
+            Boot::Firmware(firmware) => {
+                if launch.root_disk.is_none() {
+                    return Err(Unsupported(
+                        "a firmware boot needs a root disk to boot from".into(),
+                    ));
+                }
+                cmd.arg("-drive").arg(format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    option_path(&firmware.code)
+                ));
+                // The variables' template is only read: each VM writes a throwaway
+                // overlay of its own.
+                if let Some(vars) = &firmware.vars {
+                    cmd.arg("-drive").arg(format!(
+                        "if=pflash,format=raw,unit=1,snapshot=on,file={}",
+                        option_path(vars)
+                    ));
+                }
+            }
+        }
         // Three serial ports whatever they carry: a saved state restores only into the
         // same devices.
         match &launch.wiring {
@@ -140,33 +173,44 @@ impl Backend for Qemu {
         }
         if let Some(root) = &launch.root_disk {
             let image = option_path(&root.image);
+            let format = root.format.name();
             let drive = match &root.layer {
-                RootLayer::Throwaway => format!("file={image},format=raw,snapshot=on"),
+                RootLayer::Throwaway => format!("file={image},format={format},snapshot=on"),
                 RootLayer::Record(overlay) => format!(
-                    "driver=qcow2,file.filename={},backing.driver=raw,backing.file.filename={image}",
+                    "driver=qcow2,file.filename={},backing.driver={format},backing.file.filename={image}",
                     option_path(overlay)
                 ),
                 // The recorded layer's own idea of its backing file is not asked: the
                 // store may have moved since.
                 RootLayer::Replay(layer) => format!(
-                    "driver=qcow2,file.filename={},backing.driver=raw,backing.file.filename={image},\
+                    "driver=qcow2,file.filename={},backing.driver={format},backing.file.filename={image},\
                      snapshot=on",
                     option_path(layer)
                 ),
+            };
+            // Firmware boots the root disk first.
+            let boot_first = match launch.boot {
+                Boot::Firmware(_) => ",bootindex=0",
+                Boot::Kernel { .. } => "",
             };
             cmd.arg("-drive")
                 .arg(format!("{drive},if=none,id=disk0"))
                 .arg("-device")
                 .arg(format!(
-                    "virtio-blk-pci,drive=disk0,serial={ROOT_DISK_SERIAL}"
+                    "virtio-blk-pci,drive=disk0,serial={ROOT_DISK_SERIAL}{boot_first}"
                 ));
         }
         let first = usize::from(launch.root_disk.is_some());
         for (n, disk) in launch.disks.iter().enumerate() {
             let n = n + first;
+            let access = if disk.read_only {
+                "readonly=on"
+            } else {
+                "cache=unsafe"
+            };
             cmd.arg("-drive")
                 .arg(format!(
-                    "file={},format=raw,if=none,id=disk{n},cache=unsafe",
+                    "file={},format=raw,if=none,id=disk{n},{access}",
                     option_path(&disk.path)
                 ))
                 .arg("-device")
@@ -180,9 +224,14 @@ impl Backend for Qemu {
 }
 
 impl Snapshots for Qemu {
-    fn create_overlay(&self, image: &Path, overlay: &Path) -> Result<(), String> {
+    fn create_overlay(
+        &self,
+        image: &Path,
+        format: ImageFormat,
+        overlay: &Path,
+    ) -> Result<(), String> {
         let mut cmd = Command::new(QEMU_IMG);
-        cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        cmd.args(["create", "-q", "-f", "qcow2", "-F", format.name(), "-b"])
             .arg(image)
             .arg(overlay);
         crate::process::run(&mut cmd)
@@ -247,6 +296,48 @@ fn migration_done(qmp: &mut Qmp, within: Duration) -> Result<(), String> {
     }
 }
 
+/// Debian's OVMF (package `ovmf`), 4 MiB flash first; Fedora's and Arch's paths after.
+/// `VMBUILD_OVMF_CODE` (with `VMBUILD_OVMF_VARS`) names another build.
+const OVMF: [(&str, &str); 4] = [
+    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
+    ("/usr/share/edk2/x64/OVMF_CODE.4m.fd", "/usr/share/edk2/x64/OVMF_VARS.4m.fd"),
+];
+
+fn find_ovmf(
+    code: Option<std::ffi::OsString>,
+    vars: Option<std::ffi::OsString>,
+) -> Result<Firmware, String> {
+    if let Some(code) = code {
+        let code = std::path::PathBuf::from(code);
+        let vars = vars.map(std::path::PathBuf::from);
+        for file in std::iter::once(&code).chain(vars.as_ref()) {
+            if !file.is_file() {
+                return Err(format!(
+                    "the UEFI firmware file {} (VMBUILD_OVMF_CODE, VMBUILD_OVMF_VARS) does not exist",
+                    file.display()
+                ));
+            }
+        }
+        return Ok(Firmware { code, vars });
+    }
+    OVMF.iter()
+        .find(|(code, vars)| Path::new(code).is_file() && Path::new(vars).is_file())
+        .map(|(code, vars)| Firmware {
+            code: code.into(),
+            vars: Some(vars.into()),
+        })
+        .ok_or_else(|| {
+            format!(
+                "qemu needs UEFI firmware to boot a disk image, and none is installed (looked \
+                 for {})\n  help: install it with `apt-get install ovmf`, or name the files in \
+                 VMBUILD_OVMF_CODE and VMBUILD_OVMF_VARS",
+                OVMF[0].0
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,19 +347,19 @@ mod tests {
     #[test]
     fn command_boots_directly_with_console_and_agent_ports() {
         let launch = Launch {
-            kernel: "/s/bzImage".into(),
-            initrd: "/w/initrd".into(),
-            cmdline: "console=ttyS0".into(),
+            boot: crate::vm::Boot::Kernel { kernel: "/s/bzImage".into(), initrd: "/w/initrd".into(), cmdline: "console=ttyS0".into() },
             machine: "q35".into(),
             memory_mb: 512,
             cpus: 2,
             root_disk: Some(crate::vm::RootDisk {
                 image: PathBuf::from("/s/root,1.ext4"),
                 layer: crate::vm::RootLayer::Throwaway,
+                format: crate::vm::ImageFormat::Raw,
             }),
             disks: vec![Disk {
                 path: PathBuf::from("/w/scratch.img"),
                 serial: "scratch".into(),
+                read_only: false,
             }],
             net: Net::None,
             wiring: Wiring::Agent {
@@ -318,9 +409,7 @@ mod tests {
             },
         ] {
             let launch = Launch {
-                kernel: "/store/k/bzImage".into(),
-                initrd: "/w/initrd".into(),
-                cmdline: String::new(),
+                boot: crate::vm::Boot::Kernel { kernel: "/store/k/bzImage".into(), initrd: "/w/initrd".into(), cmdline: String::new() },
                 machine: "q35".into(),
                 memory_mb: 512,
                 cpus: 1,
@@ -362,9 +451,7 @@ mod tests {
     #[test]
     fn net_user_gives_one_virtio_nic_on_user_mode_nat_and_nothing_else() {
         let launch = Launch {
-            kernel: "/store/k/bzImage".into(),
-            initrd: "/w/initrd".into(),
-            cmdline: String::new(),
+            boot: crate::vm::Boot::Kernel { kernel: "/store/k/bzImage".into(), initrd: "/w/initrd".into(), cmdline: String::new() },
             machine: "q35".into(),
             memory_mb: 512,
             cpus: 1,
@@ -399,15 +486,14 @@ mod tests {
 
     fn launch_with_root(layer: RootLayer) -> Launch {
         Launch {
-            kernel: "/s/bzImage".into(),
-            initrd: "/w/initrd".into(),
-            cmdline: "console=ttyS0".into(),
+            boot: crate::vm::Boot::Kernel { kernel: "/s/bzImage".into(), initrd: "/w/initrd".into(), cmdline: "console=ttyS0".into() },
             machine: "q35".into(),
             memory_mb: 512,
             cpus: 1,
             root_disk: Some(crate::vm::RootDisk {
                 image: "/s/root,1.ext4".into(),
                 layer,
+                format: crate::vm::ImageFormat::Raw,
             }),
             disks: vec![],
             net: Net::None,
@@ -530,12 +616,15 @@ mod tests {
         saved.disks = vec![crate::vm::Disk {
             path: "/w/disk-vm0-scratch.img".into(),
             serial: "scratch".into(),
+            read_only: false,
         }];
         let mut restored = saved.clone();
         restored.root_disk.as_mut().unwrap().layer = RootLayer::Replay("/e/root.layer".into());
         restored.control = Some("/tmp/c1.sock".into());
         restored.incoming = Some("/e/state".into());
-        restored.initrd = "/w2/initrd".into();
+        if let crate::vm::Boot::Kernel { initrd, .. } = &mut restored.boot {
+            *initrd = "/w2/initrd".into();
+        }
         restored.disks[0].path = "/w/disk-vm1-scratch.img".into();
         restored.wiring = Wiring::Agent {
             socket: "/tmp/a1.sock".into(),

@@ -134,14 +134,14 @@ impl VmRun<'_> {
             Some(warm) => warm.start(
                 self.opts.work,
                 &format!("vm{}-{}", self.worker, self.boot),
-                self.media.root_disk.as_deref(),
+                self.media.root_image(),
             ),
             None => Start::Cold,
         };
         let mut launch = self.media.launch(
             self.artifacts,
             &spec.vm,
-            agent::cmdline(self.media.init, &spec.vm.cmdline),
+            crate::format::guest::cmdline(self.media.init, &spec.vm.cmdline),
             disks,
             Wiring::Agent {
                 socket: socket.clone(),

@@ -7,10 +7,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::runner::TestError;
 use crate::format::cpio::CpioWriter;
 use crate::format::modinfo;
-use crate::fsio::io_err;
+use crate::fsio::{io_err, IoError};
 use crate::store::Entry;
 
 /// A gzip cpio with `wanted` and every module they depend on under
@@ -18,7 +17,7 @@ use crate::store::Entry;
 /// (dependencies first). A module the kernel has built in, or lacks, is left out: the
 /// config check above has spoken for the ones that matter. Empty for a kernel without
 /// modules.
-pub(crate) fn layer(kernel: &Entry, wanted: &[&str]) -> Result<Vec<u8>, TestError> {
+pub(crate) fn layer(kernel: &Entry, wanted: &[&str]) -> Result<Vec<u8>, ModulesError> {
     let release = kernel
         .manifest
         .details
@@ -53,7 +52,7 @@ pub(crate) fn layer(kernel: &Entry, wanted: &[&str]) -> Result<Vec<u8>, TestErro
     let mut bytes: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for name in wanted {
         add_with_deps(name, &files, &mut bytes, &mut order, 0).map_err(|compressed| {
-            TestError::Unsupported(format!(
+            ModulesError::Compressed(format!(
                 "kernel `{}` has compressed modules ({}); vmbuild loads uncompressed .ko \
                  files only (a kernel built with CONFIG_MODULE_COMPRESS_NONE=y, or with \
                  the drivers built in: modules/kconfig/virtio.config and ext4.config)",
@@ -82,6 +81,16 @@ pub(crate) fn layer(kernel: &Entry, wanted: &[&str]) -> Result<Vec<u8>, TestErro
     };
     write(&mut cpio).map_err(io_err("pack", &tree))?;
     Ok(cpio.finish().map_err(io_err("pack", &tree))?)
+}
+
+/// Why the modules could not be packed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ModulesError {
+    /// The kernel's modules are compressed: the recipe's kernel cannot be used (exit 2).
+    #[error("{0}")]
+    Compressed(String),
+    #[error(transparent)]
+    Io(#[from] IoError),
 }
 
 /// A module file of the kernel entry.

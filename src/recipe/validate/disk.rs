@@ -1,0 +1,45 @@
+//! Disk recipes: a kernel and an ext4 rootfs made into a bootable GPT image.
+
+use super::Document;
+use crate::recipe::spec::{BootDiskFormat, BootDiskSpec};
+use crate::recipe::{raw, units, Diagnostic, Result};
+
+impl Document<'_> {
+    pub(super) fn disk(&self) -> Result<BootDiskSpec> {
+        let raw: raw::BootDisk = self.deserialize()?;
+        let size = match &raw.size {
+            Some(s) => Some(
+                units::BOOT_DISK
+                    .parse(s.get_ref())
+                    .map_err(|e| self.error(s, e))?,
+            ),
+            None => None,
+        };
+        let format = match raw.format.as_ref().map(|f| f.get_ref().as_str()) {
+            None | Some("raw") => BootDiskFormat::Raw,
+            Some("qcow2") => BootDiskFormat::Qcow2,
+            Some(other) => {
+                let f = raw.format.as_ref().expect("set");
+                return Err(
+                    Diagnostic::new(self.at(f), format!("unknown format `{other}`"))
+                        .with_help("expected `raw` (the default) or `qcow2`")
+                        .into(),
+                );
+            }
+        };
+        let cmdline = match &raw.cmdline {
+            Some(c) if c.get_ref().chars().any(char::is_control) => {
+                return Err(self.error(c, "the kernel command line cannot hold control characters"))
+            }
+            Some(c) => c.get_ref().trim().to_string(),
+            None => String::new(),
+        };
+        Ok(BootDiskSpec {
+            kernel: self.reference(&raw.kernel)?,
+            rootfs: self.reference(&raw.rootfs)?,
+            size,
+            format,
+            cmdline,
+        })
+    }
+}
