@@ -81,6 +81,23 @@ impl Tools {
         Ok(format!("sha256:{digest}"))
     }
 
+    /// `sha256:<hex>` of a file the host provides (firmware), remembered like a tool's.
+    pub fn file_digest(&self, path: &Path) -> Result<String, ProcessError> {
+        let hash = |path: &Path| {
+            crate::hashing::sha256_file(path)
+                .map(|(digest, _)| format!("sha256:{digest}"))
+                .map_err(|source| ProcessError::Spawn {
+                    command: format!("hash {}", path.display()),
+                    source,
+                })
+        };
+        let meta = fs_err::metadata(path).map_err(|source| ProcessError::Spawn {
+            command: format!("hash {}", path.display()),
+            source,
+        })?;
+        self.remembered_at(path, &meta, &format!("file {}", path.display()), hash)
+    }
+
     /// What `compute` says of `tool`'s binary, remembered under `key` until the binary
     /// changes (its path, size, mtime or inode).
     fn remembered(
@@ -96,6 +113,18 @@ impl Tools {
         };
         let path = process::which(tool).ok_or_else(missing)?;
         let meta = fs_err::metadata(&path).map_err(|_| missing())?;
+        self.remembered_at(&path, &meta, key, compute)
+    }
+
+    /// What `compute` says of the file at `path` (with `meta`), remembered under `key`
+    /// until it changes.
+    fn remembered_at(
+        &self,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        key: &str,
+        compute: impl FnOnce(&Path) -> Result<String, ProcessError>,
+    ) -> Result<String, ProcessError> {
         let stamp = format!(
             "{}:{}:{}:{}",
             path.display(),
@@ -113,7 +142,7 @@ impl Tools {
                 return Ok(hit.version.clone());
             }
         }
-        let version = compute(&path)?;
+        let version = compute(path)?;
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.tools.insert(
             key.to_string(),

@@ -13,7 +13,9 @@ use std::process::Command;
 use serde_json::{json, Map, Value};
 
 use super::{io_err, kernel_modules, unpack_deb, BuildContext, BuildError};
-use crate::format::disk::{QCOW2_IMAGE, RAW_IMAGE, ROOT_PARTITION, STUB_PACKAGE, STUB_PATH, UKI_PATH};
+use crate::format::disk::{
+    QCOW2_IMAGE, RAW_IMAGE, ROOT_PARTITION, STUB_PACKAGE, STUB_PATH, UKI_PATH,
+};
 use crate::format::gpt::{self, Partition, ALIGN, ESP_TYPE, ROOT_X86_64_TYPE};
 use crate::format::guest::{self, BOOT_PATH, EXT4_ROOT_MODULES};
 use crate::format::{pe, rootfs as layout};
@@ -90,7 +92,11 @@ pub fn build(
     let image = out.join(RAW_IMAGE);
     let disk = fs_err::File::create(&image).map_err(io_err("create", &image))?;
     disk.set_len(plan.size).map_err(io_err("size", &image))?;
-    let table = gpt::table(&gpt::guid_from(format!("{seed} disk").as_bytes()), &[plan.esp.clone(), plan.root.clone()], plan.size);
+    let table = gpt::table(
+        &gpt::guid_from(format!("{seed} disk").as_bytes()),
+        &[plan.esp.clone(), plan.root.clone()],
+        plan.size,
+    );
     use std::os::unix::fs::FileExt;
     disk.file()
         .write_all_at(&table.head, 0)
@@ -115,7 +121,8 @@ pub fn build(
                 .arg(format!("{}K", plan.root.size >> 10))
                 .env("E2FSPROGS_FAKE_TIME", "1"),
         )?;
-        crate::fsio::copy_data_at(&grown, &disk, plan.root.start).map_err(io_err("write", &image))?;
+        crate::fsio::copy_data_at(&grown, &disk, plan.root.start)
+            .map_err(io_err("write", &image))?;
     } else {
         crate::fsio::copy_data_at(&root_image, &disk, plan.root.start)
             .map_err(io_err("write", &image))?;
@@ -151,7 +158,10 @@ pub fn build(
     details.insert("size".into(), json!(plan.size));
     details.insert(
         "partitions".into(),
-        json!([partition(1, &plan.esp), partition(ROOT_PARTITION, &plan.root)]),
+        json!([
+            partition(1, &plan.esp),
+            partition(ROOT_PARTITION, &plan.root)
+        ]),
     );
     details.insert("kernel_key".into(), json!(kernel.manifest.key));
     details.insert("cmdline".into(), json!(cmdline));
@@ -266,7 +276,17 @@ fn write_esp(image: &Path, esp: &Partition, seed: &str, uki: &Path) -> Result<()
     let volume_id = &seed[..8];
     process::run(
         Command::new("mkfs.fat")
-            .args(["--invariant", "-F", "32", "-s", "1", "-n", "ESP", "-i", volume_id])
+            .args([
+                "--invariant",
+                "-F",
+                "32",
+                "-s",
+                "1",
+                "-n",
+                "ESP",
+                "-i",
+                volume_id,
+            ])
             .arg(format!("--offset={}", esp.start / gpt::SECTOR))
             .arg(image)
             .arg((esp.size >> 10).to_string()),
@@ -286,7 +306,9 @@ fn write_esp(image: &Path, esp: &Partition, seed: &str, uki: &Path) -> Result<()
     };
     let dirs: Vec<String> = {
         let parts: Vec<&str> = UKI_PATH.split('/').collect();
-        (1..parts.len()).map(|n| format!("::{}", parts[..n].join("/"))).collect()
+        (1..parts.len())
+            .map(|n| format!("::{}", parts[..n].join("/")))
+            .collect()
     };
     process::run(mtools("mmd").args(&dirs))?;
     process::run(

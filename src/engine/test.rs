@@ -434,11 +434,18 @@ impl Engine<'_> {
             .iter()
             .map(|b| (b.name.as_str(), key_of(b)))
             .collect();
+        let through_firmware = plan
+            .graph
+            .index_of(&spec.rootfs.name)
+            .is_some_and(|idx| plan.graph.nodes[idx].recipe.kind() == "disk");
         warm::environment_inputs(
             &spec.vm,
-            key_of(&spec.kernel),
-            key_of(&spec.rootfs),
-            bundles,
+            warm::Booted {
+                kernel: key_of(&spec.kernel),
+                rootfs: key_of(&spec.rootfs),
+                bundles,
+                through_firmware,
+            },
             backend.as_ref(),
             accel,
             &self.tools,

@@ -32,7 +32,10 @@ const BUNDLES_HEADER: usize = 4096;
 
 /// Writes the bundles disk: the gzip cpio archives `parts`, listed in a header stage 1
 /// reads with `head` and `dd`.
-pub(crate) fn write_bundles_disk(parts: &[std::path::PathBuf], path: &std::path::Path) -> Result<(), IoError> {
+pub(crate) fn write_bundles_disk(
+    parts: &[std::path::PathBuf],
+    path: &std::path::Path,
+) -> Result<(), IoError> {
     use std::io::Write;
     let mut header = format!("{BUNDLES_MAGIC}\n");
     let mut at = BUNDLES_HEADER as u64;
@@ -59,10 +62,13 @@ pub(crate) fn write_bundles_disk(parts: &[std::path::PathBuf], path: &std::path:
         let mut input = fs_err::File::open(part).map_err(io_err("read", part))?;
         let copied = std::io::copy(&mut input, &mut out).map_err(io_err("write", path))?;
         if copied != len {
-            return Err(io_err("read", part)(std::io::Error::other("it changed while it was copied")));
+            return Err(io_err("read", part)(std::io::Error::other(
+                "it changed while it was copied",
+            )));
         }
         let pad = (len.next_multiple_of(512) - len) as usize;
-        out.write_all(&vec![0u8; pad]).map_err(io_err("write", path))?;
+        out.write_all(&vec![0u8; pad])
+            .map_err(io_err("write", path))?;
     }
     // At least one sector past the header, so the disk is never empty.
     out.write_all(&[0u8; 512]).map_err(io_err("write", path))?;
@@ -79,8 +85,9 @@ pub(crate) const MAX_LINE: usize = 64 << 10;
 /// `init` (the agent, or stage 1 before it) as PID 1, with the recipe's own additions
 /// last (docs/guest-protocol.md).
 pub fn cmdline(init: &str, recipe_cmdline: &str) -> String {
-    let line =
-        format!("console=ttyS0 rdinit={init} panic=-1 vmbuild.maxlog={MAX_LOG} vmbuild.maxline={MAX_LINE}");
+    let line = format!(
+        "console=ttyS0 rdinit={init} panic=-1 vmbuild.maxlog={MAX_LOG} vmbuild.maxline={MAX_LINE}"
+    );
     if recipe_cmdline.is_empty() {
         line
     } else {

@@ -53,8 +53,7 @@ pub(crate) fn check_efi_stub_kernel(kernel: &[u8]) -> Result<(), String> {
     }
     if headers(kernel).is_none() {
         return Err(
-            "it has no EFI stub (not a PE32+ x86-64 image): build it with CONFIG_EFI_STUB=y"
-                .into(),
+            "it has no EFI stub (not a PE32+ x86-64 image): build it with CONFIG_EFI_STUB=y".into(),
         );
     }
     Ok(())

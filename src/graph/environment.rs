@@ -19,6 +19,8 @@ pub(crate) struct Environment<'a> {
     /// The program that runs the VM and its identity (`Tools::identity`): another build
     /// of it may lay out its saved state differently.
     pub hypervisor: (&'a str, String),
+    /// The sha256 of the UEFI firmware a disk booted through, if it did.
+    pub firmware: Option<String>,
     /// `kvm` or `tcg`: how the guest's CPU was run.
     pub accel: &'a str,
     /// Under KVM, the host CPU's identity (`vm::host_cpu`): the guest saw its features.
@@ -39,6 +41,9 @@ pub(crate) fn environment_key(env: &Environment) -> KeyInputs {
     }
     let mut tools = BTreeMap::new();
     tools.insert(env.hypervisor.0.to_string(), env.hypervisor.1.clone());
+    if let Some(firmware) = &env.firmware {
+        tools.insert("firmware".to_string(), firmware.clone());
+    }
     if let Some(cpu) = &env.host_cpu {
         tools.insert("host_cpu".to_string(), cpu.clone());
     }
@@ -81,6 +86,7 @@ mod tests {
                 rootfs: "r1",
                 bundles: vec![("smoke-tests", bundle)],
                 hypervisor: ("qemu-system-x86_64", identity.to_string()),
+                firmware: None,
                 accel,
                 host_cpu: None,
             })
@@ -92,6 +98,22 @@ mod tests {
         assert_ne!(base, key(&vm, "QEMU 7.2 sha256:bb", "tcg", "b1"));
         assert_ne!(base, key(&vm, "QEMU 7.2 sha256:aa", "kvm", "b1"));
         assert_ne!(base, key(&vm, "QEMU 7.2 sha256:aa", "tcg", "b2"));
+        // A guest booted through other firmware carries other code in its memory.
+        let through = |firmware: &str| {
+            environment_key(&Environment {
+                vm: &vm,
+                cmdline: String::new(),
+                kernel: "k1",
+                rootfs: "r1",
+                bundles: vec![],
+                hypervisor: ("qemu-system-x86_64", "QEMU 7.2".into()),
+                firmware: Some(firmware.into()),
+                accel: "tcg",
+                host_cpu: None,
+            })
+            .key()
+        };
+        assert_ne!(through("sha256:f1"), through("sha256:f2"));
         for changed in [
             VmSpec {
                 memory_mb: 1024,

@@ -35,8 +35,8 @@ use crate::fetch::FetchError;
 use crate::hashing::{self, TreeEntry};
 use crate::process::ProcessError;
 use crate::recipe::{
-    BootDiskFormat, BundleBuild, BundleSpec, ConfigBase, Fetch, Isolation, KernelSpec, Recipe, RootfsBase,
-    RootfsFormat, Spec,
+    BootDiskFormat, BundleBuild, BundleSpec, ConfigBase, Fetch, Isolation, KernelSpec, Recipe,
+    RootfsBase, RootfsFormat, Spec,
 };
 use crate::tools::Tools;
 

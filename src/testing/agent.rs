@@ -1,7 +1,6 @@
 //! The guest agent's wake-up. The agent, stage 1 and the kernel command line that starts
 //! them are in `format::guest`.
 
-
 /// What wakes the agent after READY: fresh host randomness and the host's time, so that
 /// VMs restored from one saved state neither share random state nor keep its clock.
 pub(crate) fn wake() -> String {

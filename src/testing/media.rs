@@ -22,7 +22,9 @@ use crate::format::rootfs as layout;
 use crate::fsio::io_err;
 use crate::recipe::units::approx_size;
 use crate::recipe::{DiskSpec, Network, VmSpec};
-use crate::vm::{Backend, Boot, Disk, Firmware, ImageFormat, Launch, Net, RootDisk, RootLayer, Wiring};
+use crate::vm::{
+    Backend, Boot, Disk, Firmware, ImageFormat, Launch, Net, RootDisk, RootLayer, Wiring,
+};
 
 /// The kernel options behind those modules, and the fragment that sets them.
 const DISK_OPTIONS: [(&str, &str); 2] = [
@@ -124,7 +126,11 @@ pub(crate) fn prepare(
     check_disk_space(&vm.disks, vms, work)?;
     let disks = !vm.disks.is_empty();
     let rootfs = &artifacts.rootfs.path;
-    if let Some(image) = disk::IMAGES.iter().map(|i| rootfs.join(i)).find(|i| i.is_file()) {
+    if let Some(image) = disk::IMAGES
+        .iter()
+        .map(|i| rootfs.join(i))
+        .find(|i| i.is_file())
+    {
         let firmware = backend.firmware().map_err(TestError::Infra)?;
         let format = match image.extension().and_then(|e| e.to_str()) {
             Some("qcow2") => ImageFormat::Qcow2,

@@ -45,23 +45,45 @@ pub(crate) fn entry_name(name: &str) -> String {
     format!("env-{name}")
 }
 
-/// The key inputs of the environment VMs with `vm`'s settings start from, booting the
-/// entries with these keys; `None` when they boot in full (`[vm] start = "boot"`, or a
-/// backend without snapshots). `Err`: the backend's identity is unknown.
+/// What an environment's VMs boot: the keys of the entries, and how they start.
+pub(crate) struct Booted<'a> {
+    pub kernel: &'a str,
+    pub rootfs: &'a str,
+    /// Each bundle's name and key.
+    pub bundles: Vec<(&'a str, &'a str)>,
+    /// The rootfs is a bootable disk, started by the backend's firmware.
+    pub through_firmware: bool,
+}
+
+/// The key inputs of the environment VMs with `vm`'s settings start from, booting
+/// `booted`; `None` when they boot in full (`[vm] start = "boot"`, or a backend without
+/// snapshots). `Err`: the backend's identity (or its firmware's) is unknown.
 pub(crate) fn environment_inputs(
     vm: &VmSpec,
-    kernel: &str,
-    rootfs: &str,
-    bundles: Vec<(&str, &str)>,
+    booted: Booted,
     backend: &dyn Backend,
     accel: Accel,
     tools: &Tools,
 ) -> Result<Option<KeyInputs>, String> {
+    let Booted {
+        kernel,
+        rootfs,
+        bundles,
+        through_firmware,
+    } = booted;
     if vm.start != StartMode::Snapshot || backend.snapshots().is_none() {
         return Ok(None);
     }
     let program = backend.program();
     let identity = tools.identity(program).map_err(|e| e.to_string())?;
+    // A VM booted through firmware keeps it in its memory: its code is in the state.
+    let firmware = match through_firmware {
+        true => {
+            let code = backend.firmware()?.code;
+            Some(tools.file_digest(&code).map_err(|e| e.to_string())?)
+        }
+        false => None,
+    };
     Ok(Some(environment_key(&Environment {
         vm,
         // The whole line the guest boots with, host limits included (`rdinit=` follows
@@ -71,6 +93,7 @@ pub(crate) fn environment_inputs(
         rootfs,
         bundles,
         hypervisor: (program, identity),
+        firmware,
         accel: accel.name(),
         // Under KVM the guest runs on the host's CPU and sees its features.
         host_cpu: (accel == Accel::Kvm).then(vm::host_cpu),
@@ -300,9 +323,12 @@ impl<'a> Warm<'a> {
             .collect();
         let inputs = environment_inputs(
             vm,
-            &artifacts.kernel.manifest.key,
-            &artifacts.rootfs.manifest.key,
-            bundles,
+            Booted {
+                kernel: &artifacts.kernel.manifest.key,
+                rootfs: &artifacts.rootfs.manifest.key,
+                bundles,
+                through_firmware: artifacts.rootfs.manifest.kind == "disk",
+            },
             backend,
             accel,
             &Tools::new(store.root()),

@@ -144,7 +144,11 @@ mod tests {
     #[test]
     fn bhyve_command_lines() {
         let launch = Launch {
-            boot: crate::vm::Boot::Kernel { kernel: "/s/bzImage".into(), initrd: "/w/initrd".into(), cmdline: "console=ttyS0 rdinit=/vmbuild/init".into() },
+            boot: crate::vm::Boot::Kernel {
+                kernel: "/s/bzImage".into(),
+                initrd: "/w/initrd".into(),
+                cmdline: "console=ttyS0 rdinit=/vmbuild/init".into(),
+            },
             machine: "q35".into(),
             memory_mb: 512,
             cpus: 1,
@@ -171,7 +175,9 @@ mod tests {
             line,
             "bhyve -c 1 -m 512M -H -A -P -s 0:0,hostbridge -s 1:0,lpc -l com1,stdio -l com2,/dev/nmdm0A -s 2:0,virtio-blk,/w/d.img,ser=scratch vmbuild0"
         );
-        let (loader, script) = b.loader(&launch, Path::new("/w/device.map")).expect("a kernel boot");
+        let (loader, script) = b
+            .loader(&launch, Path::new("/w/device.map"))
+            .expect("a kernel boot");
         assert_eq!(
             crate::process::describe(&loader),
             "grub-bhyve -m /w/device.map -r host -M 512M vmbuild0"

@@ -82,7 +82,10 @@ impl Backend for Qemu {
     }
 
     fn firmware(&self) -> Result<Firmware, String> {
-        find_ovmf(std::env::var_os("VMBUILD_OVMF_CODE"), std::env::var_os("VMBUILD_OVMF_VARS"))
+        find_ovmf(
+            std::env::var_os("VMBUILD_OVMF_CODE"),
+            std::env::var_os("VMBUILD_OVMF_VARS"),
+        )
     }
 
     fn command(&self, launch: &Launch) -> Result<Command, Unsupported> {
@@ -104,8 +107,7 @@ impl Backend for Qemu {
             // source adds it with CONFIG_VIRTIO_PCI and CONFIG_VIRTIO_NET. No hostfwd: the
             // NAT lets nothing in.
             Net::User => "user,model=virtio-net-pci",
-        })
-        ;
+        });
         match &launch.boot {
             Boot::Kernel {
                 kernel,
@@ -299,10 +301,22 @@ fn migration_done(qmp: &mut Qmp, within: Duration) -> Result<(), String> {
 /// Debian's OVMF (package `ovmf`), 4 MiB flash first; Fedora's and Arch's paths after.
 /// `VMBUILD_OVMF_CODE` (with `VMBUILD_OVMF_VARS`) names another build.
 const OVMF: [(&str, &str); 4] = [
-    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
-    ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
-    ("/usr/share/edk2/x64/OVMF_CODE.4m.fd", "/usr/share/edk2/x64/OVMF_VARS.4m.fd"),
+    (
+        "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        "/usr/share/OVMF/OVMF_VARS_4M.fd",
+    ),
+    (
+        "/usr/share/OVMF/OVMF_CODE.fd",
+        "/usr/share/OVMF/OVMF_VARS.fd",
+    ),
+    (
+        "/usr/share/edk2/ovmf/OVMF_CODE.fd",
+        "/usr/share/edk2/ovmf/OVMF_VARS.fd",
+    ),
+    (
+        "/usr/share/edk2/x64/OVMF_CODE.4m.fd",
+        "/usr/share/edk2/x64/OVMF_VARS.4m.fd",
+    ),
 ];
 
 fn find_ovmf(
@@ -347,7 +361,11 @@ mod tests {
     #[test]
     fn command_boots_directly_with_console_and_agent_ports() {
         let launch = Launch {
-            boot: crate::vm::Boot::Kernel { kernel: "/s/bzImage".into(), initrd: "/w/initrd".into(), cmdline: "console=ttyS0".into() },
+            boot: crate::vm::Boot::Kernel {
+                kernel: "/s/bzImage".into(),
+                initrd: "/w/initrd".into(),
+                cmdline: "console=ttyS0".into(),
+            },
             machine: "q35".into(),
             memory_mb: 512,
             cpus: 2,
@@ -409,7 +427,11 @@ mod tests {
             },
         ] {
             let launch = Launch {
-                boot: crate::vm::Boot::Kernel { kernel: "/store/k/bzImage".into(), initrd: "/w/initrd".into(), cmdline: String::new() },
+                boot: crate::vm::Boot::Kernel {
+                    kernel: "/store/k/bzImage".into(),
+                    initrd: "/w/initrd".into(),
+                    cmdline: String::new(),
+                },
                 machine: "q35".into(),
                 memory_mb: 512,
                 cpus: 1,
@@ -451,7 +473,11 @@ mod tests {
     #[test]
     fn net_user_gives_one_virtio_nic_on_user_mode_nat_and_nothing_else() {
         let launch = Launch {
-            boot: crate::vm::Boot::Kernel { kernel: "/store/k/bzImage".into(), initrd: "/w/initrd".into(), cmdline: String::new() },
+            boot: crate::vm::Boot::Kernel {
+                kernel: "/store/k/bzImage".into(),
+                initrd: "/w/initrd".into(),
+                cmdline: String::new(),
+            },
             machine: "q35".into(),
             memory_mb: 512,
             cpus: 1,
@@ -486,7 +512,11 @@ mod tests {
 
     fn launch_with_root(layer: RootLayer) -> Launch {
         Launch {
-            boot: crate::vm::Boot::Kernel { kernel: "/s/bzImage".into(), initrd: "/w/initrd".into(), cmdline: "console=ttyS0".into() },
+            boot: crate::vm::Boot::Kernel {
+                kernel: "/s/bzImage".into(),
+                initrd: "/w/initrd".into(),
+                cmdline: "console=ttyS0".into(),
+            },
             machine: "q35".into(),
             memory_mb: 512,
             cpus: 1,

@@ -191,12 +191,18 @@ pub fn counting_qemu() -> (tempfile::TempDir, PathBuf) {
     (dir, log)
 }
 
-/// Boots recorded by `counting_qemu` (the KVM probe, which uses `-M pc`, is not a boot).
+/// Whether a qemu command line `counting_qemu` logged boots a guest: a kernel, or
+/// firmware (the KVM probe, which uses `-M pc` and neither, is not a boot).
+fn is_boot(line: &str) -> bool {
+    line.contains("-kernel") || line.contains("if=pflash")
+}
+
+/// Boots recorded by `counting_qemu`.
 pub fn boots(log: &Path) -> usize {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.contains("-kernel"))
+        .filter(|l| is_boot(l))
         .count()
 }
 
@@ -206,7 +212,7 @@ pub fn cold_boots(log: &Path) -> usize {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
-        .filter(|l| l.contains("-kernel") && !l.contains("-incoming"))
+        .filter(|l| is_boot(l) && !l.contains("-incoming"))
         .count()
 }
 
