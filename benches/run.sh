@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vmbuild benchmarks: each compares vmbuild with the plain tool doing the same work, in one
 # hyperfine run, and prints the figures. Run from the repository root after `.ci/install-deps`:
-#   benches/run.sh [cached|keying|cpio|boot|run|kernel-tree|kernel-incremental|kernel-loop|debian-root|disk-boot|warm|scale|remote|all]
+#   benches/run.sh [cached|keying|cpio|boot|run|kernel-tree|kernel-incremental|kernel-loop|debian-root|disk-boot|uefi|warm|scale|remote|all]
 # Needs: hyperfine, a release build (built here), network access to the Debian mirror.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -382,6 +382,53 @@ CONF
     echo "nginx did not start: $(cat "$d/error.log")" >&2; exit 1
 }
 
+bench_uefi() {
+    section "a bootable disk from the stored kernel and root (vmbuild build -f busybox-disk) vs a shell script: objcopy, sgdisk, mkfs.vfat + mcopy, dd"
+    kernel=$("$vmbuild" build debian-kernel)
+    root=$("$vmbuild" build busybox-ext4)
+    disk=$("$vmbuild" build busybox-disk)
+    script="$work/uefi-disk.sh"
+    # The script gets what vmbuild's builder starts from: the stub, the kernel, the
+    # initramfs and command line (taken out of vmbuild's UKI once), the root's ext4 image.
+    stub_sha=$(awk '/name = "systemd-boot-efi"/ {f = 1} f && /^sha256/ {gsub(/"/, "", $3); print $3; exit}' vmbuild.lock)
+    stub_deb="$VMBUILD_CACHE_DIR/downloads/$stub_sha.deb"
+    rm -rf "$work/uefi" && mkdir -p "$work/uefi/stub"
+    dpkg-deb -x "$stub_deb" "$work/uefi/stub"
+    mcopy -n -i "$disk@@1M" ::EFI/BOOT/BOOTX64.EFI "$work/uefi/uki.efi"
+    objcopy -O binary --only-section=.initrd "$work/uefi/uki.efi" "$work/uefi/initrd.cpio"
+    objcopy -O binary --only-section=.cmdline "$work/uefi/uki.efi" "$work/uefi/cmdline"
+    cat >"$script" <<SCRIPT
+#!/bin/sh
+set -e
+cd "$work/uefi"
+stub=stub/usr/lib/systemd/boot/efi/linuxx64.efi.stub
+objcopy --add-section .cmdline=cmdline --change-section-vma .cmdline=0x1a000 \
+    --add-section .initrd=initrd.cpio --change-section-vma .initrd=0x1b000 \
+    --add-section .linux=$kernel/bzImage --change-section-vma .linux=0x\$(printf %x \$(( (0x1b000 + \$(stat -c%s initrd.cpio) + 4095) / 4096 * 4096 ))) \
+    \$stub uki.out
+rm -f disk.img esp.img
+root_bytes=\$(stat -c%s $root/rootfs.ext4)
+truncate -s \$(( (66 << 20) + root_bytes + (1 << 20) )) disk.img
+sgdisk -q -n1:2048:+64M -t1:ef00 -n2:0:+\$((root_bytes / 1024))K -t2:4f68bce3-e8cd-4db1-96e7-fbcaf984b709 disk.img
+truncate -s 64M esp.img
+mkfs.vfat -F 32 -s 1 -n ESP esp.img >/dev/null
+mmd -i esp.img ::EFI ::EFI/BOOT
+mcopy -i esp.img uki.out ::EFI/BOOT/BOOTX64.EFI
+dd if=esp.img of=disk.img bs=1M seek=1 conv=notrunc,sparse status=none
+dd if=$root/rootfs.ext4 of=disk.img bs=1M seek=65 conv=notrunc,sparse status=none
+SCRIPT
+    chmod +x "$script"
+    measure uefi-build --warmup 2 --runs 10 \
+        "$script" \
+        "$vmbuild build -f busybox-disk >/dev/null 2>&1"
+    section "UEFI boot of the disk to the agent vs direct kernel boot of the same kernel and ext4 root (vmbuild run --cold -- true), and the disk's warm start"
+    "$vmbuild" run --kernel debian-kernel --rootfs busybox-disk -- true >/dev/null 2>&1
+    measure uefi-boot --warmup 1 --runs 5 \
+        "$vmbuild run --cold --kernel debian-kernel --rootfs busybox-ext4 -- true >/dev/null 2>&1" \
+        "$vmbuild run --cold --kernel debian-kernel --rootfs busybox-disk -- true >/dev/null 2>&1" \
+        "$vmbuild run --kernel debian-kernel --rootfs busybox-disk -- true >/dev/null 2>&1"
+}
+
 bench_remote() {
     start_nginx
     local url=http://127.0.0.1:18480/cache
@@ -433,9 +480,10 @@ case "$which" in
     kernel-loop) bench_kernel_loop ;;
     debian-root) bench_debian_root ;;
     disk-boot) bench_disk_boot ;;
+    uefi) bench_uefi ;;
     warm) bench_warm ;;
     scale) bench_scale ;;
     remote) bench_remote ;;
-    all) bench_cached; bench_keying; bench_cpio; bench_boot; bench_run; bench_kernel_tree; bench_kernel_incremental; bench_kernel_loop; bench_debian_root; bench_disk_boot; bench_warm; bench_scale; bench_remote ;;
+    all) bench_cached; bench_keying; bench_cpio; bench_boot; bench_run; bench_kernel_tree; bench_kernel_incremental; bench_kernel_loop; bench_debian_root; bench_disk_boot; bench_uefi; bench_warm; bench_scale; bench_remote ;;
     *) echo "unknown benchmark: $which" >&2; exit 2 ;;
 esac
