@@ -154,7 +154,34 @@ mod tests {
                 );
             }
         }
-        assert!(BOOT.contains(&format!("= {ROOT_DISK_SERIAL} ]")));
+        assert!(BOOT.contains(&format!("find_serial {ROOT_DISK_SERIAL}")));
         assert!(BOOT.contains(BUSYBOX_PATH));
+        // Stage 1 reads the bundles disk the way it is written.
+        assert!(BOOT.contains(&format!("find_serial {BUNDLES_DISK_SERIAL}")));
+        assert!(BOOT.contains(&format!("\"{BUNDLES_MAGIC}\"")));
+        assert!(BOOT.contains(&format!("head -c {BUNDLES_HEADER} ")));
+    }
+
+    #[test]
+    fn the_bundles_disk_lists_each_archive_at_its_sector() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts: Vec<std::path::PathBuf> = [&b"first"[..], &[7u8; 1000][..]]
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                let path = dir.path().join(format!("{i}.cpio.gz"));
+                std::fs::write(&path, bytes).unwrap();
+                path
+            })
+            .collect();
+        let disk = dir.path().join("bundles.img");
+        write_bundles_disk(&parts, &disk).unwrap();
+        let bytes = std::fs::read(&disk).unwrap();
+        let header = String::from_utf8_lossy(&bytes[..BUNDLES_HEADER]);
+        let lines: Vec<&str> = header.trim_end_matches('\0').lines().collect();
+        assert_eq!(lines, [BUNDLES_MAGIC, "8 5", "9 1000", "end"]);
+        assert_eq!(&bytes[8 * 512..8 * 512 + 5], b"first");
+        assert_eq!(&bytes[9 * 512..9 * 512 + 1000], &[7u8; 1000][..]);
+        assert_eq!(bytes.len() % 512, 0);
     }
 }

@@ -4,7 +4,10 @@
 //! ext4 image): the image is the VM's root disk, only read (the backend gives each VM a
 //! copy-on-write overlay), and the initramfs is stage 1: static busybox, the kernel
 //! modules the disk needs, the bundles and the agent; stage 1 mounts the disk and hands
-//! over to the agent (the modules come from `kernel_modules`). Scratch disks are fresh
+//! over to the agent (the modules come from `kernel_modules`). A bootable disk
+//! (`kind = "disk"`): the backend's UEFI firmware starts the unified kernel image on its
+//! ESP, whose initramfs is the same stage 1 without the bundles; those come on a small
+//! read-only disk of their own (`guest::write_bundles_disk`). Scratch disks are fresh
 //! sparse files, thrown away with each boot.
 
 use std::io::Write;
@@ -131,6 +134,18 @@ pub(crate) fn prepare(
         .map(|i| rootfs.join(i))
         .find(|i| i.is_file())
     {
+        // The UKI boots the kernel it was made with, whatever the VM is said to boot.
+        let disk_kernel = artifacts.rootfs.manifest.details.get("kernel_key");
+        if disk_kernel.and_then(|k| k.as_str()) != Some(artifacts.kernel.manifest.key.as_str()) {
+            return Err(TestError::Unsupported(format!(
+                "disk `{}` boots the kernel in its unified kernel image, not kernel `{}`: name \
+                 the disk's kernel",
+                artifacts.rootfs.manifest.name, artifacts.kernel.manifest.name
+            )));
+        }
+        let mut options = DISK_OPTIONS.to_vec();
+        options.push(EXT4_OPTION);
+        check_options(artifacts, &options, "a bootable disk")?;
         let firmware = backend.firmware().map_err(TestError::Infra)?;
         let format = match image.extension().and_then(|e| e.to_str()) {
             Some("qcow2") => ImageFormat::Qcow2,

@@ -5,6 +5,7 @@
 //! for one (`Net::User`).
 
 pub mod bhyve;
+mod ovmf;
 pub mod qemu;
 mod qmp;
 
