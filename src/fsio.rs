@@ -115,8 +115,9 @@ impl SparseWriter {
 
 /// Copies `from`'s data into `to` at byte `offset`, skipping its holes (found with
 /// `SEEK_DATA`/`SEEK_HOLE`): a sparse ext4 image costs what it holds, not its size. `to`
-/// must already be long enough, with zeros where the holes go.
-pub fn copy_data_at(from: &Path, to: &fs_err::File, offset: u64) -> std::io::Result<()> {
+/// must already be long enough, with zeros where the holes go. Where the file system
+/// cannot find holes, everything is copied.
+pub(crate) fn copy_data_at(from: &Path, to: &fs_err::File, offset: u64) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     use std::os::unix::io::AsRawFd;
     let source = fs_err::File::open(from)?;
@@ -127,18 +128,21 @@ pub fn copy_data_at(from: &Path, to: &fs_err::File, offset: u64) -> std::io::Res
     while at < len {
         // SAFETY: lseek on an open descriptor.
         let data = unsafe { libc::lseek(fd, at as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
+        let (data, hole) = if data < 0 {
             let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole is left
+            match err.raw_os_error() {
+                Some(libc::ENXIO) => break, // only a hole is left
+                Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENOTTY) => (at as i64, len as i64),
+                _ => return Err(err),
             }
-            return Err(err);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        } else {
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+            if hole < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            (data, hole)
+        };
         let (mut pos, end) = (data as u64, (hole as u64).min(len));
         while pos < end {
             let n = ((end - pos) as usize).min(buf.len());

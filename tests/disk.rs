@@ -48,6 +48,7 @@ fn host_has_disk_tools() -> bool {
         ("mkfs.fat", "dosfstools"),
         ("fsck.vfat", "dosfstools"),
         ("sfdisk", "fdisk"),
+        ("sgdisk", "gdisk"),
     ] {
         if common::which(tool).is_none() {
             skip(&format!("{tool} is missing (apt-get install {package})"));
@@ -93,6 +94,14 @@ fn a_disk_boots_through_uefi_firmware_checks_clean_and_rebuilds_byte_for_byte() 
     assert!(boot.contains("OVMF_CODE"), "{boot}");
     assert!(boot.contains("disk.img"), "{boot}");
 
+    // The firmware is one of the results' inputs.
+    let explain = p.run(&["explain", "disk-smoke"]).expect(0);
+    assert!(
+        explain.stdout.contains("\"firmware\": \"sha256:"),
+        "{}",
+        explain.stdout
+    );
+
     // The image and its partition offsets, as `build --json` gives them.
     let built = p.run(&["build", "--json", "busybox-disk"]).expect(0);
     let json = &built.json_lines()[0];
@@ -105,6 +114,8 @@ fn a_disk_boots_through_uefi_firmware_checks_clean_and_rebuilds_byte_for_byte() 
     let (esp, root) = (&parts[0], &parts[1]);
 
     // The host's tools read the table and both file systems.
+    let (ok, verified) = tool("sgdisk", &["-v", image.to_str().unwrap()]);
+    assert!(ok && verified.contains("No problems found"), "{verified}");
     let (ok, table) = tool("sfdisk", &["-d", image.to_str().unwrap()]);
     assert!(ok, "{table}");
     assert!(table.contains("label: gpt"), "{table}");
@@ -147,7 +158,14 @@ fn a_disk_boots_through_uefi_firmware_checks_clean_and_rebuilds_byte_for_byte() 
 
     // The same inputs, built again: the same bytes.
     let before = std::fs::read(&image).unwrap();
-    let again = p.run(&["build", "-f", "--json", "busybox-disk"]).expect(0);
+    // In another time zone: FAT keeps local times.
+    let again = Run::from(
+        p.command(&["build", "-f", "--json", "busybox-disk"])
+            .env("TZ", "America/New_York")
+            .output()
+            .unwrap(),
+    )
+    .expect(0);
     assert_eq!(again.json_lines()[0]["cached"], false);
     assert_eq!(again.json_lines()[0]["key"], json["key"]);
     assert!(

@@ -35,11 +35,14 @@ if [ -r /vmbuild/boot/modules.load ]; then
 fi
 
 rootpart=
+# Split the command line into words without expanding globs in them.
+set -f
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         vmbuild.rootpart=*) rootpart=${arg#vmbuild.rootpart=} ;;
     esac
 done
+set +f
 
 # The device whose serial is $1, in $found.
 find_serial() {
@@ -75,6 +78,9 @@ while [ -z "$root" ]; do
     fi
     [ -n "$root" ] && break
     tries=$((tries + 1))
+    if [ "$tries" -gt 200 ] && [ -n "$found" ]; then
+        fail "the root disk $found has no partition $rootpart: the kernel needs GPT partitions (CONFIG_EFI_PARTITION)"
+    fi
     [ "$tries" -le 200 ] || fail "no root disk appeared: the kernel needs virtio-pci and virtio-blk (CONFIG_VIRTIO_PCI, CONFIG_VIRTIO_BLK: modules/kconfig/virtio.config)"
     sleep 0.05
 done
@@ -82,16 +88,21 @@ done
 grep -qw ext4 /proc/filesystems || fail "the kernel cannot mount ext4 (CONFIG_EXT4_FS: modules/kconfig/ext4.config)"
 mount -t ext4 "$root" /newroot || fail "cannot mount the root disk $root as ext4"
 
-# The bundles disk of a firmware boot: probed with the root disk, so it is there by now
-# when there is one (a second to spare).
-if [ -n "$rootpart" ]; then
+# The bundles disk of a firmware boot. vmbuild gives every VM whose root disk has its
+# serial one (wait for it as for the root); elsewhere (a real machine) there is none.
+find_serial vmbuild-root
+if [ -n "$rootpart" ] && [ -n "$found" ]; then
     tries=0
     find_serial vmbuild-bundles
-    while [ -z "$found" ] && [ "$tries" -lt 20 ]; do
-        sleep 0.05
+    while [ -z "$found" ]; do
         tries=$((tries + 1))
+        [ "$tries" -le 200 ] || fail "no bundles disk (serial vmbuild-bundles) appeared"
+        sleep 0.05
         find_serial vmbuild-bundles
     done
+    # A failing dd or zcat fails the pipeline, not only cpio (which stops at its trailer:
+    # cat reads the rest, so zcat never writes into a closed pipe).
+    set -o pipefail
     if [ -n "$found" ]; then
         bundles=$found
         head -c 4096 "$bundles" >/tmp/bundles.list || fail "cannot read the bundles disk $bundles"
@@ -101,11 +112,12 @@ if [ -n "$rootpart" ]; then
             while read -r start bytes; do
                 [ "$start" = end ] && break
                 dd if="$bundles" bs=512 skip="$start" count=$(((bytes + 511) / 512)) 2>/dev/null \
-                    | head -c "$bytes" | zcat | (cd / && cpio -idmu 2>/dev/null) \
+                    | head -c "$bytes" | zcat | (cd / && cpio -idmu 2>/dev/null && cat >/dev/null) \
                     || fail "cannot unpack a bundle from $bundles (sector $start)"
             done
         } </tmp/bundles.list
     fi
+    set +o pipefail
 fi
 
 mkdir -p /newroot/vmbuild /newroot/dev /newroot/proc /newroot/sys /newroot/tmp \

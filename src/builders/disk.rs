@@ -12,19 +12,21 @@ use std::process::Command;
 
 use serde_json::{json, Map, Value};
 
-use super::{io_err, kernel_modules, unpack_deb, BuildContext, BuildError};
+use super::{io_err, unpack_deb, BuildContext, BuildError};
 use crate::format::disk::{
     QCOW2_IMAGE, RAW_IMAGE, ROOT_PARTITION, STUB_PACKAGE, STUB_PATH, UKI_PATH,
 };
 use crate::format::gpt::{self, Partition, ALIGN, ESP_TYPE, ROOT_X86_64_TYPE};
 use crate::format::guest::{self, BOOT_PATH, EXT4_ROOT_MODULES};
+use crate::format::kconfig::read_config;
+use crate::format::modules::{self, ModulesError};
 use crate::format::{pe, rootfs as layout};
 use crate::process;
 use crate::recipe::units::approx_size;
-use crate::recipe::{BootDiskFormat, BootDiskSpec};
+use crate::recipe::{BootDiskSpec, ImageFormat};
 
-/// The smallest ESP: FAT32 with 512-byte clusters needs 65525 of them, and firmware
-/// wants FAT32.
+/// The smallest ESP: firmware wants FAT32, which needs 65525 clusters (32 MiB of
+/// 512-byte ones); 64 MiB leaves room for a second kernel image, as installers expect.
 const MIN_ESP: u64 = 64 << 20;
 /// Room on the ESP beyond the UKI.
 const ESP_SLACK: u64 = 16 << 20;
@@ -47,10 +49,18 @@ pub fn build(
     let rootfs = ctx.dep(&spec.rootfs.name)?;
     let root_image = rootfs.path.join(layout::EXT4);
     let busybox_file = rootfs.path.join(layout::BOOT_BUSYBOX);
-    if !root_image.is_file() || !busybox_file.is_file() {
+    if !root_image.is_file() {
         return Err(BuildError::BadInput(format!(
             "rootfs `{}` has no ext4 image: a disk's root partition is one; set format = \"ext4\" \
              in its recipe",
+            spec.rootfs.name
+        )));
+    }
+    if !busybox_file.is_file() {
+        return Err(BuildError::BadInput(format!(
+            "rootfs `{}` has no {} beside its image: rebuild it (`vmbuild build -f {}`)",
+            spec.rootfs.name,
+            layout::BOOT_BUSYBOX,
             spec.rootfs.name
         )));
     }
@@ -63,14 +73,36 @@ pub fn build(
         ))
     })?;
     drop(kernel_bytes);
+    // Firmware starts the stub, which needs the kernel's EFI stub; stage 1 then finds its
+    // root by the GPT, which the kernel must read itself.
+    if let Ok(config) = read_config(&kernel.path.join("config")) {
+        let missing: Vec<&str> = ["CONFIG_EFI_STUB", "CONFIG_EFI_PARTITION"]
+            .into_iter()
+            .filter(|option| config.get(*option).map(String::as_str) != Some("y"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(BuildError::BadInput(format!(
+                "kernel `{}` cannot boot from a GPT disk through UEFI firmware: its config lacks \
+                 {}=y",
+                spec.kernel.name,
+                missing.join("=y, ")
+            )));
+        }
+    }
 
     // Stage 1, the agent and the root disk's modules: the initramfs ext4 roots boot with,
     // without the bundles (those come on a disk of their own at test time).
     (ctx.progress)("making the unified kernel image");
     let busybox = fs_err::read(&busybox_file).map_err(io_err("read", &busybox_file))?;
-    let mut initrd = kernel_modules::layer(kernel, &EXT4_ROOT_MODULES).map_err(|e| match e {
-        kernel_modules::ModulesError::Compressed(why) => BuildError::BadInput(why),
-        kernel_modules::ModulesError::Io(e) => BuildError::Io(e),
+    let mut initrd = modules::layer(
+        &spec.kernel.name,
+        &kernel.path,
+        kernel.detail("release"),
+        &EXT4_ROOT_MODULES,
+    )
+    .map_err(|e| match e {
+        ModulesError::Compressed(why) => BuildError::BadInput(why),
+        ModulesError::Io(e) => BuildError::Io(e),
     })?;
     initrd.extend(guest::archive(Some(&busybox), true)?);
     let mut extra = format!("vmbuild.rootpart={ROOT_PARTITION}");
@@ -129,8 +161,8 @@ pub fn build(
     }
     drop(disk);
     let file = match spec.format {
-        BootDiskFormat::Raw => RAW_IMAGE,
-        BootDiskFormat::Qcow2 => {
+        ImageFormat::Raw => RAW_IMAGE,
+        ImageFormat::Qcow2 => {
             (ctx.progress)("converting to qcow2");
             let qcow2 = out.join(QCOW2_IMAGE);
             process::run(
@@ -234,14 +266,14 @@ fn make_uki(
     unpack_deb(&pin, &unpacked, ctx)?;
     let stub = unpacked.join(STUB_PATH);
     let stub_bytes = fs_err::read(&stub).map_err(io_err("read", &stub))?;
-    let start = pe::end_of_sections(&stub_bytes)
+    let placement = pe::placement(&stub_bytes)
         .map_err(|why| BuildError::Invalid(format!("{}: {why}", stub.display())))?;
     let cmdline_file = ctx.work.join("cmdline");
     fs_err::write(&cmdline_file, format!("{cmdline}\0")).map_err(io_err("write", &cmdline_file))?;
     let initrd_file = ctx.work.join("initrd.cpio");
     fs_err::write(&initrd_file, initrd).map_err(io_err("write", &initrd_file))?;
     let mut command = Command::new("objcopy");
-    let mut at = start;
+    let mut at = placement.start;
     for (section, file) in [
         (".cmdline", cmdline_file.as_path()),
         (".initrd", initrd_file.as_path()),
@@ -253,7 +285,7 @@ fn make_uki(
             .arg(format!("{section}={}", file.display()))
             .arg("--change-section-vma")
             .arg(format!("{section}={at:#x}"));
-        at = (at + len).next_multiple_of(4096);
+        at = (at + len).next_multiple_of(placement.align);
     }
     command.arg(&stub).arg(uki);
     process::run(&mut command)?;
@@ -300,6 +332,8 @@ fn write_esp(image: &Path, esp: &Partition, seed: &str, uki: &Path) -> Result<()
             .env("MTOOLSRC", "/dev/null")
             .env("MTOOLS_SKIP_CHECK", "1")
             .env("SOURCE_DATE_EPOCH", FAT_EPOCH.to_string())
+            // FAT keeps local time: the host's zone would change the bytes.
+            .env("TZ", "UTC")
             .arg("-i")
             .arg(&target);
         command

@@ -8,7 +8,6 @@ mod bundle_build;
 pub mod disk;
 mod kbuild;
 pub mod kernel;
-pub(crate) mod kernel_modules;
 pub mod kernel_source;
 pub mod rootfs;
 

@@ -29,7 +29,7 @@ pub fn run(global: &Global, reporter: &Renderer, args: BuildArgs) -> Result<i32,
         let image = details
             .get("image")
             .and_then(|i| i.as_str())
-            .filter(|_| b.kind == "disk")
+            .filter(|_| b.kind == crate::format::disk::KIND)
             .map(|i| b.entry.path.join(i));
         if args.json {
             let mut line = serde_json::json!({

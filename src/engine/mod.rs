@@ -26,6 +26,7 @@ use crate::report::{Event, Reporter};
 use crate::store::{Build, Entry, Manifest, Store, StoreError};
 use crate::testing::RunResults;
 use crate::tools::Tools;
+use crate::vm;
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -128,10 +129,13 @@ impl<'a> Engine<'a> {
                 .iter()
                 .map(|&d| (graph.nodes[d].recipe.name.clone(), keys[d].clone()))
                 .collect();
-            let input = compute_key(&node.recipe, deps, &ctx).map_err(|source| Error::Key {
+            let mut input = compute_key(&node.recipe, deps, &ctx).map_err(|source| Error::Key {
                 name: node.recipe.name.clone(),
                 source,
             })?;
+            if let Some(firmware) = self.firmware_of(&graph, node) {
+                input.tools.insert("firmware".into(), firmware);
+            }
             keys.push(input.key());
             inputs.push(input);
         }
@@ -140,6 +144,23 @@ impl<'a> Engine<'a> {
             inputs,
             keys,
         })
+    }
+
+    /// For a test booting a disk: the sha256 of the firmware that starts it, which the
+    /// graph cannot know (the backend finds it on the host). `None` for other nodes, or
+    /// where there is no firmware (the boot says so).
+    fn firmware_of(&self, graph: &Graph, node: &crate::graph::Node) -> Option<String> {
+        let Spec::Test(test) = &node.recipe.spec else {
+            return None;
+        };
+        let rootfs = graph.index_of(&test.rootfs.name)?;
+        if graph.nodes[rootfs].recipe.kind() != crate::format::disk::KIND {
+            return None;
+        }
+        // The accelerator plays no part in where the firmware is.
+        let backend = vm::backend(&test.vm.backend, vm::Accel::Tcg).ok()?;
+        let code = backend.firmware().ok()?.code;
+        self.tools.file_digest(&code).ok()
     }
 
     /// Says which damaged entries the last lookups passed over (they are rebuilt).

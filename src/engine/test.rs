@@ -437,7 +437,7 @@ impl Engine<'_> {
         let through_firmware = plan
             .graph
             .index_of(&spec.rootfs.name)
-            .is_some_and(|idx| plan.graph.nodes[idx].recipe.kind() == "disk");
+            .is_some_and(|idx| plan.graph.nodes[idx].recipe.kind() == crate::format::disk::KIND);
         warm::environment_inputs(
             &spec.vm,
             warm::Booted {

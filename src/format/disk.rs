@@ -5,8 +5,8 @@
 pub(crate) const RAW_IMAGE: &str = "disk.img";
 /// The same image as qcow2, for `format = "qcow2"`.
 pub(crate) const QCOW2_IMAGE: &str = "disk.qcow2";
-/// The image of either format an entry holds (the first that exists).
-pub(crate) const IMAGES: [&str; 2] = [RAW_IMAGE, QCOW2_IMAGE];
+/// The kind of a disk recipe, and of its entries.
+pub(crate) const KIND: &str = "disk";
 /// The Debian package whose EFI stub the unified kernel image is made from (pinned in
 /// `vmbuild.lock`), and the stub's path in it.
 pub(crate) const STUB_PACKAGE: &str = "systemd-boot-efi";

@@ -68,12 +68,13 @@ fn parse_guid(text: &str) -> [u8; 16] {
     bytes
 }
 
-/// The first byte a partition may use, and the disk size that leaves room for the backup
-/// table after `end` (the first byte past the last partition).
+/// The first byte a partition may use (aligned: the table ends at 17 KiB).
 pub(crate) fn first_usable() -> u64 {
     ALIGN
 }
 
+/// The disk size that leaves room for the backup table after `end` (the first byte past
+/// the last partition), rounded up to `ALIGN`.
 pub(crate) fn disk_size_for(end: u64) -> u64 {
     (end + (ENTRY_SECTORS + 1) * SECTOR).next_multiple_of(ALIGN)
 }
@@ -197,6 +198,22 @@ mod tests {
             );
         }
         assert_eq!(&t.head[1024..], &t.tail[..t.tail.len() - 512]);
+        let lba = |h: &[u8], at: usize| u64::from_le_bytes(h[at..at + 8].try_into().unwrap());
+        let last = size / SECTOR - 1;
+        // Each header names itself, the other, and its own entry array.
+        assert_eq!(
+            (lba(primary, 24), lba(primary, 32), lba(primary, 72)),
+            (1, last, 2)
+        );
+        assert_eq!(
+            (lba(backup, 24), lba(backup, 32), lba(backup, 72)),
+            (last, 1, last - ENTRY_SECTORS)
+        );
+        assert_eq!((lba(primary, 40), lba(primary, 48)), (34, last - 33));
+        assert_eq!(
+            u32::from_le_bytes(primary[88..92].try_into().unwrap()),
+            crc32fast::hash(&t.head[1024..])
+        );
         let entry = &t.head[1024 + 128..1024 + 256];
         assert_eq!(u64::from_le_bytes(entry[32..40].try_into().unwrap()), 4096);
         assert_eq!(u64::from_le_bytes(entry[40..48].try_into().unwrap()), 6143);

@@ -59,23 +59,42 @@ pub(crate) fn check_efi_stub_kernel(kernel: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// The first address past the stub's sections, rounded up to a page: where the sections
-/// a UKI adds may start (objcopy's `--change-section-vma`, image base included).
-pub(crate) fn end_of_sections(stub: &[u8]) -> Result<u64, String> {
+/// Where the sections a UKI adds start in a stub, and what they align to.
+pub(crate) struct Placement {
+    /// The first address past the stub's sections, aligned (objcopy's
+    /// `--change-section-vma`, image base included).
+    pub start: u64,
+    /// A page, or the stub's section alignment where that is larger.
+    pub align: u64,
+}
+
+/// Where a UKI's sections go after `stub`'s own.
+pub(crate) fn placement(stub: &[u8]) -> Result<Placement, String> {
     let h = headers(stub).ok_or("not a PE32+ x86-64 EFI binary")?;
     let image_base = u64::from_le_bytes(
         stub.get(h.optional + 24..h.optional + 32)
             .and_then(|s| s.try_into().ok())
             .ok_or("truncated optional header")?,
     );
+    let section_alignment = u32_at(stub, h.optional + 32).ok_or("truncated optional header")?;
+    let align = (section_alignment as u64).max(4096);
+    if !align.is_power_of_two() {
+        return Err(format!(
+            "section alignment {section_alignment:#x} is not a power of two"
+        ));
+    }
     let mut end = 0u64;
     for i in 0..h.sections {
         let at = h.section_table + 40 * i;
-        let size = u32_at(stub, at + 8).ok_or("truncated section table")? as u64;
+        let virtual_size = u32_at(stub, at + 8).ok_or("truncated section table")? as u64;
         let address = u32_at(stub, at + 12).ok_or("truncated section table")? as u64;
-        end = end.max(address + size);
+        let raw_size = u32_at(stub, at + 16).ok_or("truncated section table")? as u64;
+        end = end.max(address + virtual_size.max(raw_size));
     }
-    Ok(image_base + end.next_multiple_of(4096))
+    Ok(Placement {
+        start: image_base + end.next_multiple_of(align),
+        align,
+    })
 }
 
 /// Sets the COFF time stamp to 0 and recomputes the image checksum: objcopy writes the
@@ -130,14 +149,21 @@ mod tests {
     #[test]
     fn sections_end_on_a_page_and_the_clock_is_pinned() {
         let mut b = image();
-        assert_eq!(end_of_sections(&b).unwrap(), 0x6000);
+        let at = placement(&b).unwrap();
+        assert_eq!((at.start, at.align), (0x6000, 4096));
+        // A raw size past the virtual one counts, and a larger alignment is kept.
+        let section = 0x98 + 240;
+        b[section + 16..section + 20].copy_from_slice(&0x2400u32.to_le_bytes());
+        b[0x98 + 32..0x98 + 36].copy_from_slice(&0x10000u32.to_le_bytes());
+        let at = placement(&b).unwrap();
+        assert_eq!((at.start, at.align), (0x10000, 0x10000));
         pin_timestamp(&mut b).unwrap();
         assert_eq!(&b[0x88..0x8c], &[0, 0, 0, 0]);
         let stored = u32::from_le_bytes(b[0x98 + 64..0x98 + 68].try_into().unwrap());
         let mut zeroed = b.clone();
         zeroed[0x98 + 64..0x98 + 68].fill(0);
         assert_eq!(stored, checksum(&zeroed));
-        assert!(end_of_sections(b"not a PE").is_err());
+        assert!(placement(b"not a PE").is_err());
     }
 
     #[test]

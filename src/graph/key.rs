@@ -35,7 +35,7 @@ use crate::fetch::FetchError;
 use crate::hashing::{self, TreeEntry};
 use crate::process::ProcessError;
 use crate::recipe::{
-    BootDiskFormat, BundleBuild, BundleSpec, ConfigBase, Fetch, Isolation, KernelSpec, Recipe,
+    BundleBuild, BundleSpec, ConfigBase, Fetch, ImageFormat, Isolation, KernelSpec, Recipe,
     RootfsBase, RootfsFormat, Spec,
 };
 use crate::tools::Tools;
@@ -189,14 +189,15 @@ pub fn compute_key(
             tool("mcopy", &["--version"])?;
             tool("objcopy", &["--version"])?;
             if d.size.is_some() {
+                // resize2fs prints its version only with a usage error: mke2fs speaks for
+                // e2fsprogs.
                 tool("mke2fs", &["-V"])?;
             }
-            if d.format == BootDiskFormat::Qcow2 {
+            if d.format == ImageFormat::Qcow2 {
                 tool("qemu-img", &["--version"])?;
             }
+            // The kernel's and rootfs's keys are in `deps`; their names stay out.
             json!({
-                "kernel": d.kernel.name,
-                "rootfs": d.rootfs.name,
                 "size": d.size,
                 "format": d.format.name(),
                 "cmdline": d.cmdline,

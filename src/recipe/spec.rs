@@ -117,22 +117,22 @@ pub struct BootDiskSpec {
     pub rootfs: RecipeRef,
     /// The whole image's size in bytes; `None` fits it to its partitions.
     pub size: Option<u64>,
-    pub format: BootDiskFormat,
+    pub format: ImageFormat,
     /// Added to the kernel command line the UKI carries.
     pub cmdline: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BootDiskFormat {
+pub enum ImageFormat {
     Raw,
     Qcow2,
 }
 
-impl BootDiskFormat {
+impl ImageFormat {
     pub fn name(self) -> &'static str {
         match self {
-            BootDiskFormat::Raw => "raw",
-            BootDiskFormat::Qcow2 => "qcow2",
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
         }
     }
 }

@@ -64,6 +64,13 @@ pub struct Entry {
     pub manifest: ManifestHead,
 }
 
+impl Entry {
+    /// A text fact of the manifest's details (a kernel's `release`, a disk's `image`).
+    pub fn detail(&self, name: &str) -> Option<&str> {
+        self.manifest.details.get(name).and_then(|v| v.as_str())
+    }
+}
+
 /// A folder of the store that looks like an entry: readable, or not and why.
 pub enum Scanned {
     Entry(Entry),

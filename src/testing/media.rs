@@ -4,7 +4,7 @@
 //! ext4 image): the image is the VM's root disk, only read (the backend gives each VM a
 //! copy-on-write overlay), and the initramfs is stage 1: static busybox, the kernel
 //! modules the disk needs, the bundles and the agent; stage 1 mounts the disk and hands
-//! over to the agent (the modules come from `kernel_modules`). A bootable disk
+//! over to the agent (the modules come from `format::modules`). A bootable disk
 //! (`kind = "disk"`): the backend's UEFI firmware starts the unified kernel image on its
 //! ESP, whose initramfs is the same stage 1 without the bundles; those come on a small
 //! read-only disk of their own (`guest::write_bundles_disk`). Scratch disks are fresh
@@ -14,13 +14,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::runner::{Artifacts, TestError};
-use crate::builders::kernel_modules;
 use crate::format::bundle::BUNDLE_CPIO;
 use crate::format::disk;
 use crate::format::guest::{
     self, AGENT_PATH, BOOT_PATH, BUNDLES_DISK_SERIAL, DISK_MODULES, EXT4_ROOT_MODULES,
 };
 use crate::format::kconfig::read_config;
+use crate::format::modules;
 use crate::format::rootfs as layout;
 use crate::fsio::io_err;
 use crate::recipe::units::approx_size;
@@ -129,11 +129,8 @@ pub(crate) fn prepare(
     check_disk_space(&vm.disks, vms, work)?;
     let disks = !vm.disks.is_empty();
     let rootfs = &artifacts.rootfs.path;
-    if let Some(image) = disk::IMAGES
-        .iter()
-        .map(|i| rootfs.join(i))
-        .find(|i| i.is_file())
-    {
+    if artifacts.rootfs.manifest.kind == disk::KIND {
+        let image = rootfs.join(artifacts.rootfs.detail("image").unwrap_or(disk::RAW_IMAGE));
         // The UKI boots the kernel it was made with, whatever the VM is said to boot.
         let disk_kernel = artifacts.rootfs.manifest.details.get("kernel_key");
         if disk_kernel.and_then(|k| k.as_str()) != Some(artifacts.kernel.manifest.key.as_str()) {
@@ -147,9 +144,9 @@ pub(crate) fn prepare(
         options.push(EXT4_OPTION);
         check_options(artifacts, &options, "a bootable disk")?;
         let firmware = backend.firmware().map_err(TestError::Infra)?;
-        let format = match image.extension().and_then(|e| e.to_str()) {
-            Some("qcow2") => ImageFormat::Qcow2,
-            _ => ImageFormat::Raw,
+        let format = match image.ends_with(disk::QCOW2_IMAGE) {
+            true => ImageFormat::Qcow2,
+            false => ImageFormat::Raw,
         };
         let bundles = work.join("bundles.img");
         let parts: Vec<PathBuf> = artifacts
@@ -179,7 +176,7 @@ pub(crate) fn prepare(
         parts.extend(bundles);
         let modules = if disks {
             check_options(artifacts, &DISK_OPTIONS, "scratch disks")?;
-            kernel_modules::layer(artifacts.kernel, &DISK_MODULES)?
+            modules_of(artifacts, &DISK_MODULES)?
         } else {
             Vec::new()
         };
@@ -213,7 +210,7 @@ pub(crate) fn prepare(
             artifacts.rootfs.manifest.name
         )));
     };
-    let modules = kernel_modules::layer(artifacts.kernel, &EXT4_ROOT_MODULES)?;
+    let modules = modules_of(artifacts, &EXT4_ROOT_MODULES)?;
     let parts: Vec<PathBuf> = bundles.collect();
     write_initrd(
         &initrd,
@@ -225,6 +222,17 @@ pub(crate) fn prepare(
         root_disk: Some((image, ImageFormat::Raw)),
         init: BOOT_PATH,
     })
+}
+
+/// The initramfs layer with `wanted` kernel modules of the artifacts' kernel.
+fn modules_of(artifacts: &Artifacts, wanted: &[&str]) -> Result<Vec<u8>, TestError> {
+    let kernel = artifacts.kernel;
+    Ok(modules::layer(
+        &kernel.manifest.name,
+        &kernel.path,
+        kernel.detail("release"),
+        wanted,
+    )?)
 }
 
 /// Refuses a kernel whose config (when its entry has one) has none of `options`, with

@@ -327,7 +327,7 @@ impl<'a> Warm<'a> {
                 kernel: &artifacts.kernel.manifest.key,
                 rootfs: &artifacts.rootfs.manifest.key,
                 bundles,
-                through_firmware: artifacts.rootfs.manifest.kind == "disk",
+                through_firmware: artifacts.rootfs.manifest.kind == crate::format::disk::KIND,
             },
             backend,
             accel,

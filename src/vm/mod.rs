@@ -74,21 +74,8 @@ pub struct Firmware {
     pub vars: Option<PathBuf>,
 }
 
-/// The image format of a root disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageFormat {
-    Raw,
-    Qcow2,
-}
-
-impl ImageFormat {
-    pub fn name(self) -> &'static str {
-        match self {
-            ImageFormat::Raw => "raw",
-            ImageFormat::Qcow2 => "qcow2",
-        }
-    }
-}
+/// The image format of a root disk (a disk recipe's `format`).
+pub use crate::recipe::ImageFormat;
 
 pub use crate::format::guest::ROOT_DISK_SERIAL;
 

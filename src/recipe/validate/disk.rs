@@ -1,7 +1,7 @@
 //! Disk recipes: a kernel and an ext4 rootfs made into a bootable GPT image.
 
 use super::Document;
-use crate::recipe::spec::{BootDiskFormat, BootDiskSpec};
+use crate::recipe::spec::{BootDiskSpec, ImageFormat};
 use crate::recipe::{raw, units, Diagnostic, Result};
 
 impl Document<'_> {
@@ -16,8 +16,8 @@ impl Document<'_> {
             None => None,
         };
         let format = match raw.format.as_ref().map(|f| f.get_ref().as_str()) {
-            None | Some("raw") => BootDiskFormat::Raw,
-            Some("qcow2") => BootDiskFormat::Qcow2,
+            None | Some("raw") => ImageFormat::Raw,
+            Some("qcow2") => ImageFormat::Qcow2,
             Some(other) => {
                 let f = raw.format.as_ref().expect("set");
                 return Err(

@@ -2,29 +2,31 @@
 //! (`modules/<release>/`) and packed as an initramfs layer: `/vmbuild/boot/modules/` and
 //! `modules.load`, which stage 1 (or the agent, on a cpio root) loads in order. A Debian
 //! kernel package has no `modules.dep`, so dependencies come from each module's
-//! `.modinfo` (`format::modinfo`).
+//! `.modinfo` (`modinfo`). Both the disk builder (a UKI's initramfs) and the test
+//! phase use it.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::format::cpio::CpioWriter;
-use crate::format::modinfo;
+use super::cpio::CpioWriter;
+use super::modinfo;
 use crate::fsio::{io_err, IoError};
-use crate::store::Entry;
 
 /// A gzip cpio with `wanted` and every module they depend on under
 /// `/vmbuild/boot/modules/`, and `/vmbuild/boot/modules.load` naming them in load order
 /// (dependencies first). A module the kernel has built in, or lacks, is left out: the
 /// config check above has spoken for the ones that matter. Empty for a kernel without
 /// modules.
-pub(crate) fn layer(kernel: &Entry, wanted: &[&str]) -> Result<Vec<u8>, ModulesError> {
-    let release = kernel
-        .manifest
-        .details
-        .get("release")
-        .and_then(|r| r.as_str())
-        .unwrap_or("");
-    let tree = kernel.path.join("modules").join(release);
+/// `kernel` is the kernel entry's folder, `release` its kernel release (the manifest's
+/// detail), `kernel_name` the recipe's name for messages.
+pub(crate) fn layer(
+    kernel_name: &str,
+    kernel: &Path,
+    release: Option<&str>,
+    wanted: &[&str],
+) -> Result<Vec<u8>, ModulesError> {
+    let release = release.unwrap_or("");
+    let tree = kernel.join("modules").join(release);
     if release.is_empty() || !tree.is_dir() {
         return Ok(Vec::new());
     }
@@ -56,7 +58,7 @@ pub(crate) fn layer(kernel: &Entry, wanted: &[&str]) -> Result<Vec<u8>, ModulesE
                 "kernel `{}` has compressed modules ({}); vmbuild loads uncompressed .ko \
                  files only (a kernel built with CONFIG_MODULE_COMPRESS_NONE=y, or with \
                  the drivers built in: modules/kconfig/virtio.config and ext4.config)",
-                kernel.manifest.name,
+                kernel_name,
                 compressed.display()
             ))
         })?;
