@@ -232,7 +232,7 @@ fn a_build_reads_the_entries_and_packages_it_names_and_only_built_kinds() {
     let run = p.run(&["build", "uses-cc"]).expect(2);
     assert!(
         run.stderr.contains(
-            "`recipes` needs a kernel, rootfs or bundle recipe, but `smoke` is a test recipe"
+            "`recipes` needs a kernel, rootfs, bundle or disk recipe, but `smoke` is a test recipe"
         ),
         "{}",
         run.stderr

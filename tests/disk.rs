@@ -185,7 +185,7 @@ fn a_larger_qcow2_disk_grows_its_root_and_stays_clean() {
         "recipes/big-disk.toml",
         &format!(
             "kind = \"disk\"\nkernel = \"debian-kernel\"\nrootfs = \"busybox-ext4\"\n\
-             size = \"256M\"\nformat = \"qcow2\"\ncmdline = \"quiet vmbuild.tag={tag}\"\n"
+             size = \"256M\"\nformat = \"qcow2\"\ncmdline = \"quiet vmbuild_tag={tag}\"\n"
         ),
     );
     let built = p.run(&["build", "--json", "big-disk"]).expect(0);
@@ -244,7 +244,7 @@ fn bad_disk_recipes_say_what_to_change() {
     let disk = |name: &str, body: &str| {
         p.write(
             &format!("recipes/{name}.toml"),
-            &format!("kind = \"disk\"\ncmdline = \"vmbuild.tag={tag}\"\n{body}"),
+            &format!("kind = \"disk\"\ncmdline = \"vmbuild_tag={tag}\"\n{body}"),
         );
     };
 
@@ -270,6 +270,46 @@ fn bad_disk_recipes_say_what_to_change() {
         small.stderr.contains("make `size` at least"),
         "{}",
         small.stderr
+    );
+
+    // Grown past what its root's file system can grow to.
+    disk(
+        "huge-disk",
+        "kernel = \"debian-kernel\"\nrootfs = \"busybox-ext4\"\nsize = \"2T\"\n",
+    );
+    let huge = p.run(&["build", "huge-disk"]).expect(2);
+    assert!(
+        huge.stderr.contains("more than 512 times") && huge.stderr.contains("make `size` at most"),
+        "{}",
+        huge.stderr
+    );
+
+    // vmbuild's own command-line words, at their line.
+    p.write(
+        "recipes/own-words.toml",
+        "kind = \"disk\"\nkernel = \"debian-kernel\"\nrootfs = \"busybox-ext4\"\n\
+         cmdline = \"quiet vmbuild.rootpart=1\"\n",
+    );
+    let own = p.run(&["build", "own-words"]).expect(2);
+    assert!(
+        own.stderr.contains("own-words.toml:4:") && own.stderr.contains("is vmbuild's to set"),
+        "{}",
+        own.stderr
+    );
+
+    // Too little memory for the firmware: said before any boot.
+    p.write(
+        "recipes/small-vm.toml",
+        &format!(
+            "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"busybox-disk\"\n\
+             bundles = [\"smoke-tests\"]\ntimeout = \"61s\"\n# {tag}\n[vm]\nmemory = \"64M\"\n"
+        ),
+    );
+    let small_vm = p.run(&["test", "small-vm"]).expect(2);
+    assert!(
+        small_vm.stderr.contains("needs at least 128M"),
+        "{}",
+        small_vm.stderr
     );
 
     // A cpio root: refused at the reference, before anything is built.

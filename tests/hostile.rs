@@ -333,7 +333,7 @@ const CASES: &[Case] = &[
         },
         args: &["test", "t"],
         code: 2,
-        needle: "`rootfs` needs a rootfs recipe",
+        needle: "`rootfs` needs a rootfs or disk recipe",
     },
     Case {
         name: "kernel_modules naming a rootfs",

@@ -105,7 +105,7 @@ if [ -n "$rootpart" ] && [ -n "$found" ]; then
     set -o pipefail
     if [ -n "$found" ]; then
         bundles=$found
-        head -c 4096 "$bundles" >/tmp/bundles.list || fail "cannot read the bundles disk $bundles"
+        head -c 65536 "$bundles" >/tmp/bundles.list || fail "cannot read the bundles disk $bundles"
         {
             IFS= read -r magic
             [ "$magic" = "vmbuild-bundles 1" ] || fail "the bundles disk $bundles has no vmbuild header"

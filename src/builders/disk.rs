@@ -33,6 +33,10 @@ const ESP_SLACK: u64 = 16 << 20;
 /// The time every ESP file and folder carries (1980-01-01, FAT's epoch).
 const FAT_EPOCH: u64 = 315_532_800;
 
+/// How many times its size `resize2fs` may grow a root image (mke2fs leaves room for
+/// 1024 times; some of it goes to the file system's own growth).
+const GROWTH: u64 = 512;
+
 /// Where a disk's partitions lie, before anything is written.
 struct Layout {
     esp: Partition,
@@ -217,13 +221,25 @@ fn plan(
         Some(asked) if asked < fitted => {
             return Err(BuildError::BadInput(format!(
                 "a disk of {} cannot hold its partitions: the ESP takes {}, rootfs `{rootfs}`'s \
-                 ext4 image {}, {} in all with the partition tables; make `size` at least {}, \
+                 ext4 image {}, {} in all with the partition tables; make `size` at least {}M, \
                  or leave it out to fit the disk to them",
                 approx_size(asked),
                 approx_size(esp_size),
                 approx_size(root_size),
                 approx_size(fitted),
-                approx_size(fitted)
+                fitted >> 20
+            )))
+        }
+        // mke2fs reserves room for its group descriptors to grow 1024 times (`resize`),
+        // less with large images: past that, resize2fs fails.
+        Some(asked) if asked / GROWTH > root_size => {
+            return Err(BuildError::BadInput(format!(
+                "a disk of {} would grow rootfs `{rootfs}`'s {} ext4 image more than {GROWTH} \
+                 times, which its file system cannot: make `size` at most {}M, or give the \
+                 rootfs a larger `size`",
+                approx_size(asked),
+                approx_size(root_size),
+                (root_size * GROWTH) >> 20
             )))
         }
         Some(asked) => asked,
@@ -323,12 +339,17 @@ fn write_esp(image: &Path, esp: &Partition, seed: &str, uki: &Path) -> Result<()
             .arg(image)
             .arg((esp.size >> 10).to_string()),
     )?;
-    // mtools addresses the partition as `image@@offset`; its own config files and the
-    // clock stay out.
-    let target = format!("{}@@{}", image.display(), esp.start);
+    // mtools addresses the partition as `image@@offset`, and would split a path holding
+    // `@@` there: it runs in the image's folder and names the file alone. Its own config
+    // files and the clock stay out.
+    let folder = image.parent().unwrap_or(Path::new("."));
+    let file_name = image.file_name().unwrap_or_default().to_string_lossy();
+    let target = format!("{file_name}@@{}", esp.start);
+    let uki = std::path::absolute(uki).map_err(io_err("find", uki))?;
     let mtools = |tool: &str| {
         let mut command = Command::new(tool);
         command
+            .current_dir(folder)
             .env("MTOOLSRC", "/dev/null")
             .env("MTOOLS_SKIP_CHECK", "1")
             .env("SOURCE_DATE_EPOCH", FAT_EPOCH.to_string())
@@ -348,7 +369,7 @@ fn write_esp(image: &Path, esp: &Partition, seed: &str, uki: &Path) -> Result<()
     process::run(
         mtools("mcopy")
             .arg("-m")
-            .arg(uki)
+            .arg(&uki)
             .arg(format!("::{UKI_PATH}")),
     )?;
     Ok(())

@@ -28,14 +28,27 @@ pub const BUNDLES_DISK_SERIAL: &str = "vmbuild-bundles";
 /// The bundles disk's header: this line, then `<first sector> <bytes>` per archive, then
 /// `end`, in the first `BUNDLES_HEADER` bytes; each archive starts on a sector.
 const BUNDLES_MAGIC: &str = "vmbuild-bundles 1";
-const BUNDLES_HEADER: usize = 4096;
+const BUNDLES_HEADER: usize = 65536;
+/// The least a bundles disk holds: the kernel reads a small disk's partition tables
+/// past its end, and says so on the console.
+const BUNDLES_DISK_MIN: u64 = 1 << 20;
+
+/// Why the bundles disk could not be written.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BundlesDiskError {
+    /// More bundles than its header lists: the recipe asks too much.
+    #[error("{0} bundles do not fit the bundles disk's header (a disk boots at most about 3000)")]
+    TooMany(usize),
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
 
 /// Writes the bundles disk: the gzip cpio archives `parts`, listed in a header stage 1
 /// reads with `head` and `dd`.
 pub(crate) fn write_bundles_disk(
     parts: &[std::path::PathBuf],
     path: &std::path::Path,
-) -> Result<(), IoError> {
+) -> Result<(), BundlesDiskError> {
     use std::io::Write;
     let mut header = format!("{BUNDLES_MAGIC}\n");
     let mut at = BUNDLES_HEADER as u64;
@@ -48,10 +61,7 @@ pub(crate) fn write_bundles_disk(
     }
     header.push_str("end\n");
     if header.len() > BUNDLES_HEADER {
-        return Err(io_err("write", path)(std::io::Error::other(format!(
-            "{} bundles do not fit the bundles disk's header",
-            parts.len()
-        ))));
+        return Err(BundlesDiskError::TooMany(parts.len()));
     }
     let file = fs_err::File::create(path).map_err(io_err("create", path))?;
     let mut out = std::io::BufWriter::new(file);
@@ -64,15 +74,20 @@ pub(crate) fn write_bundles_disk(
         if copied != len {
             return Err(io_err("read", part)(std::io::Error::other(
                 "it changed while it was copied",
-            )));
+            ))
+            .into());
         }
         let pad = (len.next_multiple_of(512) - len) as usize;
         out.write_all(&vec![0u8; pad])
             .map_err(io_err("write", path))?;
     }
-    // At least one sector past the header, so the disk is never empty.
-    out.write_all(&[0u8; 512]).map_err(io_err("write", path))?;
-    out.flush().map_err(io_err("write", path))
+    let file = out
+        .into_inner()
+        .map_err(|e| io_err("write", path)(e.into_error()))?;
+    let len = file.metadata().map_err(io_err("read", path))?.len();
+    file.set_len(len.max(BUNDLES_DISK_MIN))
+        .map_err(io_err("write", path))?;
+    Ok(())
 }
 
 /// The most bytes kept of one test's output, and of one VM boot's console: the agent
@@ -179,9 +194,14 @@ mod tests {
         let bytes = std::fs::read(&disk).unwrap();
         let header = String::from_utf8_lossy(&bytes[..BUNDLES_HEADER]);
         let lines: Vec<&str> = header.trim_end_matches('\0').lines().collect();
-        assert_eq!(lines, [BUNDLES_MAGIC, "8 5", "9 1000", "end"]);
-        assert_eq!(&bytes[8 * 512..8 * 512 + 5], b"first");
-        assert_eq!(&bytes[9 * 512..9 * 512 + 1000], &[7u8; 1000][..]);
-        assert_eq!(bytes.len() % 512, 0);
+        assert_eq!(lines, [BUNDLES_MAGIC, "128 5", "129 1000", "end"]);
+        assert_eq!(&bytes[128 * 512..128 * 512 + 5], b"first");
+        assert_eq!(&bytes[129 * 512..129 * 512 + 1000], &[7u8; 1000][..]);
+        assert_eq!(bytes.len() as u64, BUNDLES_DISK_MIN);
+        let many: Vec<std::path::PathBuf> = std::iter::repeat_n(parts[0].clone(), 5000).collect();
+        assert!(matches!(
+            write_bundles_disk(&many, &disk),
+            Err(BundlesDiskError::TooMany(5000))
+        ));
     }
 }

@@ -22,10 +22,12 @@ pub const DISK: SizeRange = SizeRange {
     max: 64 * TIB,
     multiple_of: 512,
 };
+/// A bootable disk: its root grows by resize2fs, which a 1 KiB-block file system lets
+/// reach about 1000 times its size, and a host's ext4 holds files up to 16 TiB.
 pub const BOOT_DISK: SizeRange = SizeRange {
     what: "a disk image size",
     min: 64 * MIB,
-    max: 64 * TIB,
+    max: 2 * TIB,
     multiple_of: MIB,
 };
 pub const EXT4_IMAGE: SizeRange = SizeRange {

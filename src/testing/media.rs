@@ -17,7 +17,8 @@ use super::runner::{Artifacts, TestError};
 use crate::format::bundle::BUNDLE_CPIO;
 use crate::format::disk;
 use crate::format::guest::{
-    self, AGENT_PATH, BOOT_PATH, BUNDLES_DISK_SERIAL, DISK_MODULES, EXT4_ROOT_MODULES,
+    self, BundlesDiskError, AGENT_PATH, BOOT_PATH, BUNDLES_DISK_SERIAL, DISK_MODULES,
+    EXT4_ROOT_MODULES,
 };
 use crate::format::kconfig::read_config;
 use crate::format::modules;
@@ -35,6 +36,9 @@ const DISK_OPTIONS: [(&str, &str); 2] = [
     ("CONFIG_VIRTIO_BLK", "modules/kconfig/virtio.config"),
 ];
 const EXT4_OPTION: (&str, &str) = ("CONFIG_EXT4_FS", "modules/kconfig/ext4.config");
+
+/// The least memory OVMF boots a disk with (64 MiB runs it out of resources).
+const FIRMWARE_MEMORY_MB: u64 = 128;
 
 /// A VM's boot media, in the work folder (the root disk stays in the store).
 pub(crate) struct BootMedia {
@@ -143,6 +147,13 @@ pub(crate) fn prepare(
         let mut options = DISK_OPTIONS.to_vec();
         options.push(EXT4_OPTION);
         check_options(artifacts, &options, "a bootable disk")?;
+        if vm.memory_mb < FIRMWARE_MEMORY_MB {
+            return Err(TestError::Unsupported(format!(
+                "UEFI firmware needs at least {FIRMWARE_MEMORY_MB}M of memory to boot disk `{}`; \
+                 the VM has {}M: raise [vm] memory",
+                artifacts.rootfs.manifest.name, vm.memory_mb
+            )));
+        }
         let firmware = backend.firmware().map_err(TestError::Infra)?;
         let format = match image.ends_with(disk::QCOW2_IMAGE) {
             true => ImageFormat::Qcow2,
@@ -154,7 +165,13 @@ pub(crate) fn prepare(
             .iter()
             .map(|(_, e)| e.path.join(BUNDLE_CPIO))
             .collect();
-        guest::write_bundles_disk(&parts, &bundles)?;
+        guest::write_bundles_disk(&parts, &bundles).map_err(|e| match e {
+            BundlesDiskError::TooMany(_) => TestError::Unsupported(format!(
+                "{e}; rootfs `{}` is a disk: use fewer, larger bundles",
+                artifacts.rootfs.manifest.name
+            )),
+            BundlesDiskError::Io(e) => TestError::Io(e),
+        })?;
         return Ok(BootMedia {
             start: MediaStart::Firmware { firmware, bundles },
             root_disk: Some((image, format)),

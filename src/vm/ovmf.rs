@@ -35,8 +35,13 @@ pub(crate) fn find(
         for file in std::iter::once(&code).chain(vars.as_ref()) {
             if !file.is_file() {
                 return Err(format!(
-                    "the UEFI firmware file {} (VMBUILD_OVMF_CODE, VMBUILD_OVMF_VARS) does not exist",
-                    file.display()
+                    "the UEFI firmware file {} (VMBUILD_OVMF_CODE, VMBUILD_OVMF_VARS) {}",
+                    file.display(),
+                    if file.exists() {
+                        "is not a file"
+                    } else {
+                        "does not exist"
+                    }
                 ));
             }
         }

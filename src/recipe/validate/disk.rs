@@ -4,6 +4,9 @@ use super::Document;
 use crate::recipe::spec::{BootDiskSpec, ImageFormat};
 use crate::recipe::{raw, units, Diagnostic, Result};
 
+/// The longest `cmdline` a disk takes.
+const MAX_CMDLINE: usize = 1024;
+
 impl Document<'_> {
     pub(super) fn disk(&self) -> Result<BootDiskSpec> {
         let raw: raw::BootDisk = self.deserialize()?;
@@ -31,7 +34,32 @@ impl Document<'_> {
             Some(c) if c.get_ref().chars().any(char::is_control) => {
                 return Err(self.error(c, "the kernel command line cannot hold control characters"))
             }
-            Some(c) => c.get_ref().trim().to_string(),
+            // The EFI stub drops a command line past the kernel's 2048 bytes, and
+            // vmbuild's own words take about 130 of them.
+            Some(c) if c.get_ref().len() > MAX_CMDLINE => {
+                return Err(self.error(
+                    c,
+                    format!(
+                        "the command line is {} bytes; a disk's holds at most {MAX_CMDLINE}",
+                        c.get_ref().len()
+                    ),
+                ))
+            }
+            Some(c) => {
+                if let Some(word) = c
+                    .get_ref()
+                    .split_whitespace()
+                    .find(|w| w.starts_with("vmbuild.") || w.starts_with("rdinit="))
+                {
+                    return Err(Diagnostic::new(
+                        self.at(c),
+                        format!("`{word}` is vmbuild's to set"),
+                    )
+                    .with_help("vmbuild sets rdinit= and vmbuild.* itself: leave them out")
+                    .into());
+                }
+                c.get_ref().trim().to_string()
+            }
             None => String::new(),
         };
         Ok(BootDiskSpec {
