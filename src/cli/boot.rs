@@ -53,18 +53,17 @@ impl BootEnv {
     /// A kernel and a rootfs recipe, with the default VM settings and no bundles.
     pub(super) fn parts(engine: &Engine, kernel: &str, rootfs: &str) -> Result<BootEnv, Error> {
         let plan = engine.plan(&[kernel.to_string(), rootfs.to_string()])?;
-        for (&root, (flag, kind)) in plan
-            .graph
-            .roots
-            .iter()
-            .zip([("--kernel", "kernel"), ("--rootfs", "rootfs")])
-        {
+        for (&root, (flag, kinds, wanted)) in plan.graph.roots.iter().zip([
+            ("--kernel", &["kernel"][..], "a kernel"),
+            ("--rootfs", &["rootfs", "disk"][..], "a rootfs or disk"),
+        ]) {
             let recipe = &plan.graph.nodes[root].recipe;
-            if recipe.kind() != kind {
+            if !kinds.contains(&recipe.kind()) {
                 return Err(Error::Usage(format!(
-                    "{flag} `{}` is a {} recipe; {flag} takes a {kind} recipe",
+                    "{flag} `{}` is a {} recipe; {flag} takes {} recipe",
                     recipe.name,
-                    recipe.kind()
+                    recipe.kind(),
+                    wanted
                 )));
             }
         }

@@ -43,7 +43,8 @@ pub struct RunArgs {
     /// settings)
     #[arg(long, value_name = "KERNEL", requires = "rootfs")]
     kernel: Option<String>,
-    /// The rootfs recipe to boot with --kernel (format = "cpio")
+    /// The rootfs recipe to boot with --kernel (cpio or ext4), or a disk recipe (booted
+    /// through UEFI firmware; --kernel names its kernel)
     #[arg(long, value_name = "ROOTFS", requires = "kernel")]
     rootfs: Option<String>,
     /// Also show the kernel console on stderr as the guest boots and runs

@@ -198,10 +198,10 @@ mod tests {
         assert_eq!(&bytes[128 * 512..128 * 512 + 5], b"first");
         assert_eq!(&bytes[129 * 512..129 * 512 + 1000], &[7u8; 1000][..]);
         assert_eq!(bytes.len() as u64, BUNDLES_DISK_MIN);
-        let many: Vec<std::path::PathBuf> = std::iter::repeat_n(parts[0].clone(), 5000).collect();
+        let many: Vec<std::path::PathBuf> = std::iter::repeat_n(parts[0].clone(), 10000).collect();
         assert!(matches!(
             write_bundles_disk(&many, &disk),
-            Err(BundlesDiskError::TooMany(5000))
+            Err(BundlesDiskError::TooMany(10000))
         ));
     }
 }
