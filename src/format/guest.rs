@@ -119,7 +119,7 @@ pub const EXT4_ROOT_MODULES: [&str; 4] = ["virtio_pci", "virtio_blk", "crc32c_ge
 /// The agent's own archive (an uncompressed cpio): the agent, `/dev/console`, the root's
 /// static busybox when it has one, and for a disk root (`stage1`) stage 1.
 pub(crate) fn archive(busybox: Option<&[u8]>, stage1: bool) -> Result<Vec<u8>, IoError> {
-    let mut cpio = CpioWriter::new(Vec::new());
+    let mut cpio = CpioWriter::fast(Vec::new());
     let write = |cpio: &mut CpioWriter<Vec<u8>>| -> std::io::Result<()> {
         cpio.dir("/vmbuild", 0o755)?;
         cpio.file(AGENT_PATH, 0o755, AGENT.as_bytes())?;

@@ -66,7 +66,7 @@ pub(crate) fn layer(
     if order.is_empty() {
         return Ok(Vec::new());
     }
-    let mut cpio = CpioWriter::new(Vec::new());
+    let mut cpio = CpioWriter::fast(Vec::new());
     let write = |cpio: &mut CpioWriter<Vec<u8>>| -> std::io::Result<()> {
         cpio.dir("/vmbuild", 0o755)?;
         cpio.dir("/vmbuild/boot", 0o755)?;
