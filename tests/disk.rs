@@ -7,14 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{boots, counting_qemu, skip, Run, TestProject};
-
-fn nonce() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    format!("{}-{}", t.as_nanos(), std::process::id())
-}
+use common::{boots, counting_qemu, in_ci, nonce, skip, Run, TestProject};
 
 /// Runs a host tool, returning (success, stdout + stderr).
 fn tool(program: &str, args: &[&str]) -> (bool, String) {
@@ -51,11 +44,19 @@ fn host_has_disk_tools() -> bool {
         ("sgdisk", "gdisk"),
     ] {
         if common::which(tool).is_none() {
+            assert!(
+                !in_ci(),
+                "CI=true, yet {tool} is missing: .ci/install-deps installs {package}"
+            );
             skip(&format!("{tool} is missing (apt-get install {package})"));
             return false;
         }
     }
     if !Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd").is_file() {
+        assert!(
+            !in_ci(),
+            "CI=true, yet OVMF is missing: .ci/install-deps installs ovmf"
+        );
         skip("OVMF is missing (apt-get install ovmf)");
         return false;
     }

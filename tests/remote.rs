@@ -10,14 +10,7 @@ use std::time::Duration;
 
 use common::nginx::Nginx;
 use common::suites::{results_of, suite, test};
-use common::{boots, counting_qemu, Run, TestProject};
-
-fn nonce() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    format!("{}-{}", t.as_nanos(), std::process::id())
-}
+use common::{boots, counting_qemu, nonce, Run, TestProject};
 
 /// Runs vmbuild on store `cache` with `args` (remote flags among them).
 fn run(p: &TestProject, cache: &Path, args: &[&str]) -> Run {

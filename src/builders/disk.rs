@@ -37,6 +37,9 @@ const FAT_EPOCH: u64 = 315_532_800;
 /// 1024 times; some of it goes to the file system's own growth).
 const GROWTH: u64 = 512;
 
+/// How much of a kernel image its boot and PE headers are read from.
+const KERNEL_HEAD: usize = 64 << 10;
+
 /// Where a disk's partitions lie, before anything is written.
 struct Layout {
     esp: Partition,
@@ -69,14 +72,18 @@ pub fn build(
         )));
     }
     let bz_image = kernel.path.join("bzImage");
-    let kernel_bytes = fs_err::read(&bz_image).map_err(io_err("read", &bz_image))?;
-    pe::check_efi_stub_kernel(&kernel_bytes).map_err(|why| {
+    // The headers are in the first pages; objcopy reads the rest.
+    let mut kernel_head = Vec::with_capacity(KERNEL_HEAD);
+    use std::io::Read;
+    fs_err::File::open(&bz_image)
+        .and_then(|f| f.take(KERNEL_HEAD as u64).read_to_end(&mut kernel_head))
+        .map_err(io_err("read", &bz_image))?;
+    pe::check_efi_stub_kernel(&kernel_head).map_err(|why| {
         BuildError::BadInput(format!(
             "kernel `{}` cannot be started by UEFI firmware: {why}",
             spec.kernel.name
         ))
     })?;
-    drop(kernel_bytes);
     // Firmware starts the stub, which needs the kernel's EFI stub; stage 1 then finds its
     // root by the GPT, which the kernel must read itself.
     if let Ok(config) = read_config(&kernel.path.join("config")) {

@@ -244,10 +244,23 @@ pub fn git(dir: &Path, args: &[&str]) {
     assert!(ok, "git {args:?}");
 }
 
+/// A string no earlier run used: recipes and scripts that hold it have keys of their own.
+pub fn nonce() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}-{}", t.as_nanos(), std::process::id())
+}
+
+/// Whether this is CI (`CI=true`), where `.ci/install-deps` installed every tool.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
 /// A test that cannot run here says why and returns; under CI (`CI=true`), where
 /// `.ci/install-deps` installs everything the suite needs, that is a failure instead.
 pub fn skip(reason: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
+    if in_ci() {
         panic!("CI=true, yet this test would be skipped: {reason}");
     }
     eprintln!("skipping: {reason}");
@@ -287,6 +300,11 @@ pub fn junit_counts(path: &std::path::Path) -> Option<String> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !importable {
+        // .ci/install-deps installs it: in CI its absence is a failure, never a skip.
+        assert!(
+            !in_ci(),
+            "CI=true, yet python3 junitparser is missing: .ci/install-deps installs it"
+        );
         skip("the JUnit check: python3 junitparser is not installed (pip install junitparser)");
         return None;
     }

@@ -22,6 +22,10 @@ impl Nginx {
         let Some(nginx) = super::which("nginx")
             .or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.is_file()))
         else {
+            assert!(
+                !super::in_ci(),
+                "CI=true, yet nginx is missing: .ci/install-deps installs it"
+            );
             super::skip("nginx is not installed (apt-get install nginx)");
             return None;
         };
