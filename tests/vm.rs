@@ -395,6 +395,7 @@ fn two_concurrent_runs_of_one_test_recipe_boot_once_and_agree() {
     // A fresh store, so that neither run finds results or artifacts from elsewhere.
     let p = fresh_project();
     // Artifacts first: the race under test is the one on the results entry.
+    p.seed_from_shared(&["debian-kernel"]);
     p.run(&["build", "debian-kernel", "busybox-rootfs", "smoke-tests"])
         .expect(0);
     let (qemu_dir, log) = counting_qemu();
@@ -534,6 +535,7 @@ fn a_test_that_floods_its_output_finishes_with_its_log_capped() {
 fn the_guest_has_no_network_and_cannot_write_the_store() {
     // A fresh store, so `verify` checks exactly the entries this test booted.
     let p = fresh_project();
+    p.seed_from_shared(&["debian-kernel"]);
     driver_rootfs(&p, "hostile-rootfs");
     let script = r#"#!/bin/sh
 # vmbuild: disks=1

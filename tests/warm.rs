@@ -11,6 +11,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{cold_boots, counting_qemu, restores, TestProject};
 
+/// A saved state's file in its entry: compressed, on a host with zstd (.ci/install-deps
+/// installs it).
+const STATE: &str = "state.zst";
+
 /// Writes the bundle `<suite>-tests` of `tests` (name, script) into `tests/<suite>/`.
 fn bundle(p: &TestProject, suite: &str, tests: &[(&str, &str)]) {
     for (name, script) in tests {
@@ -124,7 +128,7 @@ fn one_snapshot_serves_two_recipes_with_one_environment_and_another_qemu_is_anot
     assert_eq!(env_entries(&p, "made-once", &old).len(), 1);
     assert!(env_entries(&p, "made-once-isolated", &old).is_empty());
     let env = &env_entries(&p, "made-once", &old)[0];
-    for file in ["state", "console.log", "manifest.json"] {
+    for file in [STATE, "console.log", "manifest.json"] {
         assert!(
             env.join(file).is_file(),
             "{file} missing in {}",
@@ -262,14 +266,16 @@ fn a_corrupt_snapshot_is_found_by_verify_and_a_run_boots_cold_and_replaces_it() 
         .expect(0);
     let env = env_entries(&p, "corrupt", &old);
     assert_eq!(env.len(), 1);
-    corrupt(&env[0].join("state"));
+    corrupt(&env[0].join(STATE));
 
     let verify = p.run(&["verify"]).expect(3);
     assert!(
         verify
             .stdout
             .contains(&format!("corrupt: {}", env[0].display()))
-            && verify.stdout.contains("state: sha256 mismatch (expected "),
+            && verify
+                .stdout
+                .contains(&format!("{STATE}: sha256 mismatch (expected ")),
         "{}",
         verify.stdout
     );
@@ -298,7 +304,7 @@ fn a_corrupt_snapshot_is_found_by_verify_and_a_run_boots_cold_and_replaces_it() 
     );
 
     // A state cut short is found by its size, before any VM starts, and said.
-    let state = env[0].join("state");
+    let state = env[0].join(STATE);
     let len = std::fs::metadata(&state).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
@@ -310,7 +316,7 @@ fn a_corrupt_snapshot_is_found_by_verify_and_a_run_boots_cold_and_replaces_it() 
         .run_with_path(qemu_dir.path(), &["test", "-f", "corrupt"])
         .expect(0);
     assert!(
-        run.stderr.contains("is damaged (state: size")
+        run.stderr.contains(&format!("is damaged ({STATE}: size"))
             && run.stderr.contains("not used, and replaced"),
         "{}",
         run.stderr

@@ -25,10 +25,10 @@ use crate::graph::{environment_key, Environment, KeyInputs};
 use crate::recipe::{StartMode, VmSpec};
 use crate::store::{Entry, KeyLock, Manifest, Staging, Store};
 use crate::tools::Tools;
-use crate::vm::{self, Accel, Backend, ImageFormat, Launch, RootLayer, Snapshots};
+use crate::vm::{
+    self, Accel, Backend, ImageFormat, Launch, RootLayer, SavedState, Snapshots, StateCodec,
+};
 
-/// The backend's saved state, in the entry.
-pub(crate) const STATE: &str = "state";
 /// The guest's root disk writes before the save, for a disk root (a copy-on-write layer
 /// in the backend's format).
 pub(crate) const ROOT_LAYER: &str = "root.layer";
@@ -171,7 +171,7 @@ impl Drop for Saving<'_> {
 /// A VM started from the entry.
 pub(crate) struct Restore {
     entry: Entry,
-    state: PathBuf,
+    state: SavedState,
     /// The root disk's recorded layer, for a disk root.
     layer: Option<PathBuf>,
     /// This VM rehashes the entry while it loads.
@@ -434,8 +434,12 @@ impl<'a> Warm<'a> {
                     if first {
                         *check = Check::Running;
                     }
+                    let codec = StateCodec::of_entry(&entry.path);
                     return Start::Restore(Restore {
-                        state: entry.path.join(STATE),
+                        state: SavedState {
+                            path: entry.path.join(codec.file_name()),
+                            codec,
+                        },
                         layer: disk_root.map(|_| entry.path.join(ROOT_LAYER)),
                         entry: entry.clone(),
                         check: first,
@@ -542,7 +546,12 @@ impl<'a> Warm<'a> {
         let staging = saving.staging.take().expect("saved once");
         let out = staging.out().to_path_buf();
         let saved = Instant::now();
-        self.snapshots.save(control, &out.join(STATE))?;
+        let codec = StateCodec::for_saving();
+        let state = SavedState {
+            path: out.join(codec.file_name()),
+            codec,
+        };
+        self.snapshots.save(control, &state)?;
         let save_seconds = saved.elapsed().as_secs_f64();
         let copy = |from: &Path, to: &str| {
             fs_err::copy(from, out.join(to))

@@ -120,7 +120,51 @@ pub struct Launch {
     /// `Snapshots::resume`), instead of booting. The guest's devices must be those of
     /// the VM that saved it (what backs them may differ: sockets, scratch files, the
     /// root disk's layers).
-    pub incoming: Option<PathBuf>,
+    pub incoming: Option<SavedState>,
+}
+
+/// A saved VM state's file, and how its bytes are stored there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedState {
+    pub path: PathBuf,
+    pub codec: StateCodec,
+}
+
+/// How a saved state is stored. A guest's memory shrinks about 2.7x under zstd's fastest
+/// level (88 MB to 33 MB for a 512 MiB busybox guest, in 0.3 s), and decompresses faster
+/// than it is read: states are kept compressed wherever the host has zstd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateCodec {
+    Plain,
+    Zstd,
+}
+
+impl StateCodec {
+    pub const ZSTD: &'static str = "zstd";
+
+    /// The file name, in an environment entry, of a state stored this way.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            StateCodec::Plain => "state",
+            StateCodec::Zstd => "state.zst",
+        }
+    }
+
+    /// How this host stores the states it saves: compressed when it has zstd.
+    pub fn for_saving() -> StateCodec {
+        match crate::process::which(StateCodec::ZSTD) {
+            Some(_) => StateCodec::Zstd,
+            None => StateCodec::Plain,
+        }
+    }
+
+    /// How the state in `entry` (a folder) is stored: the codec whose file it holds.
+    pub fn of_entry(entry: &Path) -> StateCodec {
+        match entry.join(StateCodec::Zstd.file_name()).exists() {
+            true => StateCodec::Zstd,
+            false => StateCodec::Plain,
+        }
+    }
 }
 
 pub trait Backend: Sync {
@@ -151,7 +195,7 @@ pub trait Snapshots: Sync {
         overlay: &Path,
     ) -> Result<(), String>;
     /// Pauses the VM and writes its state to `state`; it stays paused.
-    fn save(&self, control: &Path, state: &Path) -> Result<(), String>;
+    fn save(&self, control: &Path, state: &SavedState) -> Result<(), String>;
     /// Waits until a VM started with `incoming` has loaded its state (it is then
     /// paused); `Err` when the backend refused the state (another version, another CPU,
     /// a damaged file).

@@ -217,7 +217,10 @@ fn a_restored_vm_has_the_saved_vms_devices_its_control_socket_and_its_state_quot
     let mut launch = launch_with_root(RootLayer::Throwaway);
     let cold = line_of(&launch);
     launch.control = Some("/tmp/c,1.sock".into());
-    launch.incoming = Some("/store/it's here/state".into());
+    launch.incoming = Some(SavedState {
+        path: "/store/it's here/state".into(),
+        codec: StateCodec::Plain,
+    });
     let restored = line_of(&launch);
     // Three serial ports and the generation ID, with or without a saved state.
     for line in [&cold, &restored] {
@@ -251,6 +254,13 @@ fn a_restored_vm_has_the_saved_vms_devices_its_control_socket_and_its_state_quot
         String::from_utf8_lossy(&out.stdout),
         "/store/it's here/state"
     );
+    // A compressed state is decompressed on its way in, and compressed on its way out.
+    let zstd = SavedState {
+        path: "/e/it's.zst".into(),
+        codec: StateCodec::Zstd,
+    };
+    assert_eq!(incoming_uri(&zstd), r"exec:zstd -q -d -c '/e/it'\''s.zst'");
+    assert_eq!(outgoing_uri(&zstd), r"exec:zstd -q -1 > '/e/it'\''s.zst'");
     // Without ACPI there is no generation ID to give.
     launch.machine = "microvm".into();
     assert!(!line_of(&launch).contains("vmgenid"));
@@ -296,7 +306,10 @@ fn the_saved_vm_and_every_restored_one_have_the_same_devices() {
     let mut restored = saved.clone();
     restored.root_disk.as_mut().unwrap().layer = RootLayer::Replay("/e/root.layer".into());
     restored.control = Some("/tmp/c1.sock".into());
-    restored.incoming = Some("/e/state".into());
+    restored.incoming = Some(SavedState {
+        path: "/e/state".into(),
+        codec: StateCodec::Zstd,
+    });
     if let crate::vm::Boot::Kernel { initrd, .. } = &mut restored.boot {
         *initrd = "/w2/initrd".into();
     }

@@ -65,6 +65,23 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// `to` made a copy of the folder `from` whose files are hard links to its own.
+fn link_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            link_tree(&entry.path(), &target);
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), &target).unwrap();
+        } else {
+            std::fs::hard_link(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 /// The store shared by tests that need heavy artifacts (kernels): keys hash content, not
 /// paths, so every copy of the project finds the same entries; vmbuild's per-key locks
 /// make concurrent tests wait for one build instead of racing.
@@ -89,6 +106,20 @@ impl TestProject {
         TestProject {
             cache: shared_store(),
             ..TestProject::new()
+        }
+    }
+
+    /// Gives this project's own store the shared store's entries of `names` (built
+    /// there first), hard-linked: what a test on a fresh store needs but does not test
+    /// the making of costs no disk (Debian's kernel is 390 MiB, and CI disks are small).
+    pub fn seed_from_shared(&self, names: &[&str]) {
+        let shared = TestProject::shared();
+        let built = shared
+            .run(&[&["build", "--json"], names].concat())
+            .expect(0);
+        for line in built.json_lines() {
+            let entry = PathBuf::from(line["path"].as_str().expect("an entry path"));
+            link_tree(&entry, &self.cache.join(entry.file_name().unwrap()));
         }
     }
 
