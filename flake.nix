@@ -1,24 +1,49 @@
 {
-  description = "vmbuild: build kernels, root images and test bundles; test them in VMs";
+  description = "vmbuild: build kernels, root images and test bundles from TOML recipes into a content-addressed store, then boot them in VMs and run tests";
 
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.05";
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.11";
 
   outputs = { self, nixpkgs }:
     let
-      system = "x86_64-linux";
-      pkgs = nixpkgs.legacyPackages.${system};
-      runtime = with pkgs; [ qemu_kvm busybox e2fsprogs cpio dpkg apt gnumake gcc flex bison bc elfutils openssl perl xz ];
-    in {
-      packages.${system}.default = pkgs.rustPlatform.buildRustPackage {
-        pname = "vmbuild";
-        version = "0.1.0";
-        src = ./.;
-        cargoLock.lockFile = ./Cargo.lock;
-        # The integration tests boot VMs and fetch Debian packages: run them outside the sandbox.
-        doCheck = false;
-      };
-      devShells.${system}.default = pkgs.mkShell {
-        packages = runtime ++ (with pkgs; [ cargo rustc clippy rustfmt hyperfine python3Packages.junitparser ]);
-      };
+      systems = [ "x86_64-linux" "aarch64-linux" ];
+      forAllSystems = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+      cargoToml = builtins.fromTOML (builtins.readFile ./Cargo.toml);
+    in
+    {
+      packages = forAllSystems (pkgs: {
+        default = pkgs.rustPlatform.buildRustPackage {
+          pname = cargoToml.package.name;
+          version = cargoToml.package.version;
+          src = ./.;
+          cargoLock.lockFile = ./Cargo.lock;
+          # The test suite boots VMs and builds a kernel from source: run it in the dev
+          # shell (`cargo test --release`), not in the sandbox.
+          doCheck = false;
+          meta = {
+            description = cargoToml.package.description;
+            license = with pkgs.lib.licenses; [ mit asl20 ];
+            mainProgram = "vmbuild";
+          };
+        };
+      });
+
+      devShells = forAllSystems (pkgs: {
+        default = pkgs.mkShell {
+          inputsFrom = [ self.packages.${pkgs.stdenv.hostPlatform.system}.default ];
+          packages = with pkgs; [
+            cargo rustc clippy rustfmt
+            # Booting: qemu (and its qemu-img), UEFI firmware for disk images.
+            qemu OVMF
+            # Root images: Debian roots, ext4 and cpio images, busybox, compression.
+            mmdebstrap dpkg apt e2fsprogs busybox cpio xz zstd
+            # Bootable disks: the ESP's FAT, and objcopy for the unified kernel image.
+            dosfstools mtools binutils
+            # The kernel's own build.
+            gnumake gcc flex bison bc elfutils openssl perl
+            # The tests and benchmarks.
+            nginx hyperfine rsync git python3 python3Packages.junitparser
+          ];
+        };
+      });
     };
 }

@@ -611,3 +611,49 @@ fn a_files_source_that_is_a_symlink_is_copied_as_the_link() {
         std::path::Path::new("/bin/busybox")
     );
 }
+
+#[test]
+fn bash_completes_subcommands_and_the_man_page_renders() {
+    let p = TestProject::new();
+    let script = p.run(&["completions", "bash"]).expect(0).stdout;
+    let file = p.path("vmbuild.bash");
+    std::fs::write(&file, script).unwrap();
+    // Loaded into a real bash, it completes `vmbuild te` to `test` and `vmbuild test --ju`
+    // to `--junit`.
+    let complete = |words: &str| -> String {
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source '{}' && COMP_WORDS=({words}) && COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)) \
+                 && _vmbuild vmbuild \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\" \
+                 && echo \"${{COMPREPLY[@]}}\"",
+                file.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(complete("vmbuild te"), "test");
+    assert_eq!(complete("vmbuild test --ju"), "--junit");
+    let shells = p.run(&["completions", "tcsh"]).expect(2);
+    assert!(shells.stderr.contains("bash"), "{}", shells.stderr);
+
+    let page = p.run(&["man"]).expect(0).stdout;
+    assert!(page.contains(".TH vmbuild 1"), "{page}");
+    for sub in ["build", "test", "completions"] {
+        assert!(
+            page.contains(&format!("vmbuild\\-{sub}(1)")),
+            "{sub}: {page}"
+        );
+    }
+    let dir = p.path("man1");
+    p.run(&["man", "--dir", dir.to_str().unwrap()]).expect(0);
+    let test_page = std::fs::read_to_string(dir.join("vmbuild-test.1")).unwrap();
+    assert!(test_page.contains("\\-\\-junit"), "{test_page}");
+    assert!(test_page.contains("Examples:"), "{test_page}");
+}

@@ -8,6 +8,8 @@ mod compare;
 mod durations;
 mod explain;
 mod gc;
+mod generated;
+mod import;
 mod lock;
 mod record;
 mod remote;
@@ -141,16 +143,33 @@ impl ForceArg {
 #[derive(Subcommand)]
 enum Command {
     /// Build recipes; print each requested entry's path (one per line)
+    #[command(after_help = "Examples:
+  vmbuild build busybox-rootfs               # prints the entry's path; a rerun is a cache hit
+  vmbuild build --json debian-kernel         # {\"name\",\"kind\",\"key\",\"path\",\"cached\"}
+  vmbuild build -f busybox-rootfs            # rebuild it (-ff: and everything below it)
+  vmbuild build busybox-disk                 # a bootable GPT disk: prints the image")]
     Build(build::BuildArgs),
     /// Build what test recipes need, boot VMs, run the tests; print one line per test
+    #[command(after_help = "Examples:
+  vmbuild test smoke                         # one line per test, then \"N passed, N failed\"
+  vmbuild test smoke --junit junit.xml       # also JUnit XML for CI
+  vmbuild test -f smoke --filter 'proc*'     # rerun some tests even though they passed
+  vmbuild test --keep-alive smoke            # keep a failed test's VM up for a shell
+  vmbuild test --shard 2/4 smoke             # the second quarter of the tests (a CI matrix job)")]
     Test(test::TestArgs),
     /// Show the last results of a test recipe without running anything
+    #[command(after_help = "Examples:
+  vmbuild results smoke                      # the last results, nothing run
+  vmbuild results --json smoke               # results.json
+  vmbuild results --merge --shards 4 smoke   # join a CI matrix's four shards")]
     Results(results::ResultsArgs),
     /// Name the latest results of a test recipe, to compare later results with
     ///
     /// Copies the results `vmbuild results RECIPE` shows into
     /// <cache>/records/LABEL.json, so `gc` removing their entry does not lose them.
     /// Recording a label again replaces it.
+    #[command(after_help = "Examples:
+  vmbuild record before smoke                # name the latest results `before`")]
     Record(record::RecordArgs),
     /// Compare two records: status changes, the largest duration changes; exit 1 when a
     /// test regressed
@@ -160,16 +179,32 @@ enum Command {
     /// then the largest changes of duration (`--top`; tests under 0.05 s in both, or
     /// that took as long, are left out), then a summary line. Exits 1 when a test went
     /// from pass, flaky or skip to fail, timeout or crash; else 0.
+    #[command(after_help = "Examples:
+  vmbuild record before smoke && vmbuild test -f smoke && vmbuild record after smoke
+  vmbuild compare before after               # exit 1 if a test regressed")]
     Compare(compare::CompareArgs),
     /// Show a recipe's cache key inputs and, after a change, what changed
+    #[command(after_help = "Examples:
+  vmbuild explain smoke                      # its key inputs; after an edit, what changed")]
     Explain(explain::ExplainArgs),
     /// Rehash store entries against their manifests
+    #[command(after_help = "Examples:
+  vmbuild verify                             # exit 3 and one line per damaged entry
+  vmbuild verify --delete                    # remove them (rebuilt when next needed)")]
     Verify(verify::VerifyArgs),
     /// Remove store entries no recipe reaches, or older than an age
+    #[command(after_help = "Examples:
+  vmbuild gc                                 # remove what no recipe reaches
+  vmbuild gc --older-than 7d                 # also what was made more than a week ago")]
     Gc(gc::GcArgs),
     /// Pin the Debian packages recipes use anew in vmbuild.lock
+    #[command(after_help = "Examples:
+  vmbuild lock && git diff vmbuild.lock      # take Debian's current packages")]
     Lock(lock::LockArgs),
     /// Boot a test recipe's VM with an interactive console
+    #[command(after_help = "Examples:
+  vmbuild shell smoke                        # a root shell in smoke's VM; `exit` ends it
+  vmbuild shell --cold smoke                 # boot it in full instead of from its snapshot")]
     Shell(shell::ShellArgs),
     /// Boot a test recipe's VM, run one command in it, exit with its exit code
     Run(run::RunArgs),
@@ -180,16 +215,36 @@ enum Command {
     /// readwrite; push sends what was made before (or with --remote read). Each entry is
     /// rehashed first; a damaged one is not sent (exit 3). Blobs the server has are
     /// skipped.
+    #[command(after_help = "Examples:
+  vmbuild --remote-cache http://cache:8080/vmbuild push smoke")]
     Push(remote::TransferArgs),
     /// Download what the recipes need (and their results) from the remote cache into the
     /// local store, without building anything; print each entry's path
     ///
     /// Lookups do this on their own; pull fetches ahead of time (a CI job warming its
     /// store before going offline, say). Every file is checked against its hash.
+    #[command(after_help = "Examples:
+  vmbuild --remote-cache http://cache:8080/vmbuild --remote read pull smoke")]
     Pull(remote::TransferArgs),
     /// Make an ed25519 key pair to sign uploads with: the secret key goes to FILE, the
     /// public key (to list in trusted_keys) is printed
+    #[command(after_help = "Examples:
+  vmbuild keygen ci-1 ci-1.secret            # prints ci-1:BASE64 for trusted_keys")]
     Keygen(remote::KeygenArgs),
+    /// Turn a test written for another tool into a test recipe and bundle
+    #[command(after_help = import::EXAMPLES)]
+    Import(import::ImportArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell)
+    #[command(after_help = "Examples:
+  vmbuild completions bash > /etc/bash_completion.d/vmbuild
+  vmbuild completions zsh > \"${fpath[1]}/_vmbuild\"
+  vmbuild completions fish > ~/.config/fish/completions/vmbuild.fish")]
+    Completions(generated::CompletionsArgs),
+    /// Print the manual page (roff), or write one per subcommand into a folder
+    #[command(after_help = "Examples:
+  vmbuild man | man -l -
+  vmbuild man --dir /usr/local/share/man/man1")]
+    Man(generated::ManArgs),
 }
 
 /// Parses arguments, runs the command, returns the exit code.
@@ -220,6 +275,9 @@ pub fn main() -> i32 {
         Command::Push(args) => remote::push(&cli.global, &reporter, args),
         Command::Pull(args) => remote::pull(&cli.global, &reporter, args),
         Command::Keygen(args) => remote::keygen(args),
+        Command::Import(args) => import::run(&cli.global, &reporter, args),
+        Command::Completions(args) => generated::completions(args),
+        Command::Man(args) => generated::man(args),
     };
     reporter.finish();
     match outcome {

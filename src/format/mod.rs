@@ -14,6 +14,7 @@ pub(crate) mod gpt;
 pub mod guest;
 pub(crate) mod junit;
 pub(crate) mod kconfig;
+pub(crate) mod ktest;
 pub(crate) mod modinfo;
 pub(crate) mod modules;
 pub(crate) mod pe;
