@@ -109,6 +109,28 @@ pub fn package_for(tool: &str) -> &'static str {
     }
 }
 
+/// `word` as one word of a `sh -c` command, byte for byte: in single quotes, each `'` as
+/// `'\''`.
+pub fn shell_word(word: &std::ffi::OsStr) -> std::ffi::OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut quoted = vec![b'\''];
+    for &b in word.as_bytes() {
+        match b {
+            b'\'' => quoted.extend_from_slice(b"'\\''"),
+            b => quoted.push(b),
+        }
+    }
+    quoted.push(b'\'');
+    std::ffi::OsString::from_vec(quoted)
+}
+
+/// `prefix` then `word`.
+pub fn joined(prefix: &str, word: std::ffi::OsString) -> std::ffi::OsString {
+    let mut joined = std::ffi::OsString::from(prefix);
+    joined.push(word);
+    joined
+}
+
 /// Finds a program on PATH.
 pub fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

@@ -689,3 +689,22 @@ exit 1
         explain.stdout
     );
 }
+
+#[test]
+fn a_bhyve_recipe_on_a_host_without_bhyve_is_exit_4_naming_what_is_missing() {
+    if common::which("bhyve").is_some() {
+        return; // A FreeBSD host: the recipe would run.
+    }
+    let p = TestProject::shared();
+    p.write(
+        "recipes/on-bhyve.toml",
+        "kind = \"test\"\nkernel = \"debian-kernel\"\nrootfs = \"busybox-rootfs\"\nbundles = [\"smoke-tests\"]\n[vm]\nbackend = \"bhyve\"\n",
+    );
+    let run = p.run(&["test", "-f", "on-bhyve"]).expect(4);
+    assert!(
+        run.stderr.contains("the bhyve backend runs on FreeBSD")
+            && run.stderr.contains("pkg install grub2-bhyve socat"),
+        "{}",
+        run.stderr
+    );
+}

@@ -78,7 +78,7 @@ mod tests {
             for name in &names {
                 assert!(script.contains(name.as_str()), "{shell}: {name}");
             }
-            assert!(script.contains("--cache-dir"), "{shell}");
+            assert!(script.contains("cache-dir"), "{shell}");
         }
         let dir = tempfile::tempdir().unwrap();
         man(ManArgs {

@@ -1,58 +1,231 @@
-//! The bhyve backend (FreeBSD, illumos). Linux guests boot through `grub-bhyve`, which
-//! loads the kernel and initramfs, then `bhyve` runs the VM with the console on com1 and
-//! the guest agent's channel on com2 (a nullmodem device). A disk image boots through
-//! UEFI firmware instead (`-l bootrom,BHYVE_UEFI.fd`, no loader). Only the command lines
-//! are built here; they are unit-tested, since bhyve cannot run on Linux hosts. A root
-//! disk is still refused: bhyve has no copy-on-write drives, and the test phase makes no
-//! per-VM copy.
+//! The bhyve backend (FreeBSD). One VM is one `sh -c` script, so the test phase runs it
+//! like any backend's command (one process group, stopped by a signal):
 //!
-//! The guest gets no NIC (bhyve adds none by itself). There is no `Net::User` here: the
-//! slirp backend of released bhyve lets connections only into the guest (its sandbox
-//! blocks outbound ones), and a virtio-net device on a tap or netgraph node needs host
-//! setup vmbuild does not do. Recipes asking for it are refused when they are read.
+//! 1. `socat` bridges the guest agent's port (com2, a nullmodem pair `/dev/nmdmNA`-`B`)
+//!    to the unix socket vmbuild listens on, and with `--keep-alive` com3 to a socket the
+//!    user connects to;
+//! 2. `grub-bhyve` loads the kernel and initramfs, reading a grub.cfg the script writes
+//!    (a disk image boots through UEFI firmware instead: `-l bootrom,BHYVE_UEFI.fd`, no
+//!    loader);
+//! 3. `bhyve` runs the VM, its console (com1) on stdout;
+//! 4. `bhyvectl --destroy` removes the VM from the kernel however it ends, on a signal
+//!    too (a trap; bhyve runs in the background so that the trap runs at once).
+//!
+//! Each VM gets a name of its own (`vmbuild-PID-N`) and nullmodem units of its own, so
+//! several run at once. What runs is unit-tested (the exact script, and the script run
+//! against stand-in programs); no bhyve host has run it (docs/test-vms.md).
+//!
+//! A root disk is refused: bhyve has no copy-on-write drives, and the test phase makes no
+//! per-VM copy. The guest gets no NIC: the slirp backend of released bhyve lets
+//! connections only into the guest, and a virtio-net device on a tap or netgraph node
+//! needs host setup vmbuild does not do (recipes asking for it are refused when read).
 
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::{Backend, Boot, Firmware, Launch, Net, Unsupported, Wiring};
+use crate::process::{joined, shell_word};
 
 /// FreeBSD's UEFI firmware for bhyve (the `edk2-bhyve` package).
 const BHYVE_UEFI: &str = "/usr/local/share/uefi-firmware/BHYVE_UEFI.fd";
+/// The programs a bhyve VM needs, and the package of each.
+const PROGRAMS: [(&str, &str); 4] = [
+    ("bhyve", "the base system"),
+    ("bhyvectl", "the base system"),
+    ("grub-bhyve", "grub2-bhyve"),
+    ("socat", "socat"),
+];
+/// VMs one vmbuild names before its names repeat (nullmodem units are decimal numbers).
+const NAMES_PER_PROCESS: u32 = 1000;
 
 pub struct Bhyve {
-    /// The VM's name in `/dev/vmm`.
-    pub vm_name: String,
-    /// The nullmodem device for the agent channel, e.g. `/dev/nmdm0A`.
-    pub agent_device: PathBuf,
+    /// This process's id, in every VM and nullmodem name it makes.
+    pid: u32,
+    next: AtomicU32,
+}
+
+/// The names one VM goes by.
+#[derive(Debug, PartialEq, Eq)]
+struct Names {
+    vm: String,
+    /// Nullmodem units: the agent's (com2) and the shell's (com3).
+    agent_unit: u64,
+    shell_unit: u64,
 }
 
 impl Bhyve {
-    /// The grub-bhyve command that loads the kernel and initramfs, and the grub script
-    /// it reads (to be written to `grub_cfg`); `None` for a firmware boot, which needs no
-    /// loader.
-    pub fn loader(&self, launch: &Launch, device_map: &Path) -> Option<(Command, String)> {
-        let Boot::Kernel {
+    /// The backend, where this host can run bhyve VMs; else what is missing and how to
+    /// get it.
+    pub fn on_this_host() -> Result<Bhyve, String> {
+        let missing: Vec<String> = PROGRAMS
+            .iter()
+            .filter(|(program, _)| crate::process::which(program).is_none())
+            .map(|(program, package)| format!("{program} ({package})"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "the bhyve backend runs on FreeBSD with bhyve, grub2-bhyve and socat, and this \
+                 host lacks {}\n  help: on FreeBSD, `pkg install grub2-bhyve socat`; elsewhere use \
+                 backend = \"qemu\"",
+                missing.join(", ")
+            ));
+        }
+        if !Path::new("/dev/vmm").is_dir() {
+            return Err("bhyve's kernel module is not loaded (no /dev/vmm)\n  \
+                 help: `kldload vmm` (and vmm_load=\"YES\" in /boot/loader.conf)"
+                .into());
+        }
+        Ok(Bhyve::with_pid(std::process::id()))
+    }
+
+    fn with_pid(pid: u32) -> Bhyve {
+        Bhyve {
+            pid,
+            next: AtomicU32::new(0),
+        }
+    }
+
+    fn names(&self) -> Names {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) % NAMES_PER_PROCESS;
+        let base = (u64::from(self.pid) * u64::from(NAMES_PER_PROCESS) + u64::from(n)) * 2;
+        Names {
+            vm: format!("vmbuild-{}-{n}", self.pid),
+            agent_unit: base,
+            shell_unit: base + 1,
+        }
+    }
+
+    /// The script that runs `launch` as the VM `names`.
+    fn script(&self, launch: &Launch, names: &Names) -> Result<OsString, Unsupported> {
+        if launch.net != Net::None {
+            return Err(Unsupported(
+                "the bhyve backend has no user-mode network; \
+                 use the qemu backend for a networked guest"
+                    .into(),
+            ));
+        }
+        if launch.root_disk.is_some() {
+            // bhyve has no copy-on-write drives: the guest would write into the store.
+            return Err(Unsupported(
+                "the bhyve backend cannot boot a root disk image without writing to it; \
+                 use the qemu backend, or a cpio root"
+                    .into(),
+            ));
+        }
+        if launch.control.is_some() || launch.incoming.is_some() {
+            // Never asked: `snapshots()` says this backend has none (docs/warm-starts.md
+            // says what bhyve's suspend and resume would need).
+            return Err(Unsupported(
+                "the bhyve backend cannot save or restore a running VM".into(),
+            ));
+        }
+        let word = |text: &str| shell_word(text.as_ref());
+        let path = |p: &Path| shell_word(p.as_os_str());
+        let nmdm = |unit: u64, side: char| format!("/dev/nmdm{unit}{side}");
+        let mut script = OsString::new();
+        let mut line = |parts: &[OsString]| {
+            for part in parts {
+                script.push(part);
+            }
+            script.push("\n");
+        };
+        line(&[joined("vm=", word(&names.vm))]);
+        line(&["dir=$(mktemp -d \"${TMPDIR:-/tmp}/vmbuild-bhyve.XXXXXX\") || exit 1".into()]);
+        line(&["bridges=".into()]);
+        line(&[
+            "cleanup() { bhyvectl --destroy --vm=\"$vm\" >/dev/null 2>&1; \
+             [ -z \"$bridges\" ] || kill $bridges 2>/dev/null; rm -rf \"$dir\"; }"
+                .into(),
+        ]);
+        line(&["trap 'cleanup; exit 143' TERM INT HUP".into()]);
+        // A VM of this name left by a vmbuild that was killed: gone before this one starts.
+        line(&["bhyvectl --destroy --vm=\"$vm\" >/dev/null 2>&1".into()]);
+        let (agent, shell) = match &launch.wiring {
+            Wiring::Agent { socket, shell } => (socket, shell.as_ref()),
+            Wiring::Interactive { agent } => (agent, None),
+        };
+        let raw = ",raw,echo=0";
+        line(&[
+            "socat ".into(),
+            word(&format!("{}{raw}", nmdm(names.agent_unit, 'B'))),
+            " ".into(),
+            joined("UNIX-CONNECT:", path(agent)),
+            " & bridges=\"$bridges $!\"".into(),
+        ]);
+        if let Some(shell) = shell {
+            line(&[
+                "socat ".into(),
+                joined("UNIX-LISTEN:", path(shell)),
+                ",fork ".into(),
+                word(&format!("{}{raw}", nmdm(names.shell_unit, 'B'))),
+                " & bridges=\"$bridges $!\"".into(),
+            ]);
+        }
+        if let Boot::Kernel {
             kernel,
             initrd,
             cmdline,
         } = &launch.boot
-        else {
-            return None;
-        };
-        let script = format!(
-            "linux (host){} {cmdline}\ninitrd (host){}\nboot\n",
-            kernel.display(),
-            initrd.display()
-        );
-        let mut cmd = Command::new("grub-bhyve");
-        cmd.arg("-m").arg(device_map).args([
-            "-r",
-            "host",
-            "-M",
-            &format!("{}M", launch.memory_mb),
-            &self.vm_name,
-        ]);
-        Some((cmd, script))
+        {
+            let mut grub_cfg = OsString::from("linux (host)");
+            grub_cfg.push(kernel.as_os_str());
+            grub_cfg.push(format!(" {cmdline}\ninitrd (host)"));
+            grub_cfg.push(initrd.as_os_str());
+            grub_cfg.push("\nboot\n");
+            line(&[
+                "printf '%s' ".into(),
+                shell_word(&grub_cfg),
+                " > \"$dir/grub.cfg\"".into(),
+            ]);
+            line(&[": > \"$dir/device.map\"".into()]);
+            line(&[format!(
+                "grub-bhyve -m \"$dir/device.map\" -r host -d \"$dir\" -M {}M \"$vm\" \
+                     </dev/null || {{ cleanup; exit 1; }}",
+                launch.memory_mb
+            )
+            .into()]);
+        }
+        let mut bhyve = vec![OsString::from(format!(
+            "bhyve -c {} -m {}M -H -A -P -s 0:0,hostbridge -s 1:0,lpc",
+            launch.cpus, launch.memory_mb
+        ))];
+        if let Boot::Firmware(firmware) = &launch.boot {
+            let mut bootrom = OsString::from("bootrom,");
+            bootrom.push(firmware.code.as_os_str());
+            if let Some(vars) = &firmware.vars {
+                bootrom.push(",");
+                bootrom.push(vars.as_os_str());
+            }
+            bhyve.push(" -l ".into());
+            bhyve.push(shell_word(&bootrom));
+        }
+        bhyve.push(" -l com1,stdio -l ".into());
+        bhyve.push(word(&format!("com2,{}", nmdm(names.agent_unit, 'A'))));
+        if shell.is_some() {
+            bhyve.push(" -l ".into());
+            bhyve.push(word(&format!("com3,{}", nmdm(names.shell_unit, 'A'))));
+        }
+        for (slot, disk) in launch.disks.iter().enumerate() {
+            let mut device = OsString::from(format!("{}:0,virtio-blk,", slot + 2));
+            device.push(disk.path.as_os_str());
+            if disk.read_only {
+                device.push(",ro");
+            }
+            device.push(format!(",ser={}", disk.serial));
+            bhyve.push(" -s ".into());
+            bhyve.push(shell_word(&device));
+        }
+        // In the background, so that a signal runs the trap at once (sh runs traps only
+        // between commands, and `wait` is one); stdin passed on for `vmbuild shell`.
+        bhyve.push(" \"$vm\" <&0 &".into());
+        line(&bhyve);
+        line(&["wait $!".into()]);
+        line(&["status=$?".into()]);
+        line(&["cleanup".into()]);
+        line(&["exit $status".into()]);
+        Ok(script)
     }
 }
 
@@ -80,145 +253,13 @@ impl Backend for Bhyve {
     }
 
     fn command(&self, launch: &Launch) -> Result<Command, Unsupported> {
-        if launch.net != Net::None {
-            return Err(Unsupported(
-                "the bhyve backend has no user-mode network; \
-                 use the qemu backend for a networked guest"
-                    .into(),
-            ));
-        }
-        if launch.root_disk.is_some() {
-            // bhyve has no copy-on-write drives: the guest would write into the store.
-            return Err(Unsupported(
-                "the bhyve backend cannot boot a root disk image without writing to it; \
-                 use the qemu backend, or a cpio root"
-                    .into(),
-            ));
-        }
-        if launch.control.is_some() || launch.incoming.is_some() {
-            // Never asked: `snapshots()` says this backend has none (docs/warm-starts.md
-            // says what bhyve's suspend and resume would need).
-            return Err(Unsupported(
-                "the bhyve backend cannot save or restore a running VM".into(),
-            ));
-        }
-        let mut cmd = Command::new("bhyve");
-        cmd.args([
-            "-c",
-            &launch.cpus.to_string(),
-            "-m",
-            &format!("{}M", launch.memory_mb),
-        ])
-        .args(["-H", "-A", "-P", "-s", "0:0,hostbridge", "-s", "1:0,lpc"]);
-        if let Boot::Firmware(firmware) = &launch.boot {
-            let mut bootrom = format!("bootrom,{}", firmware.code.display());
-            if let Some(vars) = &firmware.vars {
-                bootrom.push_str(&format!(",{}", vars.display()));
-            }
-            cmd.arg("-l").arg(bootrom);
-        }
-        match &launch.wiring {
-            Wiring::Agent { .. } | Wiring::Interactive { .. } => {
-                cmd.args(["-l", "com1,stdio", "-l"])
-                    .arg(format!("com2,{}", self.agent_device.display()));
-            }
-        }
-        for (slot, disk) in launch.disks.iter().enumerate() {
-            cmd.arg("-s").arg(format!(
-                "{}:0,virtio-blk,{}{},ser={}",
-                slot + 2,
-                disk.path.display(),
-                if disk.read_only { ",ro" } else { "" },
-                disk.serial
-            ));
-        }
-        cmd.arg(&self.vm_name);
+        let script = self.script(launch, &self.names())?;
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script);
         Ok(cmd)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bhyve_command_lines() {
-        let launch = Launch {
-            boot: crate::vm::Boot::Kernel {
-                kernel: "/s/bzImage".into(),
-                initrd: "/w/initrd".into(),
-                cmdline: "console=ttyS0 rdinit=/vmbuild/init".into(),
-            },
-            machine: "q35".into(),
-            memory_mb: 512,
-            cpus: 1,
-            root_disk: None,
-            disks: vec![crate::vm::Disk {
-                path: "/w/d.img".into(),
-                serial: "scratch".into(),
-                read_only: false,
-            }],
-            net: Net::None,
-            wiring: Wiring::Agent {
-                socket: "/unused".into(),
-                shell: None,
-            },
-            control: None,
-            incoming: None,
-        };
-        let b = Bhyve {
-            vm_name: "vmbuild0".into(),
-            agent_device: "/dev/nmdm0A".into(),
-        };
-        let line = crate::process::describe(&b.command(&launch).expect("no network asked"));
-        assert_eq!(
-            line,
-            "bhyve -c 1 -m 512M -H -A -P -s 0:0,hostbridge -s 1:0,lpc -l com1,stdio -l com2,/dev/nmdm0A -s 2:0,virtio-blk,/w/d.img,ser=scratch vmbuild0"
-        );
-        let (loader, script) = b
-            .loader(&launch, Path::new("/w/device.map"))
-            .expect("a kernel boot");
-        assert_eq!(
-            crate::process::describe(&loader),
-            "grub-bhyve -m /w/device.map -r host -M 512M vmbuild0"
-        );
-        assert!(script.starts_with(
-            "linux (host)/s/bzImage console=ttyS0 rdinit=/vmbuild/init\ninitrd (host)/w/initrd\n"
-        ));
-
-        let networked = Launch {
-            net: Net::User,
-            ..launch.clone()
-        };
-        let refused = b.command(&networked).expect_err("no user-mode network");
-        assert!(refused.to_string().contains("qemu backend"), "{refused}");
-
-        let disk_root = Launch {
-            root_disk: Some(crate::vm::RootDisk {
-                image: "/store/rootfs.ext4".into(),
-                layer: crate::vm::RootLayer::Throwaway,
-                format: crate::vm::ImageFormat::Raw,
-            }),
-            ..launch.clone()
-        };
-        let refused = b.command(&disk_root).expect_err("no copy-on-write root");
-        assert!(refused.to_string().contains("qemu backend"), "{refused}");
-
-        // UEFI: the firmware is the boot ROM, and no loader runs.
-        let uefi = Launch {
-            boot: Boot::Firmware(Firmware {
-                code: BHYVE_UEFI.into(),
-                vars: Some("/w/vars.fd".into()),
-            }),
-            ..launch
-        };
-        assert!(b.loader(&uefi, Path::new("/w/device.map")).is_none());
-        let line = crate::process::describe(&b.command(&uefi).expect("a firmware boot"));
-        assert_eq!(
-            line,
-            "bhyve -c 1 -m 512M -H -A -P -s 0:0,hostbridge -s 1:0,lpc \
-             -l bootrom,/usr/local/share/uefi-firmware/BHYVE_UEFI.fd,/w/vars.fd \
-             -l com1,stdio -l com2,/dev/nmdm0A -s 2:0,virtio-blk,/w/d.img,ser=scratch vmbuild0"
-        );
-    }
-}
+#[path = "bhyve_tests.rs"]
+mod tests;

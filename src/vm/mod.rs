@@ -210,9 +210,7 @@ pub trait Snapshots: Sync {
 pub(crate) fn backend(kind: &BackendKind, accel: Accel) -> Result<Box<dyn Backend>, String> {
     match kind {
         BackendKind::Qemu => Ok(Box::new(qemu::Qemu { accel })),
-        BackendKind::Bhyve => Err(
-            "the bhyve backend needs a FreeBSD or illumos host; use backend = \"qemu\" here".into(),
-        ),
+        BackendKind::Bhyve => bhyve::Bhyve::on_this_host().map(|b| Box::new(b) as Box<dyn Backend>),
     }
 }
 

@@ -15,7 +15,6 @@
 //! Saving and restoring (`Snapshots`) go through QMP on the launch's control socket.
 
 use std::ffi::OsString;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -27,6 +26,7 @@ use super::{
     Accel, Backend, Boot, Firmware, ImageFormat, Launch, Net, RootLayer, SavedState, Snapshots,
     StateCodec, Unsupported, Wiring, ROOT_DISK_SERIAL,
 };
+use crate::process::{joined, shell_word};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 const QEMU_IMG: &str = "qemu-img";
@@ -42,27 +42,6 @@ const SAVE_BANDWIDTH: u64 = 1 << 40;
 /// `path` as a qemu option value: a comma would start another option, so it is doubled.
 fn option_path(path: &Path) -> String {
     path.to_string_lossy().replace(',', ",,")
-}
-
-/// `path` as one word of a `sh -c` command (qemu's `exec:` migration runs one), byte for
-/// byte: in single quotes, each `'` as `'\''`.
-fn shell_word(path: &Path) -> OsString {
-    let mut word = vec![b'\''];
-    for &b in path.as_os_str().as_bytes() {
-        match b {
-            b'\'' => word.extend_from_slice(b"'\\''"),
-            b => word.push(b),
-        }
-    }
-    word.push(b'\'');
-    OsString::from_vec(word)
-}
-
-/// `prefix` then `word`.
-fn joined(prefix: &str, word: OsString) -> OsString {
-    let mut joined = OsString::from(prefix);
-    joined.push(word);
-    joined
 }
 
 pub struct Qemu {
@@ -281,7 +260,7 @@ fn outgoing_uri(state: &SavedState) -> OsString {
         // Level 1: the save happens while a test waits; a higher level gains 3%.
         StateCodec::Zstd => "exec:zstd -q -1 > ",
     };
-    joined(writer, shell_word(&state.path))
+    joined(writer, shell_word(state.path.as_os_str()))
 }
 
 /// The migration URI a VM loads `state` from.
@@ -290,7 +269,7 @@ fn incoming_uri(state: &SavedState) -> OsString {
         StateCodec::Plain => "exec:cat ",
         StateCodec::Zstd => "exec:zstd -q -d -c ",
     };
-    joined(reader, shell_word(&state.path))
+    joined(reader, shell_word(state.path.as_os_str()))
 }
 
 /// Polls the migration under way (a save, or a VM loading its `-incoming` state) until it
