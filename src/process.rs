@@ -264,20 +264,43 @@ pub struct GroupGuard {
     grace: Duration,
 }
 
+/// Asks the kernel to kill the calling process (a child between fork and exec) when its
+/// parent dies.
+fn die_with_parent() -> std::io::Result<()> {
+    // SAFETY: one system call on the calling process, with a valid signal number (and,
+    // on FreeBSD, a pointer to it that outlives the call).
+    #[cfg(target_os = "linux")]
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    #[cfg(target_os = "freebsd")]
+    let rc = {
+        let mut signal = libc::SIGKILL;
+        unsafe {
+            libc::procctl(
+                libc::P_PID,
+                0,
+                libc::PROC_PDEATHSIG_CTL,
+                (&mut signal as *mut libc::c_int).cast(),
+            )
+        }
+    };
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+    let rc = 0;
+    match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
 impl GroupGuard {
     /// Spawns `cmd` as the leader of a new process group.
     pub fn spawn(cmd: &mut Command, grace: Duration) -> Result<GroupGuard, ProcessError> {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
         // If vmbuild dies (kill -9), the child goes too, not left running for nobody.
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        // SAFETY: die_with_parent only makes one async-signal-safe call; nothing else runs
+        // between fork and exec.
         unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(die_with_parent);
         }
         // Installed on first use: runs that start no VM start no signal thread.
         install_interrupt_handler();

@@ -229,12 +229,12 @@ fn write_tar(root: &Path, path: &Path) -> Result<(), BuildError> {
                 continue; // sockets have no place in an image
             };
             header.set_entry_type(kind);
-            let rdev = meta.rdev();
+            let (major, minor) = crate::fsio::device_numbers(meta.rdev());
             header
-                .set_device_major(libc::major(rdev))
+                .set_device_major(major)
                 .map_err(io_err("add to tar", source))?;
             header
-                .set_device_minor(libc::minor(rdev))
+                .set_device_minor(minor)
                 .map_err(io_err("add to tar", source))?;
             add(&mut tar, &mut header, &mut std::io::empty())?;
         }

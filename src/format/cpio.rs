@@ -133,8 +133,8 @@ impl<W: Write> CpioWriter<W> {
                     continue; // sockets have no place in an image
                 };
                 let rdev = meta.rdev();
-                let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-                self.header(Self::clean(&name), kind | perm, 0, (major, minor))?;
+                let devices = crate::fsio::device_numbers(rdev);
+                self.header(Self::clean(&name), kind | perm, 0, devices)?;
             }
         }
         Ok(())

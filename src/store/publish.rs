@@ -163,6 +163,7 @@ impl Store {
 }
 
 /// Swaps two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`).
+#[cfg(target_os = "linux")]
 fn exchange(a: &Path, b: &Path) -> Result<()> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
@@ -185,4 +186,20 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
         return Err(io_err("replace", b)(std::io::Error::last_os_error()).into());
     }
     Ok(())
+}
+
+/// Swaps two paths where the kernel cannot do it atomically (FreeBSD has no
+/// RENAME_EXCHANGE): three renames. Killed between the first two, `b` is missing for the
+/// next lookup (a miss, rebuilt), never half of one entry and half of another.
+#[cfg(not(target_os = "linux"))]
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    let mut aside = a.as_os_str().to_owned();
+    aside.push(".exchanging");
+    let aside = std::path::PathBuf::from(aside);
+    let rename = |from: &Path, to: &Path| {
+        std::fs::rename(from, to).map_err(|e| StoreError::from(io_err("replace", b)(e)))
+    };
+    rename(b, &aside)?;
+    rename(a, b)?;
+    rename(&aside, a)
 }
