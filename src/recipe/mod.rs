@@ -15,6 +15,8 @@ mod diagnostic;
 pub(crate) mod grammar;
 mod project;
 mod raw;
+#[cfg(test)]
+mod reference_tests;
 mod spec;
 pub mod units;
 mod validate;

@@ -661,7 +661,7 @@ fn unknown_field_help(message: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::recipe) mod tests {
     use super::*;
 
     #[test]
@@ -672,7 +672,7 @@ mod tests {
     }
 
     /// A project with every kind of recipe to reference, for the fuzzer below.
-    pub(super) fn fuzz_project() -> (tempfile::TempDir, Project) {
+    pub(in crate::recipe) fn fuzz_project() -> (tempfile::TempDir, Project) {
         let dir = tempfile::tempdir().expect("temp dir");
         let write = |rel: &str, text: &str| {
             let path = dir.path().join(rel);

@@ -434,4 +434,42 @@ mod tests {
             prop_assert_eq!(sh_read(&line, 4), fields);
         }
     }
+
+    #[test]
+    fn every_message_is_in_the_protocol_document() {
+        let doc = include_str!("../../docs/guest-protocol.md");
+        let guest = [
+            "READY",
+            "NEXT",
+            "ALIVE",
+            "BEGIN",
+            "LOG",
+            "END",
+            "TRUNCATED",
+            "DONE",
+            "HELD",
+            "OUT",
+            "PART",
+            "EXIT",
+        ];
+        for word in guest {
+            let line = format!("VMBUILD {word}");
+            let message = parse(format!("{line} t 1").as_bytes())
+                .or_else(|| parse(format!("{line} 1 t").as_bytes()))
+                .or_else(|| parse(format!("{line} 1").as_bytes()))
+                .or_else(|| parse(line.as_bytes()));
+            assert!(message.is_some(), "the host does not read `{line}`");
+            assert!(
+                doc.contains(&format!("| `{line}")),
+                "`{line}` is not documented"
+            );
+        }
+        for sent in [STOP, SHELL, HOLD, "RUN ", "WAKE ", "EXEC "] {
+            let word = sent.trim_end();
+            assert!(
+                doc.contains(&format!("| `{word}")),
+                "`{word}` is not documented"
+            );
+        }
+    }
 }
