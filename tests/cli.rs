@@ -657,3 +657,34 @@ fn bash_completes_subcommands_and_the_man_page_renders() {
     assert!(test_page.contains("\\-\\-junit"), "{test_page}");
     assert!(test_page.contains("Examples:"), "{test_page}");
 }
+
+#[test]
+fn flake_nix_parses_and_names_the_lock_file_and_the_dev_tools() {
+    let Some(nix) = common::which("nix-instantiate") else {
+        common::skip("nix-instantiate is not installed (apt-get install nix-bin)");
+        return;
+    };
+    let flake = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flake.nix");
+    let out = std::process::Command::new(nix)
+        .arg("--parse")
+        .arg(&flake)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "flake.nix does not parse: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The parsed expression: the package is built from the Cargo.lock that is here, and
+    // the dev shell has what the README's commands install.
+    let parsed = String::from_utf8_lossy(&out.stdout);
+    assert!(parsed.contains("buildRustPackage"), "{parsed}");
+    assert!(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("Cargo.lock")
+            .is_file()
+    );
+    for tool in ["qemu", "mmdebstrap", "e2fsprogs", "busybox", "zstd", "flex", "bison"] {
+        assert!(parsed.contains(tool), "the dev shell lacks {tool}");
+    }
+}
