@@ -679,12 +679,21 @@ fn flake_nix_parses_and_names_the_lock_file_and_the_dev_tools() {
     // the dev shell has what the README's commands install.
     let parsed = String::from_utf8_lossy(&out.stdout);
     assert!(parsed.contains("buildRustPackage"), "{parsed}");
+    let lock = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock");
     assert!(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("Cargo.lock")
-            .is_file()
+        parsed.contains(&lock.display().to_string()) && lock.is_file(),
+        "the package is not built from {}: {parsed}",
+        lock.display()
     );
-    for tool in ["qemu", "mmdebstrap", "e2fsprogs", "busybox", "zstd", "flex", "bison"] {
+    for tool in [
+        "qemu",
+        "mmdebstrap",
+        "e2fsprogs",
+        "busybox",
+        "zstd",
+        "flex",
+        "bison",
+    ] {
         assert!(parsed.contains(tool), "the dev shell lacks {tool}");
     }
 }
