@@ -25,7 +25,6 @@ pub fn io_err(
     }
 }
 
-/// Bytes an unprivileged writer may still use on the filesystem holding `path`.
 /// The major and minor numbers of a device file's `rdev` (libc gives them as `u32` on
 /// Linux and as `int` on FreeBSD).
 #[allow(clippy::unnecessary_cast)]
@@ -33,6 +32,7 @@ pub(crate) fn device_numbers(rdev: u64) -> (u32, u32) {
     (libc::major(rdev) as u32, libc::minor(rdev) as u32)
 }
 
+/// Bytes an unprivileged writer may still use on the filesystem holding `path`.
 pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())

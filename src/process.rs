@@ -111,7 +111,7 @@ pub fn package_for(tool: &str) -> &'static str {
 
 /// `word` as one word of a `sh -c` command, byte for byte: in single quotes, each `'` as
 /// `'\''`.
-pub fn shell_word(word: &std::ffi::OsStr) -> std::ffi::OsString {
+pub(crate) fn shell_word(word: &std::ffi::OsStr) -> std::ffi::OsString {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let mut quoted = vec![b'\''];
     for &b in word.as_bytes() {
@@ -125,7 +125,7 @@ pub fn shell_word(word: &std::ffi::OsStr) -> std::ffi::OsString {
 }
 
 /// `prefix` then `word`.
-pub fn joined(prefix: &str, word: std::ffi::OsString) -> std::ffi::OsString {
+pub(crate) fn joined(prefix: &str, word: std::ffi::OsString) -> std::ffi::OsString {
     let mut joined = std::ffi::OsString::from(prefix);
     joined.push(word);
     joined

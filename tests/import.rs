@@ -90,7 +90,7 @@ fn a_ktest_test_is_imported_and_runs_in_a_vm_with_what_it_declared() {
     let fragment =
         std::fs::read_to_string(p.path("modules/kconfig/blockdev-ktest.config")).unwrap();
     assert!(
-        fragment.contains("CONFIG_VIRTIO_BLK=y\nCONFIG_MAGIC_SYSRQ=y\n"),
+        fragment.contains("CONFIG_VIRTIO_BLK=m\nCONFIG_MAGIC_SYSRQ=y\n"),
         "{fragment}"
     );
 
@@ -140,6 +140,38 @@ fn an_import_that_would_not_load_or_would_overwrite_is_refused_and_leaves_nothin
         again.stderr
     );
     p.run(&["import", "ktest", "--force", "a.ktest"]).expect(0);
+    // A --force import that fails leaves the earlier one as it was.
+    let recipe = std::fs::read_to_string(p.path("recipes/a.toml")).unwrap();
+    p.run(&["import", "ktest", "--force", "--kernel", "nope", "a.ktest"])
+        .expect(2);
+    assert_eq!(
+        std::fs::read_to_string(p.path("recipes/a.toml")).unwrap(),
+        recipe
+    );
+    assert!(p.path("tests/a/one").is_file());
+    // --force replaces only what an import wrote.
+    let smoke = std::fs::read_to_string(p.path("recipes/smoke.toml")).unwrap();
+    let refused = p
+        .run(&["import", "ktest", "--force", "--name", "smoke", "a.ktest"])
+        .expect(2);
+    assert!(
+        refused.stderr.contains("`vmbuild import` did not write it"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.path("recipes/smoke.toml")).unwrap(),
+        smoke
+    );
+    // A name is checked before any path is made of it.
+    let outside = p
+        .run(&["import", "ktest", "--name", "../../x", "a.ktest"])
+        .expect(2);
+    assert!(outside.stderr.contains("--name"), "{}", outside.stderr);
+    // Runners of tests that are gone go with a --force import.
+    p.write("a.ktest", "#!/bin/sh\ntest_two()\n{\n    true\n}\n");
+    p.run(&["import", "ktest", "--force", "a.ktest"]).expect(0);
+    assert!(!p.path("tests/a/one").exists() && p.path("tests/a/two").is_file());
 
     p.write("none.ktest", "#!/bin/bash\nconfig-timeout 5\n");
     let none = p.run(&["import", "ktest", "none.ktest"]).expect(2);

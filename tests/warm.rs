@@ -431,3 +431,44 @@ fn vms_that_need_a_snapshot_being_made_wait_for_it_and_start_from_it() {
     // One VM boots and saves; the other waits for the snapshot instead of booting too.
     assert_eq!((cold_boots(&log), restores(&log)), (1, 2), "{}", run.stderr);
 }
+
+#[test]
+fn a_compressed_snapshot_on_a_host_without_zstd_is_said_and_left_as_it_is() {
+    let p = TestProject::shared();
+    let script = format!("#!/bin/sh\necho ok\n# {}\n", common::nonce());
+    bundle(&p, "nozstd", &[("ok", &script)]);
+    recipe(&p, "nozstd", "nozstd", "busybox-rootfs", "");
+    let old = env_entries(&p, "nozstd", &[]);
+    p.run(&["test", "-f", "nozstd"]).expect(0);
+    let env = env_entries(&p, "nozstd", &old);
+    assert_eq!(env.len(), 1);
+    let state = env[0].join(STATE);
+    let saved = std::fs::read(&state).unwrap();
+
+    // A PATH with everything of this host's but zstd.
+    let bin = tempfile::tempdir().unwrap();
+    for dir in ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let link = bin.path().join(entry.file_name());
+            if entry.file_name() != "zstd" && !link.exists() {
+                let _ = std::os::unix::fs::symlink(entry.path(), link);
+            }
+        }
+    }
+    let run = p
+        .command(&["test", "-f", "nozstd"])
+        .env("PATH", bin.path())
+        .output()
+        .unwrap();
+    let run = common::Run::from(run).expect(0);
+    assert!(
+        run.stderr
+            .contains("zstd-compressed and zstd is not installed (apt-get install zstd)"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.contains("PASS    nozstd/ok"), "{}", run.stdout);
+    // Not replaced: hosts with zstd go on using it.
+    assert_eq!(std::fs::read(&state).unwrap(), saved);
+    assert_eq!(env_entries(&p, "nozstd", &old).len(), 1);
+}

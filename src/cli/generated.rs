@@ -27,7 +27,11 @@ pub struct ManArgs {
 
 pub fn completions(args: CompletionsArgs) -> Result<i32, Error> {
     let mut cmd = Cli::command();
-    clap_complete::generate(args.shell, &mut cmd, "vmbuild", &mut std::io::stdout());
+    // Into memory first: clap_complete panics on a write error (stdout on a full disk).
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut cmd, "vmbuild", &mut script);
+    std::io::Write::write_all(&mut std::io::stdout(), &script)
+        .map_err(|e| Error::Usage(format!("write the completion script: {e}")))?;
     Ok(0)
 }
 

@@ -66,6 +66,14 @@ pub fn run(global: &Global, reporter: &Renderer, args: ImportArgs) -> Result<i32
         Some(name) => name.clone(),
         None => name_of(&args.file),
     };
+    // Before any path is made of it.
+    crate::recipe::grammar::recipe_name(&name).map_err(|e| Error::Usage(format!("--name: {e}")))?;
+    if test.tests.iter().any(|t| *t == format!("{name}.ktest")) {
+        return Err(Error::Usage(format!(
+            "{}: a test named `{name}.ktest` would take the place of the file its tests share",
+            args.file.display()
+        )));
+    }
     let engine = open_engine(global, reporter, false)?;
     let root = engine.project.root.clone();
     let rootfs = args.rootfs.clone().unwrap_or_else(|| {
@@ -76,25 +84,68 @@ pub fn run(global: &Global, reporter: &Renderer, args: ImportArgs) -> Result<i32
         .to_string()
     });
     let files = files_for(&test, &args, &name, &rootfs);
+    let folder = root.join("tests").join(&name);
+    // What is there already: refused, unless --force and an earlier import wrote it.
+    let mut before = Vec::new();
     for (path, _, _) in &files {
-        if root.join(path).exists() && !args.force {
-            return Err(Error::Usage(format!(
-                "{} exists: import under another --name, or replace it with --force",
-                root.join(path).display()
-            )));
+        let path = root.join(path);
+        match fs_err::read(&path) {
+            Ok(old) if args.force && written_by_import(&old) => before.push((path, Some(old))),
+            Ok(_) if args.force => {
+                return Err(Error::Usage(format!(
+                    "{} exists and `vmbuild import` did not write it: not replaced",
+                    path.display()
+                )))
+            }
+            Ok(_) => {
+                return Err(Error::Usage(format!(
+                    "{} exists: import under another --name, or replace it with --force",
+                    path.display()
+                )))
+            }
+            Err(_) if path.symlink_metadata().is_ok() => {
+                return Err(Error::Usage(format!(
+                    "{} exists and is not a file",
+                    path.display()
+                )))
+            }
+            Err(_) => before.push((path, None)),
         }
+    }
+    // Runners of an earlier import whose tests are gone, so that they do not run.
+    let stale: Vec<(PathBuf, Vec<u8>)> = fs_err::read_dir(&folder)
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.path())
+                .filter(|p| !before.iter().any(|(b, _)| b == p))
+                .filter_map(|p| fs_err::read(&p).ok().map(|old| (p, old)))
+                .filter(|(_, old)| written_by_import(old))
+                .collect()
+        })
+        .unwrap_or_default();
+    let rollback = |why: Error| -> Error {
+        for (path, old) in &before {
+            let _ = match old {
+                Some(old) => fs_err::write(path, old),
+                None => fs_err::remove_file(path),
+            };
+        }
+        for (path, old) in &stale {
+            let _ = write(path, old, true);
+        }
+        for dir in [folder.clone(), root.join("modules/kconfig")] {
+            let _ = fs_err::remove_dir(dir);
+        }
+        why
+    };
+    for (path, _) in &stale {
+        fs_err::remove_file(path).map_err(|e| rollback(Error::Usage(e.to_string())))?;
     }
     for (path, text, executable) in &files {
-        write(&root.join(path), text, *executable)?;
+        write(&root.join(path), text, *executable).map_err(rollback)?;
     }
-    // The recipe loads, with its kernel and rootfs, or nothing of it stays.
-    if let Err(e) = engine.plan(std::slice::from_ref(&name)) {
-        for (path, _, _) in &files {
-            let _ = fs_err::remove_file(root.join(path));
-        }
-        let _ = fs_err::remove_dir(root.join("tests").join(&name));
-        return Err(e);
-    }
+    // The recipe loads, with its kernel and rootfs, or everything is as it was.
+    engine.plan(std::slice::from_ref(&name)).map_err(rollback)?;
     for (path, _, _) in &files {
         println!("{}", root.join(path).display());
     }
@@ -109,6 +160,15 @@ pub fn run(global: &Global, reporter: &Renderer, args: ImportArgs) -> Result<i32
         test.tests.len()
     );
     Ok(0)
+}
+
+/// What every file an import writes says in its first lines.
+const MARKER: &str = "`vmbuild import ktest`";
+
+/// Whether `text` is a file an import wrote.
+fn written_by_import(text: &[u8]) -> bool {
+    let head = &text[..text.len().min(512)];
+    String::from_utf8_lossy(head).contains(MARKER)
 }
 
 /// `ext4.ktest` -> `ext4`; characters a recipe name cannot have become `-`.
@@ -147,7 +207,14 @@ fn files_for(
     let folder = PathBuf::from("tests").join(name);
     let library = format!("{name}.ktest");
     let fragment = PathBuf::from("modules/kconfig").join(format!("{name}-ktest.config"));
-    let source = args.file.display().to_string();
+    // Written into comments: one line, whatever the path holds.
+    let source: String = args
+        .file
+        .display()
+        .to_string()
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
     let mut files = vec![
         (
             PathBuf::from("recipes").join(format!("{name}.toml")),
@@ -168,9 +235,9 @@ fn files_for(
     }
     if !test.kconfig.is_empty() {
         let mut text =
-            format!("# The kernel options {source} requires (ktest's require-kernel-config).\n");
-        for option in &test.kconfig {
-            text.push_str(&format!("{option}=y\n"));
+            format!("# The kernel options {source} requires (ktest's require-kernel-config), imported by `vmbuild import ktest`.\n");
+        for (option, value) in &test.fragment {
+            text.push_str(&format!("{option}={value}\n"));
         }
         files.push((fragment, text, false));
     }
@@ -244,7 +311,7 @@ fn test_recipe(
     text
 }
 
-fn write(path: &Path, text: &str, executable: bool) -> Result<(), Error> {
+fn write(path: &Path, text: impl AsRef<[u8]>, executable: bool) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
     let io = |e: std::io::Error| Error::Usage(format!("write {}: {e}", path.display()));
     if let Some(parent) = path.parent() {

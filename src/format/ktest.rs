@@ -26,6 +26,8 @@ pub(crate) struct Ktest {
     pub tests: Vec<String>,
     /// Kernel options it requires (`CONFIG_NAME`, each `=y` or `=m` in ktest's terms).
     pub kconfig: Vec<String>,
+    /// The same with the value asked for, for a kconfig fragment.
+    pub fragment: Vec<(String, char)>,
     /// The size of each scratch device, as written (`4G`).
     pub scratch_devs: Vec<Declared<String>>,
     /// Seconds.
@@ -39,6 +41,8 @@ pub(crate) struct Ktest {
     pub untranslated: Vec<Untranslated>,
     /// The script with its declarations commented out and `main "$@"` dropped.
     body: String,
+    /// The names in `tests`.
+    seen: std::collections::HashSet<String>,
 }
 
 /// A declared value and the line (1-based) it came from.
@@ -76,25 +80,46 @@ pub(crate) fn parse(text: &str) -> Result<Ktest, String> {
         ..Ktest::default()
     };
     let mut body = String::new();
-    for (n, line) in text.lines().enumerate() {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut lines = text.lines().enumerate();
+    while let Some((n, first)) = lines.next() {
         let number = n + 1;
         if n == 0 {
-            if let Some(shebang) = line.strip_prefix("#!") {
+            if let Some(shebang) = first.strip_prefix("#!") {
                 ktest.interpreter = interpreter_of(shebang.trim());
-                body.push_str(line);
+                body.push_str(first);
                 body.push('\n');
                 continue;
             }
         }
-        match read_line(&mut ktest, number, line) {
-            Line::Keep => body.push_str(line),
-            Line::Declaration => {
-                body.push_str("# vmbuild import: ");
-                body.push_str(line);
-            }
-            Line::Drop => {}
+        // A line ending in `\` goes on on the next: one command, read as one line.
+        let mut physical = vec![first];
+        let mut joined = first.to_string();
+        while joined.ends_with('\\') {
+            joined.pop();
+            let Some((_, next)) = lines.next() else { break };
+            physical.push(next);
+            joined.push(' ');
+            joined.push_str(next);
         }
-        body.push('\n');
+        match read_line(&mut ktest, number, &joined) {
+            Line::Keep => {
+                for line in physical {
+                    body.push_str(line);
+                    body.push('\n');
+                }
+            }
+            // Turned into `:`, a command doing nothing, so that a block it stood in is
+            // still one; the original as a comment.
+            Line::Declaration => {
+                for line in physical {
+                    body.push_str(":  # vmbuild import: ");
+                    body.push_str(line);
+                    body.push('\n');
+                }
+            }
+            Line::Drop => body.push('\n'),
+        }
     }
     if ktest.tests.is_empty() {
         return Err("no tests in it: a ktest test file defines functions named test_NAME".into());
@@ -114,7 +139,15 @@ fn interpreter_of(shebang: &str) -> String {
     let mut words = shebang.split_whitespace();
     match (words.next(), words.next()) {
         // `#!/usr/bin/env bash`: the guest may lack env's folder; the program is what counts.
-        (Some(env), Some(program)) if env.ends_with("/env") => format!("/bin/{program}"),
+        (Some(env), Some(_)) if env.ends_with("/env") => {
+            // `env -S bash -e`: the first word that is not an option.
+            let program = shebang
+                .split_whitespace()
+                .skip(1)
+                .find(|w| !w.starts_with('-'))
+                .unwrap_or("bash");
+            format!("/bin/{program}")
+        }
         (Some(program), _) => program.to_string(),
         (None, _) => "/bin/bash".into(),
     }
@@ -128,12 +161,18 @@ fn read_line(ktest: &mut Ktest, line: usize, text: &str) -> Line {
             why: why.to_string(),
         });
     };
-    // Declarations and functions start at the first column.
+    // Declarations and functions start at the first column; an indented declaration
+    // (in a function or a block) is not read, and does nothing in the guest.
     if text.starts_with(char::is_whitespace) {
+        let command = text.split_whitespace().next().unwrap_or_default();
+        if is_declaration(command) {
+            untranslated("indented (in a function or a block): not read, and a no-op in the guest");
+            return Line::Declaration;
+        }
         return Line::Keep;
     }
     if let Some(name) = test_function(text) {
-        if !ktest.tests.contains(&name) {
+        if ktest.seen.insert(name.clone()) {
             ktest.tests.push(name);
         }
         return Line::Keep;
@@ -159,10 +198,11 @@ fn read_line(ktest: &mut Ktest, line: usize, text: &str) -> Line {
         }
         _ => {}
     }
-    if !(command.starts_with("require-") || command.starts_with("config-")) {
+    if !is_declaration(command) {
         return Line::Keep;
     }
     let computed = args.iter().any(|a| a.contains('$') || a.contains('`'));
+    let args: Vec<&str> = args.iter().map(|a| unquoted(a)).collect();
     if computed {
         untranslated("its value is computed when ktest runs: set it in the recipe by hand");
         return Line::Declaration;
@@ -175,9 +215,10 @@ fn read_line(ktest: &mut Ktest, line: usize, text: &str) -> Line {
                 .filter(|o| !o.is_empty())
             {
                 match kconfig_option(option) {
-                    Ok(name) => {
+                    Ok((name, value)) => {
                         if !ktest.kconfig.contains(&name) {
-                            ktest.kconfig.push(name);
+                            ktest.kconfig.push(name.clone());
+                            ktest.fragment.push((name, value));
                         }
                     }
                     Err(why) => ktest.untranslated.push(Untranslated {
@@ -232,10 +273,25 @@ fn read_line(ktest: &mut Ktest, line: usize, text: &str) -> Line {
     Line::Declaration
 }
 
+/// ktest's declaration commands.
+fn is_declaration(command: &str) -> bool {
+    command.starts_with("require-") || command.starts_with("config-")
+}
+
+/// A word without the quotes around it (`"2G"`, `'a"b'`), as the shell would pass it.
+fn unquoted(word: &str) -> &str {
+    for quote in ['"', '\''] {
+        if let Some(inner) = word.strip_prefix(quote).and_then(|w| w.strip_suffix(quote)) {
+            return inner;
+        }
+    }
+    word
+}
+
 /// `NAME` of a line `test_NAME()` or `function test_NAME`.
 fn test_function(line: &str) -> Option<String> {
     let name = function_name(line)?.strip_prefix("test_")?;
-    let valid = !name.is_empty()
+    let valid = !matches!(name, "" | "." | "..")
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c));
@@ -255,7 +311,7 @@ fn function_name(line: &str) -> Option<&str> {
 
 /// `EXT4_FS`, `EXT4_FS=y`, `CONFIG_EXT4_FS=m` as `CONFIG_EXT4_FS`; other values are for
 /// a kconfig fragment, not a test header.
-fn kconfig_option(option: &str) -> Result<String, String> {
+fn kconfig_option(option: &str) -> Result<(String, char), String> {
     let (name, value) = option.split_once('=').unwrap_or((option, "y"));
     let name = name.strip_prefix("CONFIG_").unwrap_or(name);
     let valid = !name.is_empty()
@@ -266,7 +322,8 @@ fn kconfig_option(option: &str) -> Result<String, String> {
         return Err(format!("`{option}` is not a kernel option"));
     }
     match value {
-        "y" | "m" => Ok(format!("CONFIG_{name}")),
+        "y" => Ok((format!("CONFIG_{name}"), 'y')),
+        "m" => Ok((format!("CONFIG_{name}"), 'm')),
         _ => Err(format!(
             "CONFIG_{name}={value}: a test can require an option be y or m; set other values in a kconfig fragment"
         )),
@@ -382,9 +439,17 @@ main "$@"
         assert_eq!(k.cpus.as_ref().map(|c| c.value), Some(2));
         assert_eq!(k.kernel_append, ["quiet", "log_buf_len=8M"]);
         let lines: Vec<usize> = k.untranslated.iter().map(|u| u.line).collect();
-        // The library, HZ=1000, require-git; the indented config-timeout is the test's
-        // own business.
-        assert_eq!(lines, [4, 8, 9], "{:?}", k.untranslated);
+        // The library, HZ=1000, require-git, and the indented config-timeout.
+        assert_eq!(lines, [4, 8, 9, 20], "{:?}", k.untranslated);
+        assert!(k.untranslated[3].why.contains("indented"));
+        assert_eq!(
+            k.fragment,
+            [
+                ("CONFIG_EXT4_FS".to_string(), 'y'),
+                ("CONFIG_QUOTA".to_string(), 'm'),
+                ("CONFIG_BLK_DEV_LOOP".to_string(), 'y')
+            ]
+        );
         assert!(k.untranslated[1].why.contains("kconfig fragment"));
         assert!(k.untranslated[2].why.contains("fetches nothing"));
     }
@@ -396,10 +461,10 @@ main "$@"
         assert!(library.starts_with("#!/usr/bin/env bash\n"), "{library}");
         assert!(library
             .contains("ktest_scratch_dev=\"${VMBUILD_DISK_SCRATCH0} ${VMBUILD_DISK_SCRATCH1}\""));
-        assert!(library.contains("# vmbuild import: config-scratch-devs 4G\n"));
+        assert!(library.contains(":  # vmbuild import: config-scratch-devs 4G\n"));
         assert!(
-            library.contains("    config-timeout 5\n"),
-            "inside a function: kept"
+            library.contains(":  # vmbuild import:     config-timeout 5\n"),
+            "inside a function: a no-op"
         );
         assert!(!library.contains("main \"$@\""));
         let runner = k.runner("mkfs", "ext4.ktest");
@@ -436,5 +501,33 @@ main "$@"
             .unwrap_err()
             .contains("test_NAME"));
         assert!(parse("function test_\n").is_err());
+    }
+
+    #[test]
+    fn continued_and_nested_declarations_leave_a_script_that_runs() {
+        let text = "#!/bin/sh\nrequire-kernel-config EXT4_FS,\\\n    QUOTA\nif true; then\nconfig-timeout 9\nfi\nconfig-mem \"1G\"\ntest_ok()\n{\n    echo ran\n}\n";
+        let k = parse(text).unwrap();
+        assert_eq!(k.kconfig, ["CONFIG_EXT4_FS", "CONFIG_QUOTA"]);
+        assert_eq!(k.mem.as_ref().map(|m| m.value.as_str()), Some("1G"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.ktest"), k.library()).unwrap();
+        let runner = dir.path().join("ok");
+        std::fs::write(&runner, k.runner("ok", "t.ktest")).unwrap();
+        let out = std::process::Command::new("sh")
+            .arg(&runner)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+        assert_eq!(
+            parse("#!/usr/bin/env -S bash -e\ntest_a() { :; }\n")
+                .unwrap()
+                .interpreter,
+            "/bin/bash"
+        );
     }
 }

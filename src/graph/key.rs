@@ -35,8 +35,8 @@ use crate::fetch::FetchError;
 use crate::hashing::{self, TreeEntry};
 use crate::process::ProcessError;
 use crate::recipe::{
-    BundleBuild, BundleSpec, ConfigBase, Fetch, ImageFormat, Isolation, KernelSpec, Recipe,
-    RootfsBase, RootfsFormat, Spec,
+    BackendKind, BundleBuild, BundleSpec, ConfigBase, Fetch, ImageFormat, Isolation, KernelSpec,
+    Recipe, RootfsBase, RootfsFormat, Spec,
 };
 use crate::tools::Tools;
 
@@ -180,12 +180,12 @@ pub fn compute_key(
         tools.insert(name.to_string(), ctx.tools.version(name, args)?);
         Ok(())
     };
-    let mut by_digest = None;
+    let mut by_digest = Vec::new();
     let recipe_inputs = match &recipe.spec {
         Spec::Disk(d) => {
             // The ESP's file system and files, the UKI's sections, the root's growth.
             // mkfs.fat has no --version: its binary is its identity.
-            by_digest = Some(("mkfs.fat", ctx.tools.binary_digest("mkfs.fat")?));
+            by_digest.push(("mkfs.fat", ctx.tools.binary_digest("mkfs.fat")?));
             tool("mcopy", &["--version"])?;
             tool("objcopy", &["--version"])?;
             if d.size.is_some() {
@@ -300,7 +300,18 @@ pub fn compute_key(
             json!({ "name": recipe.name, "build": build_inputs(build, ctx)? })
         }
         Spec::Test(t) => {
-            tool(crate::vm::qemu::QEMU, &["--version"])?;
+            match t.vm.backend {
+                BackendKind::Qemu => tool(BackendKind::Qemu.program(), &["--version"])?,
+                // bhyve and grub-bhyve print no version: their binaries are their identity.
+                // A host without them has no results made with them to find: its key says
+                // so, and the test phase says what to install (exit 4).
+                BackendKind::Bhyve => {
+                    for program in [BackendKind::Bhyve.program(), "grub-bhyve"] {
+                        let digest = ctx.tools.binary_digest(program);
+                        by_digest.push((program, digest.unwrap_or_else(|_| "absent".into())));
+                    }
+                }
+            }
             let mut inputs = json!({
                 // Results name their recipe (results.json, junit.xml).
                 "name": recipe.name,
@@ -329,7 +340,7 @@ pub fn compute_key(
             inputs
         }
     };
-    if let Some((name, digest)) = by_digest {
+    for (name, digest) in by_digest {
         tools.insert(name.to_string(), digest);
     }
     Ok(KeyInputs {

@@ -189,6 +189,16 @@ pub enum BackendKind {
     Bhyve,
 }
 
+impl BackendKind {
+    /// The program that runs the VMs.
+    pub const fn program(&self) -> &'static str {
+        match self {
+            BackendKind::Qemu => "qemu-system-x86_64",
+            BackendKind::Bhyve => "bhyve",
+        }
+    }
+}
+
 /// The network a test VM gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Network {

@@ -189,17 +189,55 @@ fn exchange(a: &Path, b: &Path) -> Result<()> {
 }
 
 /// Swaps two paths where the kernel cannot do it atomically (FreeBSD has no
-/// RENAME_EXCHANGE): three renames. Killed between the first two, `b` is missing for the
-/// next lookup (a miss, rebuilt), never half of one entry and half of another.
+/// RENAME_EXCHANGE).
 #[cfg(not(target_os = "linux"))]
 fn exchange(a: &Path, b: &Path) -> Result<()> {
+    exchange_by_renames(a, b)
+}
+
+/// Swaps `a` (a staged entry) and `b` (the published one) by three renames. Killed
+/// between the first two, `b` is missing for the next lookup (a miss: rebuilt), never
+/// half of one entry and half of another; `b` aside is in the store's tmp, cleaned as
+/// stale. A failed step puts back what it moved.
+#[cfg_attr(target_os = "linux", allow(dead_code))]
+fn exchange_by_renames(a: &Path, b: &Path) -> Result<()> {
     let mut aside = a.as_os_str().to_owned();
     aside.push(".exchanging");
     let aside = std::path::PathBuf::from(aside);
     let rename = |from: &Path, to: &Path| {
-        std::fs::rename(from, to).map_err(|e| StoreError::from(io_err("replace", b)(e)))
+        std::fs::rename(from, to).map_err(|e| StoreError::from(io_err("move", from)(e)))
     };
     rename(b, &aside)?;
-    rename(a, b)?;
-    rename(&aside, a)
+    if let Err(e) = rename(a, b) {
+        let _ = rename(&aside, b);
+        return Err(e);
+    }
+    // `b` is the new entry now: the old one only has to leave the way, wherever it is.
+    if rename(&aside, a).is_err() {
+        let _ = remove_tree(&aside);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exchange_by_renames_swaps_and_puts_back_what_it_moved_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir(&a).unwrap();
+        std::fs::write(a.join("f"), "new").unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(b.join("f"), "old").unwrap();
+        exchange_by_renames(&a, &b).unwrap();
+        assert_eq!(std::fs::read_to_string(b.join("f")).unwrap(), "new");
+        assert_eq!(std::fs::read_to_string(a.join("f")).unwrap(), "old");
+        // The second rename fails (nothing at `a`): the published entry goes back.
+        std::fs::remove_dir_all(&a).unwrap();
+        assert!(exchange_by_renames(&a, &b).is_err());
+        assert_eq!(std::fs::read_to_string(b.join("f")).unwrap(), "new");
+        assert!(!dir.path().join("a.exchanging").exists());
+    }
 }

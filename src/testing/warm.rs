@@ -430,11 +430,22 @@ impl<'a> Warm<'a> {
             match &mut *slot {
                 Slot::Ready { check, .. } if *check == Check::Running => {}
                 Slot::Ready { entry, check } => {
+                    let codec = StateCodec::of_entry(&entry.path);
+                    if codec == StateCodec::Zstd
+                        && crate::process::which(StateCodec::ZSTD).is_none()
+                    {
+                        // Not a damaged entry: this host cannot read it. Left as it is.
+                        drop(slot);
+                        self.give_up(
+                            "the environment's snapshot is zstd-compressed and zstd is not \
+                             installed (apt-get install zstd)",
+                        );
+                        return Start::Cold;
+                    }
                     let first = *check == Check::Due;
                     if first {
                         *check = Check::Running;
                     }
-                    let codec = StateCodec::of_entry(&entry.path);
                     return Start::Restore(Restore {
                         state: SavedState {
                             path: entry.path.join(codec.file_name()),

@@ -4,19 +4,20 @@
 //! 1. `socat` bridges the guest agent's port (com2, a nullmodem pair `/dev/nmdmNA`-`B`)
 //!    to the unix socket vmbuild listens on, and with `--keep-alive` com3 to a socket the
 //!    user connects to;
-//! 2. `grub-bhyve` loads the kernel and initramfs, reading a grub.cfg the script writes
-//!    (a disk image boots through UEFI firmware instead: `-l bootrom,BHYVE_UEFI.fd`, no
-//!    loader);
+//! 2. `grub-bhyve` loads the kernel and initramfs, reading a grub.cfg the script writes;
 //! 3. `bhyve` runs the VM, its console (com1) on stdout;
-//! 4. `bhyvectl --destroy` removes the VM from the kernel however it ends, on a signal
-//!    too (a trap; bhyve runs in the background so that the trap runs at once).
+//! 4. `bhyvectl --destroy` removes the VM from the kernel when bhyve exits, and at once
+//!    on a signal (a trap; bhyve runs in the background so that the trap runs). A kill -9
+//!    of the script leaves its VM to the next one, which destroys the VMs of vmbuilds
+//!    that are gone.
 //!
 //! Each VM gets a name of its own (`vmbuild-PID-N`) and nullmodem units of its own, so
 //! several run at once. What runs is unit-tested (the exact script, and the script run
 //! against stand-in programs); no bhyve host has run it (docs/test-vms.md).
 //!
-//! A root disk is refused: bhyve has no copy-on-write drives, and the test phase makes no
-//! per-VM copy. The guest gets no NIC: the slirp backend of released bhyve lets
+//! A root disk, and so a disk image's firmware boot, is refused: bhyve has no
+//! copy-on-write drives, and the test phase makes no per-VM copy. Paths and a command line
+//! with characters grub, bhyve or socat would read otherwise are refused too. The guest gets no NIC: the slirp backend of released bhyve lets
 //! connections only into the guest, and a virtio-net device on a tap or netgraph node
 //! needs host setup vmbuild does not do (recipes asking for it are refused when read).
 
@@ -28,8 +29,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use super::{Backend, Boot, Firmware, Launch, Net, Unsupported, Wiring};
 use crate::process::{joined, shell_word};
 
-/// FreeBSD's UEFI firmware for bhyve (the `edk2-bhyve` package).
-const BHYVE_UEFI: &str = "/usr/local/share/uefi-firmware/BHYVE_UEFI.fd";
+/// Destroys the VMs of vmbuilds that are gone: `vmbuild-PID-N` with no process PID.
+const STALE_VMS: &str = "for stale in /dev/vmm/vmbuild-*; do [ -e \"$stale\" ] || continue; \
+     name=${stale##*/}; pid=${name#vmbuild-}; pid=${pid%%-*}; \
+     kill -0 \"$pid\" 2>/dev/null || bhyvectl --destroy --vm=\"$name\" >/dev/null 2>&1; done";
 /// The programs a bhyve VM needs, and the package of each.
 const PROGRAMS: [(&str, &str); 4] = [
     ("bhyve", "the base system"),
@@ -40,7 +43,7 @@ const PROGRAMS: [(&str, &str); 4] = [
 /// VMs one vmbuild names before its names repeat (nullmodem units are decimal numbers).
 const NAMES_PER_PROCESS: u32 = 1000;
 
-pub struct Bhyve {
+pub(crate) struct Bhyve {
     /// This process's id, in every VM and nullmodem name it makes.
     pid: u32,
     next: AtomicU32,
@@ -58,7 +61,7 @@ struct Names {
 impl Bhyve {
     /// The backend, where this host can run bhyve VMs; else what is missing and how to
     /// get it.
-    pub fn on_this_host() -> Result<Bhyve, String> {
+    pub(crate) fn on_this_host() -> Result<Bhyve, String> {
         let missing: Vec<String> = PROGRAMS
             .iter()
             .filter(|(program, _)| crate::process::which(program).is_none())
@@ -106,7 +109,7 @@ impl Bhyve {
                     .into(),
             ));
         }
-        if launch.root_disk.is_some() {
+        if launch.root_disk.is_some() || matches!(launch.boot, Boot::Firmware(_)) {
             // bhyve has no copy-on-write drives: the guest would write into the store.
             return Err(Unsupported(
                 "the bhyve backend cannot boot a root disk image without writing to it; \
@@ -121,6 +124,7 @@ impl Bhyve {
                 "the bhyve backend cannot save or restore a running VM".into(),
             ));
         }
+        refuse_unsafe_text(launch)?;
         let word = |text: &str| shell_word(text.as_ref());
         let path = |p: &Path| shell_word(p.as_os_str());
         let nmdm = |unit: u64, side: char| format!("/dev/nmdm{unit}{side}");
@@ -133,15 +137,21 @@ impl Bhyve {
         };
         line(&[joined("vm=", word(&names.vm))]);
         line(&["dir=$(mktemp -d \"${TMPDIR:-/tmp}/vmbuild-bhyve.XXXXXX\") || exit 1".into()]);
+        // A background command's stdin is /dev/null in sh, whatever it redirects: bhyve
+        // reads the terminal (`vmbuild shell`) through fd 3.
+        line(&["exec 3<&0".into()]);
         line(&["bridges=".into()]);
         line(&[
             "cleanup() { bhyvectl --destroy --vm=\"$vm\" >/dev/null 2>&1; \
              [ -z \"$bridges\" ] || kill $bridges 2>/dev/null; rm -rf \"$dir\"; }"
                 .into(),
         ]);
-        line(&["trap 'cleanup; exit 143' TERM INT HUP".into()]);
-        // A VM of this name left by a vmbuild that was killed: gone before this one starts.
-        line(&["bhyvectl --destroy --vm=\"$vm\" >/dev/null 2>&1".into()]);
+        line(&["trap 'cleanup; exit 143' TERM".into()]);
+        line(&["trap 'cleanup; exit 130' INT".into()]);
+        line(&["trap 'cleanup; exit 129' HUP".into()]);
+        // VMs left by a vmbuild that was killed (kill -9 leaves no trap to run): gone
+        // before this one starts.
+        line(&[STALE_VMS.into()]);
         let (agent, shell) = match &launch.wiring {
             Wiring::Agent { socket, shell } => (socket, shell.as_ref()),
             Wiring::Interactive { agent } => (agent, None),
@@ -191,16 +201,6 @@ impl Bhyve {
             "bhyve -c {} -m {}M -H -A -P -s 0:0,hostbridge -s 1:0,lpc",
             launch.cpus, launch.memory_mb
         ))];
-        if let Boot::Firmware(firmware) = &launch.boot {
-            let mut bootrom = OsString::from("bootrom,");
-            bootrom.push(firmware.code.as_os_str());
-            if let Some(vars) = &firmware.vars {
-                bootrom.push(",");
-                bootrom.push(vars.as_os_str());
-            }
-            bhyve.push(" -l ".into());
-            bhyve.push(shell_word(&bootrom));
-        }
         bhyve.push(" -l com1,stdio -l ".into());
         bhyve.push(word(&format!("com2,{}", nmdm(names.agent_unit, 'A'))));
         if shell.is_some() {
@@ -218,14 +218,55 @@ impl Bhyve {
             bhyve.push(shell_word(&device));
         }
         // In the background, so that a signal runs the trap at once (sh runs traps only
-        // between commands, and `wait` is one); stdin passed on for `vmbuild shell`.
-        bhyve.push(" \"$vm\" <&0 &".into());
+        // between commands, and `wait` is one).
+        bhyve.push(" \"$vm\" <&3 3<&- &".into());
         line(&bhyve);
         line(&["wait $!".into()]);
         line(&["status=$?".into()]);
         line(&["cleanup".into()]);
         line(&["exit $status".into()]);
         Ok(script)
+    }
+}
+
+/// Paths and the command line go unquoted into grub.cfg, bhyve's comma-separated device
+/// options and socat's addresses: anything but plain characters is refused, not mangled.
+fn refuse_unsafe_text(launch: &Launch) -> Result<(), Unsupported> {
+    let plain = |text: &str, also: &str| {
+        text.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._+-".contains(c) || also.contains(c))
+    };
+    let mut paths: Vec<&Path> = launch.disks.iter().map(|d| d.path.as_path()).collect();
+    match &launch.wiring {
+        Wiring::Agent { socket, shell } => {
+            paths.push(socket);
+            paths.extend(shell.as_deref());
+        }
+        Wiring::Interactive { agent } => paths.push(agent),
+    }
+    if let Boot::Kernel {
+        kernel,
+        initrd,
+        cmdline,
+    } = &launch.boot
+    {
+        paths.push(kernel);
+        paths.push(initrd);
+        if !plain(cmdline, " =,:") {
+            return Err(Unsupported(format!(
+                "the bhyve backend passes the kernel command line through grub, which would \
+                 read `{cmdline}` otherwise than written: use letters, digits, `/._+-=,:` and \
+                 spaces"
+            )));
+        }
+    }
+    match paths.iter().find(|p| !plain(&p.to_string_lossy(), "")) {
+        Some(path) => Err(Unsupported(format!(
+            "the bhyve backend cannot pass the path {} to grub, bhyve and socat intact: use a \
+             store (--cache-dir) whose path has only letters, digits and `/._+-`",
+            path.display()
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -239,17 +280,12 @@ impl Backend for Bhyve {
     }
 
     fn firmware(&self) -> Result<Firmware, String> {
-        if !Path::new(BHYVE_UEFI).is_file() {
-            return Err(format!(
-                "bhyve needs UEFI firmware to boot a disk image, and {BHYVE_UEFI} is missing\n  \
-                 help: install it with `pkg install edk2-bhyve`"
-            ));
-        }
-        // No variable store: bhyve keeps the variables in memory, thrown away at exit.
-        Ok(Firmware {
-            code: BHYVE_UEFI.into(),
-            vars: None,
-        })
+        // A firmware boot starts a disk image, and this backend boots no root disk.
+        Err(
+            "the bhyve backend cannot boot disk images yet (bhyve has no copy-on-write \
+             drives, and a VM would write into the store); use backend = \"qemu\""
+                .into(),
+        )
     }
 
     fn command(&self, launch: &Launch) -> Result<Command, Unsupported> {

@@ -140,10 +140,10 @@ pub enum StateCodec {
 }
 
 impl StateCodec {
-    pub const ZSTD: &'static str = "zstd";
+    pub(crate) const ZSTD: &'static str = "zstd";
 
     /// The file name, in an environment entry, of a state stored this way.
-    pub fn file_name(self) -> &'static str {
+    pub(crate) fn file_name(self) -> &'static str {
         match self {
             StateCodec::Plain => "state",
             StateCodec::Zstd => "state.zst",
@@ -151,7 +151,7 @@ impl StateCodec {
     }
 
     /// How this host stores the states it saves: compressed when it has zstd.
-    pub fn for_saving() -> StateCodec {
+    pub(crate) fn for_saving() -> StateCodec {
         match crate::process::which(StateCodec::ZSTD) {
             Some(_) => StateCodec::Zstd,
             None => StateCodec::Plain,
@@ -159,7 +159,7 @@ impl StateCodec {
     }
 
     /// How the state in `entry` (a folder) is stored: the codec whose file it holds.
-    pub fn of_entry(entry: &Path) -> StateCodec {
+    pub(crate) fn of_entry(entry: &Path) -> StateCodec {
         match entry.join(StateCodec::Zstd.file_name()).exists() {
             true => StateCodec::Zstd,
             false => StateCodec::Plain,

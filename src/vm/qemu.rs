@@ -28,7 +28,7 @@ use super::{
 };
 use crate::process::{joined, shell_word};
 
-pub const QEMU: &str = "qemu-system-x86_64";
+pub const QEMU: &str = crate::recipe::BackendKind::Qemu.program();
 const QEMU_IMG: &str = "qemu-img";
 /// How long a starting qemu may take to open its control socket (many TCG VMs starting
 /// at once on few cores are slow to).
@@ -237,8 +237,20 @@ impl Snapshots for Qemu {
         if done.is_err() {
             // Not left running: it would pause the VM again when it completes.
             let _ = qmp.execute("migrate_cancel", json!({}));
+            return done;
         }
-        done
+        // The command writing the state finishes after qemu's last byte.
+        let deadline = Instant::now() + SAVE_WITHIN;
+        while !state.path.exists() {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} was not written within {SAVE_WITHIN:?} of the migration's end",
+                    state.path.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
     }
 
     fn wait_loaded(&self, control: &Path, within: Duration) -> Result<(), String> {
@@ -254,13 +266,28 @@ impl Snapshots for Qemu {
 }
 
 /// The migration URI a VM saves `state` through: a shell command its stream is piped to.
+/// It writes `<state>.part` and renames it to `state` once whole: qemu says the migration
+/// completed before the command has seen the end of its input.
 fn outgoing_uri(state: &SavedState) -> OsString {
     let writer = match state.codec {
         StateCodec::Plain => "exec:cat > ",
         // Level 1: the save happens while a test waits; a higher level gains 3%.
         StateCodec::Zstd => "exec:zstd -q -1 > ",
     };
-    joined(writer, shell_word(state.path.as_os_str()))
+    let part = shell_word(partial(state).as_os_str());
+    let mut uri = joined(writer, part.clone());
+    uri.push(" && mv ");
+    uri.push(part);
+    uri.push(" ");
+    uri.push(shell_word(state.path.as_os_str()));
+    uri
+}
+
+/// Where the command behind `outgoing_uri` writes until the state is whole.
+fn partial(state: &SavedState) -> std::path::PathBuf {
+    let mut part = state.path.clone().into_os_string();
+    part.push(".part");
+    part.into()
 }
 
 /// The migration URI a VM loads `state` from.

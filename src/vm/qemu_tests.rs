@@ -260,7 +260,10 @@ fn a_restored_vm_has_the_saved_vms_devices_its_control_socket_and_its_state_quot
         codec: StateCodec::Zstd,
     };
     assert_eq!(incoming_uri(&zstd), r"exec:zstd -q -d -c '/e/it'\''s.zst'");
-    assert_eq!(outgoing_uri(&zstd), r"exec:zstd -q -1 > '/e/it'\''s.zst'");
+    assert_eq!(
+        outgoing_uri(&zstd),
+        r"exec:zstd -q -1 > '/e/it'\''s.zst.part' && mv '/e/it'\''s.zst.part' '/e/it'\''s.zst'"
+    );
     // Without ACPI there is no generation ID to give.
     launch.machine = "microvm".into();
     assert!(!line_of(&launch).contains("vmgenid"));

@@ -65,7 +65,8 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// `to` made a copy of the folder `from` whose files are hard links to its own.
+/// `to` made a copy of the folder `from` whose files are hard links to its own (copies
+/// where `to` is on another file system).
 fn link_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -76,8 +77,9 @@ fn link_tree(from: &Path, to: &Path) {
             link_tree(&entry.path(), &target);
         } else if kind.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), &target).unwrap();
-        } else {
-            std::fs::hard_link(entry.path(), &target).unwrap();
+        } else if std::fs::hard_link(entry.path(), &target).is_err() {
+            // Another file system (a tmpfs /tmp): a copy, then.
+            std::fs::copy(entry.path(), &target).unwrap();
         }
     }
 }
