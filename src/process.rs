@@ -73,7 +73,7 @@ pub fn describe(cmd: &Command) -> String {
     for arg in cmd.get_args() {
         let a = arg.to_string_lossy();
         if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) {
-            parts.push(format!("'{}'", a.replace('\'', "'\\''")));
+            parts.push(shell_word(arg).to_string_lossy().into_owned());
         } else {
             parts.push(a.into_owned());
         }

@@ -693,7 +693,9 @@ exit 1
 #[test]
 fn a_bhyve_recipe_on_a_host_without_bhyve_is_exit_4_naming_what_is_missing() {
     if common::which("bhyve").is_some() {
-        return; // A FreeBSD host: the recipe would run.
+        // A FreeBSD host: the recipe would run (CI's hosts are Linux).
+        common::skip("this host has bhyve: nothing is missing to name");
+        return;
     }
     let p = TestProject::shared();
     p.write(

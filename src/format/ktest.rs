@@ -478,13 +478,22 @@ main "$@"
     fn the_library_and_a_runner_run_in_a_posix_shell() {
         let text = "#!/bin/sh\nconfig-scratch-devs 8M\ntest_ok()\n{\n    echo \"disk $ktest_scratch_dev\"\n}\nmain \"$@\"\n";
         let k = parse(text).unwrap();
+        assert_eq!(
+            run_test_ok(&k, &[("VMBUILD_DISK_SCRATCH0", "/dev/vdb")]),
+            "disk /dev/vdb\n"
+        );
+    }
+
+    /// Runs `k`'s test `ok` under sh, as the guest would (the library beside its runner),
+    /// with `env`; its stdout, once it passed.
+    fn run_test_ok(k: &Ktest, env: &[(&str, &str)]) -> String {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("t.ktest"), k.library()).unwrap();
         let runner = dir.path().join("ok");
         std::fs::write(&runner, k.runner("ok", "t.ktest")).unwrap();
         let out = std::process::Command::new("sh")
             .arg(&runner)
-            .env("VMBUILD_DISK_SCRATCH0", "/dev/vdb")
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         assert!(
@@ -492,7 +501,7 @@ main "$@"
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "disk /dev/vdb\n");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     #[test]
@@ -509,20 +518,7 @@ main "$@"
         let k = parse(text).unwrap();
         assert_eq!(k.kconfig, ["CONFIG_EXT4_FS", "CONFIG_QUOTA"]);
         assert_eq!(k.mem.as_ref().map(|m| m.value.as_str()), Some("1G"));
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("t.ktest"), k.library()).unwrap();
-        let runner = dir.path().join("ok");
-        std::fs::write(&runner, k.runner("ok", "t.ktest")).unwrap();
-        let out = std::process::Command::new("sh")
-            .arg(&runner)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+        assert_eq!(run_test_ok(&k, &[]), "ran\n");
         assert_eq!(
             parse("#!/usr/bin/env -S bash -e\ntest_a() { :; }\n")
                 .unwrap()

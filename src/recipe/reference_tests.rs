@@ -36,15 +36,20 @@ struct Field {
     default: Option<String>,
 }
 
+/// `NAME` of a line `<!-- WHAT: NAME -->`.
+fn marker<'a>(line: &'a str, what: &str) -> Option<&'a str> {
+    line.strip_prefix("<!-- ")?
+        .strip_prefix(what)?
+        .strip_prefix(": ")?
+        .strip_suffix(" -->")
+}
+
 /// The `<!-- fields: NAME -->` sections of the reference, in order.
 fn sections() -> Vec<(String, Vec<Field>)> {
     let mut sections = Vec::new();
-    let mut lines = REFERENCE.lines().peekable();
+    let mut lines = REFERENCE.lines();
     while let Some(line) = lines.next() {
-        let Some(name) = line
-            .strip_prefix("<!-- fields: ")
-            .and_then(|l| l.strip_suffix(" -->"))
-        else {
+        let Some(name) = marker(line, "fields") else {
             continue;
         };
         let mut fields = Vec::new();
@@ -200,10 +205,7 @@ fn every_example_recipe_loads() {
     let mut examples = 0;
     let mut lines = REFERENCE.lines();
     while let Some(line) = lines.next() {
-        let Some(kind) = line
-            .strip_prefix("<!-- example: ")
-            .and_then(|l| l.strip_suffix(" -->"))
-        else {
+        let Some(kind) = marker(line, "example") else {
             continue;
         };
         assert_eq!(lines.next(), Some("```toml"), "example {kind}");

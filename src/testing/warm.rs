@@ -431,9 +431,7 @@ impl<'a> Warm<'a> {
                 Slot::Ready { check, .. } if *check == Check::Running => {}
                 Slot::Ready { entry, check } => {
                     let codec = StateCodec::of_entry(&entry.path);
-                    if codec == StateCodec::Zstd
-                        && crate::process::which(StateCodec::ZSTD).is_none()
-                    {
+                    if !codec.on_this_host() {
                         // Not a damaged entry: this host cannot read it. Left as it is.
                         drop(slot);
                         self.give_up(

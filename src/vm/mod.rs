@@ -140,7 +140,7 @@ pub enum StateCodec {
 }
 
 impl StateCodec {
-    pub(crate) const ZSTD: &'static str = "zstd";
+    const ZSTD: &'static str = "zstd";
 
     /// The file name, in an environment entry, of a state stored this way.
     pub(crate) fn file_name(self) -> &'static str {
@@ -150,11 +150,19 @@ impl StateCodec {
         }
     }
 
+    /// Whether this host has what reads and writes states stored this way.
+    pub(crate) fn on_this_host(self) -> bool {
+        match self {
+            StateCodec::Plain => true,
+            StateCodec::Zstd => crate::process::which(StateCodec::ZSTD).is_some(),
+        }
+    }
+
     /// How this host stores the states it saves: compressed when it has zstd.
     pub(crate) fn for_saving() -> StateCodec {
-        match crate::process::which(StateCodec::ZSTD) {
-            Some(_) => StateCodec::Zstd,
-            None => StateCodec::Plain,
+        match StateCodec::Zstd.on_this_host() {
+            true => StateCodec::Zstd,
+            false => StateCodec::Plain,
         }
     }
 
