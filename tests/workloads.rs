@@ -193,8 +193,10 @@ first=$(dd if="$VMBUILD_DISK_SCRATCH" bs=512 count=1 2>/dev/null | tr -d '\000' 
 echo "mark of $0" | dd of="$VMBUILD_DISK_SCRATCH" conv=fsync 2>/dev/null
 echo "fresh"
 "#;
-    p.write_exec("tests/disks/first", script);
-    p.write_exec("tests/disks/second", script);
+    // A run of its own: results of earlier runs in the shared store would be reused.
+    let script = format!("{script}# {}\n", common::nonce());
+    p.write_exec("tests/disks/first", &script);
+    p.write_exec("tests/disks/second", &script);
     let disks =
         "disks = [{ name = \"scratch\", size = \"4M\" }, { name = \"data-2\", size = \"8M\" }]";
     test_of_folder(&p, "disks", "busybox-rootfs", disks);
