@@ -85,6 +85,9 @@ pub fn describe(cmd: &Command) -> String {
 pub fn package_for(tool: &str) -> &'static str {
     match tool {
         "qemu-system-x86_64" => "qemu-system-x86",
+        "qemu-system-aarch64" => "qemu-system-arm",
+        "aarch64-linux-gnu-gcc" => "gcc-aarch64-linux-gnu",
+        "aarch64-linux-gnu-ld" => "binutils-aarch64-linux-gnu",
         "qemu-img" => "qemu-utils",
         "mke2fs" | "debugfs" => "e2fsprogs",
         "dpkg-deb" => "dpkg",

@@ -2,8 +2,9 @@
 # vmbuild guest agent: PID 1 of every test VM (booted with rdinit=/vmbuild/init, or
 # started by stage 1, /vmbuild/boot/init, once a disk root is mounted).
 # It mounts the basics, then pulls tests from the host over a dedicated serial port
-# (ttyS1 unless vmbuild.channel= says otherwise), runs each with its timeout, and
-# reports start, output and exit status. The kernel console (ttyS0) stays separate.
+# (ttyS1 unless vmbuild.channel= says otherwise: hvc0 on aarch64), runs each with its
+# timeout, and reports start, output and exit status. The kernel console (ttyS0, or
+# ttyAMA0) stays separate.
 # The line protocol is documented in docs/guest-protocol.md. POSIX sh, and tools that
 # both busybox and Debian's essential set have; what a Debian root lacks (awk, reboot)
 # comes from the static busybox in /vmbuild/bin, when vmbuild put it there.
@@ -65,12 +66,15 @@ for serial_file in /sys/block/*/serial; do
 done
 
 chan=/dev/ttyS1
+# The --keep-alive shell's port.
+hold=/dev/ttyS2
 # The most of a test's output relayed, and the longest line; the host keeps no more.
 maxlog=8388608
 maxline=65536
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         vmbuild.channel=*) chan="/dev/${arg#vmbuild.channel=}" ;;
+        vmbuild.hold=*) hold="/dev/${arg#vmbuild.hold=}" ;;
         vmbuild.maxlog=*) maxlog="${arg#vmbuild.maxlog=}" ;;
         vmbuild.maxline=*) maxline="${arg#vmbuild.maxline=}" ;;
     esac
@@ -240,7 +244,6 @@ while :; do
             # --keep-alive: a test failed; give the user a shell on the third serial port
             # and power off when it exits.
             # The port stays open from here on: closing a serial tty drops its input.
-            hold=/dev/ttyS2
             exec 4<>"$hold"
             echo "vmbuild: kept alive after a failed test; its output is in /tmp/vmbuild-test.log" >&4
             say "VMBUILD HELD ${hold#/dev/}"

@@ -23,7 +23,7 @@ use crate::format::modules::{self, ModulesError};
 use crate::format::{pe, rootfs as layout};
 use crate::process;
 use crate::recipe::units::approx_size;
-use crate::recipe::{BootDiskSpec, ImageFormat};
+use crate::recipe::{Arch, BootDiskSpec, ImageFormat};
 
 /// The smallest ESP: firmware wants FAT32, which needs 65525 clusters (32 MiB of
 /// 512-byte ones); 64 MiB leaves room for a second kernel image, as installers expect.
@@ -71,7 +71,7 @@ pub fn build(
             spec.rootfs.name
         )));
     }
-    let bz_image = kernel.path.join("bzImage");
+    let bz_image = kernel.path.join(Arch::X86_64.kernel_image());
     // The headers are in the first pages; objcopy reads the rest.
     let mut kernel_head = Vec::with_capacity(KERNEL_HEAD);
     use std::io::Read;
@@ -120,7 +120,7 @@ pub fn build(
     if !spec.cmdline.is_empty() {
         extra = format!("{extra} {}", spec.cmdline);
     }
-    let cmdline = guest::cmdline(BOOT_PATH, &extra);
+    let cmdline = guest::cmdline(Arch::X86_64, BOOT_PATH, &extra);
     let uki = ctx.work.join("uki.efi");
     make_uki(ctx, &bz_image, &initrd, &cmdline, &uki)?;
     let uki_size = fs_err::metadata(&uki).map_err(io_err("read", &uki))?.len();

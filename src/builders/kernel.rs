@@ -1,6 +1,8 @@
 //! Kernels: prebuilt (a Debian image package, a URL or a local file) or built from
-//! source with the kernel's own make (see `kernel_source`). Outputs: `bzImage`, `config`,
-//! `System.map`, and `modules/<release>/` when the kernel has modules.
+//! source with the kernel's own make (see `kernel_source`). Outputs: the image
+//! (`Arch::kernel_image`: `bzImage`, or `Image` for aarch64; Debian's arm64 vmlinuz is a
+//! gzip `Image`, which qemu loads as it is), `config`, `System.map`, and
+//! `modules/<release>/` when the kernel has modules.
 
 use std::path::Path;
 
@@ -8,31 +10,36 @@ use serde_json::{json, Map, Value};
 
 use super::{copy_tree, io_err, unpack_deb, BuildContext, BuildError};
 use crate::fetch::http;
-use crate::recipe::{Fetch, KernelSpec};
+use crate::recipe::{Arch, Fetch, KernelSpec};
 
 pub fn build(
     spec: &KernelSpec,
+    arch: Arch,
     ctx: &BuildContext,
     out: &Path,
 ) -> Result<Map<String, Value>, BuildError> {
     match spec {
-        KernelSpec::Prebuilt(fetch) => prebuilt(fetch, ctx, out),
-        KernelSpec::FromSource { .. } => crate::builders::kernel_source::build(spec, ctx, out),
+        KernelSpec::Prebuilt(fetch) => prebuilt(fetch, arch, ctx, out),
+        KernelSpec::FromSource { .. } => {
+            crate::builders::kernel_source::build(spec, arch, ctx, out)
+        }
     }
 }
 
 fn prebuilt(
     fetch: &Fetch,
+    arch: Arch,
     ctx: &BuildContext,
     out: &Path,
 ) -> Result<Map<String, Value>, BuildError> {
     let mut details = Map::new();
+    let image = out.join(arch.kernel_image());
     match fetch {
         Fetch::Deb { package, .. } => {
-            let pin = ctx.lock.pin(package, true)?;
+            let pin = ctx.lock.pin_for(package, arch, true)?;
             let unpacked = ctx.work.join("deb");
             unpack_deb(&pin, &unpacked, ctx)?;
-            let release = install_debian_image(&unpacked, out)?;
+            let release = install_debian_image(&unpacked, &image, out)?;
             details.insert("release".into(), json!(release));
             details.insert(
                 "package".into(),
@@ -42,16 +49,16 @@ fn prebuilt(
         Fetch::Url { url, sha256 } => {
             (ctx.progress)(&format!("downloading {url}"));
             let file = http::download(url, sha256, &ctx.store.downloads())?;
-            copy_tree(&file, &out.join("bzImage"))?;
+            copy_tree(&file, &image)?;
         }
-        Fetch::Path(path) => copy_tree(path, &out.join("bzImage"))?,
+        Fetch::Path(path) => copy_tree(path, &image)?,
     }
     Ok(details)
 }
 
-/// Moves a Debian `linux-image-*` package's kernel, config, System.map and modules into
-/// `out`. Returns the kernel release (e.g. `6.1.0-56-amd64`).
-fn install_debian_image(unpacked: &Path, out: &Path) -> Result<String, BuildError> {
+/// Moves a Debian `linux-image-*` package's kernel (to `image`), config, System.map and
+/// modules into `out`. Returns the kernel release (e.g. `6.1.0-56-amd64`).
+fn install_debian_image(unpacked: &Path, image: &Path, out: &Path) -> Result<String, BuildError> {
     let boot = unpacked.join("boot");
     let vmlinuz = fs_err::read_dir(&boot)
         .map_err(io_err("read", &boot))?
@@ -65,7 +72,7 @@ fn install_debian_image(unpacked: &Path, out: &Path) -> Result<String, BuildErro
         })?;
     let release = vmlinuz["vmlinuz-".len()..].to_string();
     let moves = [
-        (boot.join(&vmlinuz), out.join("bzImage")),
+        (boot.join(&vmlinuz), image.to_path_buf()),
         (boot.join(format!("config-{release}")), out.join("config")),
         (
             boot.join(format!("System.map-{release}")),

@@ -18,10 +18,11 @@ use super::kbuild::BuildFolder;
 use super::{copy_tree, io_err, unpack_deb, BuildContext, BuildError};
 use crate::fetch::http;
 use crate::format::kconfig::read_config;
+use crate::graph::kernel_toolchain;
 use crate::graph::tree_digest;
 use crate::hashing::{self, Listing};
 use crate::process;
-use crate::recipe::{ConfigBase, Fetch, KernelSpec};
+use crate::recipe::{kbuild_flags, Arch, ConfigBase, Fetch, KernelSpec};
 use crate::store::{Build, Manifest};
 
 /// Host tools the kernel build needs, with the Debian package of each.
@@ -42,6 +43,7 @@ const BUILD_HEADERS: [(&str, &str); 2] = [
 
 pub fn build(
     spec: &KernelSpec,
+    arch: Arch,
     ctx: &BuildContext,
     out: &Path,
 ) -> Result<Map<String, Value>, BuildError> {
@@ -54,9 +56,13 @@ pub fn build(
     else {
         return Err(BuildError::Invalid("not a kernel built from source".into()));
     };
-    check_host_tools()?;
+    let make_flags = &kbuild_flags(arch, make_flags);
+    check_host_tools(make_flags)?;
     let (tree, source_id) = source_tree(source, ctx)?;
-    let build_dir = ctx.store.kbuild_dir().join(format!("{source_id}-x86_64"));
+    let build_dir = ctx
+        .store
+        .kbuild_dir()
+        .join(build_dir_name(&source_id, arch));
     fs_err::create_dir_all(&build_dir).map_err(io_err("create", &build_dir))?;
     // One builder at a time per build folder; another vmbuild (or gc) waits here.
     let _lock = ctx.store.lock(&ctx.store.kbuild_lock_key(&build_dir), || {
@@ -116,7 +122,7 @@ pub fn build(
     // is stored must still hold every option asked for.
     check_fragments(fragments, &config)?;
     for (from, to) in [
-        ("arch/x86/boot/bzImage", "bzImage"),
+        (arch.kbuild_image(), arch.kernel_image()),
         (".config", "config"),
         ("System.map", "System.map"),
         ("vmlinux", "vmlinux"),
@@ -347,12 +353,21 @@ fn config_inputs(
     Ok(hashing::sha256_hex(inputs.to_string().as_bytes()))
 }
 
-fn check_host_tools() -> Result<(), BuildError> {
+/// The build tools, and the compiler and linker the make flags pick (a cross compiler
+/// for another arch), each present or named with its package.
+fn check_host_tools(make_flags: &[String]) -> Result<(), BuildError> {
+    let (compiler, linker) = kernel_toolchain(make_flags);
     let mut missing: Vec<&str> = BUILD_TOOLS
         .iter()
         .filter(|(tool, _)| process::which(tool).is_none())
         .map(|(_, p)| *p)
         .collect();
+    for tool in [&compiler, &linker] {
+        let package = process::package_for(tool);
+        if process::which(tool).is_none() && !missing.contains(&package) {
+            missing.push(package);
+        }
+    }
     missing.extend(
         BUILD_HEADERS
             .iter()
@@ -377,9 +392,14 @@ pub(crate) fn local_source_id(tree: &Path) -> String {
     )
 }
 
-/// The build folder of a local tree, under the store's `kbuild/`.
-pub(crate) fn local_build_dir_name(tree: &Path) -> String {
-    format!("{}-x86_64", local_source_id(tree))
+/// The build folder of a local tree for `arch`, under the store's `kbuild/`.
+pub(crate) fn local_build_dir_name(tree: &Path, arch: Arch) -> String {
+    build_dir_name(&local_source_id(tree), arch)
+}
+
+/// One build folder per source and arch: the objects of one arch are no use to another.
+fn build_dir_name(source_id: &str, arch: Arch) -> String {
+    format!("{source_id}-{}", arch.name())
 }
 
 /// The unpacked source tree, and a stable id for the build folder.

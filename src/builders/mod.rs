@@ -80,8 +80,8 @@ pub fn build(
     out: &Path,
 ) -> Result<serde_json::Map<String, serde_json::Value>, BuildError> {
     match &recipe.spec {
-        Spec::Kernel(spec) => kernel::build(spec, ctx, out),
-        Spec::Rootfs(spec) => rootfs::build(spec, ctx, out),
+        Spec::Kernel(spec) => kernel::build(spec, recipe.arch, ctx, out),
+        Spec::Rootfs(spec) => rootfs::build(spec, recipe.arch, ctx, out),
         Spec::Bundle(spec) => bundle::build(&recipe.name, spec, ctx, out),
         Spec::Disk(spec) => disk::build(spec, ctx, out),
         Spec::Test(_) => Err(BuildError::Invalid(format!(

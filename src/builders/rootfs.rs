@@ -17,7 +17,7 @@ use crate::fetch::{apt, FetchError};
 use crate::format::cpio::CpioWriter;
 use crate::format::rootfs as layout;
 use crate::process;
-use crate::recipe::{RootfsBase, RootfsFormat, RootfsSpec};
+use crate::recipe::{Arch, RootfsBase, RootfsFormat, RootfsSpec, BUSYBOX_PACKAGE};
 
 /// The `/init` of a busybox root that includes nothing else: mount the basics, give a shell.
 const BUSYBOX_INIT: &str = "#!/bin/sh
@@ -35,6 +35,7 @@ const BUSYBOX_DIRS: [&str; 14] = [
 
 pub fn build(
     spec: &RootfsSpec,
+    arch: Arch,
     ctx: &BuildContext,
     out: &Path,
 ) -> Result<Map<String, Value>, BuildError> {
@@ -43,7 +44,7 @@ pub fn build(
     let mut details = Map::new();
     match &spec.base {
         RootfsBase::Busybox => {
-            let version = busybox_base(ctx, &root)?;
+            let version = busybox_base(ctx, arch, &root)?;
             details.insert("busybox".into(), json!(version));
         }
         RootfsBase::Debian(release) => debian_base(release, &spec.packages, ctx, &root)?,
@@ -69,40 +70,89 @@ pub fn build(
         }
     }
     if spec.carries_busybox() {
-        let (busybox, version) = fetch_busybox(ctx, "boot-busybox")?;
+        let (busybox, version) = fetch_busybox(ctx, arch, "boot-busybox")?;
         copy_tree(&busybox, &out.join(layout::BOOT_BUSYBOX))?;
         details.insert("boot_busybox".into(), json!(version));
     }
     Ok(details)
 }
 
-/// Debian's static busybox (`busybox-static`, pinned in the lock), unpacked into the work
-/// folder's `unpack_as`: its path and the package version.
+/// Debian's static busybox for `arch` (`busybox-static`, pinned in the lock), unpacked
+/// into the work folder's `unpack_as`: its path and the package version.
 fn fetch_busybox(
     ctx: &BuildContext,
+    arch: Arch,
     unpack_as: &str,
 ) -> Result<(std::path::PathBuf, String), BuildError> {
-    let pin = ctx.lock.pin("busybox-static", false)?;
-    (ctx.progress)(&format!("fetching busybox-static {}", pin.version));
+    let pin = ctx.lock.pin_for(BUSYBOX_PACKAGE, arch, false)?;
+    (ctx.progress)(&format!(
+        "fetching {BUSYBOX_PACKAGE} {} ({})",
+        pin.version, pin.architecture
+    ));
     let deb = apt::download(&pin, &ctx.store.downloads())?;
     let unpacked = ctx.work.join(unpack_as);
     apt::extract(&deb, &unpacked)?;
     Ok((unpacked.join("bin/busybox"), pin.version))
 }
 
-/// Lays out busybox with a link for every applet. Returns the busybox package version.
-fn busybox_base(ctx: &BuildContext, root: &Path) -> Result<String, BuildError> {
-    let (unpacked, version) = fetch_busybox(ctx, "busybox-deb")?;
+/// Where each applet of `busybox` (a binary for `arch`) is linked (`bin/ls`,
+/// `usr/bin/awk`), as its `--list-full` says. A binary for another machine cannot run
+/// here: the host's busybox of the same Debian package says where each applet goes (one
+/// source and one configuration builds every architecture), and only the applets whose
+/// names the binary holds are linked.
+fn applet_paths(ctx: &BuildContext, arch: Arch, busybox: &Path) -> Result<Vec<String>, BuildError> {
+    let lister = match arch == Arch::host() {
+        true => busybox.to_path_buf(),
+        false => fetch_busybox(ctx, Arch::host(), "busybox-host")?.0,
+    };
+    let list = process::run(Command::new(&lister).arg("--list-full"))?;
+    let listed = String::from_utf8_lossy(&list.stdout);
+    let paths = listed
+        .lines()
+        .filter(|l| !l.is_empty() && *l != "bin/busybox")
+        .map(str::to_string);
+    if arch == Arch::host() {
+        return Ok(paths.collect());
+    }
+    let binary = fs_err::read(busybox).map_err(io_err("read", busybox))?;
+    let names = applet_names(&binary);
+    Ok(paths
+        .filter(|p| names.contains(p.rsplit('/').next().unwrap_or(p)))
+        .collect())
+}
+
+/// The applet names a busybox binary holds: its `applet_names` table, the NUL-separated
+/// sorted names that start with `[` and `[[`.
+fn applet_names(binary: &[u8]) -> std::collections::BTreeSet<&str> {
+    const TABLE_START: &[u8] = b"[\0[[\0";
+    let Some(start) = binary
+        .windows(TABLE_START.len())
+        .position(|w| w == TABLE_START)
+    else {
+        return Default::default();
+    };
+    binary[start..]
+        .split(|b| *b == 0)
+        .map_while(|name| {
+            std::str::from_utf8(name).ok().filter(|n| {
+                !n.is_empty()
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"[-_.".contains(&b))
+            })
+        })
+        .collect()
+}
+
+/// Lays out `arch`'s busybox with a link for every applet. Returns the busybox package
+/// version.
+fn busybox_base(ctx: &BuildContext, arch: Arch, root: &Path) -> Result<String, BuildError> {
+    let (unpacked, version) = fetch_busybox(ctx, arch, "busybox-deb")?;
     for dir in BUSYBOX_DIRS {
         fs_err::create_dir_all(root.join(dir)).map_err(io_err("create", &root.join(dir)))?;
     }
     let busybox = root.join("bin/busybox");
     copy_tree(&unpacked, &busybox)?;
-    let list = process::run(Command::new(&busybox).arg("--list-full"))?;
-    for applet in String::from_utf8_lossy(&list.stdout)
-        .lines()
-        .filter(|l| !l.is_empty() && *l != "bin/busybox")
-    {
+    for applet in applet_paths(ctx, arch, &busybox)? {
         let link = root.join(applet);
         if link.symlink_metadata().is_err() {
             if let Some(parent) = link.parent() {
@@ -317,4 +367,17 @@ fn pin_ext4_times(root: &Path, image: &Path) -> Result<(), BuildError> {
     fs_err::remove_file(&script_path).map_err(io_err("remove", &script_path))?;
     result?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applet_names_are_read_from_the_table_that_starts_with_the_brackets() {
+        let binary = b"\x7fELF junk\0ls\0[\0[[\0acpid\0add-shell\0ls\0zcat\0\0\x01\x02sh\0";
+        let names: Vec<&str> = applet_names(binary).into_iter().collect();
+        assert_eq!(names, ["[", "[[", "acpid", "add-shell", "ls", "zcat"]);
+        assert!(applet_names(b"no table here").is_empty());
+    }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::engine::{Engine, Error, Force};
-use crate::recipe::{Spec, VmSpec};
+use crate::recipe::{Arch, Spec, VmSpec};
 use crate::report::{Event, Reporter};
 use crate::store::Entry;
 use crate::testing::runner::Artifacts;
@@ -67,12 +67,22 @@ impl BootEnv {
                 )));
             }
         }
+        let [kernel_arch, rootfs_arch] =
+            [0, 1].map(|i| plan.graph.nodes[plan.graph.roots[i]].recipe.arch);
+        if kernel_arch != rootfs_arch {
+            return Err(Error::Usage(format!(
+                "--kernel `{kernel}` is for {} and --rootfs `{rootfs}` for {}: boot a kernel \
+                 and a root of one arch",
+                kernel_arch.name(),
+                rootfs_arch.name()
+            )));
+        }
         let built = engine.build(&plan, Force::None)?;
         let [kernel, rootfs] =
             [0, 1].map(|i| plan.graph.nodes[plan.graph.roots[i]].recipe.name.clone());
         Ok(BootEnv {
             name: format!("{kernel}-{rootfs}"),
-            vm: VmSpec::default(),
+            vm: VmSpec::for_arch(kernel_arch),
             kernel,
             rootfs,
             bundles: vec![],
@@ -93,9 +103,12 @@ impl BootEnv {
     }
 }
 
-/// KVM if it works, else TCG, said once.
-pub(super) fn accel(engine: &Engine, reporter: &dyn Reporter) -> Accel {
+/// KVM if it works for `vm`'s guest, else TCG, said once.
+pub(super) fn accel(engine: &Engine, reporter: &dyn Reporter, vm: &VmSpec) -> Accel {
     let (accel, reason) = vm::detect_accel(engine.store.root());
+    if vm.arch != Arch::host() {
+        return accel.for_guest(vm.arch);
+    }
     if let Some(reason) = reason {
         reporter.event(Event::Notice(&format!(
             "KVM is not usable ({reason}): using TCG"

@@ -96,7 +96,10 @@ pub fn run(global: &Global, reporter: &Renderer, args: GcArgs) -> Result<i32, Er
                 Spec::Kernel(KernelSpec::FromSource {
                     source: Fetch::Path(tree),
                     ..
-                }) => Some([local_build_dir_name(tree), stat_cache_name(tree)]),
+                }) => Some([
+                    local_build_dir_name(tree, n.recipe.arch),
+                    stat_cache_name(tree),
+                ]),
                 _ => None,
             })
             .flatten()

@@ -69,7 +69,7 @@ pub fn run(global: &Global, reporter: &Renderer, args: RunArgs) -> Result<i32, E
             ))
         }
     };
-    let accel = boot::accel(&engine, reporter);
+    let accel = boot::accel(&engine, reporter, &env.vm);
     reporter.finish();
     let console_log = engine
         .store

@@ -23,7 +23,7 @@ pub struct ShellArgs {
 pub fn run(global: &Global, reporter: &Renderer, args: ShellArgs) -> Result<i32, Error> {
     let engine = open_engine(global, reporter, false)?;
     let env = BootEnv::test(&engine, &args.recipe, "shell")?;
-    let accel = boot::accel(&engine, reporter);
+    let accel = boot::accel(&engine, reporter, &env.vm);
     reporter.finish();
     eprintln!(
         "booting {}: tests are in /vmbuild/bundles; `exit`, `poweroff -f` or `halt -f` end the session (Ctrl-A X quits qemu)",

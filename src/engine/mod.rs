@@ -158,7 +158,7 @@ impl<'a> Engine<'a> {
             return None;
         }
         // The accelerator plays no part in where the firmware is.
-        let backend = vm::backend(&test.vm.backend, vm::Accel::Tcg).ok()?;
+        let backend = vm::backend(&test.vm, vm::Accel::Tcg).ok()?;
         let code = backend.firmware().ok()?.code;
         self.tools.file_digest(&code).ok()
     }

@@ -254,7 +254,7 @@ impl Engine<'_> {
                 booting: &|| {
                     self.reporter.event(Event::Booting {
                         recipe: name,
-                        accel: accel.name(),
+                        accel: job.accel.name(),
                         vms: spec.vm.vms,
                     })
                 },
@@ -313,7 +313,7 @@ impl Engine<'_> {
             inputs: &inputs,
             spec,
             artifacts: &arts,
-            accel,
+            accel: accel.for_guest(spec.vm.arch),
             force: self.forced(plan, i, options.force),
             keep_alive: options.keep_alive,
             cold: options.cold,
@@ -428,7 +428,8 @@ impl Engine<'_> {
                 .index_of(&r.name)
                 .map_or("", |idx| plan.keys[idx].as_str())
         };
-        let backend = vm::backend(&spec.vm.backend, accel).ok()?;
+        let accel = accel.for_guest(spec.vm.arch);
+        let backend = vm::backend(&spec.vm, accel).ok()?;
         let bundles = spec
             .bundles
             .iter()

@@ -127,9 +127,30 @@ fn kernel_image_dependency(depends: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Resolves a package name to the candidate version apt would fetch now.
-pub fn resolve(request: &str, follow_kernel_meta: bool) -> Result<Pin, FetchError> {
-    let mut package = request.to_string();
+/// Resolves `package` (for Debian's `architecture`, when not the host's) to the
+/// candidate version apt would fetch now, as the pin named `request`.
+pub fn resolve(
+    request: &str,
+    package: &str,
+    architecture: Option<&str>,
+    follow_kernel_meta: bool,
+) -> Result<Pin, FetchError> {
+    let qualified = |name: &str| match architecture {
+        Some(arch) => format!("{name}:{arch}"),
+        None => name.to_string(),
+    };
+    let show = |name: &str| {
+        show(&qualified(name)).map_err(|e| match (e, architecture) {
+            (FetchError::UnknownPackage { package }, Some(arch)) => {
+                FetchError::UnknownForeignPackage {
+                    package,
+                    arch: arch.to_string(),
+                }
+            }
+            (e, _) => e,
+        })
+    };
+    let mut package = package.to_string();
     let mut fields = show(&package)?;
     if follow_kernel_meta {
         if let Some(real) = field(&fields, "Depends").and_then(kernel_image_dependency) {
@@ -164,7 +185,7 @@ pub fn download(pin: &Pin, downloads: &Path) -> Result<PathBuf, FetchError> {
         .prefix(".apt-")
         .tempdir_in(downloads)
         .map_err(io_err("create a temp folder in", downloads))?;
-    let spec = format!("{}={}", pin.package, pin.version);
+    let spec = download_spec(pin);
     process::run(
         Command::new("apt-get")
             .args(["download", "-q", &spec])
@@ -190,6 +211,15 @@ pub fn download(pin: &Pin, downloads: &Path) -> Result<PathBuf, FetchError> {
     Ok(target)
 }
 
+/// What `apt-get download` is asked for: the exact build, for its architecture (an
+/// `all` package has one build, which apt names without it).
+fn download_spec(pin: &Pin) -> String {
+    match pin.architecture.as_str() {
+        "all" => format!("{}={}", pin.package, pin.version),
+        arch => format!("{}:{arch}={}", pin.package, pin.version),
+    }
+}
+
 /// Unpacks a .deb's files into `dest` without installing it.
 pub fn extract(deb: &Path, dest: &Path) -> Result<(), FetchError> {
     process::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(dest))?;
@@ -208,5 +238,21 @@ mod tests {
             Some("linux-image-6.1.0-56-amd64")
         );
         assert_eq!(kernel_image_dependency("libc6 (>= 2.36)"), None);
+    }
+
+    #[test]
+    fn a_download_names_the_pinned_build_and_its_architecture() {
+        let pin = |architecture: &str| Pin {
+            name: "busybox-static:arm64".into(),
+            package: "busybox-static".into(),
+            version: "1:1.35.0-4".into(),
+            architecture: architecture.into(),
+            sha256: "0".repeat(64),
+        };
+        assert_eq!(
+            download_spec(&pin("arm64")),
+            "busybox-static:arm64=1:1.35.0-4"
+        );
+        assert_eq!(download_spec(&pin("all")), "busybox-static=1:1.35.0-4");
     }
 }

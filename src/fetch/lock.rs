@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::apt::{self, Pin};
 use super::FetchError;
 use crate::fsio::io_err;
-use crate::recipe::grammar;
+use crate::recipe::{grammar, Arch};
 
 pub const LOCK_FILE: &str = "vmbuild.lock";
 
@@ -63,17 +63,44 @@ impl Lock {
     /// `follow_kernel_meta` follows a meta package such as `linux-image-amd64` to the
     /// real image package it depends on.
     pub fn pin(&self, package: &str, follow_kernel_meta: bool) -> Result<Pin, FetchError> {
+        self.pin_as(package.to_string(), package, None, follow_kernel_meta)
+    }
+
+    /// The pin for `package` built for `arch`: the host's own build is the unqualified
+    /// name's pin (the lock's `busybox-static`), another's is pinned as `NAME:ARCH`
+    /// (`busybox-static:arm64`), which the host's apt fetches once it has that
+    /// architecture (`dpkg --add-architecture arm64`).
+    pub fn pin_for(
+        &self,
+        package: &str,
+        arch: Arch,
+        follow_kernel_meta: bool,
+    ) -> Result<Pin, FetchError> {
+        if arch == Arch::host() {
+            return self.pin(package, follow_kernel_meta);
+        }
+        let name = format!("{package}:{}", arch.debian());
+        self.pin_as(name, package, Some(arch.debian()), follow_kernel_meta)
+    }
+
+    fn pin_as(
+        &self,
+        name: String,
+        package: &str,
+        architecture: Option<&str>,
+        follow_kernel_meta: bool,
+    ) -> Result<Pin, FetchError> {
         if let Some(pin) = self
             .pins
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(package)
+            .get(&name)
         {
             return Ok(pin.clone());
         }
-        let pin = apt::resolve(package, follow_kernel_meta)?;
+        let pin = apt::resolve(&name, package, architecture, follow_kernel_meta)?;
         let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
-        pins.insert(package.to_string(), pin.clone());
+        pins.insert(name, pin.clone());
         self.save(&pins)?;
         Ok(pin)
     }
@@ -112,7 +139,18 @@ impl Lock {
 /// A pin's fields reach `apt-get download NAME=VERSION` and a path in the downloads
 /// folder: each must follow its grammar, whatever the lock file says.
 fn check_pin(pin: &Pin) -> Result<(), String> {
-    grammar::debian_package(&pin.name)?;
+    // `NAME` or `NAME:ARCH`, as `pin_for` writes them.
+    let (name, arch) = match pin.name.split_once(':') {
+        Some((name, arch)) => (name, Some(arch)),
+        None => (pin.name.as_str(), None),
+    };
+    grammar::debian_package(name)?;
+    if arch.is_some_and(|a| a != pin.architecture) {
+        return Err(format!(
+            "`{}` is pinned to a package for {}",
+            pin.name, pin.architecture
+        ));
+    }
     grammar::debian_package(&pin.package)?;
     let version_ok = pin.version.starts_with(|c: char| c.is_ascii_digit())
         && pin
@@ -154,4 +192,58 @@ fn read_pins(path: &Path) -> BTreeMap<String, Pin> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pin_for_another_arch_is_named_by_it_and_must_be_a_build_for_it() {
+        let pin = |name: &str, architecture: &str| Pin {
+            name: name.into(),
+            package: "busybox-static".into(),
+            version: "1:1.35.0-4".into(),
+            architecture: architecture.into(),
+            sha256: "a".repeat(64),
+        };
+        assert!(check_pin(&pin("busybox-static", "amd64")).is_ok());
+        assert!(check_pin(&pin("busybox-static:arm64", "arm64")).is_ok());
+        let err = check_pin(&pin("busybox-static:arm64", "amd64")).unwrap_err();
+        assert!(err.contains("pinned to a package for amd64"), "{err}");
+        assert!(check_pin(&pin("busybox static:arm64", "arm64")).is_err());
+    }
+
+    #[test]
+    fn the_hosts_own_arch_is_the_unqualified_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = pin_text("busybox-static", Arch::host().debian(), 'b');
+        let other = pin_text("busybox-static:arm64", "arm64", 'c');
+        fs_err::write(dir.path().join(LOCK_FILE), format!("{host}\n{other}")).unwrap();
+        let lock = Lock::open(dir.path(), false).unwrap();
+        // Both are in the lock: apt is not asked.
+        assert_eq!(
+            lock.pin_for("busybox-static", Arch::host(), false)
+                .unwrap()
+                .sha256,
+            "b".repeat(64)
+        );
+        if Arch::host() == Arch::X86_64 {
+            let arm = lock
+                .pin_for("busybox-static", Arch::Aarch64, false)
+                .unwrap();
+            assert_eq!(
+                (arm.architecture.as_str(), arm.sha256),
+                ("arm64", "c".repeat(64))
+            );
+        }
+    }
+
+    fn pin_text(name: &str, architecture: &str, digit: char) -> String {
+        format!(
+            "[[package]]\nname = \"{name}\"\npackage = \"busybox-static\"\nversion = \"1:1.35.0-4\"\n\
+             architecture = \"{architecture}\"\nsha256 = \"{}\"\n",
+            digit.to_string().repeat(64)
+        )
+    }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::key::{KeyInputs, ARCH, KEY_SCHEMA};
+use super::key::{KeyInputs, KEY_SCHEMA};
 use crate::recipe::VmSpec;
 
 /// What a booted test environment (a VM snapshot: `testing::warm`) is made of.
@@ -50,7 +50,7 @@ pub(crate) fn environment_key(env: &Environment) -> KeyInputs {
     KeyInputs {
         schema: KEY_SCHEMA,
         kind: "environment",
-        arch: ARCH,
+        arch: vm.arch.name(),
         recipe: json!({
             "bundles": env.bundles.iter().map(|(name, _)| name).collect::<Vec<_>>(),
             "guest_sha256": crate::format::guest::fingerprint(),

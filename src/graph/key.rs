@@ -35,14 +35,15 @@ use crate::fetch::FetchError;
 use crate::hashing::{self, TreeEntry};
 use crate::process::ProcessError;
 use crate::recipe::{
-    BackendKind, BundleBuild, BundleSpec, ConfigBase, Fetch, ImageFormat, Isolation, KernelSpec,
-    Recipe, RootfsBase, RootfsFormat, Spec,
+    kbuild_flags, Arch, BackendKind, BundleBuild, BundleSpec, ConfigBase, Fetch, ImageFormat,
+    Isolation, KernelSpec, Recipe, RootfsBase, RootfsFormat, Spec, BUSYBOX_PACKAGE,
 };
 use crate::tools::Tools;
 
 /// Bump when any builder's output changes for identical inputs.
 pub const KEY_SCHEMA: u32 = 2;
-pub const ARCH: &str = "x86_64";
+/// The `arch` of a bundle of files, which any guest runs.
+const ANY_ARCH: &str = "any";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -75,6 +76,7 @@ pub struct KeyContext<'a> {
 pub struct KeyInputs {
     pub schema: u32,
     pub kind: &'static str,
+    /// `Arch::name`, or `any` for a bundle of files.
     pub arch: &'static str,
     pub recipe: Value,
     pub deps: BTreeMap<String, String>,
@@ -161,9 +163,19 @@ pub(crate) fn hash_path(path: &Path) -> Result<Value, KeyError> {
     }
 }
 
-fn fetch_inputs(fetch: &Fetch, ctx: &KeyContext, kernel_meta: bool) -> Result<Value, KeyError> {
+/// A fetched input's identity; a Debian package's is its pin for `arch` (`None`: an
+/// architecture-independent package, such as a kernel's source).
+fn fetch_inputs(
+    fetch: &Fetch,
+    ctx: &KeyContext,
+    arch: Option<Arch>,
+    kernel_meta: bool,
+) -> Result<Value, KeyError> {
     Ok(match fetch {
-        Fetch::Deb { package, .. } => json!({ "deb": ctx.lock.pin(package, kernel_meta)? }),
+        Fetch::Deb { package, .. } => json!({ "deb": match arch {
+            Some(arch) => ctx.lock.pin_for(package, arch, kernel_meta)?,
+            None => ctx.lock.pin(package, kernel_meta)?,
+        } }),
         Fetch::Url { sha256, .. } => json!({ "sha256": sha256 }),
         Fetch::Path(path) => json!({ "path": hash_path(path)? }),
     })
@@ -207,7 +219,7 @@ pub fn compute_key(
             })
         }
         Spec::Kernel(KernelSpec::Prebuilt(fetch)) => {
-            json!({ "prebuilt": fetch_inputs(fetch, ctx, true)? })
+            json!({ "prebuilt": fetch_inputs(fetch, ctx, Some(recipe.arch), true)? })
         }
         Spec::Kernel(KernelSpec::FromSource {
             source,
@@ -217,7 +229,7 @@ pub fn compute_key(
         }) => {
             // The compiler the make flags pick (`CC=`, `LLVM=`), else gcc; the linker and
             // make: each can change the kernel, and Kconfig probes them.
-            let (compiler, linker) = kernel_toolchain(make_flags);
+            let (compiler, linker) = kernel_toolchain(&kbuild_flags(recipe.arch, make_flags));
             tool(&compiler, &["--version"])?;
             tool(&linker, &["--version"])?;
             tool("make", &["--version"])?;
@@ -244,7 +256,7 @@ pub fn compute_key(
                         .map_err(|source| hash_error(&ctx.trees_dir, source))?;
                     json!({ "tree": listing.digest })
                 }
-                other => fetch_inputs(other, ctx, false)?,
+                other => fetch_inputs(other, ctx, None, false)?,
             };
             json!({
                 "source": source,
@@ -254,7 +266,9 @@ pub fn compute_key(
         }
         Spec::Rootfs(r) => {
             let base = match &r.base {
-                RootfsBase::Busybox => json!({ "busybox": ctx.lock.pin("busybox-static", false)? }),
+                RootfsBase::Busybox => {
+                    json!({ "busybox": ctx.lock.pin_for(BUSYBOX_PACKAGE, recipe.arch, false)? })
+                }
                 RootfsBase::Debian(release) => {
                     tool("mmdebstrap", &["--version"])?;
                     json!({ "debian": release })
@@ -265,7 +279,7 @@ pub fn compute_key(
                 tool("mke2fs", &["-V"])?;
             }
             let boot_busybox = if r.carries_busybox() {
-                Some(ctx.lock.pin("busybox-static", false)?)
+                Some(ctx.lock.pin_for(BUSYBOX_PACKAGE, recipe.arch, false)?)
             } else {
                 None
             };
@@ -286,6 +300,10 @@ pub fn compute_key(
             if let Some(pin) = boot_busybox {
                 inputs["boot_busybox"] = json!(pin);
             }
+            // Where another arch's applets are linked is what the host's busybox lists.
+            if r.base == RootfsBase::Busybox && recipe.arch != Arch::host() {
+                inputs["applets_listed_by"] = json!(ctx.lock.pin(BUSYBOX_PACKAGE, false)?);
+            }
             inputs
         }
         // The bundle's name is its folder in the guest (`/vmbuild/bundles/<name>`).
@@ -301,12 +319,12 @@ pub fn compute_key(
         }
         Spec::Test(t) => {
             match t.vm.backend {
-                BackendKind::Qemu => tool(BackendKind::Qemu.program(), &["--version"])?,
+                BackendKind::Qemu => tool(BackendKind::Qemu.program(t.vm.arch), &["--version"])?,
                 // bhyve and grub-bhyve print no version: their binaries are their identity.
                 // A host without them has no results made with them to find: its key says
                 // so, and the test phase says what to install (exit 4).
                 BackendKind::Bhyve => {
-                    for program in [BackendKind::Bhyve.program(), "grub-bhyve"] {
+                    for program in [BackendKind::Bhyve.program(t.vm.arch), "grub-bhyve"] {
                         let digest = ctx.tools.binary_digest(program);
                         by_digest.push((program, digest.unwrap_or_else(|_| "absent".into())));
                     }
@@ -346,7 +364,7 @@ pub fn compute_key(
     Ok(KeyInputs {
         schema: KEY_SCHEMA,
         kind: recipe.kind(),
-        arch: ARCH,
+        arch: recipe.target_arch().map_or(ANY_ARCH, Arch::name),
         recipe: recipe_inputs,
         deps,
         tools,

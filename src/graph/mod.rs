@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 pub(crate) use environment::{environment_key, Environment};
 pub(crate) use explain::explain_change;
-pub(crate) use key::{build_input_content, hash_path, tree_digest};
+pub(crate) use key::{build_input_content, hash_path, kernel_toolchain, tree_digest};
 pub use key::{compute_key, KeyContext, KeyError, KeyInputs, KEY_SCHEMA};
 
 use crate::recipe::{Diagnostic, Project, Recipe, RecipeError, RecipeRef, RootfsFormat, Spec};
@@ -145,6 +145,9 @@ impl Loader<'_> {
 /// What a reference of the right kind still cannot name: a disk's root must be an ext4
 /// image; a test booting a disk boots the disk's kernel, with the disk's command line.
 fn mismatch(recipe: &Recipe, field: &str, dep: &Recipe) -> Option<String> {
+    if let Some(message) = arch_mismatch(recipe, field, dep) {
+        return Some(message);
+    }
     match (&recipe.spec, field, &dep.spec) {
         (Spec::Disk(_), "rootfs", Spec::Rootfs(root)) if root.format != RootfsFormat::Ext4 => {
             Some(format!(
@@ -173,6 +176,38 @@ fn mismatch(recipe: &Recipe, field: &str, dep: &Recipe) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// A kernel, root or bundle for another machine than the recipe using it (a test may come
+/// `after` a test of any arch).
+fn arch_mismatch(recipe: &Recipe, field: &str, dep: &Recipe) -> Option<String> {
+    let (Some(want), Some(have)) = (recipe.target_arch(), dep.target_arch()) else {
+        return None;
+    };
+    if want == have || field == "after" {
+        return None;
+    }
+    let help = match (&recipe.spec, &dep.spec) {
+        (Spec::Disk(_), _) => "bootable disks are x86_64 UEFI images".to_string(),
+        (_, Spec::Bundle(_)) => format!(
+            "a [build] bundle is built on this host, for {have}; a bundle of files \
+             (tests = \"FOLDER\") runs on any guest",
+            have = have.name()
+        ),
+        _ => format!(
+            "set arch = \"{}\" in `{}`, or name a {} recipe here",
+            have.name(),
+            recipe.name,
+            want.name()
+        ),
+    };
+    Some(format!(
+        "`{}` is for {}, but `{}` (its `{field}`) is for {}: {help}",
+        recipe.name,
+        want.name(),
+        dep.name,
+        have.name()
+    ))
 }
 
 /// `bundles = ["smoke"]` naming a test recipe, a kernel naming a rootfs, ...: said at the

@@ -15,6 +15,12 @@ pub struct Kind {
     pub kind: Option<Text>,
 }
 
+/// A recipe's `arch`, read beside its kind: kernels, roots and tests declare it.
+#[derive(Deserialize)]
+pub struct ArchField {
+    pub arch: Option<Text>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
@@ -36,6 +42,9 @@ pub struct KernelConfig {
 #[serde(deny_unknown_fields)]
 pub struct Kernel {
     pub kind: Text,
+    /// Read through `ArchField`; declared so `deny_unknown_fields` accepts it.
+    #[allow(dead_code)]
+    pub arch: Option<Text>,
     pub source: Option<Spanned<Source>>,
     pub config: Option<KernelConfig>,
     pub prebuilt: Option<Spanned<Source>>,
@@ -50,6 +59,8 @@ pub struct Kernel {
 #[serde(deny_unknown_fields)]
 pub struct Rootfs {
     pub kind: Option<Text>,
+    /// Read through `ArchField` for a recipe; a module may not set it.
+    pub arch: Option<Text>,
     pub base: Option<Text>,
     #[serde(default)]
     pub packages: Vec<Text>,
@@ -130,6 +141,9 @@ pub struct Test {
     /// Read through `Kind`; declared so `deny_unknown_fields` accepts it.
     #[allow(dead_code)]
     pub kind: Text,
+    /// Read through `ArchField`; declared so `deny_unknown_fields` accepts it.
+    #[allow(dead_code)]
+    pub arch: Option<Text>,
     pub kernel: Text,
     pub rootfs: Text,
     #[serde(default)]

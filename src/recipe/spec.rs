@@ -20,7 +20,98 @@ pub struct RecipeRef {
 pub struct Recipe {
     pub name: String,
     pub file: PathBuf,
+    /// The machine the recipe's output is for (`arch`; x86_64 unless it says otherwise).
+    /// Bundles of files run on any: see `target_arch`.
+    pub arch: Arch,
     pub spec: Spec,
+}
+
+/// Debian's static busybox: the base of busybox roots, and what stage 1 and the guest
+/// agent run on other roots.
+pub const BUSYBOX_PACKAGE: &str = "busybox-static";
+
+/// The make variables that build a kernel for `arch` on this host, then the recipe's
+/// own `make_flags` (which may override them: another `CROSS_COMPILE=`). Nothing for the
+/// host's own arch, so its kernels' keys stay as they were.
+pub fn kbuild_flags(arch: Arch, make_flags: &[String]) -> Vec<String> {
+    let mut flags = Vec::new();
+    if arch != Arch::host() {
+        let (kernel_arch, cross) = match arch {
+            Arch::X86_64 => ("x86", "x86_64-linux-gnu-"),
+            Arch::Aarch64 => ("arm64", "aarch64-linux-gnu-"),
+        };
+        flags.push(format!("ARCH={kernel_arch}"));
+        flags.push(format!("CROSS_COMPILE={cross}"));
+    }
+    flags.extend(make_flags.iter().cloned());
+    flags
+}
+
+/// The machine a kernel, a root or a test is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Arch {
+    #[default]
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::Aarch64];
+
+    /// Its name in recipes and keys (and `uname -m` in the guest).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// Its name in Debian (`dpkg --print-architecture`, package architectures).
+    pub const fn debian(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Arch> {
+        Arch::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// The machine vmbuild itself runs on: the one whose packages the host's apt fetches
+    /// unqualified, and whose guests KVM can run.
+    pub const fn host() -> Arch {
+        if cfg!(target_arch = "aarch64") {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        }
+    }
+
+    /// The name of the kernel image in a kernel's entry: what its build makes
+    /// (`arch/x86/boot/bzImage`, `arch/arm64/boot/Image`) and qemu's `-kernel` loads.
+    pub const fn kernel_image(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "bzImage",
+            Arch::Aarch64 => "Image",
+        }
+    }
+
+    /// Where the kernel's build leaves the image `kernel_image` names.
+    pub const fn kbuild_image(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "arch/x86/boot/bzImage",
+            Arch::Aarch64 => "arch/arm64/boot/Image",
+        }
+    }
+
+    /// The qemu machine a test VM is unless `[vm] machine` says otherwise.
+    pub const fn default_machine(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "q35",
+            Arch::Aarch64 => "virt",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -190,11 +281,12 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
-    /// The program that runs the VMs.
-    pub const fn program(&self) -> &'static str {
-        match self {
-            BackendKind::Qemu => "qemu-system-x86_64",
-            BackendKind::Bhyve => "bhyve",
+    /// The program that runs `arch`'s VMs.
+    pub const fn program(&self, arch: Arch) -> &'static str {
+        match (self, arch) {
+            (BackendKind::Qemu, Arch::X86_64) => "qemu-system-x86_64",
+            (BackendKind::Qemu, Arch::Aarch64) => "qemu-system-aarch64",
+            (BackendKind::Bhyve, _) => "bhyve",
         }
     }
 }
@@ -255,6 +347,8 @@ pub struct DiskSpec {
 
 #[derive(Debug, Clone)]
 pub struct VmSpec {
+    /// The guest's machine: the test recipe's `arch`.
+    pub arch: Arch,
     pub backend: BackendKind,
     pub machine: String,
     pub memory_mb: u64,
@@ -272,6 +366,15 @@ pub struct VmSpec {
 }
 
 impl VmSpec {
+    /// The defaults for a guest of `arch`.
+    pub fn for_arch(arch: Arch) -> VmSpec {
+        VmSpec {
+            arch,
+            machine: arch.default_machine().into(),
+            ..VmSpec::default()
+        }
+    }
+
     /// Each test gets a VM of its own: asked for (`isolation = "test"`), or needed for
     /// fresh scratch disks (disks not shared).
     pub fn vm_per_test(&self) -> bool {
@@ -283,8 +386,9 @@ impl VmSpec {
 impl Default for VmSpec {
     fn default() -> VmSpec {
         VmSpec {
+            arch: Arch::X86_64,
             backend: BackendKind::Qemu,
-            machine: "q35".into(),
+            machine: Arch::X86_64.default_machine().into(),
             memory_mb: 512,
             cpus: 1,
             vms: 1,
@@ -320,6 +424,15 @@ impl Recipe {
             Spec::Bundle(_) => "bundle",
             Spec::Test(_) => "test",
             Spec::Disk(_) => "disk",
+        }
+    }
+
+    /// The machine the recipe's output is for; `None` for a bundle of files, which any
+    /// guest runs. A `[build]` bundle is built on this host, for it.
+    pub fn target_arch(&self) -> Option<Arch> {
+        match self.spec {
+            Spec::Bundle(BundleSpec::Folder(_)) => None,
+            _ => Some(self.arch),
         }
     }
 

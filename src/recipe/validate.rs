@@ -35,9 +35,17 @@ impl Recipe {
             project,
         };
         let spec = doc.parse_spec()?;
+        let arch = match &spec {
+            // A `[build]` bundle's command runs here, for this host.
+            Spec::Bundle(_) => Arch::host(),
+            // Bootable disks are UEFI x86-64 images (`format::disk`).
+            Spec::Disk(_) => Arch::X86_64,
+            _ => doc.arch()?,
+        };
         Ok(Recipe {
             name: at.name.clone(),
             file: file.clone(),
+            arch,
             spec,
         })
     }
@@ -78,6 +86,28 @@ impl Document<'_> {
                 diag = diag.with_help(help);
             }
             diag.into()
+        })
+    }
+
+    /// The recipe's `arch`: x86_64 unless it names another.
+    fn arch(&self) -> Result<Arch> {
+        let raw: raw::ArchField = self.deserialize()?;
+        let Some(arch) = raw.arch else {
+            return Ok(Arch::default());
+        };
+        let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+        Arch::parse(arch.get_ref()).ok_or_else(|| {
+            let debian = Arch::ALL.into_iter().find(|a| a.debian() == arch.get_ref());
+            Diagnostic::new(self.at(&arch), format!("unknown arch `{}`", arch.get_ref()))
+                .with_help(match debian {
+                    Some(a) => format!(
+                        "`{}` is Debian's name: write arch = \"{}\"",
+                        a.debian(),
+                        a.name()
+                    ),
+                    None => format!("expected one of {}", quoted_list(&names)),
+                })
+                .into()
         })
     }
 
@@ -279,6 +309,12 @@ impl Document<'_> {
                     "a module does not set `kind`; the recipe that includes it does",
                 ));
             }
+            if let Some(arch) = &module_raw.arch {
+                return Err(module.error(
+                    arch,
+                    "a module does not set `arch`; the recipe that includes it does",
+                ));
+            }
             if let Some(nested) = module_raw.include.first() {
                 return Err(module.error(nested, "modules cannot include other modules"));
             }
@@ -292,9 +328,25 @@ impl Document<'_> {
             Some("none") => RootfsBase::Empty,
             Some(b) if b.starts_with("debian:") => {
                 let release = &b["debian:".len()..];
+                let loc = || merged.base.as_ref().map(|(_, l)| l.clone()).expect("set");
                 if let Err(e) = grammar::debian_release(release) {
-                    let loc = merged.base.as_ref().map(|(_, l)| l.clone()).expect("set");
-                    return Err(Diagnostic::new(loc, e).into());
+                    return Err(Diagnostic::new(loc(), e).into());
+                }
+                // mmdebstrap would run the packages' scripts, built for the guest's
+                // machine, on this one.
+                let arch = self.arch()?;
+                if arch != Arch::host() {
+                    return Err(Diagnostic::new(
+                        loc(),
+                        format!(
+                            "a Debian root is made on this {} host, and vmbuild makes Debian \
+                             roots for it only, not for {}",
+                            Arch::host().name(),
+                            arch.name()
+                        ),
+                    )
+                    .with_help("use base = \"busybox\" (Debian's static busybox for that arch)")
+                    .into());
                 }
                 RootfsBase::Debian(release.to_string())
             }
@@ -452,7 +504,7 @@ impl Document<'_> {
             None => DEFAULT_TEST_TIMEOUT,
         };
         let vm = &raw.vm;
-        let defaults = VmSpec::default();
+        let defaults = VmSpec::for_arch(self.arch()?);
         let backend = match vm.backend.as_ref().map(|b| b.get_ref().as_str()) {
             None => defaults.backend.clone(),
             Some("qemu") => BackendKind::Qemu,
@@ -506,6 +558,15 @@ impl Document<'_> {
                 );
             }
         };
+        if let (Arch::Aarch64, BackendKind::Bhyve, Some(b)) = (defaults.arch, &backend, &vm.backend)
+        {
+            return Err(Diagnostic::new(
+                self.at(b),
+                "backend = \"bhyve\" runs x86_64 guests; this test is arch = \"aarch64\"",
+            )
+            .with_help("use backend = \"qemu\" (qemu-system-aarch64)")
+            .into());
+        }
         if let (Network::User, BackendKind::Bhyve, Some(n)) = (net, &backend, &vm.net) {
             // bhyve's slirp backend lets connections only into the guest on released
             // FreeBSD, and a tap or netgraph NIC needs host setup vmbuild does not do.
@@ -604,6 +665,7 @@ impl Document<'_> {
                 .collect::<Result<_>>()?,
             timeout,
             vm: VmSpec {
+                arch: defaults.arch,
                 backend,
                 machine: vm
                     .machine
@@ -687,6 +749,7 @@ pub(in crate::recipe) mod tests {
         write("recipes/b.toml", "kind = \"bundle\"\ntests = \"../t\"\n");
         write("t/x", "");
         write("modules/m/module.toml", "packages = [\"fio\"]\n");
+        write("modules/with-arch/module.toml", "arch = \"aarch64\"\n");
         let project = Project {
             root: dir.path().to_path_buf(),
         };
@@ -714,6 +777,65 @@ pub(in crate::recipe) mod tests {
     }
 
     const TEST_HEAD: &str = "kind = \"test\"\nkernel = \"k\"\nrootfs = \"r\"\n";
+
+    #[test]
+    fn arch_defaults_to_x86_64_sets_the_machine_and_is_refused_where_it_cannot_be() {
+        let default = load_test_recipe(TEST_HEAD).expect("valid");
+        assert_eq!(default.arch, Arch::X86_64);
+        assert_eq!(vm_of(default).machine, "q35");
+        let arm = load_test_recipe(&format!("{TEST_HEAD}arch = \"aarch64\"\n")).expect("valid");
+        assert_eq!(arm.arch, Arch::Aarch64);
+        let vm = vm_of(arm);
+        assert_eq!((vm.arch, vm.machine.as_str()), (Arch::Aarch64, "virt"));
+        let own_machine = load_test_recipe(&format!(
+            "{TEST_HEAD}arch = \"aarch64\"\n[vm]\nmachine = \"virt-7.2\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(vm_of(own_machine).machine, "virt-7.2");
+        let refused = |text: &str, what: &str| {
+            let err = load_test_recipe(text).expect_err(text).to_string();
+            assert!(err.contains(what), "{text}: {err}");
+        };
+        refused(
+            &format!("{TEST_HEAD}arch = \"arm64\"\n"),
+            "Debian's name: write arch = \"aarch64\"",
+        );
+        refused(
+            &format!("{TEST_HEAD}arch = \"riscv64\"\n"),
+            "expected one of \"x86_64\", \"aarch64\"",
+        );
+        refused(
+            &format!("{TEST_HEAD}arch = \"aarch64\"\n[vm]\nbackend = \"bhyve\"\n"),
+            "runs x86_64 guests",
+        );
+        refused(
+            "kind = \"rootfs\"\narch = \"aarch64\"\nbase = \"debian:bookworm\"\n",
+            "not for aarch64",
+        );
+        refused(
+            "kind = \"bundle\"\ntests = \"../t\"\narch = \"aarch64\"\n",
+            "unknown field `arch`",
+        );
+        refused(
+            "kind = \"disk\"\nkernel = \"k\"\nrootfs = \"r\"\narch = \"aarch64\"\n",
+            "unknown field `arch`",
+        );
+        refused(
+            "kind = \"rootfs\"\ninclude = [\"with-arch\"]\n",
+            "a module does not set `arch`",
+        );
+        let kernel = load_test_recipe(
+            "kind = \"kernel\"\narch = \"aarch64\"\n[prebuilt]\npath = \"k.toml\"\n",
+        )
+        .expect("valid");
+        assert_eq!(kernel.target_arch(), Some(Arch::Aarch64));
+        let bundle = load_test_recipe("kind = \"bundle\"\ntests = \"../t\"\n").expect("valid");
+        assert_eq!(
+            bundle.target_arch(),
+            None,
+            "a bundle of files runs on any guest"
+        );
+    }
 
     #[test]
     fn net_defaults_to_none_and_user_is_an_opt_in() {

@@ -72,7 +72,7 @@ enum End {
 /// Boots the VM (or starts it from the environment's snapshot), runs `argv` in it, and
 /// ends the VM as soon as the command exits.
 pub fn exec(mut e: Exec) -> Result<Outcome, TestError> {
-    let backend = vm::backend(&e.vm.backend, e.accel).map_err(TestError::Infra)?;
+    let backend = vm::backend(e.vm, e.accel).map_err(TestError::Infra)?;
     let media = media::prepare(e.artifacts, e.vm, backend.as_ref(), 1, e.work)?;
     let warm = Warm::open_for(
         e.store,
@@ -107,7 +107,7 @@ fn exec_once(
     let mut launch = media.launch(
         e.artifacts,
         e.vm,
-        guest::cmdline(media.init, &e.vm.cmdline),
+        guest::cmdline(e.vm.arch, media.init, &e.vm.cmdline),
         scratch_disks(&e.vm.disks, e.work, "run")?,
         Wiring::Agent {
             socket: socket.clone(),

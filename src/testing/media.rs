@@ -51,7 +51,7 @@ pub(crate) struct BootMedia {
 
 /// How the VM gets to its kernel.
 enum MediaStart {
-    /// The backend loads the kernel recipe's bzImage and this initramfs.
+    /// The backend loads the kernel recipe's image and this initramfs.
     Kernel { initrd: PathBuf },
     /// The firmware boots the disk's unified kernel image; the bundles come on a disk
     /// of their own (`guest::write_bundles_disk`), which every VM only reads.
@@ -74,7 +74,7 @@ impl BootMedia {
     ) -> Launch {
         let boot = match &self.start {
             MediaStart::Kernel { initrd } => Boot::Kernel {
-                kernel: artifacts.kernel.path.join("bzImage"),
+                kernel: artifacts.kernel.path.join(vm.arch.kernel_image()),
                 initrd: initrd.clone(),
                 cmdline,
             },

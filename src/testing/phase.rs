@@ -236,7 +236,7 @@ fn run_into(
         .suffix(".work")
         .tempdir_in(&tmp)
         .map_err(io_err("create a work folder in", &tmp))?;
-    let backend = crate::vm::backend(&job.spec.vm.backend, job.accel).map_err(TestError::Infra)?;
+    let backend = crate::vm::backend(&job.spec.vm, job.accel).map_err(TestError::Infra)?;
     let warm = Warm::open_for(
         (!job.cold).then_some(store),
         backend.as_ref(),

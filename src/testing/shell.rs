@@ -62,7 +62,7 @@ pub struct Shell<'a> {
 /// the terminal, asks the agent for a login shell there, and returns when the VM exits or
 /// the guest halts.
 pub fn shell(s: &Shell) -> Result<ShellEnd, TestError> {
-    let backend = vm::backend(&s.vm.backend, s.accel).map_err(TestError::Infra)?;
+    let backend = vm::backend(s.vm, s.accel).map_err(TestError::Infra)?;
     let media = media::prepare(s.artifacts, s.vm, backend.as_ref(), 1, s.work)?;
     let warm = Warm::open_for(
         s.store,
@@ -100,7 +100,7 @@ fn shell_once(
     let mut launch = media.launch(
         s.artifacts,
         s.vm,
-        guest::cmdline(media.init, &s.vm.cmdline),
+        guest::cmdline(s.vm.arch, media.init, &s.vm.cmdline),
         scratch_disks(&s.vm.disks, s.work, "shell")?,
         Wiring::Interactive {
             agent: socket.clone(),

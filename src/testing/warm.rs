@@ -88,7 +88,7 @@ pub(crate) fn environment_inputs(
         vm,
         // The whole line the guest boots with, host limits included (`rdinit=` follows
         // from the rootfs, which is keyed).
-        cmdline: guest::cmdline("", &vm.cmdline),
+        cmdline: guest::cmdline(vm.arch, "", &vm.cmdline),
         kernel,
         rootfs,
         bundles,
@@ -334,8 +334,16 @@ impl<'a> Warm<'a> {
             &Tools::new(store.root()),
         );
         let config = crate::format::kconfig::read_config(&artifacts.kernel.path.join("config"));
-        if let Ok(config) = config {
-            if inputs.as_ref().is_ok_and(Option::is_some)
+        let saved = inputs.as_ref().is_ok_and(Option::is_some);
+        if saved && !backend.generation_id(&vm.machine) {
+            notice(&format!(
+                "a `{}` VM has no VM generation ID here: VMs started from one snapshot share \
+                 their random state until the kernel reseeds itself; set [vm] start = \"boot\" \
+                 where that matters",
+                vm.machine
+            ));
+        } else if let Ok(config) = config {
+            if saved
                 && !matches!(
                     config.get("CONFIG_VMGENID").map(String::as_str),
                     Some("y" | "m")

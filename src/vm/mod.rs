@@ -12,7 +12,7 @@ mod qmp;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::recipe::BackendKind;
+use crate::recipe::{Arch, BackendKind, VmSpec};
 
 /// How a VM's serial ports are wired.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,6 +188,11 @@ pub trait Backend: Sync {
     fn snapshots(&self) -> Option<&dyn Snapshots> {
         None
     }
+    /// Whether a VM on `machine` has a VM generation ID, which a guest restored from a
+    /// saved state sees change (and reseeds its random generator).
+    fn generation_id(&self, _machine: &str) -> bool {
+        false
+    }
 }
 
 /// Saving a running VM's whole state to a file and starting VMs from it. Every call
@@ -215,9 +220,12 @@ pub trait Snapshots: Sync {
 /// The backend a test recipe asks for, on this host: the one place that picks a
 /// hypervisor, so the test phase only ever talks to `Backend`. `Err` says why the backend
 /// cannot run here (an infrastructure failure, not a bad recipe).
-pub(crate) fn backend(kind: &BackendKind, accel: Accel) -> Result<Box<dyn Backend>, String> {
-    match kind {
-        BackendKind::Qemu => Ok(Box::new(qemu::Qemu { accel })),
+pub(crate) fn backend(vm: &VmSpec, accel: Accel) -> Result<Box<dyn Backend>, String> {
+    match vm.backend {
+        BackendKind::Qemu => Ok(Box::new(qemu::Qemu {
+            accel: accel.for_guest(vm.arch),
+            arch: vm.arch,
+        })),
         BackendKind::Bhyve => bhyve::Bhyve::on_this_host().map(|b| Box::new(b) as Box<dyn Backend>),
     }
 }
@@ -231,6 +239,15 @@ pub enum Accel {
 }
 
 impl Accel {
+    /// How a guest of `arch` runs where this accelerator was found: KVM runs only the
+    /// host's own machine.
+    pub fn for_guest(self, arch: Arch) -> Accel {
+        match arch == Arch::host() {
+            true => self,
+            false => Accel::Tcg,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Accel::Kvm => "kvm",
@@ -330,7 +347,7 @@ fn probe_kvm() -> (Accel, Option<String>) {
     if fs_err::write(&image, probe_boot_sector()).is_err() {
         return (Accel::Tcg, Some("cannot write the KVM probe image".into()));
     }
-    let mut cmd = Command::new(qemu::QEMU);
+    let mut cmd = Command::new(BackendKind::Qemu.program(Arch::host()));
     cmd.args([
         "-accel",
         "kvm",

@@ -1,9 +1,11 @@
-//! The qemu backend (x86_64): direct kernel boot with `-kernel`/`-initrd` (or a disk
-//! started by OVMF from pflash, first in the boot order: `Boot::Firmware`), no default
-//! devices, `-no-reboot` so the guest's `reboot -f` (or a panic with `panic=-1`) ends
-//! qemu. Three serial ports whatever they carry (a saved state restores only into the
-//! same devices): the kernel console, the guest agent's channel, and the `--keep-alive`
-//! shell (`null` otherwise). A VM generation ID on pc and q35 machines, so that a Linux
+//! The qemu backend (x86_64 guests, and aarch64 guests on the `virt` machine): direct
+//! kernel boot with `-kernel`/`-initrd` (or, x86_64 only, a disk started by OVMF from
+//! pflash, first in the boot order: `Boot::Firmware`), no default devices, `-no-reboot`
+//! so the guest's `reboot -f` (or a panic with `panic=-1`) ends qemu. Three ports whatever
+//! they carry (a saved state restores only into the same devices): the kernel console, the
+//! guest agent's channel, and the `--keep-alive` shell (`null` otherwise); on x86_64 three
+//! serial ports, on aarch64 (whose `virt` machine has one UART) the UART and two virtio
+//! consoles (`format::guest::ports`). A VM generation ID on pc and q35 machines, so that a Linux
 //! guest restored from a saved state reseeds its random generator.
 //! The guest gets no network (`-nic none`) unless the recipe opts in (`net = "user"`: one
 //! virtio-net NIC on qemu's user-mode NAT), and nothing of the store but what qemu reads
@@ -27,8 +29,8 @@ use super::{
     StateCodec, Unsupported, Wiring, ROOT_DISK_SERIAL,
 };
 use crate::process::{joined, shell_word};
+use crate::recipe::{Arch, BackendKind};
 
-pub const QEMU: &str = crate::recipe::BackendKind::Qemu.program();
 const QEMU_IMG: &str = "qemu-img";
 /// How long a starting qemu may take to open its control socket (many TCG VMs starting
 /// at once on few cores are slow to).
@@ -39,6 +41,15 @@ const SAVE_WITHIN: Duration = Duration::from_secs(120);
 /// would make a save of a paused VM wait for nothing).
 const SAVE_BANDWIDTH: u64 = 1 << 40;
 
+/// A `-chardev` with `id` for what a `-serial` option names: `null`, or
+/// `unix:PATH[,options]`.
+fn chardev(id: &str, serial: &str) -> String {
+    match serial.strip_prefix("unix:") {
+        Some(rest) => format!("socket,id={id},path={rest}"),
+        None => format!("{serial},id={id}"),
+    }
+}
+
 /// `path` as a qemu option value: a comma would start another option, so it is doubled.
 fn option_path(path: &Path) -> String {
     path.to_string_lossy().replace(',', ",,")
@@ -46,7 +57,13 @@ fn option_path(path: &Path) -> String {
 
 pub struct Qemu {
     pub accel: Accel,
+    /// The guest's machine.
+    pub arch: Arch,
 }
+
+/// The CPU an aarch64 guest gets under TCG: a plain ARMv8.0 core (`max` emulates
+/// pointer authentication, which costs TCG dearly).
+const TCG_AARCH64_CPU: &str = "cortex-a57";
 
 impl Backend for Qemu {
     fn name(&self) -> &'static str {
@@ -54,14 +71,26 @@ impl Backend for Qemu {
     }
 
     fn program(&self) -> &'static str {
-        QEMU
+        BackendKind::Qemu.program(self.arch)
     }
 
     fn snapshots(&self) -> Option<&dyn Snapshots> {
         Some(self)
     }
 
+    /// The vmgenid device lives in ACPI, which pc and q35 have (a directly booted aarch64
+    /// kernel on virt gets a device tree instead).
+    fn generation_id(&self, machine: &str) -> bool {
+        machine.starts_with("pc") || machine.starts_with("q35")
+    }
+
     fn firmware(&self) -> Result<Firmware, String> {
+        if self.arch != Arch::X86_64 {
+            return Err(format!(
+                "vmbuild boots disks through UEFI on x86_64 guests only, not {}",
+                self.arch.name()
+            ));
+        }
         super::ovmf::find(
             std::env::var_os("VMBUILD_OVMF_CODE"),
             std::env::var_os("VMBUILD_OVMF_VARS"),
@@ -69,11 +98,13 @@ impl Backend for Qemu {
     }
 
     fn command(&self, launch: &Launch) -> Result<Command, Unsupported> {
-        let mut cmd = Command::new(QEMU);
+        let mut cmd = Command::new(self.program());
         cmd.args(["-machine", &launch.machine, "-accel", self.accel.name()]);
-        if self.accel == Accel::Kvm {
-            cmd.args(["-cpu", "host"]);
-        }
+        match (self.accel, self.arch) {
+            (Accel::Kvm, _) => cmd.args(["-cpu", "host"]),
+            (Accel::Tcg, Arch::Aarch64) => cmd.args(["-cpu", TCG_AARCH64_CPU]),
+            (Accel::Tcg, Arch::X86_64) => &mut cmd,
+        };
         cmd.args([
             "-m",
             &launch.memory_mb.to_string(),
@@ -120,29 +151,42 @@ impl Backend for Qemu {
                 }
             }
         }
-        // Three serial ports whatever they carry: a saved state restores only into the
-        // same devices.
-        match &launch.wiring {
-            Wiring::Agent { socket, shell } => {
-                cmd.args(["-serial", "stdio", "-serial"])
-                    .arg(format!("unix:{}", option_path(socket)))
-                    .arg("-serial");
+        // Three ports whatever they carry: a saved state restores only into the same
+        // devices.
+        let (console, agent, shell) = match &launch.wiring {
+            Wiring::Agent { socket, shell } => (
+                "stdio",
+                format!("unix:{}", option_path(socket)),
                 match shell {
-                    Some(shell) => {
-                        cmd.arg(format!("unix:{},server=on,wait=off", option_path(shell)))
-                    }
-                    None => cmd.arg("null"),
-                };
+                    Some(shell) => format!("unix:{},server=on,wait=off", option_path(shell)),
+                    None => "null".into(),
+                },
+            ),
+            Wiring::Interactive { agent } => (
+                "mon:stdio",
+                format!("unix:{}", option_path(agent)),
+                "null".into(),
+            ),
+        };
+        cmd.args(["-serial", console]);
+        match self.arch {
+            Arch::X86_64 => {
+                cmd.arg("-serial").arg(agent).arg("-serial").arg(shell);
             }
-            Wiring::Interactive { agent } => {
-                cmd.args(["-serial", "mon:stdio", "-serial"])
-                    .arg(format!("unix:{}", option_path(agent)))
-                    .args(["-serial", "null"]);
+            // virt has one UART: the agent and the shell get virtio consoles (hvc0, hvc1).
+            Arch::Aarch64 => {
+                cmd.args(["-device", "virtio-serial-pci,id=vmbuild-ports"]);
+                for (id, backend) in [("vmbuild-agent", agent), ("vmbuild-shell", shell)] {
+                    cmd.arg("-chardev")
+                        .arg(chardev(id, &backend))
+                        .arg("-device")
+                        .arg(format!("virtconsole,chardev={id}"));
+                }
             }
         }
         // A VM generation ID: a restored Linux guest sees it change and reseeds its
-        // random number generator at once. It lives in ACPI, which pc and q35 have.
-        if launch.machine.starts_with("pc") || launch.machine.starts_with("q35") {
+        // random number generator at once.
+        if self.generation_id(&launch.machine) {
             cmd.args(["-device", "vmgenid,guid=auto"]);
         }
         if let Some(control) = &launch.control {

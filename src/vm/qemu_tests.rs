@@ -33,9 +33,12 @@ fn command_boots_directly_with_console_and_agent_ports() {
         control: None,
         incoming: None,
     };
-    let cmd = Qemu { accel: Accel::Tcg }
-        .command(&launch)
-        .expect("qemu boots any launch");
+    let cmd = Qemu {
+        accel: Accel::Tcg,
+        arch: Arch::X86_64,
+    }
+    .command(&launch)
+    .expect("qemu boots any launch");
     let line = crate::process::describe(&cmd);
     assert!(
         line.starts_with("qemu-system-x86_64 -machine q35 -accel tcg -m 512 -smp 2"),
@@ -88,9 +91,12 @@ fn the_guest_has_no_network_and_no_shared_folders() {
             control: None,
             incoming: None,
         };
-        let cmd = Qemu { accel: Accel::Kvm }
-            .command(&launch)
-            .expect("qemu boots any launch");
+        let cmd = Qemu {
+            accel: Accel::Kvm,
+            arch: Arch::X86_64,
+        }
+        .command(&launch)
+        .expect("qemu boots any launch");
         let args: Vec<String> = cmd
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
@@ -137,9 +143,12 @@ fn net_user_gives_one_virtio_nic_on_user_mode_nat_and_nothing_else() {
         control: None,
         incoming: None,
     };
-    let cmd = Qemu { accel: Accel::Tcg }
-        .command(&launch)
-        .expect("qemu boots any launch");
+    let cmd = Qemu {
+        accel: Accel::Tcg,
+        arch: Arch::X86_64,
+    }
+    .command(&launch)
+    .expect("qemu boots any launch");
     let args: Vec<String> = cmd
         .get_args()
         .map(|a| a.to_string_lossy().into_owned())
@@ -183,9 +192,12 @@ fn launch_with_root(layer: RootLayer) -> Launch {
 }
 
 fn line_of(launch: &Launch) -> String {
-    let cmd = Qemu { accel: Accel::Tcg }
-        .command(launch)
-        .expect("qemu boots any launch");
+    let cmd = Qemu {
+        accel: Accel::Tcg,
+        arch: Arch::X86_64,
+    }
+    .command(launch)
+    .expect("qemu boots any launch");
     crate::process::describe(&cmd)
 }
 
@@ -231,12 +243,15 @@ fn a_restored_vm_has_the_saved_vms_devices_its_control_socket_and_its_state_quot
         restored.contains("-qmp unix:/tmp/c,,1.sock,server=on,wait=off"),
         "{restored}"
     );
-    let args: Vec<String> = Qemu { accel: Accel::Tcg }
-        .command(&launch)
-        .unwrap()
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
+    let args: Vec<String> = Qemu {
+        accel: Accel::Tcg,
+        arch: Arch::X86_64,
+    }
+    .command(&launch)
+    .unwrap()
+    .get_args()
+    .map(|a| a.to_string_lossy().into_owned())
+    .collect();
     let incoming = args
         .windows(2)
         .find(|w| w[0] == "-incoming")
@@ -274,7 +289,12 @@ fn the_saved_vm_and_every_restored_one_have_the_same_devices() {
     // What a device is, without what backs it: the drive's file and layers, the
     // serial port's chardev, the state to load.
     let devices = |launch: &Launch| -> Vec<String> {
-        let cmd = Qemu { accel: Accel::Tcg }.command(launch).unwrap();
+        let cmd = Qemu {
+            accel: Accel::Tcg,
+            arch: Arch::X86_64,
+        }
+        .command(launch)
+        .unwrap();
         let args: Vec<String> = cmd
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
@@ -372,7 +392,12 @@ fn a_firmware_boot_starts_ovmf_from_the_root_disk_with_read_only_template_and_di
     );
     // Nothing to boot from without a root disk.
     launch.root_disk = None;
-    assert!(Qemu { accel: Accel::Tcg }.command(&launch).is_err());
+    assert!(Qemu {
+        accel: Accel::Tcg,
+        arch: Arch::X86_64
+    }
+    .command(&launch)
+    .is_err());
 }
 
 #[test]
@@ -385,4 +410,73 @@ fn firmware_named_by_the_environment_must_exist_and_none_found_says_what_to_inst
     let found = super::super::ovmf::find(Some(code.clone().into()), None).unwrap();
     assert_eq!(found.code, code);
     assert_eq!(found.vars, None);
+}
+
+#[test]
+fn an_aarch64_guest_gets_the_virt_machine_a_plain_cpu_and_virtio_consoles_for_the_agent() {
+    let launch = |wiring| Launch {
+        boot: crate::vm::Boot::Kernel {
+            kernel: "/s/Image".into(),
+            initrd: "/w/initrd".into(),
+            cmdline: "console=ttyAMA0".into(),
+        },
+        machine: "virt".into(),
+        memory_mb: 512,
+        cpus: 1,
+        root_disk: None,
+        disks: vec![],
+        net: Net::None,
+        wiring,
+        control: None,
+        incoming: None,
+    };
+    let qemu = Qemu {
+        accel: Accel::Tcg,
+        arch: Arch::Aarch64,
+    };
+    assert_eq!(qemu.program(), "qemu-system-aarch64");
+    let line = crate::process::describe(
+        &qemu
+            .command(&launch(Wiring::Agent {
+                socket: "/tmp/a,b.sock".into(),
+                shell: Some("/tmp/shell.sock".into()),
+            }))
+            .unwrap(),
+    );
+    assert!(
+        line.starts_with("qemu-system-aarch64 -machine virt -accel tcg -cpu cortex-a57 -m 512"),
+        "{line}"
+    );
+    // The UART is the console; the agent is hvc0 and the shell hvc1, in that order.
+    assert!(
+        line.contains(
+            "-serial stdio -device virtio-serial-pci,id=vmbuild-ports \
+             -chardev socket,id=vmbuild-agent,path=/tmp/a,,b.sock \
+             -device virtconsole,chardev=vmbuild-agent \
+             -chardev socket,id=vmbuild-shell,path=/tmp/shell.sock,server=on,wait=off \
+             -device virtconsole,chardev=vmbuild-shell"
+        ),
+        "{line}"
+    );
+    assert!(!line.contains("vmgenid"), "{line}");
+    // The same devices when nothing listens on the shell's port, or the console is the
+    // user's: a saved state restores only into them.
+    let interactive = crate::process::describe(
+        &qemu
+            .command(&launch(Wiring::Interactive {
+                agent: "/tmp/a.sock".into(),
+            }))
+            .unwrap(),
+    );
+    assert!(
+        interactive.contains(
+            "-serial mon:stdio -device virtio-serial-pci,id=vmbuild-ports \
+             -chardev socket,id=vmbuild-agent,path=/tmp/a.sock \
+             -device virtconsole,chardev=vmbuild-agent \
+             -chardev null,id=vmbuild-shell -device virtconsole,chardev=vmbuild-shell"
+        ),
+        "{interactive}"
+    );
+    // UEFI disks are x86_64's.
+    assert!(qemu.firmware().is_err());
 }

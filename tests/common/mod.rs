@@ -209,16 +209,21 @@ impl TestProject {
 /// A folder holding a `qemu-system-x86_64` that logs each start to `boots.log`, then runs
 /// the real qemu: counts boots without trusting vmbuild's own account.
 pub fn counting_qemu() -> (tempfile::TempDir, PathBuf) {
+    counting("qemu-system-x86_64", "qemu-system-x86")
+}
+
+/// `counting_qemu` for another qemu `program`, from Debian's `package`.
+pub fn counting(program: &str, package: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let real = which("qemu-system-x86_64")
-        .expect("qemu-system-x86_64 is installed (apt-get install qemu-system-x86)");
+    let real = which(program)
+        .unwrap_or_else(|| panic!("{program} is installed (apt-get install {package})"));
     let log = dir.path().join("boots.log");
     let script = format!(
         "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
         log.display(),
         real.display()
     );
-    let wrapper = dir.path().join("qemu-system-x86_64");
+    let wrapper = dir.path().join(program);
     std::fs::write(&wrapper, script).unwrap();
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     (dir, log)

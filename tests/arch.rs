@@ -1,0 +1,214 @@
+//! aarch64 guests end to end, on an x86_64 host: the shipped `smoke-arm64` recipe
+//! cross-builds a tinyconfig arm64 kernel from Debian's linux-source-6.1 with Debian's
+//! gcc-aarch64-linux-gnu, packs Debian's arm64 busybox, and runs the smoke tests in
+//! qemu-system-aarch64's `virt` machine under TCG: booted in full once, then started from
+//! the saved environment. A kernel, root or bundle of another arch is refused at the
+//! reference, before anything builds.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{cold_boots, counting, restores, TestProject};
+
+/// The entry `vmbuild build RECIPE` prints.
+fn built(p: &TestProject, recipe: &str) -> PathBuf {
+    PathBuf::from(p.run(&["build", recipe]).expect(0).stdout.trim())
+}
+
+/// The ELF machine of a file's header (183: aarch64, 62: x86-64).
+fn elf_machine(bytes: &[u8]) -> u16 {
+    assert_eq!(&bytes[..4], b"\x7fELF", "not an ELF file");
+    u16::from_le_bytes([bytes[18], bytes[19]])
+}
+
+#[test]
+fn smoke_arm64_boots_an_aarch64_guest_once_and_then_starts_from_its_snapshot() {
+    let p = TestProject::shared();
+    let (qemu_dir, log) = counting("qemu-system-aarch64", "qemu-system-arm");
+    let run = p
+        .run_with_path(qemu_dir.path(), &["test", "-f", "smoke-arm64"])
+        .expect(0);
+    for line in [
+        "PASS    smoke-arm64/hello",
+        "PASS    smoke-arm64/tap-example",
+        "SKIP    smoke-arm64/sysrq (0.00s): kernel lacks CONFIG_MAGIC_SYSRQ",
+    ] {
+        assert!(run.stdout.contains(line), "{line}\n{}", run.stdout);
+    }
+    let boots = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(cold_boots(&log), 1, "{boots}");
+    assert!(
+        boots.contains("-machine virt") && boots.contains("virtconsole"),
+        "{boots}"
+    );
+    // Rerun: the VM starts from the environment the first run saved.
+    p.run_with_path(qemu_dir.path(), &["test", "-f", "smoke-arm64"])
+        .expect(0);
+    assert_eq!(
+        cold_boots(&log),
+        1,
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert!(restores(&log) >= 1);
+    // Unchanged, it is a cache hit, with no VM.
+    let again = p
+        .run_with_path(qemu_dir.path(), &["test", "smoke-arm64"])
+        .expect(0);
+    let cached = again
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("PASS    ") || l.starts_with("SKIP    "))
+        .all(|l| l.ends_with("[cached]"));
+    assert!(cached, "{}", again.stdout);
+
+    // The guest is an aarch64 machine, and says so.
+    let uname = p
+        .run(&["run", "smoke-arm64", "--", "uname", "-m"])
+        .expect(0);
+    assert_eq!(uname.stdout.trim(), "aarch64", "{}", uname.stderr);
+}
+
+#[test]
+fn the_arm64_kernel_and_root_hold_arm64_code() {
+    let p = TestProject::shared();
+    let kernel = built(&p, "tiny-kernel-arm64");
+    assert!(!kernel.join("bzImage").exists());
+    let image = std::fs::read(kernel.join("Image")).unwrap();
+    // The arm64 boot header: "ARM\x64" at offset 56.
+    assert_eq!(&image[56..60], b"ARM\x64", "not an arm64 Image");
+    assert_eq!(
+        elf_machine(&std::fs::read(kernel.join("vmlinux")).unwrap()),
+        183
+    );
+    let config = std::fs::read_to_string(kernel.join("config")).unwrap();
+    for option in [
+        "CONFIG_ARM64=y",
+        "CONFIG_SERIAL_AMBA_PL011_CONSOLE=y",
+        "CONFIG_VIRTIO_CONSOLE=y",
+    ] {
+        assert!(config.lines().any(|l| l == option), "{option} missing");
+    }
+    let log = std::fs::read_to_string(kernel.join("build.log")).unwrap();
+    assert!(
+        log.contains("aarch64-linux-gnu-") || log.contains("ARCH=arm64"),
+        "the build was not a cross build"
+    );
+
+    let root = built(&p, "busybox-rootfs-arm64");
+    let busybox = Command::new("sh")
+        .arg("-c")
+        .arg("zcat \"$1\" | cpio -i --quiet --to-stdout bin/busybox")
+        .arg("sh")
+        .arg(root.join("rootfs.cpio.gz"))
+        .output()
+        .unwrap();
+    assert!(busybox.status.success(), "{busybox:?}");
+    assert_eq!(elf_machine(&busybox.stdout), 183);
+    // Its applets are linked where the x86_64 root has them.
+    let listing = |entry: &Path| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("zcat \"$1\" | cpio -t --quiet | sort")
+            .arg("sh")
+            .arg(entry.join("rootfs.cpio.gz"))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let x86 = built(&p, "busybox-rootfs");
+    assert_eq!(listing(&root), listing(&x86));
+    assert!(listing(&root).lines().any(|l| l == "usr/bin/awk"));
+
+    // The arch is in every key: the two roots differ in it alone.
+    let explain = p.run(&["explain", "busybox-rootfs-arm64"]).expect(0).stdout;
+    assert!(explain.contains("\"arch\": \"aarch64\""), "{explain}");
+    assert!(
+        explain.contains("\"name\": \"busybox-static:arm64\""),
+        "{explain}"
+    );
+}
+
+#[test]
+fn a_kernel_root_or_bundle_of_another_arch_is_refused_at_the_reference() {
+    let p = TestProject::new();
+    p.write(
+        "recipes/built-here.toml",
+        "kind = \"bundle\"\n[build]\ncommand = [\"true\"]\n",
+    );
+    p.write(
+        "recipes/mixed.toml",
+        "kind = \"test\"\nkernel = \"tiny-kernel-arm64\"\nrootfs = \"busybox-rootfs\"\n",
+    );
+    let run = p.run(&["build", "mixed"]).expect(2);
+    assert!(
+        run.stderr.contains(
+            "`mixed` is for x86_64, but `tiny-kernel-arm64` (its `kernel`) is for aarch64"
+        ) && run.stderr.contains("mixed.toml:2:"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("set arch = \"aarch64\" in `mixed`"),
+        "{}",
+        run.stderr
+    );
+    p.write(
+        "recipes/mixed.toml",
+        "kind = \"test\"\narch = \"aarch64\"\nkernel = \"tiny-kernel-arm64\"\nrootfs = \"busybox-rootfs\"\n",
+    );
+    let run = p.run(&["build", "mixed"]).expect(2);
+    assert!(
+        run.stderr
+            .contains("but `busybox-rootfs` (its `rootfs`) is for x86_64"),
+        "{}",
+        run.stderr
+    );
+    // A [build] bundle is built here, for this host; a bundle of files runs anywhere.
+    p.write(
+        "recipes/mixed.toml",
+        "kind = \"test\"\narch = \"aarch64\"\nkernel = \"tiny-kernel-arm64\"\n\
+         rootfs = \"busybox-rootfs-arm64\"\nbundles = [\"smoke-tests\", \"built-here\"]\n",
+    );
+    let run = p.run(&["build", "mixed"]).expect(2);
+    assert!(
+        run.stderr
+            .contains("a [build] bundle is built on this host"),
+        "{}",
+        run.stderr
+    );
+    p.write(
+        "recipes/mixed.toml",
+        "kind = \"test\"\narch = \"arm64\"\nkernel = \"tiny-kernel-arm64\"\nrootfs = \"busybox-rootfs-arm64\"\n",
+    );
+    let run = p.run(&["build", "mixed"]).expect(2);
+    assert!(
+        run.stderr.contains("mixed.toml:2:8") && run.stderr.contains("write arch = \"aarch64\""),
+        "{}",
+        run.stderr
+    );
+    // No qemu-system-aarch64 for bhyve, no foreign Debian root.
+    p.write(
+        "recipes/mixed.toml",
+        "kind = \"test\"\narch = \"aarch64\"\nkernel = \"tiny-kernel-arm64\"\n\
+         rootfs = \"busybox-rootfs-arm64\"\n[vm]\nbackend = \"bhyve\"\n",
+    );
+    let run = p.run(&["build", "mixed"]).expect(2);
+    assert!(run.stderr.contains("runs x86_64 guests"), "{}", run.stderr);
+    p.write(
+        "recipes/debian-arm64.toml",
+        "kind = \"rootfs\"\narch = \"aarch64\"\nbase = \"debian:bookworm\"\n",
+    );
+    let run = p.run(&["build", "debian-arm64"]).expect(2);
+    assert!(run.stderr.contains("not for aarch64"), "{}", run.stderr);
+    for name in [
+        "tiny-kernel-arm64",
+        "busybox-rootfs-arm64",
+        "busybox-rootfs",
+        "built-here",
+    ] {
+        assert!(p.entries(name).is_empty(), "{name} was built");
+    }
+}
