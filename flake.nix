@@ -32,14 +32,18 @@
           inputsFrom = [ self.packages.${pkgs.stdenv.hostPlatform.system}.default ];
           packages = with pkgs; [
             cargo rustc clippy rustfmt
-            # Booting: qemu (and its qemu-img), UEFI firmware for disk images.
+            # Booting: qemu (every system emulator, aarch64's too, and qemu-img), UEFI
+            # firmware for disk images.
             qemu OVMF
             # Root images: Debian roots, ext4 and cpio images, busybox, compression.
             mmdebstrap dpkg apt e2fsprogs busybox cpio xz zstd
             # Bootable disks: the ESP's FAT, and objcopy for the unified kernel image.
             dosfstools mtools binutils
-            # The kernel's own build.
+            # The kernel's own build, and the cross compiler for arm64 guests' kernels
+            # (aarch64-unknown-linux-gnu-gcc, which vmbuild uses where Debian's
+            # aarch64-linux-gnu-gcc is not on PATH).
             gnumake gcc flex bison bc elfutils openssl perl
+            pkgsCross.aarch64-multiplatform.buildPackages.gcc
             # The tests and benchmarks.
             nginx hyperfine rsync git python3 python3Packages.junitparser
           ];

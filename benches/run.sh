@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vmbuild benchmarks: each compares vmbuild with the plain tool doing the same work, in one
 # hyperfine run, and prints the figures. Run from the repository root after `.ci/install-deps`:
-#   benches/run.sh [cached|keying|cpio|boot|run|kernel-tree|kernel-incremental|kernel-loop|debian-root|disk-boot|uefi|warm|scale|remote|all]
+#   benches/run.sh [cached|keying|cpio|boot|run|kernel-tree|kernel-incremental|kernel-loop|debian-root|disk-boot|uefi|warm|arm64|scale|remote|all]
 # Needs: hyperfine, a release build (built here), network access to the Debian mirror.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,11 +31,26 @@ PY
 # booting KERNEL with the IMAGEs plus an /init that runs the command and powers off.
 bare_qemu() {
     local name="$1" kernel="$2" command="$3"; shift 3
+    bare_initrd "$name" "$command" "$@"
+    bare="qemu-system-x86_64 -machine q35 -accel tcg -m 512 -smp 1 -nodefaults -display none -no-reboot -nic none -kernel $kernel -initrd $work/$name.img -append 'console=ttyS0 rdinit=/vmbuild/init panic=-1' -serial stdio -serial null"
+}
+
+# bare_qemu_aarch64 NAME KERNEL CPU "GUEST COMMAND" IMAGE...: the same for an arm64 guest on
+# qemu's virt machine with the given CPU model.
+bare_qemu_aarch64() {
+    local name="$1" kernel="$2" cpu="$3" command="$4"; shift 4
+    bare_initrd "$name" "$command" "$@"
+    bare="qemu-system-aarch64 -machine virt -accel tcg -cpu $cpu -m 512 -smp 1 -nodefaults -display none -no-reboot -nic none -kernel $kernel -initrd $work/$name.img -append 'console=ttyAMA0 rdinit=/vmbuild/init panic=-1' -serial stdio"
+}
+
+# bare_initrd NAME "GUEST COMMAND" IMAGE...: $work/NAME.img, the IMAGEs plus an /init that
+# runs the command and powers off.
+bare_initrd() {
+    local name="$1" command="$2"; shift 2
     mkdir -p "$work/$name/vmbuild"
     printf '#!/bin/sh\nmount -t proc proc /proc\nmount -t devtmpfs dev /dev\n%s\nreboot -f\n' "$command" >"$work/$name/vmbuild/init"
     chmod +x "$work/$name/vmbuild/init"
     (cd "$work/$name" && find vmbuild | cpio -o -H newc --quiet | gzip) | cat "$@" - >"$work/$name.img"
-    bare="qemu-system-x86_64 -machine q35 -accel tcg -m 512 -smp 1 -nodefaults -display none -no-reboot -nic none -kernel $kernel -initrd $work/$name.img -append 'console=ttyS0 rdinit=/vmbuild/init panic=-1' -serial stdio -serial null"
 }
 
 bench_cached() {
@@ -115,6 +130,22 @@ bench_run() {
     # Bare qemu: the same rootfs and bundle plus an /init that runs `true` and powers off.
     bare_qemu bare-run "$kernel" "true" "$rootfs" "$bundle"
     measure run --warmup 1 --runs "${RUNS:-5}" "$bare >/dev/null" "$vmbuild run smoke -- true 2>/dev/null"
+}
+
+bench_arm64() {
+    section "an arm64 guest (TCG): vmbuild run smoke-arm64 -- true, cold and warm, vs bare qemu-system-aarch64 with -cpu cortex-a57 (vmbuild's) and -cpu max"
+    "$vmbuild" run smoke-arm64 -- true 2>/dev/null
+    kernel=$("$vmbuild" build tiny-kernel-arm64)/Image
+    rootfs=$("$vmbuild" build busybox-rootfs-arm64)/rootfs.cpio.gz
+    bundle=$("$vmbuild" build smoke-tests)/bundle.cpio.gz
+    bare_qemu_aarch64 bare-arm64 "$kernel" cortex-a57 "true" "$rootfs" "$bundle"
+    local bare_a57="$bare"
+    bare_qemu_aarch64 bare-arm64-max "$kernel" max "true" "$rootfs" "$bundle"
+    measure arm64-run --warmup 1 --runs "${RUNS:-10}" \
+        "$bare_a57 >/dev/null" \
+        "$bare >/dev/null" \
+        "$vmbuild run --cold smoke-arm64 -- true 2>/dev/null" \
+        "$vmbuild run smoke-arm64 -- true 2>/dev/null"
 }
 
 bench_warm() {
@@ -482,8 +513,9 @@ case "$which" in
     disk-boot) bench_disk_boot ;;
     uefi) bench_uefi ;;
     warm) bench_warm ;;
+    arm64) bench_arm64 ;;
     scale) bench_scale ;;
     remote) bench_remote ;;
-    all) bench_cached; bench_keying; bench_cpio; bench_boot; bench_run; bench_kernel_tree; bench_kernel_incremental; bench_kernel_loop; bench_debian_root; bench_disk_boot; bench_uefi; bench_warm; bench_scale; bench_remote ;;
+    all) bench_cached; bench_keying; bench_cpio; bench_boot; bench_run; bench_kernel_tree; bench_kernel_incremental; bench_kernel_loop; bench_debian_root; bench_disk_boot; bench_uefi; bench_warm; bench_arm64; bench_scale; bench_remote ;;
     *) echo "unknown benchmark: $which" >&2; exit 2 ;;
 esac

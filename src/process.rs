@@ -83,11 +83,18 @@ pub fn describe(cmd: &Command) -> String {
 
 /// The Debian package that provides a tool vmbuild runs.
 pub fn package_for(tool: &str) -> &'static str {
-    match tool {
+    known_package_for(tool).unwrap_or("the package that provides it")
+}
+
+/// The Debian package of a tool vmbuild knows.
+pub fn known_package_for(tool: &str) -> Option<&'static str> {
+    Some(match tool {
         "qemu-system-x86_64" => "qemu-system-x86",
         "qemu-system-aarch64" => "qemu-system-arm",
         "aarch64-linux-gnu-gcc" => "gcc-aarch64-linux-gnu",
         "aarch64-linux-gnu-ld" => "binutils-aarch64-linux-gnu",
+        "x86_64-linux-gnu-gcc" => "gcc-x86-64-linux-gnu",
+        "x86_64-linux-gnu-ld" => "binutils-x86-64-linux-gnu",
         "qemu-img" => "qemu-utils",
         "mke2fs" | "debugfs" => "e2fsprogs",
         "dpkg-deb" => "dpkg",
@@ -108,8 +115,8 @@ pub fn package_for(tool: &str) -> &'static str {
         "git" => "git",
         "clang" => "clang",
         "ld.lld" => "lld",
-        _ => "the package that provides it",
-    }
+        _ => return None,
+    })
 }
 
 /// `word` as one word of a `sh -c` command, byte for byte: in single quotes, each `'` as

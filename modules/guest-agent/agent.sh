@@ -80,6 +80,17 @@ for arg in $(cat /proc/cmdline); do
     esac
 done
 
+# A virtio console's port appears once its driver has heard of it from the host, which
+# may be after PID 1 starts: wait up to 10 s for it.
+tries=0
+while [ ! -c "$chan" ]; do
+    tries=$((tries + 1))
+    if [ "$tries" -gt 200 ]; then
+        echo "vmbuild: no agent channel $chan: the kernel needs its driver (CONFIG_VIRTIO_CONSOLE for hvc0, modules/kconfig/aarch64-virt.config)" >/dev/console
+        power_off
+    fi
+    sleep 0.05
+done
 stty -F "$chan" raw -echo 2>/dev/null
 exec 3<>"$chan"
 say() { printf '%s\n' "$*" >&3; }

@@ -75,7 +75,9 @@ pub(crate) fn run<'a>(
         cmd.env(build_env_var("VMBUILD_INPUT_", &recipe.name), &entry.path);
     }
     for package in &build.debs {
-        let pin = ctx.lock.pin(package, false)?;
+        let pin = ctx
+            .lock
+            .pin_for(package, crate::recipe::Arch::host(), false)?;
         let unpacked = dir(&format!("debs/{package}"))?;
         unpack_deb(&pin, &unpacked, ctx)?;
         cmd.env(build_env_var("VMBUILD_DEB_", package), unpacked);

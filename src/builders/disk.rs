@@ -120,7 +120,7 @@ pub fn build(
     if !spec.cmdline.is_empty() {
         extra = format!("{extra} {}", spec.cmdline);
     }
-    let cmdline = guest::cmdline(Arch::X86_64, BOOT_PATH, &extra);
+    let cmdline = guest::cmdline(guest::GuestPorts::SERIAL, BOOT_PATH, &extra);
     let uki = ctx.work.join("uki.efi");
     make_uki(ctx, &bz_image, &initrd, &cmdline, &uki)?;
     let uki_size = fs_err::metadata(&uki).map_err(io_err("read", &uki))?.len();
@@ -284,7 +284,7 @@ fn make_uki(
     cmdline: &str,
     uki: &Path,
 ) -> Result<(), BuildError> {
-    let pin = ctx.lock.pin(STUB_PACKAGE, false)?;
+    let pin = ctx.lock.pin_for(STUB_PACKAGE, Arch::X86_64, false)?;
     let unpacked = ctx.work.join("stub");
     unpack_deb(&pin, &unpacked, ctx)?;
     let stub = unpacked.join(STUB_PATH);

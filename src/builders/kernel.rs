@@ -1,7 +1,6 @@
 //! Kernels: prebuilt (a Debian image package, a URL or a local file) or built from
 //! source with the kernel's own make (see `kernel_source`). Outputs: the image
-//! (`Arch::kernel_image`: `bzImage`, or `Image` for aarch64; Debian's arm64 vmlinuz is a
-//! gzip `Image`, which qemu loads as it is), `config`, `System.map`, and
+//! (`Arch::kernel_image`: `bzImage`, or `Image` for aarch64), `config`, `System.map`, and
 //! `modules/<release>/` when the kernel has modules.
 
 use std::path::Path;

@@ -362,8 +362,9 @@ fn check_host_tools(make_flags: &[String]) -> Result<(), BuildError> {
         .filter(|(tool, _)| process::which(tool).is_none())
         .map(|(_, p)| *p)
         .collect();
-    for tool in [&compiler, &linker] {
-        let package = process::package_for(tool);
+    for tool in [compiler.as_str(), linker.as_str()] {
+        // A package vmbuild cannot name: the tool itself says what is missing.
+        let package = process::known_package_for(tool).unwrap_or(tool);
         if process::which(tool).is_none() && !missing.contains(&package) {
             missing.push(package);
         }

@@ -100,10 +100,27 @@ fn fetch_busybox(
 /// here: the host's busybox of the same Debian package says where each applet goes (one
 /// source and one configuration builds every architecture), and only the applets whose
 /// names the binary holds are linked.
-fn applet_paths(ctx: &BuildContext, arch: Arch, busybox: &Path) -> Result<Vec<String>, BuildError> {
+fn applet_paths(
+    ctx: &BuildContext,
+    arch: Arch,
+    busybox: &Path,
+    version: &str,
+) -> Result<Vec<String>, BuildError> {
     let lister = match arch == Arch::host() {
         true => busybox.to_path_buf(),
-        false => fetch_busybox(ctx, Arch::host(), "busybox-host")?.0,
+        false => {
+            let (lister, host_version) = fetch_busybox(ctx, Arch::host(), "busybox-host")?;
+            if host_version != version {
+                return Err(BuildError::Invalid(format!(
+                    "the {} busybox (vmbuild.lock: {version}) has its applets listed by this \
+                     host's busybox of the same version, but the lock pins {host_version} \
+                     for {}\n  help: pin both to one version (`vmbuild lock` resolves both anew)",
+                    arch.debian(),
+                    Arch::host().debian()
+                )));
+            }
+            lister
+        }
     };
     let list = process::run(Command::new(&lister).arg("--list-full"))?;
     let listed = String::from_utf8_lossy(&list.stdout);
@@ -116,6 +133,12 @@ fn applet_paths(ctx: &BuildContext, arch: Arch, busybox: &Path) -> Result<Vec<St
     }
     let binary = fs_err::read(busybox).map_err(io_err("read", busybox))?;
     let names = applet_names(&binary);
+    if !names.contains("sh") {
+        return Err(BuildError::Invalid(format!(
+            "the {} busybox holds no applet table vmbuild can read (no `sh` in it)",
+            arch.debian()
+        )));
+    }
     Ok(paths
         .filter(|p| names.contains(p.rsplit('/').next().unwrap_or(p)))
         .collect())
@@ -152,7 +175,7 @@ fn busybox_base(ctx: &BuildContext, arch: Arch, root: &Path) -> Result<String, B
     }
     let busybox = root.join("bin/busybox");
     copy_tree(&unpacked, &busybox)?;
-    for applet in applet_paths(ctx, arch, &busybox)? {
+    for applet in applet_paths(ctx, arch, &busybox, &version)? {
         let link = root.join(applet);
         if link.symlink_metadata().is_err() {
             if let Some(parent) = link.parent() {

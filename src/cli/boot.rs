@@ -105,10 +105,11 @@ impl BootEnv {
 
 /// KVM if it works for `vm`'s guest, else TCG, said once.
 pub(super) fn accel(engine: &Engine, reporter: &dyn Reporter, vm: &VmSpec) -> Accel {
-    let (accel, reason) = vm::detect_accel(engine.store.root());
     if vm.arch != Arch::host() {
-        return accel.for_guest(vm.arch);
+        reporter.event(Event::Notice(&vm::foreign_guest_notice(vm.arch)));
+        return Accel::Tcg;
     }
+    let (accel, reason) = vm::detect_accel(engine.store.root());
     if let Some(reason) = reason {
         reporter.event(Event::Notice(&format!(
             "KVM is not usable ({reason}): using TCG"

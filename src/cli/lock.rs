@@ -12,6 +12,10 @@ pub fn run(global: &Global, reporter: &Renderer, _args: LockArgs) -> Result<i32,
     let engine = open_engine(global, reporter, true)?;
     let names = engine.project.recipe_names();
     engine.plan(&names)?;
+    engine.lock.finish_refresh().map_err(|e| Error::Key {
+        name: crate::fetch::lock::LOCK_FILE.into(),
+        source: e.into(),
+    })?;
     for pin in engine.lock.pins() {
         println!(
             "{} = {} {} (sha256 {})",

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::{Engine, Error, Force, Plan, Result, Tested};
-use crate::recipe::{Spec, StartMode, TestSpec};
+use crate::recipe::{Arch, Spec, StartMode, TestSpec};
 use crate::report::Event;
 use crate::store::Entry;
 use crate::testing::phase::{self, Hooks, Job};
@@ -98,10 +98,23 @@ impl Engine<'_> {
         }
         let artifacts = self.build_closure(plan, &to_run, force)?;
         let (accel, reason) = vm::detect_accel(self.store.root());
-        if let Some(reason) = reason {
-            self.reporter.event(Event::Notice(&format!(
-                "KVM is not usable ({reason}): using TCG, which is much slower"
-            )));
+        // Said once per arch among the recipes to run.
+        let arches: std::collections::BTreeSet<Arch> = to_run
+            .iter()
+            .filter_map(|&i| match &plan.graph.nodes[i].recipe.spec {
+                Spec::Test(t) => Some(t.vm.arch),
+                _ => None,
+            })
+            .collect();
+        for arch in arches {
+            if arch != Arch::host() {
+                self.reporter
+                    .event(Event::Notice(&vm::foreign_guest_notice(arch)));
+            } else if let Some(reason) = &reason {
+                self.reporter.event(Event::Notice(&format!(
+                    "KVM is not usable ({reason}): using TCG, which is much slower"
+                )));
+            }
         }
         let artifacts = &artifacts;
         let mut pending = to_run;

@@ -66,21 +66,34 @@ impl Lock {
         self.pin_as(package.to_string(), package, None, follow_kernel_meta)
     }
 
-    /// The pin for `package` built for `arch`: the host's own build is the unqualified
-    /// name's pin (the lock's `busybox-static`), another's is pinned as `NAME:ARCH`
-    /// (`busybox-static:arm64`), which the host's apt fetches once it has that
-    /// architecture (`dpkg --add-architecture arm64`).
+    /// The pin for `package` built for `arch`. The lock names an x86_64 (amd64) build by
+    /// the package alone (`busybox-static`, as it always has) and any other as
+    /// `NAME:ARCH` (`busybox-static:arm64`), so one lock means the same on every host;
+    /// apt fetches another architecture's build once it has that architecture
+    /// (`dpkg --add-architecture arm64`). A pin for another architecture is refused.
     pub fn pin_for(
         &self,
         package: &str,
         arch: Arch,
         follow_kernel_meta: bool,
     ) -> Result<Pin, FetchError> {
-        if arch == Arch::host() {
-            return self.pin(package, follow_kernel_meta);
+        let name = match arch {
+            Arch::X86_64 => package.to_string(),
+            _ => format!("{package}:{}", arch.debian()),
+        };
+        let pin = self.pin_as(name, package, Some(arch.debian()), follow_kernel_meta)?;
+        if pin.architecture != arch.debian() && pin.architecture != "all" {
+            return Err(FetchError::BadLockfile {
+                path: self.path.clone(),
+                message: format!(
+                    "`{}` is pinned to a build for {}, and a build for {} is needed",
+                    pin.name,
+                    pin.architecture,
+                    arch.debian()
+                ),
+            });
         }
-        let name = format!("{package}:{}", arch.debian());
-        self.pin_as(name, package, Some(arch.debian()), follow_kernel_meta)
+        Ok(pin)
     }
 
     fn pin_as(
@@ -101,8 +114,18 @@ impl Lock {
         let pin = apt::resolve(&name, package, architecture, follow_kernel_meta)?;
         let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
         pins.insert(name, pin.clone());
-        self.save(&pins)?;
+        // A refresh writes the lock once, whole (`finish_refresh`): one that fails half way
+        // leaves the old lock as it was.
+        if !self.refresh {
+            self.save(&pins)?;
+        }
         Ok(pin)
+    }
+
+    /// Writes what `vmbuild lock` resolved anew: every pin, and only those.
+    pub fn finish_refresh(&self) -> Result<(), FetchError> {
+        let pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        self.save(&pins)
     }
 
     pub fn pins(&self) -> Vec<Pin> {
@@ -136,7 +159,7 @@ impl Lock {
     }
 }
 
-/// A pin's fields reach `apt-get download NAME=VERSION` and a path in the downloads
+/// A pin's fields reach `apt-get download NAME:ARCH=VERSION` and a path in the downloads
 /// folder: each must follow its grammar, whatever the lock file says.
 fn check_pin(pin: &Pin) -> Result<(), String> {
     // `NAME` or `NAME:ARCH`, as `pin_for` writes them.
@@ -145,7 +168,7 @@ fn check_pin(pin: &Pin) -> Result<(), String> {
         None => (pin.name.as_str(), None),
     };
     grammar::debian_package(name)?;
-    if arch.is_some_and(|a| a != pin.architecture) {
+    if arch.is_some_and(|a| a != pin.architecture && pin.architecture != "all") {
         return Err(format!(
             "`{}` is pinned to a package for {}",
             pin.name, pin.architecture
@@ -211,37 +234,39 @@ mod tests {
         assert!(check_pin(&pin("busybox-static:arm64", "arm64")).is_ok());
         let err = check_pin(&pin("busybox-static:arm64", "amd64")).unwrap_err();
         assert!(err.contains("pinned to a package for amd64"), "{err}");
+        assert!(check_pin(&pin("base-files:arm64", "all")).is_ok());
         assert!(check_pin(&pin("busybox static:arm64", "arm64")).is_err());
     }
 
     #[test]
-    fn the_hosts_own_arch_is_the_unqualified_pin() {
+    fn x86_64_is_the_unqualified_pin_on_every_host_and_a_wrong_build_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let host = pin_text("busybox-static", Arch::host().debian(), 'b');
-        let other = pin_text("busybox-static:arm64", "arm64", 'c');
-        fs_err::write(dir.path().join(LOCK_FILE), format!("{host}\n{other}")).unwrap();
+        let x86 = pin_text("busybox-static", "amd64", 'b');
+        let arm = pin_text("busybox-static:arm64", "arm64", 'c');
+        let wrong = pin_text("fio", "arm64", 'd');
+        fs_err::write(dir.path().join(LOCK_FILE), format!("{x86}\n{arm}\n{wrong}")).unwrap();
         let lock = Lock::open(dir.path(), false).unwrap();
-        // Both are in the lock: apt is not asked.
+        // All are in the lock: apt is not asked.
+        let pin = |arch| lock.pin_for("busybox-static", arch, false).unwrap();
+        assert_eq!(pin(Arch::X86_64).sha256, "b".repeat(64));
         assert_eq!(
-            lock.pin_for("busybox-static", Arch::host(), false)
-                .unwrap()
-                .sha256,
-            "b".repeat(64)
+            (pin(Arch::Aarch64).architecture, pin(Arch::Aarch64).sha256),
+            ("arm64".to_string(), "c".repeat(64))
         );
-        if Arch::host() == Arch::X86_64 {
-            let arm = lock
-                .pin_for("busybox-static", Arch::Aarch64, false)
-                .unwrap();
-            assert_eq!(
-                (arm.architecture.as_str(), arm.sha256),
-                ("arm64", "c".repeat(64))
-            );
-        }
+        let err = lock
+            .pin_for("fio", Arch::X86_64, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`fio` is pinned to a build for arm64, and a build for amd64 is needed"),
+            "{err}"
+        );
     }
 
     fn pin_text(name: &str, architecture: &str, digit: char) -> String {
+        let package = name.split(':').next().unwrap();
         format!(
-            "[[package]]\nname = \"{name}\"\npackage = \"busybox-static\"\nversion = \"1:1.35.0-4\"\n\
+            "[[package]]\nname = \"{name}\"\npackage = \"{package}\"\nversion = \"1:1.35.0-4\"\n\
              architecture = \"{architecture}\"\nsha256 = \"{}\"\n",
             digit.to_string().repeat(64)
         )

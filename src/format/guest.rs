@@ -7,7 +7,6 @@
 use super::cpio::CpioWriter;
 use crate::fsio::{io_err, IoError};
 use crate::hashing;
-use crate::recipe::Arch;
 
 pub const AGENT: &str = include_str!("../../modules/guest-agent/agent.sh");
 /// Where the agent lives in the guest; the kernel runs it as PID 1 (`rdinit=`).
@@ -97,28 +96,38 @@ pub(crate) const MAX_LOG: usize = 8 << 20;
 /// The longest line kept whole (`vmbuild.maxline=`).
 pub(crate) const MAX_LINE: usize = 64 << 10;
 
-/// The guest's names of the three ports a VM of `arch` is wired with (`vm::qemu`): the
-/// kernel console, the agent's channel and the `--keep-alive` shell's. An x86_64 VM has
-/// three serial ports; aarch64's `virt` machine has one UART, and virtio consoles for the
-/// other two.
-pub(crate) const fn ports(arch: Arch) -> [&'static str; 3] {
-    match arch {
-        Arch::X86_64 => ["ttyS0", "ttyS1", "ttyS2"],
-        Arch::Aarch64 => ["ttyAMA0", "hvc0", "hvc1"],
-    }
+/// The guest's names of the three ports a VM is wired with (by its backend, which says
+/// which: `vm::Backend::guest_ports`): the kernel console, the agent's channel and the
+/// `--keep-alive` shell's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestPorts {
+    pub console: &'static str,
+    pub channel: &'static str,
+    pub hold: &'static str,
 }
 
-/// The kernel command line of a VM of `arch` the agent serves (tests or a command),
-/// starting `init` (the agent, or stage 1 before it) as PID 1, with the recipe's own
-/// additions last (docs/guest-protocol.md).
-pub fn cmdline(arch: Arch, init: &str, recipe_cmdline: &str) -> String {
-    let [console, channel, hold] = ports(arch);
+impl GuestPorts {
+    /// Three serial ports: an x86_64 VM's, and the agent's defaults.
+    pub const SERIAL: GuestPorts = GuestPorts {
+        console: "ttyS0",
+        channel: "ttyS1",
+        hold: "ttyS2",
+    };
+}
+
+/// The kernel command line of a VM wired with `ports` that the agent serves (tests or a
+/// command), starting `init` (the agent, or stage 1 before it) as PID 1, with the
+/// recipe's own additions last (docs/guest-protocol.md).
+pub fn cmdline(ports: GuestPorts, init: &str, recipe_cmdline: &str) -> String {
     let mut line = format!(
-        "console={console} rdinit={init} panic=-1 vmbuild.maxlog={MAX_LOG} vmbuild.maxline={MAX_LINE}"
+        "console={} rdinit={init} panic=-1 vmbuild.maxlog={MAX_LOG} vmbuild.maxline={MAX_LINE}",
+        ports.console
     );
-    // The agent's defaults are x86_64's.
-    if arch != Arch::X86_64 {
-        line.push_str(&format!(" vmbuild.channel={channel} vmbuild.hold={hold}"));
+    if ports.channel != GuestPorts::SERIAL.channel || ports.hold != GuestPorts::SERIAL.hold {
+        line.push_str(&format!(
+            " vmbuild.channel={} vmbuild.hold={}",
+            ports.channel, ports.hold
+        ));
     }
     if recipe_cmdline.is_empty() {
         line
@@ -167,21 +176,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_aarch64_command_line_names_its_console_and_the_agents_ports() {
-        let x86 = cmdline(Arch::X86_64, "/vmbuild/init", "quiet");
-        assert!(x86.starts_with("console=ttyS0 rdinit=/vmbuild/init panic=-1"));
-        assert!(!x86.contains("vmbuild.channel") && x86.ends_with(" quiet"));
-        let arm = cmdline(Arch::Aarch64, "/vmbuild/init", "");
+    fn a_command_line_names_the_ports_the_agent_does_not_expect() {
+        let serial = cmdline(GuestPorts::SERIAL, "/vmbuild/init", "quiet");
+        assert!(serial.starts_with("console=ttyS0 rdinit=/vmbuild/init panic=-1"));
+        assert!(!serial.contains("vmbuild.channel") && serial.ends_with(" quiet"));
+        let virtio = GuestPorts {
+            console: "ttyAMA0",
+            channel: "hvc0",
+            hold: "hvc1",
+        };
+        let line = cmdline(virtio, "/vmbuild/init", "");
         assert!(
-            arm.starts_with("console=ttyAMA0 rdinit=/vmbuild/init"),
-            "{arm}"
+            line.starts_with("console=ttyAMA0 rdinit=/vmbuild/init"),
+            "{line}"
         );
         assert!(
-            arm.ends_with(" vmbuild.channel=hvc0 vmbuild.hold=hvc1"),
-            "{arm}"
+            line.ends_with(" vmbuild.channel=hvc0 vmbuild.hold=hvc1"),
+            "{line}"
         );
-        // The agent reads both.
+        // The agent reads both, and defaults to the serial ports.
         assert!(AGENT.contains("vmbuild.channel=*)") && AGENT.contains("vmbuild.hold=*)"));
+        assert!(AGENT.contains("chan=/dev/ttyS1") && AGENT.contains("hold=/dev/ttyS2"));
     }
 
     /// Both scripts parse under the host's POSIX sh (dash on Debian) and busybox's ash:

@@ -67,7 +67,7 @@ const NO_COUNTERPART: &[(&str, &str)] = &[
     ("require-file", "put the file in the bundle folder"),
     ("require-build-deb", "list Debian packages in the rootfs recipe's `packages`"),
     ("require-qemu-append", "vmbuild sets qemu's command line itself: use the recipe's [vm] settings"),
-    ("config-arch", "vmbuild boots x86_64 guests"),
+    ("config-arch", "set arch = \"aarch64\" in the recipe and its kernel and rootfs for an arm64 guest (x86_64 is the default)"),
     ("config-pmem-devs", "vmbuild has no persistent-memory devices"),
     ("config-scratch-slowdevs", "vmbuild's scratch disks are not rate-limited: add a plain one to [vm] disks by hand"),
     ("config-compiler", "set in the kernel recipe"),

@@ -142,5 +142,20 @@ mod tests {
             ..VmSpec::default()
         };
         assert_eq!(base, key(&same, "QEMU 7.2 sha256:aa", "tcg", "b1"));
+        // Another arch is another guest, even with the same parts' keys.
+        let arm = VmSpec::for_arch(crate::recipe::Arch::Aarch64);
+        let arm_inputs = environment_key(&Environment {
+            vm: &arm,
+            cmdline: String::new(),
+            kernel: "k1",
+            rootfs: "r1",
+            bundles: vec![("smoke-tests", "b1")],
+            hypervisor: ("qemu-system-x86_64", "QEMU 7.2 sha256:aa".into()),
+            firmware: None,
+            accel: "tcg",
+            host_cpu: None,
+        });
+        assert_eq!(arm_inputs.arch, "aarch64");
+        assert_ne!(base, arm_inputs.key());
     }
 }

@@ -44,6 +44,8 @@ use crate::tools::Tools;
 pub const KEY_SCHEMA: u32 = 2;
 /// The `arch` of a bundle of files, which any guest runs.
 const ANY_ARCH: &str = "any";
+/// A tool's identity in a key when this host does not have it.
+const ABSENT: &str = "absent";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -188,8 +190,17 @@ pub fn compute_key(
     ctx: &KeyContext,
 ) -> Result<KeyInputs, KeyError> {
     let mut tools = BTreeMap::new();
+    // The tools that make another arch's output (its cross compiler, its qemu) may be
+    // absent from a host that has nothing of that arch to build: its key says so, and a
+    // build or test of it says what to install (exit 4). Commands that key every recipe
+    // (`gc`, `lock`) work there.
+    let foreign = recipe.target_arch().is_some_and(|a| a != Arch::host());
     let mut tool = |name: &str, args: &[&str]| -> Result<(), KeyError> {
-        tools.insert(name.to_string(), ctx.tools.version(name, args)?);
+        let version = match ctx.tools.version(name, args) {
+            Err(ProcessError::Missing { .. }) if foreign => ABSENT.to_string(),
+            other => other?,
+        };
+        tools.insert(name.to_string(), version);
         Ok(())
     };
     let mut by_digest = Vec::new();
@@ -214,7 +225,7 @@ pub fn compute_key(
                 "format": d.format.name(),
                 "cmdline": d.cmdline,
                 // The UKI's EFI stub, and stage 1 and the agent in its initramfs.
-                "stub": ctx.lock.pin(crate::format::disk::STUB_PACKAGE, false)?,
+                "stub": ctx.lock.pin_for(crate::format::disk::STUB_PACKAGE, Arch::X86_64, false)?,
                 "guest_sha256": crate::format::guest::fingerprint(),
             })
         }
@@ -302,7 +313,8 @@ pub fn compute_key(
             }
             // Where another arch's applets are linked is what the host's busybox lists.
             if r.base == RootfsBase::Busybox && recipe.arch != Arch::host() {
-                inputs["applets_listed_by"] = json!(ctx.lock.pin(BUSYBOX_PACKAGE, false)?);
+                inputs["applets_listed_by"] =
+                    json!(ctx.lock.pin_for(BUSYBOX_PACKAGE, Arch::host(), false)?);
             }
             inputs
         }
@@ -326,7 +338,7 @@ pub fn compute_key(
                 BackendKind::Bhyve => {
                     for program in [BackendKind::Bhyve.program(t.vm.arch), "grub-bhyve"] {
                         let digest = ctx.tools.binary_digest(program);
-                        by_digest.push((program, digest.unwrap_or_else(|_| "absent".into())));
+                        by_digest.push((program, digest.unwrap_or_else(|_| ABSENT.into())));
                     }
                 }
             }
@@ -384,7 +396,7 @@ fn build_inputs(build: &BundleBuild, ctx: &KeyContext) -> Result<Value, KeyError
     let debs = build
         .debs
         .iter()
-        .map(|d| Ok((d.clone(), ctx.lock.pin(d, false)?)))
+        .map(|d| Ok((d.clone(), ctx.lock.pin_for(d, Arch::host(), false)?)))
         .collect::<Result<BTreeMap<_, _>, KeyError>>()?;
     Ok(json!({
         "command": build.command,

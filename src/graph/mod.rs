@@ -189,13 +189,17 @@ fn arch_mismatch(recipe: &Recipe, field: &str, dep: &Recipe) -> Option<String> {
     }
     let help = match (&recipe.spec, &dep.spec) {
         (Spec::Disk(_), _) => "bootable disks are x86_64 UEFI images".to_string(),
+        (_, Spec::Disk(_)) => format!(
+            "bootable disks are x86_64 UEFI images; an {} test boots a rootfs recipe",
+            want.name()
+        ),
         (_, Spec::Bundle(_)) => format!(
             "a [build] bundle is built on this host, for {have}; a bundle of files \
              (tests = \"FOLDER\") runs on any guest",
             have = have.name()
         ),
         _ => format!(
-            "set arch = \"{}\" in `{}`, or name a {} recipe here",
+            "set arch = \"{}\" in `{}`, or name an {} recipe here",
             have.name(),
             recipe.name,
             want.name()

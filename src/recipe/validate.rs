@@ -34,14 +34,7 @@ impl Recipe {
             text,
             project,
         };
-        let spec = doc.parse_spec()?;
-        let arch = match &spec {
-            // A `[build]` bundle's command runs here, for this host.
-            Spec::Bundle(_) => Arch::host(),
-            // Bootable disks are UEFI x86-64 images (`format::disk`).
-            Spec::Disk(_) => Arch::X86_64,
-            _ => doc.arch()?,
-        };
+        let (arch, spec) = doc.parse_spec()?;
         Ok(Recipe {
             name: at.name.clone(),
             file: file.clone(),
@@ -111,7 +104,8 @@ impl Document<'_> {
         })
     }
 
-    fn parse_spec(&self) -> Result<Spec> {
+    /// The recipe's arch and spec.
+    fn parse_spec(&self) -> Result<(Arch, Spec)> {
         let kind: raw::Kind = self.deserialize()?;
         let Some(kind) = kind.kind else {
             let loc = Location::from_span(&self.file, &self.text, 0..0);
@@ -120,11 +114,19 @@ impl Document<'_> {
                 .into());
         };
         match kind.get_ref().as_str() {
-            "kernel" => self.kernel().map(Spec::Kernel),
-            "rootfs" => self.rootfs().map(Spec::Rootfs),
-            "bundle" => self.bundle().map(Spec::Bundle),
-            "test" => self.test().map(Spec::Test),
-            "disk" => self.disk().map(Spec::Disk),
+            "kernel" => Ok((self.arch()?, Spec::Kernel(self.kernel()?))),
+            "rootfs" => {
+                let arch = self.arch()?;
+                Ok((arch, Spec::Rootfs(self.rootfs(arch)?)))
+            }
+            // A `[build]` bundle's command runs here, for this host.
+            "bundle" => Ok((Arch::host(), Spec::Bundle(self.bundle()?))),
+            "test" => {
+                let arch = self.arch()?;
+                Ok((arch, Spec::Test(self.test(arch)?)))
+            }
+            // Bootable disks are UEFI x86-64 images (`format::disk`).
+            "disk" => Ok((Arch::X86_64, Spec::Disk(self.disk()?))),
             other => {
                 let mut d = Diagnostic::new(self.at(&kind), format!("unknown kind `{other}`"));
                 d = d.with_help(match did_you_mean(other, KINDS) {
@@ -295,7 +297,7 @@ impl Document<'_> {
         })
     }
 
-    fn rootfs(&self) -> Result<RootfsSpec> {
+    fn rootfs(&self, arch: Arch) -> Result<RootfsSpec> {
         let raw: raw::Rootfs = self.deserialize()?;
         let mut merged = MergedRootfs::default();
         let mut modules = Vec::new();
@@ -334,7 +336,6 @@ impl Document<'_> {
                 }
                 // mmdebstrap would run the packages' scripts, built for the guest's
                 // machine, on this one.
-                let arch = self.arch()?;
                 if arch != Arch::host() {
                     return Err(Diagnostic::new(
                         loc(),
@@ -495,7 +496,7 @@ impl Document<'_> {
         Ok(())
     }
 
-    fn test(&self) -> Result<TestSpec> {
+    fn test(&self, arch: Arch) -> Result<TestSpec> {
         let raw: raw::Test = self.deserialize()?;
         let timeout = match &raw.timeout {
             Some(t) => units::TEST_TIMEOUT
@@ -504,7 +505,7 @@ impl Document<'_> {
             None => DEFAULT_TEST_TIMEOUT,
         };
         let vm = &raw.vm;
-        let defaults = VmSpec::for_arch(self.arch()?);
+        let defaults = VmSpec::for_arch(arch);
         let backend = match vm.backend.as_ref().map(|b| b.get_ref().as_str()) {
             None => defaults.backend.clone(),
             Some("qemu") => BackendKind::Qemu,
@@ -644,6 +645,35 @@ impl Document<'_> {
         };
         if let Some(m) = &vm.machine {
             grammar::machine(m.get_ref()).map_err(|e| self.error(m, e))?;
+            // virt is qemu-system-aarch64's machine (and its versions, virt-7.2); the
+            // x86_64 machines are not.
+            let virt = m.get_ref().starts_with("virt");
+            if virt != (defaults.arch == Arch::Aarch64) {
+                return Err(Diagnostic::new(
+                    self.at(m),
+                    format!(
+                        "machine `{}` is not one of qemu's {} machines",
+                        m.get_ref(),
+                        defaults.arch.name()
+                    ),
+                )
+                .with_help(format!(
+                    "leave it out for {}'s default, `{}`",
+                    defaults.arch.name(),
+                    defaults.arch.default_machine()
+                ))
+                .into());
+            }
+        }
+        // virt's default interrupt controller (GICv2) routes at most 8 CPUs.
+        const VIRT_MAX_CPUS: i64 = 8;
+        if let (Arch::Aarch64, Some(cpus)) = (defaults.arch, &vm.cpus) {
+            if *cpus.get_ref() > VIRT_MAX_CPUS {
+                return Err(self.error(
+                    cpus,
+                    format!("an aarch64 VM (qemu's virt machine) has at most {VIRT_MAX_CPUS} CPUs"),
+                ));
+            }
         }
         if let Some(c) = &vm.cmdline {
             if c.get_ref().chars().any(char::is_control) {
@@ -807,6 +837,18 @@ pub(in crate::recipe) mod tests {
         refused(
             &format!("{TEST_HEAD}arch = \"aarch64\"\n[vm]\nbackend = \"bhyve\"\n"),
             "runs x86_64 guests",
+        );
+        refused(
+            &format!("{TEST_HEAD}arch = \"aarch64\"\n[vm]\nmachine = \"q35\"\n"),
+            "machine `q35` is not one of qemu's aarch64 machines",
+        );
+        refused(
+            &format!("{TEST_HEAD}[vm]\nmachine = \"virt\"\n"),
+            "leave it out for x86_64's default, `q35`",
+        );
+        refused(
+            &format!("{TEST_HEAD}arch = \"aarch64\"\n[vm]\ncpus = 9\n"),
+            "at most 8 CPUs",
         );
         refused(
             "kind = \"rootfs\"\narch = \"aarch64\"\nbase = \"debian:bookworm\"\n",

@@ -107,7 +107,7 @@ fn exec_once(
     let mut launch = media.launch(
         e.artifacts,
         e.vm,
-        guest::cmdline(e.vm.arch, media.init, &e.vm.cmdline),
+        guest::cmdline(backend.guest_ports(), media.init, &e.vm.cmdline),
         scratch_disks(&e.vm.disks, e.work, "run")?,
         Wiring::Agent {
             socket: socket.clone(),

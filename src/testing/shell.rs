@@ -100,7 +100,7 @@ fn shell_once(
     let mut launch = media.launch(
         s.artifacts,
         s.vm,
-        guest::cmdline(s.vm.arch, media.init, &s.vm.cmdline),
+        guest::cmdline(backend.guest_ports(), media.init, &s.vm.cmdline),
         scratch_disks(&s.vm.disks, s.work, "shell")?,
         Wiring::Interactive {
             agent: socket.clone(),

@@ -88,7 +88,7 @@ pub(crate) fn environment_inputs(
         vm,
         // The whole line the guest boots with, host limits included (`rdinit=` follows
         // from the rootfs, which is keyed).
-        cmdline: guest::cmdline(vm.arch, "", &vm.cmdline),
+        cmdline: guest::cmdline(backend.guest_ports(), "", &vm.cmdline),
         kernel,
         rootfs,
         bundles,

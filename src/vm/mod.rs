@@ -77,7 +77,7 @@ pub struct Firmware {
 /// The image format of a root disk (a disk recipe's `format`).
 pub use crate::recipe::ImageFormat;
 
-pub use crate::format::guest::ROOT_DISK_SERIAL;
+pub use crate::format::guest::{GuestPorts, ROOT_DISK_SERIAL};
 
 /// A root disk image, only ever read, and what the VM's writes go to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,6 +188,11 @@ pub trait Backend: Sync {
     fn snapshots(&self) -> Option<&dyn Snapshots> {
         None
     }
+    /// What the guest calls the ports `command` wires (console, agent, shell): the
+    /// kernel command line names them.
+    fn guest_ports(&self) -> GuestPorts {
+        GuestPorts::SERIAL
+    }
     /// Whether a VM on `machine` has a VM generation ID, which a guest restored from a
     /// saved state sees change (and reseeds its random generator).
     fn generation_id(&self, _machine: &str) -> bool {
@@ -228,6 +233,15 @@ pub(crate) fn backend(vm: &VmSpec, accel: Accel) -> Result<Box<dyn Backend>, Str
         })),
         BackendKind::Bhyve => bhyve::Bhyve::on_this_host().map(|b| Box::new(b) as Box<dyn Backend>),
     }
+}
+
+/// What a run says once when it boots a guest of another machine than the host's.
+pub(crate) fn foreign_guest_notice(arch: Arch) -> String {
+    format!(
+        "{} guests run under TCG (emulated) on this {} host",
+        arch.name(),
+        Arch::host().name()
+    )
 }
 
 /// How qemu runs guest code.
@@ -328,6 +342,16 @@ pub fn detect_accel(store_root: &Path) -> (Accel, Option<String>) {
 }
 
 fn probe_kvm() -> (Accel, Option<String>) {
+    // The probe is an x86 boot sector; vmbuild has run nowhere else.
+    if Arch::host() != Arch::X86_64 {
+        return (
+            Accel::Tcg,
+            Some(format!(
+                "vmbuild probes KVM on x86_64 hosts only, and this one is {}",
+                Arch::host().name()
+            )),
+        );
+    }
     let kvm = Path::new("/dev/kvm");
     if fs_err::OpenOptions::new()
         .read(true)
@@ -347,7 +371,7 @@ fn probe_kvm() -> (Accel, Option<String>) {
     if fs_err::write(&image, probe_boot_sector()).is_err() {
         return (Accel::Tcg, Some("cannot write the KVM probe image".into()));
     }
-    let mut cmd = Command::new(BackendKind::Qemu.program(Arch::host()));
+    let mut cmd = Command::new(BackendKind::Qemu.program(Arch::X86_64));
     cmd.args([
         "-accel",
         "kvm",

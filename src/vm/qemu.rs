@@ -5,7 +5,7 @@
 //! they carry (a saved state restores only into the same devices): the kernel console, the
 //! guest agent's channel, and the `--keep-alive` shell (`null` otherwise); on x86_64 three
 //! serial ports, on aarch64 (whose `virt` machine has one UART) the UART and two virtio
-//! consoles (`format::guest::ports`). A VM generation ID on pc and q35 machines, so that a Linux
+//! consoles (`guest_ports`). A VM generation ID on pc and q35 machines, so that a Linux
 //! guest restored from a saved state reseeds its random generator.
 //! The guest gets no network (`-nic none`) unless the recipe opts in (`net = "user"`: one
 //! virtio-net NIC on qemu's user-mode NAT), and nothing of the store but what qemu reads
@@ -25,8 +25,8 @@ use serde_json::{json, Value};
 
 use super::qmp::Qmp;
 use super::{
-    Accel, Backend, Boot, Firmware, ImageFormat, Launch, Net, RootLayer, SavedState, Snapshots,
-    StateCodec, Unsupported, Wiring, ROOT_DISK_SERIAL,
+    Accel, Backend, Boot, Firmware, GuestPorts, ImageFormat, Launch, Net, RootLayer, SavedState,
+    Snapshots, StateCodec, Unsupported, Wiring, ROOT_DISK_SERIAL,
 };
 use crate::process::{joined, shell_word};
 use crate::recipe::{Arch, BackendKind};
@@ -76,6 +76,18 @@ impl Backend for Qemu {
 
     fn snapshots(&self) -> Option<&dyn Snapshots> {
         Some(self)
+    }
+
+    fn guest_ports(&self) -> GuestPorts {
+        match self.arch {
+            Arch::X86_64 => GuestPorts::SERIAL,
+            // The UART, then the two virtconsoles in the order `command` adds them.
+            Arch::Aarch64 => GuestPorts {
+                console: "ttyAMA0",
+                channel: "hvc0",
+                hold: "hvc1",
+            },
+        }
     }
 
     /// The vmgenid device lives in ACPI, which pc and q35 have (a directly booted aarch64
@@ -173,7 +185,8 @@ impl Backend for Qemu {
             Arch::X86_64 => {
                 cmd.arg("-serial").arg(agent).arg("-serial").arg(shell);
             }
-            // virt has one UART: the agent and the shell get virtio consoles (hvc0, hvc1).
+            // virt has one UART: the agent and the shell get virtio consoles, hvc0 and
+            // hvc1 in this order (`guest_ports`).
             Arch::Aarch64 => {
                 cmd.args(["-device", "virtio-serial-pci,id=vmbuild-ports"]);
                 for (id, backend) in [("vmbuild-agent", agent), ("vmbuild-shell", shell)] {

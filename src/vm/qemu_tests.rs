@@ -435,6 +435,11 @@ fn an_aarch64_guest_gets_the_virt_machine_a_plain_cpu_and_virtio_consoles_for_th
         arch: Arch::Aarch64,
     };
     assert_eq!(qemu.program(), "qemu-system-aarch64");
+    let ports = qemu.guest_ports();
+    assert_eq!(
+        (ports.console, ports.channel, ports.hold),
+        ("ttyAMA0", "hvc0", "hvc1")
+    );
     let line = crate::process::describe(
         &qemu
             .command(&launch(Wiring::Agent {

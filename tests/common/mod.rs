@@ -362,3 +362,80 @@ pub fn junit_counts(path: &std::path::Path) -> Option<String> {
     );
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
+
+/// `vmbuild test --keep-alive` of the test recipe `name` (`head`: its kernel, rootfs and
+/// other lines) whose bundle has a failing test: the held VM's shell answers on the socket
+/// vmbuild names, holds the failed test's output, and `exit` ends the run with exit 1.
+pub fn keep_alive_holds_a_failed_test(p: &TestProject, name: &str, head: &str) {
+    use std::io::{BufRead, Read, Write};
+    p.write_exec(
+        &format!("tests/{name}/broken"),
+        "#!/bin/sh\necho 'this test is broken'\nexit 1\n",
+    );
+    p.write_exec(&format!("tests/{name}/fine"), "#!/bin/sh\ntrue\n");
+    p.write(
+        &format!("recipes/{name}-tests.toml"),
+        &format!("kind = \"bundle\"\ntests = \"../tests/{name}\"\n"),
+    );
+    p.write(
+        &format!("recipes/{name}.toml"),
+        &format!("kind = \"test\"\n{head}bundles = [\"{name}-tests\"]\n"),
+    );
+    let mut child = p
+        .command(&["test", "--keep-alive", name])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // If an assertion fails, end vmbuild (and through it the held VM) instead of leaking it.
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .arg(self.0.to_string())
+                .status();
+        }
+    }
+    let _guard = KillOnDrop(child.id());
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut socket = None;
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap_or(0) > 0 {
+        seen.push_str(&line);
+        if let Some(path) = line
+            .trim()
+            .strip_prefix("attach:  socat -,raw,echo=0 UNIX-CONNECT:")
+        {
+            socket = Some(path.to_string());
+            break;
+        }
+        line.clear();
+    }
+    let socket = socket.unwrap_or_else(|| panic!("no attach instructions:\n{seen}"));
+    let mut shell = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    shell
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    shell
+        .write_all(b"echo kept-$((40 + 2)); cat /tmp/vmbuild-test.log\n")
+        .unwrap();
+    let mut output = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&output).contains("this test is broken") {
+        let n = shell.read(&mut buf).unwrap();
+        assert!(n > 0, "shell closed: {}", String::from_utf8_lossy(&output));
+        output.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&output).contains("kept-42"));
+    shell.write_all(b"exit\n").unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{rest}");
+    assert!(
+        stdout.contains(&format!("FAIL    {name}/broken")),
+        "{stdout}"
+    );
+}

@@ -141,7 +141,11 @@ impl VmRun<'_> {
         let mut launch = self.media.launch(
             self.artifacts,
             &spec.vm,
-            crate::format::guest::cmdline(spec.vm.arch, self.media.init, &spec.vm.cmdline),
+            crate::format::guest::cmdline(
+                self.opts.backend.guest_ports(),
+                self.media.init,
+                &spec.vm.cmdline,
+            ),
             disks,
             Wiring::Agent {
                 socket: socket.clone(),
