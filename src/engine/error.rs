@@ -55,6 +55,15 @@ impl Error {
             | Error::Build {
                 source: BuildError::Process(ProcessError::Missing { .. }),
                 ..
+            }
+            // The host's apt lacks a guest's architecture (`dpkg --add-architecture`).
+            | Error::Key {
+                source: KeyError::Fetch(FetchError::UnknownForeignPackage { .. }),
+                ..
+            }
+            | Error::Build {
+                source: BuildError::Fetch(FetchError::UnknownForeignPackage { .. }),
+                ..
             } => 4,
             Error::Key {
                 source: KeyError::Fetch(FetchError::UnknownPackage { .. }),

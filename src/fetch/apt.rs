@@ -141,7 +141,8 @@ pub fn resolve(
     };
     let show = |name: &str| {
         show(&qualified(name)).map_err(|e| match (e, architecture) {
-            (FetchError::UnknownPackage { package }, Some(arch)) => {
+            // No such package, or none the host's apt can see: it lacks the architecture.
+            (FetchError::UnknownPackage { package }, Some(arch)) if !apt_has_architecture(arch) => {
                 FetchError::UnknownForeignPackage {
                     package,
                     arch: arch.to_string(),
@@ -209,6 +210,22 @@ pub fn download(pin: &Pin, downloads: &Path) -> Result<PathBuf, FetchError> {
     }
     fs_err::rename(&deb, &target).map_err(io_err("store", &target))?;
     Ok(target)
+}
+
+/// Whether the host's apt fetches packages for Debian's `arch`: its own, or one
+/// `dpkg --add-architecture` added.
+fn apt_has_architecture(arch: &str) -> bool {
+    let ask = |flag: &str| {
+        Command::new("dpkg")
+            .arg(flag)
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    ask("--print-architecture").trim() == arch
+        || ask("--print-foreign-architectures")
+            .split_whitespace()
+            .any(|a| a == arch)
 }
 
 /// What `apt-get download` is asked for: the exact build, for its architecture (an

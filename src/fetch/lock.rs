@@ -81,7 +81,9 @@ impl Lock {
             Arch::X86_64 => package.to_string(),
             _ => format!("{package}:{}", arch.debian()),
         };
-        let pin = self.pin_as(name, package, Some(arch.debian()), follow_kernel_meta)?;
+        // The host's own builds are apt's unqualified names.
+        let query = (arch != Arch::host()).then(|| arch.debian());
+        let pin = self.pin_as(name, package, query, follow_kernel_meta)?;
         if pin.architecture != arch.debian() && pin.architecture != "all" {
             return Err(FetchError::BadLockfile {
                 path: self.path.clone(),

@@ -16,7 +16,7 @@ use crate::process::ProcessError;
 pub enum FetchError {
     #[error("find Debian package `{package}`: apt knows no such package\n  help: check the name with `apt-cache search {package}`, or run `apt-get update`")]
     UnknownPackage { package: String },
-    #[error("find Debian package `{package}`: the host's apt knows no such package\n  help: packages for {arch} need that architecture in apt: dpkg --add-architecture {arch} && apt-get update")]
+    #[error("find Debian package `{package}`: the host's apt fetches no packages for {arch}\n  help: add the architecture: dpkg --add-architecture {arch} && apt-get update")]
     UnknownForeignPackage { package: String, arch: String },
     #[error("Debian {release} has no package {}: apt knows none by {}\n  help: check the names with `apt-cache search NAME`, or run `apt-get update`", packages.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", "), if packages.len() == 1 { "that name" } else { "those names" })]
     UnknownPackages {
