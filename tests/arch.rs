@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{cold_boots, counting, restores, TestProject};
+use common::{boots, cold_boots, counting, restores, TestProject};
 
 /// These tests cross-build for arm64 from an x86_64 host, and expect its lock names.
 fn on_x86_64_host() -> bool {
@@ -50,11 +50,11 @@ fn smoke_arm64_boots_an_aarch64_guest_once_and_then_starts_from_its_snapshot() {
     ] {
         assert!(run.stdout.contains(line), "{line}\n{}", run.stdout);
     }
-    let boots = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(cold_boots(&log), 1, "{boots}");
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(cold_boots(&log), 1, "{lines}");
     assert!(
-        boots.contains("-machine virt") && boots.contains("virtconsole"),
-        "{boots}"
+        lines.contains("-machine virt") && lines.contains("virtconsole"),
+        "{lines}"
     );
     // Rerun: the VM starts from the environment the first run saved.
     p.run_with_path(qemu_dir.path(), &["test", "-f", "smoke-arm64"])
@@ -67,6 +67,7 @@ fn smoke_arm64_boots_an_aarch64_guest_once_and_then_starts_from_its_snapshot() {
     );
     assert!(restores(&log) >= 1);
     // Unchanged, it is a cache hit, with no VM.
+    let started = boots(&log);
     let again = p
         .run_with_path(qemu_dir.path(), &["test", "smoke-arm64"])
         .expect(0);
@@ -74,8 +75,10 @@ fn smoke_arm64_boots_an_aarch64_guest_once_and_then_starts_from_its_snapshot() {
         .stdout
         .lines()
         .filter(|l| l.starts_with("PASS    ") || l.starts_with("SKIP    "))
-        .all(|l| l.ends_with("[cached]"));
-    assert!(cached, "{}", again.stdout);
+        .filter(|l| l.ends_with("[cached]"))
+        .count();
+    assert_eq!(cached, 4, "{}", again.stdout);
+    assert_eq!(boots(&log), started, "a cached run started a VM");
 
     // The guest is an aarch64 machine, and says so.
     let uname = p
