@@ -136,7 +136,7 @@ fn the_arm64_kernel_and_root_hold_arm64_code() {
     assert_eq!(listing(&root), listing(&x86));
     assert!(listing(&root).lines().any(|l| l == "usr/bin/awk"));
 
-    // The arch is in every key: the two roots differ in it alone.
+    // The arch is in the key, and the busybox pin is the arm64 build's.
     let explain = p.run(&["explain", "busybox-rootfs-arm64"]).expect(0).stdout;
     assert!(explain.contains("\"arch\": \"aarch64\""), "{explain}");
     assert!(
@@ -239,5 +239,66 @@ fn keep_alive_holds_a_failed_aarch64_test_with_a_shell_on_the_second_virtio_cons
         &TestProject::shared(),
         "held-arm64",
         "arch = \"aarch64\"\nkernel = \"tiny-kernel-arm64\"\nrootfs = \"busybox-rootfs-arm64\"\n",
+    );
+}
+
+/// A folder of links to every program on PATH but those named `hidden*`.
+fn path_without(hidden: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let path = std::env::var_os("PATH").unwrap();
+    for folder in std::env::split_paths(&path) {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let link = dir.path().join(&*name);
+            if hidden.iter().any(|h| name.starts_with(h)) || link.exists() {
+                continue;
+            }
+            let _ = std::os::unix::fs::symlink(entry.path(), link);
+        }
+    }
+    dir
+}
+
+#[test]
+fn a_host_without_the_arm64_tools_still_plans_every_recipe_and_says_what_to_install() {
+    if !on_x86_64_host() {
+        return;
+    }
+    let p = TestProject::new();
+    let bare = path_without(&["qemu-system-aarch64", "aarch64-linux-gnu-"]);
+    let path = |run: &mut Command| {
+        run.env("PATH", bare.path());
+    };
+    // gc keys every recipe, the arm64 ones too.
+    let mut gc = p.command(&["gc"]);
+    path(&mut gc);
+    let out = gc.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A test says what it lacks before anything is built for it.
+    let mut test = p.command(&["test", "smoke-arm64"]);
+    path(&mut test);
+    let out = test.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("apt-get install qemu-system-arm"),
+        "{stderr}"
+    );
+    assert!(p.entries("tiny-kernel-arm64").is_empty(), "{stderr}");
+    // The kernel's build names the cross compiler's packages.
+    let mut build = p.command(&["build", "tiny-kernel-arm64"]);
+    path(&mut build);
+    let out = build.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("apt-get install gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu"),
+        "{stderr}"
     );
 }

@@ -18,11 +18,10 @@ use super::kbuild::BuildFolder;
 use super::{copy_tree, io_err, unpack_deb, BuildContext, BuildError};
 use crate::fetch::http;
 use crate::format::kconfig::read_config;
-use crate::graph::kernel_toolchain;
-use crate::graph::tree_digest;
+use crate::graph::{kbuild_flags, kernel_toolchain, tree_digest};
 use crate::hashing::{self, Listing};
 use crate::process;
-use crate::recipe::{kbuild_flags, Arch, ConfigBase, Fetch, KernelSpec};
+use crate::recipe::{Arch, ConfigBase, Fetch, KernelSpec};
 use crate::store::{Build, Manifest};
 
 /// Host tools the kernel build needs, with the Debian package of each.

@@ -110,11 +110,12 @@ fn applet_paths(
         true => busybox.to_path_buf(),
         false => {
             let (lister, host_version) = fetch_busybox(ctx, Arch::host(), "busybox-host")?;
-            if host_version != version {
+            if source_version(&host_version) != source_version(version) {
                 return Err(BuildError::Invalid(format!(
                     "the {} busybox (vmbuild.lock: {version}) has its applets listed by this \
-                     host's busybox of the same version, but the lock pins {host_version} \
-                     for {}\n  help: pin both to one version (`vmbuild lock` resolves both anew)",
+                     host's busybox of the same source version, but the lock pins \
+                     {host_version} for {}\n  help: pin both to one version (`vmbuild lock` \
+                     resolves both anew)",
                     arch.debian(),
                     Arch::host().debian()
                 )));
@@ -142,6 +143,15 @@ fn applet_paths(
     Ok(paths
         .filter(|p| names.contains(p.rsplit('/').next().unwrap_or(p)))
         .collect())
+}
+
+/// The source package's version of a binary package's: without a binary-only rebuild's
+/// `+bN`, which differs between architectures built from one source.
+fn source_version(version: &str) -> &str {
+    version
+        .rsplit_once("+b")
+        .filter(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(version, |(source, _)| source)
 }
 
 /// The applet names a busybox binary holds: its `applet_names` table, the NUL-separated
@@ -402,5 +412,15 @@ mod tests {
         let names: Vec<&str> = applet_names(binary).into_iter().collect();
         assert_eq!(names, ["[", "[[", "acpid", "add-shell", "ls", "zcat"]);
         assert!(applet_names(b"no table here").is_empty());
+    }
+
+    #[test]
+    fn a_binary_only_rebuild_has_its_sources_version() {
+        assert_eq!(
+            source_version("1:1.35.0-4+deb12u1+b1"),
+            "1:1.35.0-4+deb12u1"
+        );
+        assert_eq!(source_version("1:1.35.0-4+deb12u1"), "1:1.35.0-4+deb12u1");
+        assert_eq!(source_version("2.0+bar"), "2.0+bar");
     }
 }

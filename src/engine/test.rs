@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use super::{Engine, Error, Force, Plan, Result, Tested};
-use crate::recipe::{Arch, Spec, StartMode, TestSpec};
+use crate::process::ProcessError;
+use crate::recipe::{Arch, BackendKind, Spec, StartMode, TestSpec};
 use crate::report::Event;
 use crate::store::Entry;
 use crate::testing::phase::{self, Hooks, Job};
@@ -95,6 +96,26 @@ impl Engine<'_> {
                 .iter()
                 .filter_map(|r| outcomes.remove(r))
                 .collect());
+        }
+        // A test whose qemu this host lacks says so before anything is built for it (its
+        // key holds that qemu as absent when it is another arch's).
+        for &i in &to_run {
+            let recipe = &plan.graph.nodes[i].recipe;
+            let Spec::Test(t) = &recipe.spec else {
+                continue;
+            };
+            let program = t.vm.backend.program(t.vm.arch);
+            if t.vm.backend == BackendKind::Qemu && crate::process::which(program).is_none() {
+                return Err(Error::Test {
+                    name: recipe.name.clone(),
+                    source: ProcessError::Missing {
+                        command: program.into(),
+                        tool: program.into(),
+                        package: crate::process::package_for(program).into(),
+                    }
+                    .into(),
+                });
+            }
         }
         let artifacts = self.build_closure(plan, &to_run, force)?;
         let (accel, reason) = vm::detect_accel(self.store.root());

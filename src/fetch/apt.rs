@@ -186,6 +186,14 @@ pub fn download(pin: &Pin, downloads: &Path) -> Result<PathBuf, FetchError> {
         .prefix(".apt-")
         .tempdir_in(downloads)
         .map_err(io_err("create a temp folder in", downloads))?;
+    // A pin for an architecture the host's apt lacks: say so, not apt's "Unable to
+    // locate package".
+    if pin.architecture != "all" && !apt_has_architecture(&pin.architecture) {
+        return Err(FetchError::UnknownForeignPackage {
+            package: format!("{}:{}", pin.package, pin.architecture),
+            arch: pin.architecture.clone(),
+        });
+    }
     let spec = download_spec(pin);
     process::run(
         Command::new("apt-get")

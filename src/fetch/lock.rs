@@ -63,7 +63,7 @@ impl Lock {
     /// `follow_kernel_meta` follows a meta package such as `linux-image-amd64` to the
     /// real image package it depends on.
     pub fn pin(&self, package: &str, follow_kernel_meta: bool) -> Result<Pin, FetchError> {
-        self.pin_as(package.to_string(), package, None, follow_kernel_meta)
+        self.pin_as(package.to_string(), package, None, None, follow_kernel_meta)
     }
 
     /// The pin for `package` built for `arch`. The lock names an x86_64 (amd64) build by
@@ -83,37 +83,57 @@ impl Lock {
         };
         // The host's own builds are apt's unqualified names.
         let query = (arch != Arch::host()).then(|| arch.debian());
-        let pin = self.pin_as(name, package, query, follow_kernel_meta)?;
-        if pin.architecture != arch.debian() && pin.architecture != "all" {
-            return Err(FetchError::BadLockfile {
-                path: self.path.clone(),
-                message: format!(
-                    "`{}` is pinned to a build for {}, and a build for {} is needed",
-                    pin.name,
-                    pin.architecture,
-                    arch.debian()
-                ),
-            });
-        }
-        Ok(pin)
+        self.pin_as(name, package, query, Some(arch), follow_kernel_meta)
     }
 
+    /// Whether `pin` (from the lock file, or else fresh from apt) is a build for `arch`
+    /// (or for every arch): why not, if it is not.
+    fn check_build(&self, pin: &Pin, arch: Arch, from_lock: bool) -> Result<(), FetchError> {
+        if pin.architecture == arch.debian() || pin.architecture == "all" {
+            return Ok(());
+        }
+        let message = format!(
+            "`{}` is a build for {}, and a build for {} is needed",
+            pin.name,
+            pin.architecture,
+            arch.debian()
+        );
+        Err(match from_lock {
+            true => FetchError::BadLockfile {
+                path: self.path.clone(),
+                message,
+            },
+            false => FetchError::WrongBuild { message },
+        })
+    }
+
+    /// The pin named `name`, from the lock or else resolved with apt (asking for the
+    /// build for Debian's `query` architecture, when not the host's) and recorded; when
+    /// `arch` is given, refused unless it is a build for it.
     fn pin_as(
         &self,
         name: String,
         package: &str,
-        architecture: Option<&str>,
+        query: Option<&str>,
+        arch: Option<Arch>,
         follow_kernel_meta: bool,
     ) -> Result<Pin, FetchError> {
-        if let Some(pin) = self
+        let locked = self
             .pins
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&name)
-        {
-            return Ok(pin.clone());
+            .cloned();
+        if let Some(pin) = locked {
+            if let Some(arch) = arch {
+                self.check_build(&pin, arch, true)?;
+            }
+            return Ok(pin);
         }
-        let pin = apt::resolve(&name, package, architecture, follow_kernel_meta)?;
+        let pin = apt::resolve(&name, package, query, follow_kernel_meta)?;
+        if let Some(arch) = arch {
+            self.check_build(&pin, arch, false)?;
+        }
         let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
         pins.insert(name, pin.clone());
         // A refresh writes the lock once, whole (`finish_refresh`): one that fails half way
@@ -260,7 +280,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("`fio` is pinned to a build for arm64, and a build for amd64 is needed"),
+            err.contains("`fio` is a build for arm64, and a build for amd64 is needed"),
             "{err}"
         );
     }

@@ -142,11 +142,14 @@ mod tests {
             ..VmSpec::default()
         };
         assert_eq!(base, key(&same, "QEMU 7.2 sha256:aa", "tcg", "b1"));
-        // Another arch is another guest, even with the same parts' keys.
-        let arm = VmSpec::for_arch(crate::recipe::Arch::Aarch64);
+        // Another arch is another guest, even with the same parts' keys and settings.
+        let arm = VmSpec {
+            arch: crate::recipe::Arch::Aarch64,
+            ..VmSpec::default()
+        };
         let arm_inputs = environment_key(&Environment {
             vm: &arm,
-            cmdline: String::new(),
+            cmdline: format!("console=ttyS0 {}", arm.cmdline),
             kernel: "k1",
             rootfs: "r1",
             bundles: vec![("smoke-tests", "b1")],

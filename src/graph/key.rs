@@ -35,8 +35,8 @@ use crate::fetch::FetchError;
 use crate::hashing::{self, TreeEntry};
 use crate::process::ProcessError;
 use crate::recipe::{
-    kbuild_flags, Arch, BackendKind, BundleBuild, BundleSpec, ConfigBase, Fetch, ImageFormat,
-    Isolation, KernelSpec, Recipe, RootfsBase, RootfsFormat, Spec, BUSYBOX_PACKAGE,
+    Arch, BackendKind, BundleBuild, BundleSpec, ConfigBase, Fetch, ImageFormat, Isolation,
+    KernelSpec, Recipe, RootfsBase, RootfsFormat, Spec, BUSYBOX_PACKAGE,
 };
 use crate::tools::Tools;
 
@@ -97,6 +97,33 @@ pub(crate) fn tree_digest(inputs: &Value) -> Option<&str> {
 /// its key inputs (as `to_value` gives them).
 pub(crate) fn build_input_content<'a>(inputs: &'a Value, name: &str) -> Option<&'a Value> {
     inputs.pointer("/recipe/build/inputs")?.get(name)
+}
+
+/// The make variables that build a kernel for `arch` on this host, then the recipe's
+/// own `make_flags` (which may override them: another `CROSS_COMPILE=`). Nothing for the
+/// host's own arch. The key holds the compiler and linker these pick (`kernel_toolchain`).
+pub(crate) fn kbuild_flags(arch: Arch, make_flags: &[String]) -> Vec<String> {
+    let mut flags = Vec::new();
+    if arch != Arch::host() {
+        // Debian's cross compiler (gcc-aarch64-linux-gnu), else Nix's
+        // (pkgsCross.aarch64-multiplatform); neither here, Debian's is what a build
+        // asks to install.
+        let (kernel_arch, prefixes) = match arch {
+            Arch::X86_64 => ("x86", ["x86_64-linux-gnu-", "x86_64-unknown-linux-gnu-"]),
+            Arch::Aarch64 => (
+                "arm64",
+                ["aarch64-linux-gnu-", "aarch64-unknown-linux-gnu-"],
+            ),
+        };
+        let cross = prefixes
+            .into_iter()
+            .find(|p| crate::process::which(&format!("{p}gcc")).is_some())
+            .unwrap_or(prefixes[0]);
+        flags.push(format!("ARCH={kernel_arch}"));
+        flags.push(format!("CROSS_COMPILE={cross}"));
+    }
+    flags.extend(make_flags.iter().cloned());
+    flags
 }
 
 /// The compiler and linker a kernel's make flags select: `CC=`/`LD=` name them,
@@ -183,6 +210,24 @@ fn fetch_inputs(
     })
 }
 
+/// The tools of another arch than the host's that `recipe` uses (a kernel's cross
+/// compiler and linker, a test's qemu): a host with nothing of that arch to build may lack
+/// them. Its keys say `absent`, and a build or test says what to install (exit 4);
+/// commands that key every recipe (`gc`, `lock`) work there.
+fn foreign_arch_tools(recipe: &Recipe) -> Vec<String> {
+    if recipe.target_arch().is_none_or(|a| a == Arch::host()) {
+        return Vec::new();
+    }
+    match &recipe.spec {
+        Spec::Kernel(KernelSpec::FromSource { make_flags, .. }) => {
+            let (compiler, linker) = kernel_toolchain(&kbuild_flags(recipe.arch, make_flags));
+            vec![compiler, linker]
+        }
+        Spec::Test(t) => vec![t.vm.backend.program(t.vm.arch).to_string()],
+        _ => Vec::new(),
+    }
+}
+
 /// The key inputs of one recipe, given its dependencies' keys by recipe name.
 pub fn compute_key(
     recipe: &Recipe,
@@ -190,14 +235,12 @@ pub fn compute_key(
     ctx: &KeyContext,
 ) -> Result<KeyInputs, KeyError> {
     let mut tools = BTreeMap::new();
-    // The tools that make another arch's output (its cross compiler, its qemu) may be
-    // absent from a host that has nothing of that arch to build: its key says so, and a
-    // build or test of it says what to install (exit 4). Commands that key every recipe
-    // (`gc`, `lock`) work there.
-    let foreign = recipe.target_arch().is_some_and(|a| a != Arch::host());
+    let may_be_absent = foreign_arch_tools(recipe);
     let mut tool = |name: &str, args: &[&str]| -> Result<(), KeyError> {
         let version = match ctx.tools.version(name, args) {
-            Err(ProcessError::Missing { .. }) if foreign => ABSENT.to_string(),
+            Err(ProcessError::Missing { .. }) if may_be_absent.iter().any(|t| t == name) => {
+                ABSENT.to_string()
+            }
             other => other?,
         };
         tools.insert(name.to_string(), version);

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 pub(crate) use environment::{environment_key, Environment};
 pub(crate) use explain::explain_change;
-pub(crate) use key::{build_input_content, hash_path, kernel_toolchain, tree_digest};
+pub(crate) use key::{build_input_content, hash_path, kbuild_flags, kernel_toolchain, tree_digest};
 pub use key::{compute_key, KeyContext, KeyError, KeyInputs, KEY_SCHEMA};
 
 use crate::recipe::{Diagnostic, Project, Recipe, RecipeError, RecipeRef, RootfsFormat, Spec};
@@ -178,13 +178,14 @@ fn mismatch(recipe: &Recipe, field: &str, dep: &Recipe) -> Option<String> {
     }
 }
 
-/// A kernel, root or bundle for another machine than the recipe using it (a test may come
-/// `after` a test of any arch).
+/// A kernel, root or bundle for another machine than the recipe that boots it or puts it
+/// in an image. A test may come `after` a test of any arch, and a `[build]` bundle may read
+/// any entry.
 fn arch_mismatch(recipe: &Recipe, field: &str, dep: &Recipe) -> Option<String> {
     let (Some(want), Some(have)) = (recipe.target_arch(), dep.target_arch()) else {
         return None;
     };
-    if want == have || field == "after" {
+    if want == have || !matches!(field, "kernel" | "rootfs" | "bundles" | "kernel_modules") {
         return None;
     }
     let help = match (&recipe.spec, &dep.spec) {

@@ -30,33 +30,6 @@ pub struct Recipe {
 /// agent run on other roots.
 pub const BUSYBOX_PACKAGE: &str = "busybox-static";
 
-/// The make variables that build a kernel for `arch` on this host, then the recipe's
-/// own `make_flags` (which may override them: another `CROSS_COMPILE=`). Nothing for the
-/// host's own arch. The key holds the compiler and linker these pick (`kernel_toolchain`).
-pub fn kbuild_flags(arch: Arch, make_flags: &[String]) -> Vec<String> {
-    let mut flags = Vec::new();
-    if arch != Arch::host() {
-        // Debian's cross compiler (gcc-aarch64-linux-gnu), else Nix's
-        // (pkgsCross.aarch64-multiplatform); neither here, Debian's is what a build
-        // asks to install.
-        let (kernel_arch, prefixes) = match arch {
-            Arch::X86_64 => ("x86", ["x86_64-linux-gnu-", "x86_64-unknown-linux-gnu-"]),
-            Arch::Aarch64 => (
-                "arm64",
-                ["aarch64-linux-gnu-", "aarch64-unknown-linux-gnu-"],
-            ),
-        };
-        let cross = prefixes
-            .into_iter()
-            .find(|p| crate::process::which(&format!("{p}gcc")).is_some())
-            .unwrap_or(prefixes[0]);
-        flags.push(format!("ARCH={kernel_arch}"));
-        flags.push(format!("CROSS_COMPILE={cross}"));
-    }
-    flags.extend(make_flags.iter().cloned());
-    flags
-}
-
 /// The machine a kernel, a root or a test is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Arch {

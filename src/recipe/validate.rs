@@ -648,21 +648,28 @@ impl Document<'_> {
             // virt is qemu-system-aarch64's machine (and its versions, virt-7.2); the
             // x86_64 machines are not.
             let virt = m.get_ref().starts_with("virt");
-            if virt != (defaults.arch == Arch::Aarch64) {
-                return Err(Diagnostic::new(
-                    self.at(m),
-                    format!(
-                        "machine `{}` is not one of qemu's {} machines",
-                        m.get_ref(),
-                        defaults.arch.name()
-                    ),
-                )
-                .with_help(format!(
-                    "leave it out for {}'s default, `{}`",
-                    defaults.arch.name(),
-                    defaults.arch.default_machine()
-                ))
-                .into());
+            match (defaults.arch, virt) {
+                (Arch::Aarch64, false) => {
+                    return Err(Diagnostic::new(
+                        self.at(m),
+                        format!(
+                            "vmbuild boots aarch64 guests on qemu's `virt` machine (or a \
+                             version of it, `virt-7.2`), not `{}`",
+                            m.get_ref()
+                        ),
+                    )
+                    .with_help("leave `machine` out for `virt`")
+                    .into());
+                }
+                (Arch::X86_64, true) => {
+                    return Err(Diagnostic::new(
+                        self.at(m),
+                        format!("`{}` is qemu's aarch64 machine; this test is x86_64", m.get_ref()),
+                    )
+                    .with_help("set arch = \"aarch64\" (and in its kernel and rootfs), or leave `machine` out for `q35`")
+                    .into());
+                }
+                _ => {}
             }
         }
         // virt's default interrupt controller (GICv2) routes at most 8 CPUs.
@@ -840,11 +847,11 @@ pub(in crate::recipe) mod tests {
         );
         refused(
             &format!("{TEST_HEAD}arch = \"aarch64\"\n[vm]\nmachine = \"q35\"\n"),
-            "machine `q35` is not one of qemu's aarch64 machines",
+            "on qemu's `virt` machine (or a version of it, `virt-7.2`), not `q35`",
         );
         refused(
             &format!("{TEST_HEAD}[vm]\nmachine = \"virt\"\n"),
-            "leave it out for x86_64's default, `q35`",
+            "`virt` is qemu's aarch64 machine; this test is x86_64",
         );
         refused(
             &format!("{TEST_HEAD}arch = \"aarch64\"\n[vm]\ncpus = 9\n"),
