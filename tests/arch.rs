@@ -302,3 +302,36 @@ fn a_host_without_the_arm64_tools_still_plans_every_recipe_and_says_what_to_inst
         "{stderr}"
     );
 }
+
+#[test]
+fn a_pin_whose_sha256_names_the_other_archs_build_is_refused() {
+    if !on_x86_64_host() {
+        return;
+    }
+    let p = TestProject::new();
+    // The amd64 busybox is in the store's downloads, by its sha256.
+    p.run(&["build", "busybox-rootfs"]).expect(0);
+    let lock = std::fs::read_to_string(p.path("vmbuild.lock")).unwrap();
+    let sha = |name: &str| {
+        let block = lock
+            .split("[[package]]")
+            .find(|b| b.contains(&format!("name = \"{name}\"\n")))
+            .unwrap();
+        block
+            .lines()
+            .find_map(|l| l.strip_prefix("sha256 = \""))
+            .unwrap()
+            .trim_end_matches('"')
+            .to_string()
+    };
+    let (x86, arm) = (sha("busybox-static"), sha("busybox-static:arm64"));
+    p.write("vmbuild.lock", &lock.replace(&arm, &x86));
+    let run = p.run(&["build", "busybox-rootfs-arm64"]).expect(3);
+    assert!(
+        run.stderr
+            .contains("but that file is busybox-static for amd64"),
+        "{}",
+        run.stderr
+    );
+    assert!(p.entries("busybox-rootfs-arm64").is_empty());
+}

@@ -175,12 +175,49 @@ pub fn resolve(
     })
 }
 
-/// The pinned .deb, downloaded once into `downloads` and verified against the pin.
+/// The pinned .deb, downloaded once into `downloads` and verified against the pin: its
+/// sha256, and the package and architecture its control file names (a pin whose sha256
+/// names another build, already downloaded, is refused).
 pub fn download(pin: &Pin, downloads: &Path) -> Result<PathBuf, FetchError> {
     let target = downloads.join(format!("{}.deb", pin.sha256));
-    if target.is_file() {
-        return Ok(target);
+    if !target.is_file() {
+        fetch(pin, downloads, &target)?;
     }
+    check_control(pin, &target)?;
+    Ok(target)
+}
+
+/// Whether the .deb at `deb` is the package and build `pin` names.
+fn check_control(pin: &Pin, deb: &Path) -> Result<(), FetchError> {
+    let out = process::run(
+        Command::new("dpkg-deb")
+            .arg("--field")
+            .arg(deb)
+            .args(["Package", "Architecture"]),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let (package, architecture) = (field("Package"), field("Architecture"));
+    if package == pin.package && architecture == pin.architecture {
+        return Ok(());
+    }
+    Err(FetchError::WrongBuild {
+        message: format!(
+            "vmbuild.lock pins `{}` to {} for {} (sha256 {}), but that file is {package} for \
+             {architecture}",
+            pin.name, pin.package, pin.architecture, pin.sha256
+        ),
+    })
+}
+
+/// Downloads the pinned .deb to `target`, verified against its sha256.
+fn fetch(pin: &Pin, downloads: &Path, target: &Path) -> Result<(), FetchError> {
     fs_err::create_dir_all(downloads).map_err(io_err("create", downloads))?;
     let tmp = tempfile::Builder::new()
         .prefix(".apt-")
@@ -216,8 +253,8 @@ pub fn download(pin: &Pin, downloads: &Path) -> Result<PathBuf, FetchError> {
             actual,
         });
     }
-    fs_err::rename(&deb, &target).map_err(io_err("store", &target))?;
-    Ok(target)
+    fs_err::rename(&deb, target).map_err(io_err("store", target))?;
+    Ok(())
 }
 
 /// Whether the host's apt fetches packages for Debian's `arch`: its own, or one

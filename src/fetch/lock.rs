@@ -103,7 +103,9 @@ impl Lock {
                 path: self.path.clone(),
                 message,
             },
-            false => FetchError::WrongBuild { message },
+            false => FetchError::WrongBuild {
+                message: format!("apt offers the wrong build: {message}"),
+            },
         })
     }
 

@@ -18,7 +18,8 @@ pub enum FetchError {
     UnknownPackage { package: String },
     #[error("find Debian package `{package}`: the host's apt fetches no packages for {arch}\n  help: add the architecture: dpkg --add-architecture {arch} && apt-get update")]
     UnknownForeignPackage { package: String, arch: String },
-    #[error("resolve a Debian package: apt offers the wrong build: {message}")]
+    /// A Debian package that is another build than the one needed.
+    #[error("{message}")]
     WrongBuild { message: String },
     #[error("Debian {release} has no package {}: apt knows none by {}\n  help: check the names with `apt-cache search NAME`, or run `apt-get update`", packages.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", "), if packages.len() == 1 { "that name" } else { "those names" })]
     UnknownPackages {

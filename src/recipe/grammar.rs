@@ -77,10 +77,22 @@ pub fn machine(name: &str) -> Result<(), String> {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
     ok.then_some(()).ok_or_else(|| {
         format!(
-            "`{}` is not a machine type (examples: q35, pc, pc-q35-7.2)",
+            "`{}` is not a machine type (examples: q35, pc, pc-q35-7.2; for aarch64, virt)",
             name.escape_debug()
         )
     })
+}
+
+/// Whether `name` is qemu's aarch64 `virt` machine, or a version of it (`virt-7.2`).
+pub fn is_virt_machine(name: &str) -> bool {
+    let version = |v: &str| {
+        v.split_once('.').is_some_and(|(major, minor)| {
+            [major, minor]
+                .iter()
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+    };
+    name == "virt" || name.strip_prefix("virt-").is_some_and(version)
 }
 
 /// Variables the build sets itself: a recipe that set them could move outputs outside the

@@ -645,9 +645,9 @@ impl Document<'_> {
         };
         if let Some(m) = &vm.machine {
             grammar::machine(m.get_ref()).map_err(|e| self.error(m, e))?;
-            // virt is qemu-system-aarch64's machine (and its versions, virt-7.2); the
-            // x86_64 machines are not.
-            let virt = m.get_ref().starts_with("virt");
+            // virt is qemu-system-aarch64's machine (and its versions, virt-7.2), the one
+            // vmbuild wires aarch64 guests for; the x86_64 machines are not.
+            let virt = grammar::is_virt_machine(m.get_ref());
             match (defaults.arch, virt) {
                 (Arch::Aarch64, false) => {
                     return Err(Diagnostic::new(
@@ -853,6 +853,12 @@ pub(in crate::recipe) mod tests {
             &format!("{TEST_HEAD}[vm]\nmachine = \"virt\"\n"),
             "`virt` is qemu's aarch64 machine; this test is x86_64",
         );
+        refused(
+            &format!("{TEST_HEAD}arch = \"aarch64\"\n[vm]\nmachine = \"virtualbox\"\n"),
+            "not `virtualbox`",
+        );
+        load_test_recipe(&format!("{TEST_HEAD}[vm]\nmachine = \"virtualbox\"\n"))
+            .expect("x86_64 machines are qemu's to check");
         refused(
             &format!("{TEST_HEAD}arch = \"aarch64\"\n[vm]\ncpus = 9\n"),
             "at most 8 CPUs",
