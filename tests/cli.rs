@@ -611,3 +611,26 @@ fn a_files_source_that_is_a_symlink_is_copied_as_the_link() {
         std::path::Path::new("/bin/busybox")
     );
 }
+
+#[test]
+fn standard_output_that_cannot_be_written_is_an_error_not_a_panic() {
+    let p = TestProject::new();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = p
+        .command(&["build", "smoke-tests"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("error: write to standard output: No space left on device"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // What was built before the write stays a valid entry.
+    p.run(&["verify"]).expect(0);
+}

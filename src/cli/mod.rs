@@ -248,10 +248,34 @@ enum Command {
 }
 
 /// Parses arguments, runs the command, returns the exit code.
+/// Standard output that cannot be written (`> /dev/full`, a full disk) ends vmbuild with
+/// one line and exit 4, not a panic's backtrace: `println!` panics when its write fails.
+/// What was published stays valid (every publish is one rename), as after `kill -9`.
+fn end_on_unwritable_stdout() {
+    const FAILED: &str = "failed printing to stdout: ";
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        match message.strip_prefix(FAILED) {
+            Some(why) => {
+                eprintln!("error: write to standard output: {why}");
+                std::process::exit(4);
+            }
+            None => default(info),
+        }
+    }));
+}
+
 pub fn main() -> i32 {
     // Like other Unix tools, end quietly when the reader of stdout goes away (`| head`).
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    end_on_unwritable_stdout();
     let cli = Cli::parse();
     if let Some(dir) = &cli.global.directory {
         if let Err(e) = std::env::set_current_dir(dir) {
