@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::{Engine, Error, Force, Plan, Result, Tested};
-use crate::process::ProcessError;
-use crate::recipe::{Arch, BackendKind, Spec, StartMode, TestSpec};
+use crate::recipe::{Arch, Spec, StartMode, TestSpec};
 use crate::report::Event;
 use crate::store::Entry;
 use crate::testing::phase::{self, Hooks, Job};
@@ -104,16 +103,10 @@ impl Engine<'_> {
             let Spec::Test(t) = &recipe.spec else {
                 continue;
             };
-            let program = t.vm.backend.program(t.vm.arch);
-            if t.vm.backend == BackendKind::Qemu && crate::process::which(program).is_none() {
+            if let Err(missing) = vm::hypervisor_present(&t.vm) {
                 return Err(Error::Test {
                     name: recipe.name.clone(),
-                    source: ProcessError::Missing {
-                        command: program.into(),
-                        tool: program.into(),
-                        package: crate::process::package_for(program).into(),
-                    }
-                    .into(),
+                    source: missing.into(),
                 });
             }
         }

@@ -235,6 +235,20 @@ pub(crate) fn backend(vm: &VmSpec, accel: Accel) -> Result<Box<dyn Backend>, Str
     }
 }
 
+/// Whether this host has qemu for `vm`'s guests: asked before anything is built for a
+/// test (bhyve says what it lacks when `backend` is asked for it).
+pub(crate) fn hypervisor_present(vm: &VmSpec) -> Result<(), crate::process::ProcessError> {
+    let program = vm.backend.program(vm.arch);
+    if vm.backend != BackendKind::Qemu || crate::process::which(program).is_some() {
+        return Ok(());
+    }
+    Err(crate::process::ProcessError::Missing {
+        command: program.into(),
+        tool: program.into(),
+        package: crate::process::package_for(program).into(),
+    })
+}
+
 /// What a run says once when it boots a guest of another machine than the host's.
 pub(crate) fn foreign_guest_notice(arch: Arch) -> String {
     format!(
