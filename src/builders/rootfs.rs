@@ -97,8 +97,8 @@ fn fetch_busybox(
 
 /// Where each applet of `busybox` (a binary for `arch`) is linked (`bin/ls`,
 /// `usr/bin/awk`), as its `--list-full` says. A binary for another machine cannot run
-/// here: the host's busybox of the same Debian package says where each applet goes (one
-/// source and one configuration builds every architecture), and only the applets whose
+/// here: the host's busybox of the same source version says where each applet goes (one
+/// source and one configuration build every architecture), and only the applets whose
 /// names the binary holds are linked.
 fn applet_paths(
     ctx: &BuildContext,
