@@ -145,6 +145,16 @@ fn the_arm64_kernel_and_root_hold_arm64_code() {
     );
 }
 
+/// Writes `recipes/NAME.toml` with `text`, builds it, and expects exit 2 with each of
+/// `said` on stderr.
+fn refused(p: &TestProject, name: &str, text: &str, said: &[&str]) {
+    p.write(&format!("recipes/{name}.toml"), text);
+    let run = p.run(&["build", name]).expect(2);
+    for words in said {
+        assert!(run.stderr.contains(words), "{words}\n{}", run.stderr);
+    }
+}
+
 #[test]
 fn a_kernel_root_or_bundle_of_another_arch_is_refused_at_the_reference() {
     if !on_x86_64_host() {
@@ -155,71 +165,50 @@ fn a_kernel_root_or_bundle_of_another_arch_is_refused_at_the_reference() {
         "recipes/built-here.toml",
         "kind = \"bundle\"\n[build]\ncommand = [\"true\"]\n",
     );
-    p.write(
-        "recipes/mixed.toml",
+    refused(
+        &p,
+        "mixed",
         "kind = \"test\"\nkernel = \"tiny-kernel-arm64\"\nrootfs = \"busybox-rootfs\"\n",
+        &[
+            "`mixed` is for x86_64, but `tiny-kernel-arm64` (its `kernel`) is for aarch64",
+            "mixed.toml:2:",
+            "set arch = \"aarch64\" in `mixed`",
+        ],
     );
-    let run = p.run(&["build", "mixed"]).expect(2);
-    assert!(
-        run.stderr.contains(
-            "`mixed` is for x86_64, but `tiny-kernel-arm64` (its `kernel`) is for aarch64"
-        ) && run.stderr.contains("mixed.toml:2:"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("set arch = \"aarch64\" in `mixed`"),
-        "{}",
-        run.stderr
-    );
-    p.write(
-        "recipes/mixed.toml",
+    refused(
+        &p,
+        "mixed",
         "kind = \"test\"\narch = \"aarch64\"\nkernel = \"tiny-kernel-arm64\"\nrootfs = \"busybox-rootfs\"\n",
-    );
-    let run = p.run(&["build", "mixed"]).expect(2);
-    assert!(
-        run.stderr
-            .contains("but `busybox-rootfs` (its `rootfs`) is for x86_64"),
-        "{}",
-        run.stderr
+        &["but `busybox-rootfs` (its `rootfs`) is for x86_64"],
     );
     // A [build] bundle is built here, for this host; a bundle of files runs anywhere.
-    p.write(
-        "recipes/mixed.toml",
+    refused(
+        &p,
+        "mixed",
         "kind = \"test\"\narch = \"aarch64\"\nkernel = \"tiny-kernel-arm64\"\n\
          rootfs = \"busybox-rootfs-arm64\"\nbundles = [\"smoke-tests\", \"built-here\"]\n",
+        &["a [build] bundle is built on this host"],
     );
-    let run = p.run(&["build", "mixed"]).expect(2);
-    assert!(
-        run.stderr
-            .contains("a [build] bundle is built on this host"),
-        "{}",
-        run.stderr
-    );
-    p.write(
-        "recipes/mixed.toml",
+    refused(
+        &p,
+        "mixed",
         "kind = \"test\"\narch = \"arm64\"\nkernel = \"tiny-kernel-arm64\"\nrootfs = \"busybox-rootfs-arm64\"\n",
-    );
-    let run = p.run(&["build", "mixed"]).expect(2);
-    assert!(
-        run.stderr.contains("mixed.toml:2:8") && run.stderr.contains("write arch = \"aarch64\""),
-        "{}",
-        run.stderr
+        &["mixed.toml:2:8", "write arch = \"aarch64\""],
     );
     // No qemu-system-aarch64 for bhyve, no foreign Debian root.
-    p.write(
-        "recipes/mixed.toml",
+    refused(
+        &p,
+        "mixed",
         "kind = \"test\"\narch = \"aarch64\"\nkernel = \"tiny-kernel-arm64\"\n\
          rootfs = \"busybox-rootfs-arm64\"\n[vm]\nbackend = \"bhyve\"\n",
+        &["runs x86_64 guests"],
     );
-    let run = p.run(&["build", "mixed"]).expect(2);
-    assert!(run.stderr.contains("runs x86_64 guests"), "{}", run.stderr);
-    p.write(
-        "recipes/debian-arm64.toml",
+    refused(
+        &p,
+        "debian-arm64",
         "kind = \"rootfs\"\narch = \"aarch64\"\nbase = \"debian:bookworm\"\n",
+        &["not for aarch64"],
     );
-    let run = p.run(&["build", "debian-arm64"]).expect(2);
-    assert!(run.stderr.contains("not for aarch64"), "{}", run.stderr);
     for name in [
         "tiny-kernel-arm64",
         "busybox-rootfs-arm64",

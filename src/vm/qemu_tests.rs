@@ -75,22 +75,7 @@ fn the_guest_has_no_network_and_no_shared_folders() {
             agent: "/tmp/a.sock".into(),
         },
     ] {
-        let launch = Launch {
-            boot: crate::vm::Boot::Kernel {
-                kernel: "/store/k/bzImage".into(),
-                initrd: "/w/initrd".into(),
-                cmdline: String::new(),
-            },
-            machine: "q35".into(),
-            memory_mb: 512,
-            cpus: 1,
-            root_disk: None,
-            disks: vec![],
-            net: Net::None,
-            wiring,
-            control: None,
-            incoming: None,
-        };
+        let launch = direct_launch("/store/k/bzImage", "", "q35", wiring);
         let cmd = Qemu {
             accel: Accel::Kvm,
             arch: Arch::X86_64,
@@ -162,6 +147,26 @@ fn net_user_gives_one_virtio_nic_on_user_mode_nat_and_nothing_else() {
         "hostfwd", "guestfwd", "tftp", "smb", "-netdev", "-fsdev", "-virtfs",
     ] {
         assert!(!line.contains(opened), "{opened} in {line}");
+    }
+}
+
+/// A direct kernel boot of `kernel` on `machine`, wired as `wiring`, with nothing else.
+fn direct_launch(kernel: &str, cmdline: &str, machine: &str, wiring: Wiring) -> Launch {
+    Launch {
+        boot: crate::vm::Boot::Kernel {
+            kernel: kernel.into(),
+            initrd: "/w/initrd".into(),
+            cmdline: cmdline.into(),
+        },
+        machine: machine.into(),
+        memory_mb: 512,
+        cpus: 1,
+        root_disk: None,
+        disks: vec![],
+        net: Net::None,
+        wiring,
+        control: None,
+        incoming: None,
     }
 }
 
@@ -414,22 +419,7 @@ fn firmware_named_by_the_environment_must_exist_and_none_found_says_what_to_inst
 
 #[test]
 fn an_aarch64_guest_gets_the_virt_machine_a_plain_cpu_and_virtio_consoles_for_the_agent() {
-    let launch = |wiring| Launch {
-        boot: crate::vm::Boot::Kernel {
-            kernel: "/s/Image".into(),
-            initrd: "/w/initrd".into(),
-            cmdline: "console=ttyAMA0".into(),
-        },
-        machine: "virt".into(),
-        memory_mb: 512,
-        cpus: 1,
-        root_disk: None,
-        disks: vec![],
-        net: Net::None,
-        wiring,
-        control: None,
-        incoming: None,
-    };
+    let launch = |wiring| direct_launch("/s/Image", "console=ttyAMA0", "virt", wiring);
     let qemu = Qemu {
         accel: Accel::Tcg,
         arch: Arch::Aarch64,

@@ -338,12 +338,8 @@ pub fn junit_counts(path: &std::path::Path) -> Option<String> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !importable {
-        // .ci/install-deps installs it: in CI its absence is a failure, never a skip.
-        assert!(
-            !in_ci(),
-            "CI=true, yet python3 junitparser is missing: .ci/install-deps installs it"
-        );
-        skip("the JUnit check: python3 junitparser is not installed (pip install junitparser)");
+        // .ci/install-deps installs it: `skip` fails under CI=true.
+        skip("the JUnit check: python3 junitparser is not installed (.ci/install-deps installs it: pip install junitparser)");
         return None;
     }
     let script = "import sys, junitparser\n\
